@@ -1,0 +1,86 @@
+# Ridemesh: `make test` is the one command CI and humans run (install, lint, check-gen, pytest).
+
+SHELL := bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := test
+
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP_STAMP := $(VENV)/.installed
+NPM_STAMP := node_modules/.installed
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+PG_BIN := /usr/lib/postgresql/15/bin
+POSTGIS_CONTROL := /usr/share/postgresql/15/extension/postgis.control
+APT_PACKAGES := postgresql postgresql-15-postgis-3 redis-server
+PROTOC = PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(PY) -m grpc_tools.protoc -Iprotos \
+	--python_out=$(1) --grpc_python_out=$(1) --mypy_out=$(1) --mypy_grpc_out=$(1) \
+	$$(find protos -name '*.proto' | sort)
+# Generated files only; hand-written __init__.py files under gen/ stay.
+GENERATED = find $(1) -type f \( -name '*_pb2*.py' -o -name '*_pb2*.pyi' \)
+PYTEST_ARGS ?= -q --durations=10
+ARGS ?=
+
+.PHONY: install system-packages gen check-gen lint test run clean distclean
+
+install: system-packages $(PIP_STAMP) $(NPM_STAMP)
+
+system-packages:
+	@if command -v redis-server >/dev/null && test -x $(PG_BIN)/initdb \
+	    && test -f $(POSTGIS_CONTROL); then \
+	  echo "system packages: present"; \
+	else \
+	  $(SUDO) apt-get update; \
+	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y $(APT_PACKAGES); \
+	fi
+
+$(PY):
+	python3 -m venv $(VENV)
+
+$(PIP_STAMP): pyproject.toml | $(PY)
+	$(PY) -m pip install -e '.[dev]'
+	touch $@
+
+$(NPM_STAMP): package.json $(wildcard package-lock.json)
+	if [ -f package-lock.json ]; then npm ci --no-audit --no-fund; \
+	else npm install --no-audit --no-fund; fi
+	touch $@
+
+gen: $(PIP_STAMP)
+	$(call GENERATED,gen) -delete
+	$(call PROTOC,gen)
+
+check-gen: $(PIP_STAMP)
+	@tmp=$$(mktemp -d); trap 'rm -rf "$$tmp"' EXIT; \
+	cp -r gen/. "$$tmp"; \
+	$(call GENERATED,"$$tmp") -delete; \
+	$(call PROTOC,"$$tmp"); \
+	if ! diff -r -x __pycache__ gen "$$tmp"; then \
+	  echo "gen/ is stale: run 'make gen' and commit the result" >&2; exit 1; \
+	fi; \
+	echo "gen/ is up to date"
+
+lint: $(PIP_STAMP) $(NPM_STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+	npx --no-install buf lint
+	@if git rev-parse --verify --quiet main >/dev/null \
+	    && git cat-file -e main:protos 2>/dev/null; then \
+	  npx --no-install buf breaking --against '.git#branch=main'; \
+	else \
+	  echo "buf breaking: skipped (no protos/ committed on branch main yet)"; \
+	fi
+
+test: install lint check-gen
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+run: install
+	$(VENV)/bin/ridemesh up $(ARGS)
+
+clean:
+	rm -rf build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache
+	find . -path ./$(VENV) -prune -o -path ./node_modules -prune -o \
+	  -type d -name __pycache__ -exec rm -rf {} +
+
+distclean: clean
+	rm -rf $(VENV) node_modules .ridemesh

@@ -1,0 +1,1 @@
+"""Ridemesh services: the location, ride and geo servers and the parts they share."""

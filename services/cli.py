@@ -1,0 +1,152 @@
+"""The `ridemesh` command: `up` runs the whole mesh, `serve` one service process, `migrate` the schema."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+
+from services.config import MissingSetting, Settings
+
+SERVICES = ("location", "ride", "geo")
+DEFAULT_REDIS_PORT = 16379
+DEFAULT_POSTGRES_PORT = 15432
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        return int(args.func(args))
+    except MissingSetting as exc:
+        print(f"ridemesh: {exc}", file=sys.stderr)
+        return 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ridemesh", description=__doc__)
+    commands = parser.add_subparsers(required=True, metavar="COMMAND")
+
+    up = commands.add_parser("up", help="run Redis, PostgreSQL, every service and Envoy")
+    up.add_argument("--port", type=int, default=8080, help="Envoy's port for gRPC and gRPC-Web")
+    up.add_argument("--admin-port", type=int, default=9901, help="Envoy's admin port")
+    up.add_argument("--replicas", type=int, default=1, help="processes per service")
+    up.add_argument("--data-dir", type=Path, default=Path(".ridemesh"))
+    _add_store_urls(up)
+    up.set_defaults(func=_up)
+
+    serve = commands.add_parser("serve", help="run one service process")
+    serve.add_argument("service", choices=SERVICES)
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, required=True)
+    _add_store_urls(serve)
+    serve.set_defaults(func=_serve)
+
+    migrate = commands.add_parser("migrate", help="bring the PostgreSQL schema up to date")
+    _add_store_urls(migrate)
+    migrate.set_defaults(func=_migrate)
+    return parser
+
+
+def _add_store_urls(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--redis-url", help="default: $RIDEMESH_REDIS_URL")
+    parser.add_argument("--database-url", help="postgresql+asyncpg://...; $RIDEMESH_DATABASE_URL")
+
+
+def _serve(args: argparse.Namespace) -> int:
+    settings = Settings.from_env(redis_url=args.redis_url, database_url=args.database_url)
+    address = f"{args.host}:{args.port}"
+    if args.service == "location":
+        from services.location.main import run
+    elif args.service == "ride":
+        from services.ride.main import run
+    else:
+        from services.geo.main import run
+    asyncio.run(run(settings, address))
+    return 0
+
+
+def _migrate(args: argparse.Namespace) -> int:
+    from services.migrate import run_migrations
+
+    settings = Settings.from_env(redis_url=args.redis_url or "-", database_url=args.database_url)
+    run_migrations(settings.database_url)
+    print("schema is up to date")
+    return 0
+
+
+def _up(args: argparse.Namespace) -> int:
+    import os
+
+    from services.mesh.ports import free_port, port_open
+    from services.mesh.supervisor import Mesh, MeshSettings, start_mesh
+    from services.migrate import run_migrations
+
+    redis_url = args.redis_url or os.environ.get("RIDEMESH_REDIS_URL")
+    database_url = args.database_url or os.environ.get("RIDEMESH_DATABASE_URL")
+    settings = MeshSettings(
+        run_dir=args.data_dir.resolve(),
+        replicas=dict.fromkeys(SERVICES, args.replicas),
+        envoy_port=args.port,
+        envoy_admin_port=args.admin_port,
+        redis_port=_port_or_free(DEFAULT_REDIS_PORT, port_open, free_port),
+        postgres_port=_port_or_free(DEFAULT_POSTGRES_PORT, port_open, free_port),
+        durable=True,
+        redis_url=redis_url,
+        database_url=database_url,
+    )
+
+    def migrate(mesh: Mesh) -> None:
+        assert mesh.database_url is not None
+        run_migrations(mesh.database_url)
+
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    mesh = start_mesh(settings, before_services=migrate)
+    try:
+        print(_banner(mesh), flush=True)
+        while not stop.wait(0.5):
+            pass
+        print("ridemesh: stopping…", flush=True)
+    finally:
+        mesh.stop()
+    print("ridemesh: stopped", flush=True)
+    return 0
+
+
+def _port_or_free(preferred: int, in_use: object, pick: object) -> int:
+    assert callable(in_use) and callable(pick)
+    return preferred if not in_use(preferred) else int(pick())
+
+
+def _banner(mesh: object) -> str:
+    from services.mesh.supervisor import Mesh
+
+    assert isinstance(mesh, Mesh) and mesh.envoy is not None
+    lines = [
+        "",
+        "Ridemesh is up.",
+        f"  gRPC and gRPC-Web   {mesh.envoy.address}   (grpcurl -plaintext "
+        f"{mesh.envoy.address} list)",
+        f"  Envoy admin         {mesh.envoy.admin_url}",
+    ]
+    for service, ports in mesh.services.items():
+        lines.append(f"  {service:<19} " + ", ".join(f"127.0.0.1:{p}" for p in ports))
+    if mesh.redis is not None:
+        lines.append(f"  Redis               {mesh.redis.url}")
+    if mesh.postgres is not None:
+        lines.append(f"  PostgreSQL          psql {mesh.postgres.dsn}")
+    lines += [f"  logs                {mesh.run_dir / 'logs'}", "Ctrl-C stops everything.", ""]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,77 @@
+"""Settings read once from the environment (RIDEMESH_*) and the command line into a typed object."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, fields, replace
+from typing import Any
+
+
+class MissingSetting(RuntimeError):
+    """A required setting has no value; the message names its environment key."""
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Everything a service process needs to know; built in the wiring and passed in."""
+
+    redis_url: str
+    database_url: str
+    # A driver with no fix for this long is not live (GetDriverLocation answers NOT_FOUND).
+    live_window_s: float = 300.0
+    # Fixes stamped further ahead of the server clock than this are rejected.
+    max_future_skew_s: float = 300.0
+    # Fixes older than this are rejected (history partitions are kept for retention anyway).
+    max_fix_age_s: float = 7 * 86400.0
+    # Server-side throttle per driver: a token bucket of this rate and burst.
+    fix_rate_per_s: float = 2.0
+    fix_burst: int = 5
+    # How often each driver stream is told how far its fixes got.
+    ack_interval_s: float = 0.5
+    # Write-behind persistence: a batch is flushed at this size or this age, whichever first.
+    persist_batch_size: int = 5000
+    persist_max_age_s: float = 1.0
+    # Entries pending in a crashed persister for this long are claimed by another.
+    persist_claim_idle_s: float = 30.0
+    # Daily history partitions are created this many days ahead.
+    partitions_ahead_days: int = 3
+    # On SIGTERM: how long streams get to finish after the final flush.
+    shutdown_grace_s: float = 5.0
+    # Upper bound on fixes in one UploadLocations call.
+    max_upload_batch: int = 1000
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+        """Reads RIDEMESH_<FIELD> for every field; `overrides` (non-None) win over the environment."""
+        env = os.environ if env is None else env
+        values: dict[str, Any] = {}
+        for field in fields(cls):
+            override = overrides.get(field.name)
+            raw = override if override is not None else env.get(f"RIDEMESH_{field.name.upper()}")
+            if raw is None:
+                continue
+            kind = type(field.default) if field.default is not field.default_factory else str
+            values[field.name] = raw if isinstance(raw, kind) else _convert(field.name, raw, kind)
+        for required in ("redis_url", "database_url"):
+            if not values.get(required):
+                raise MissingSetting(
+                    f"setting RIDEMESH_{required.upper()} is required "
+                    f"(or pass --{required.replace('_', '-')})"
+                )
+        return cls(**values)
+
+    def with_overrides(self, **changes: Any) -> Settings:
+        """A copy with some fields changed (tests use it for short intervals)."""
+        return replace(self, **changes)
+
+
+def _convert(name: str, raw: object, kind: type) -> object:
+    if kind in (str, type(None)) or isinstance(raw, kind):
+        return raw
+    try:
+        return kind(raw)
+    except (TypeError, ValueError) as exc:
+        raise MissingSetting(
+            f"setting RIDEMESH_{name.upper()} must be a {kind.__name__}, got {raw!r}"
+        ) from exc

@@ -1,0 +1,175 @@
+"""In-process fan-out: one Redis subscription per channel however many watchers, conflating mailboxes."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from typing import Generic, TypeVar
+
+from redis.asyncio import Redis
+from redis.asyncio.client import PubSub
+from redis.exceptions import ConnectionError as RedisConnectionError
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+Sink = Callable[[T], None]
+
+# Subscribed for the life of the hub so the pub/sub connection always exists for the reader.
+_KEEPALIVE_CHANNEL = "rm:ch:hub"
+
+
+class Hub(Generic[T]):
+    """Holds one pub/sub connection; decodes each message once and hands it to every sink."""
+
+    def __init__(self, redis: Redis, decode: Callable[[bytes], T]) -> None:
+        self._redis = redis
+        self._decode = decode
+        self._pubsub: PubSub | None = None
+        self._sinks: dict[str, set[Sink[T]]] = {}
+        self._patterns: set[str] = set()
+        self._reader: asyncio.Task[None] | None = None
+        self._lock = asyncio.Lock()
+
+    async def start(self) -> None:
+        self._pubsub = self._redis.pubsub()
+        await self._pubsub.subscribe(_KEEPALIVE_CHANNEL)
+        self._reader = asyncio.create_task(self._read(), name="fanout-reader")
+
+    async def stop(self) -> None:
+        if self._reader:
+            self._reader.cancel()
+            await asyncio.gather(self._reader, return_exceptions=True)
+        if self._pubsub:
+            await self._pubsub.aclose()
+
+    async def add(self, channel: str, sink: Sink[T], *, pattern: bool = False) -> None:
+        """Starts delivering `channel` (or a glob pattern) to `sink`; subscribes on the first sink."""
+        async with self._lock:
+            sinks = self._sinks.setdefault(channel, set())
+            first = not sinks
+            sinks.add(sink)
+            if first and self._pubsub is not None:
+                if pattern:
+                    self._patterns.add(channel)
+                    await self._pubsub.psubscribe(channel)
+                else:
+                    await self._pubsub.subscribe(channel)
+
+    async def remove(self, channel: str, sink: Sink[T]) -> None:
+        """Stops delivering to `sink`; unsubscribes when the channel has no sink left."""
+        async with self._lock:
+            sinks = self._sinks.get(channel)
+            if sinks is None:
+                return
+            sinks.discard(sink)
+            if sinks or self._pubsub is None:
+                return
+            del self._sinks[channel]
+            if channel in self._patterns:
+                self._patterns.discard(channel)
+                await self._pubsub.punsubscribe(channel)
+            else:
+                await self._pubsub.unsubscribe(channel)
+
+    def subscribed_channels(self) -> int:
+        return len(self._sinks)
+
+    async def _read(self) -> None:
+        assert self._pubsub is not None
+        while True:
+            try:
+                message = await self._pubsub.get_message(
+                    ignore_subscribe_messages=True, timeout=1.0
+                )
+            except (RedisConnectionError, OSError) as exc:
+                # redis-py reconnects and resubscribes on the next read; keep the reader alive.
+                log.warning("fan-out subscription lost (%s); reconnecting", exc)
+                await asyncio.sleep(0.5)
+                continue
+            if message is None:
+                continue
+            key = message["pattern"] if message["type"] == "pmessage" else message["channel"]
+            sinks = self._sinks.get(key.decode() if isinstance(key, bytes) else key)
+            if not sinks:
+                continue
+            try:
+                item = self._decode(message["data"])
+            except Exception:  # a foreign publisher on our channel must not stop the reader
+                log.exception("undecodable message on %r dropped", key)
+                continue
+            for sink in tuple(sinks):
+                sink(item)
+
+
+class Latest(Generic[T]):
+    """A one-slot mailbox: a slow reader gets the newest item, never a growing backlog."""
+
+    __slots__ = ("_item", "_ready", "dropped")
+
+    def __init__(self) -> None:
+        self._item: T | None = None
+        self._ready = asyncio.Event()
+        self.dropped = 0
+
+    def put(self, item: T) -> None:
+        if self._item is not None:
+            self.dropped += 1
+        self._item = item
+        self._ready.set()
+
+    async def get(self) -> T:
+        await self._ready.wait()
+        self._ready.clear()
+        item, self._item = self._item, None
+        assert item is not None
+        return item
+
+
+class KeyedLatest(Generic[T]):
+    """A mailbox conflated per key (per driver), releasing each key at most once per interval."""
+
+    __slots__ = ("_pending", "_last_sent", "_ready", "_interval", "_clock", "dropped")
+
+    def __init__(self, interval_s: float, clock: Callable[[], float]) -> None:
+        self._pending: dict[str, T] = {}
+        self._last_sent: dict[str, float] = {}
+        self._ready = asyncio.Event()
+        self._interval = interval_s
+        self._clock = clock
+        self.dropped = 0
+
+    def put(self, key: str, item: T) -> None:
+        if key in self._pending:
+            self.dropped += 1
+        self._pending[key] = item
+        self._ready.set()
+
+    def put_if_absent(self, key: str, item: T) -> None:
+        """Adds an item unless a newer one for the key is already waiting."""
+        if key not in self._pending:
+            self.put(key, item)
+
+    async def get_batch(self) -> list[T]:
+        """Waits for items, then returns those whose key may be sent now (at least one)."""
+        while True:
+            await self._ready.wait()
+            now = self._clock()
+            due = [k for k in self._pending if now - self._last_sent.get(k, -1e18) >= self._interval]
+            if due:
+                batch = [self._pending.pop(k) for k in due]
+                for k in due:
+                    self._last_sent[k] = now
+                if not self._pending:
+                    self._ready.clear()
+                self._forget_older_than(now)
+                return batch
+            wait = min(self._interval - (now - self._last_sent[k]) for k in self._pending)
+            await asyncio.sleep(max(wait, 0.001))
+
+    def _forget_older_than(self, now: float) -> None:
+        # Keys silent for a whole interval may send at once again: forget them, bounding memory.
+        if len(self._last_sent) > 2 * len(self._pending) + 64:
+            cutoff = now - self._interval
+            self._last_sent = {k: t for k, t in self._last_sent.items() if t > cutoff}

@@ -1,0 +1,1 @@
+"""GeoQueryService: nearby drivers, geofences, tracks, ETAs and supply heatmaps."""

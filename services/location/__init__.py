@@ -1,0 +1,1 @@
+"""LocationService: drivers' fixes in, live state and watch streams out."""

@@ -1,0 +1,86 @@
+"""Wiring for a LocationService process: the one place its parts are built and connected."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from datetime import UTC, date, datetime
+
+from grpc import aio
+from redis.asyncio import BlockingConnectionPool, Redis
+
+from ridemesh.v1 import location_service_pb2_grpc as pb_grpc
+from ridemesh.v1.common_pb2 import DriverLocation
+from services.config import Settings
+from services.fanout import Hub
+from services.history import HistoryStore, create_engine
+from services.livestore import LiveStore
+from services.location.servicer import LocationServicer
+from services.location.streams import StreamRegistry
+from services.persister import Persister
+from services.runtime import serve
+
+PARTITION_CHECK_S = 3600.0
+
+
+def redis_client(url: str) -> Redis:
+    """A pooled client; callers beyond the pool size wait rather than open more sockets."""
+    pool = BlockingConnectionPool.from_url(url, max_connections=64, timeout=10)
+    return Redis(connection_pool=pool)
+
+
+async def run(settings: Settings, address: str, stop: asyncio.Event | None = None) -> None:
+    redis = redis_client(settings.redis_url)
+    engine = create_engine(settings.database_url)
+    history = HistoryStore(engine)
+    live = LiveStore(redis, settings.live_window_s)
+    hub: Hub[DriverLocation] = Hub(redis, DriverLocation.FromString)
+    streams = StreamRegistry(live, settings.ack_interval_s)
+    persister = Persister(
+        live,
+        history,
+        batch_size=settings.persist_batch_size,
+        max_age_s=settings.persist_max_age_s,
+        claim_idle_s=settings.persist_claim_idle_s,
+    )
+    servicer = LocationServicer(settings, live, history, hub, streams)
+    await history.ensure_partitions_ahead(_today(), settings.partitions_ahead_days)
+    await hub.start()
+    background = [
+        asyncio.create_task(persister.run(), name="persister"),
+        asyncio.create_task(streams.run(), name="acks"),
+        asyncio.create_task(_keep_partitions(history, settings), name="partitions"),
+    ]
+
+    async def drain() -> None:
+        # Stop taking fixes, commit everything accepted, tell the apps, then let streams end.
+        streams.start_draining()
+        await persister.stop()
+        await background[0]
+        await streams.wait_finished(settings.shutdown_grace_s)
+
+    def register(server: aio.Server) -> None:
+        pb_grpc.add_LocationServiceServicer_to_server(servicer, server)
+
+    try:
+        await serve(
+            "location", address, register, drain=drain, grace_s=settings.shutdown_grace_s, stop=stop
+        )
+    finally:
+        for task in background:
+            task.cancel()
+        await asyncio.gather(*background, return_exceptions=True)
+        await hub.stop()
+        with contextlib.suppress(Exception):
+            await redis.aclose()
+        await history.dispose()
+
+
+async def _keep_partitions(history: HistoryStore, settings: Settings) -> None:
+    while True:
+        await asyncio.sleep(PARTITION_CHECK_S)
+        await history.ensure_partitions_ahead(_today(), settings.partitions_ahead_days)
+
+
+def _today() -> date:
+    return datetime.now(UTC).date()

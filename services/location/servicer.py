@@ -1,0 +1,250 @@
+"""The LocationService RPC surface: thin handlers over the session, the live store and the hub."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpc
+from grpc import aio
+
+from ridemesh.v1 import location_service_pb2 as pb
+from ridemesh.v1 import location_service_pb2_grpc as pb_grpc
+from ridemesh.v1.common_pb2 import DriverAvailability, DriverLocation
+from services.config import Settings
+from services.errors import DomainError, InvalidArgument, NotFound, Unavailable
+from services.fanout import Hub, KeyedLatest, Latest
+from services.history import HistoryStore
+from services.livestore import CELL_PATTERN, LiveStore, cell_channel, driver_channel
+from services.location.area import Box, cells_for_box
+from services.location.session import DriverSession
+from services.location.streams import DriverStream, StreamRegistry
+from services.location.throttle import TokenBucket
+from services.location.validation import FixLimits, validate_id, validate_update
+from services.persister import fix_row
+
+# An area touching more grid cells than this listens on the all-cells pattern instead.
+MAX_AREA_CELLS = 64
+# Drivers sent at once when a WatchArea starts.
+AREA_SNAPSHOT_LIMIT = 5000
+# After the app closes its side, the stream stays open this long for the final durable ack.
+FINAL_ACK_WAIT_S = 10.0
+
+
+class LocationServicer(pb_grpc.LocationServiceServicer):
+    """Handlers only translate between messages and the parts that do the work."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        live: LiveStore,
+        history: HistoryStore,
+        hub: Hub[DriverLocation],
+        streams: StreamRegistry,
+    ) -> None:
+        self._settings = settings
+        self._live = live
+        self._history = history
+        self._hub = hub
+        self._streams = streams
+        self._limits = FixLimits(settings.max_future_skew_s, settings.max_fix_age_s)
+
+    async def StreamLocations(
+        self,
+        request_iterator: AsyncIterator[pb.StreamLocationsRequest],
+        context: aio.ServicerContext[Any, Any],
+    ) -> AsyncIterator[pb.StreamLocationsResponse]:
+        bucket = TokenBucket(self._settings.fix_rate_per_s, self._settings.fix_burst)
+        stream = DriverStream(DriverSession(self._limits, bucket))
+        self._streams.add(stream)
+        reader = asyncio.create_task(self._consume(request_iterator, stream))
+        reader.add_done_callback(lambda task: _close(stream, task))
+        loop = asyncio.get_running_loop()
+        deadline: float | None = None
+        try:
+            while not stream.finished:
+                if reader.done() and deadline is None:
+                    deadline = loop.time() + FINAL_ACK_WAIT_S
+                timeout = None if deadline is None else deadline - loop.time()
+                try:
+                    await asyncio.wait_for(stream.wake.wait(), timeout)
+                except TimeoutError:
+                    break  # the app left and its last fixes are still not durable: stop waiting
+                stream.wake.clear()
+                for message in stream.outgoing():
+                    yield message
+        finally:
+            reader.cancel()
+            self._streams.discard(stream)
+        if self._streams.draining:
+            await context.abort(
+                grpc.StatusCode.UNAVAILABLE, "server is shutting down; reconnect to continue"
+            )
+
+    async def _consume(
+        self, requests: AsyncIterator[pb.StreamLocationsRequest], stream: DriverStream
+    ) -> None:
+        async for request in requests:
+            kind = request.WhichOneof("kind")
+            if kind == "update":
+                await self._accept(stream, request.update)
+            elif kind == "heartbeat":
+                stream.request_ack()
+
+    async def _accept(self, stream: DriverStream, update: pb.LocationUpdate) -> None:
+        session = stream.session
+        now = time.time()
+        try:
+            if self._streams.draining:
+                raise Unavailable("server is shutting down; this fix was not taken, send it again")
+            if session.driver_id is None:
+                last_seq, _ = await self._live.last_state(validate_id(update.driver_id))
+                session.bind(update.driver_id, last_seq)
+            session.admit(update, now, time.monotonic())
+            location = _location(update, now)
+            entry_id = await self._live.ingest(location, location.SerializeToString())
+        except DomainError as error:
+            stream.reject(update.seq, update.driver_id, error)
+            return
+        except (OSError, ConnectionError) as exc:
+            stream.reject(update.seq, update.driver_id, Unavailable(f"live store unavailable: {exc}"))
+            return
+        session.accepted(update.seq, entry_id)
+
+    async def UploadLocations(
+        self, request: pb.UploadLocationsRequest, context: aio.ServicerContext[Any, Any]
+    ) -> pb.UploadLocationsResponse:
+        count = len(request.updates)
+        if count == 0 or count > self._settings.max_upload_batch:
+            raise InvalidArgument(
+                f"updates must hold 1 to {self._settings.max_upload_batch} fixes, got {count}"
+            )
+        now = time.time()
+        rows, rejected, durable = [], [], {}
+        for update in request.updates:
+            try:
+                validate_update(update, now, self._limits)
+            except InvalidArgument as error:
+                rejected.append(
+                    pb.LocationRejected(
+                        seq=update.seq,
+                        code=error.code.value[0],
+                        message=str(error),
+                        driver_id=update.driver_id[:128],
+                    )
+                )
+                continue
+            rows.append(fix_row(_location(update, now)))
+            durable[update.driver_id] = max(durable.get(update.driver_id, 0), update.seq)
+        stored = await self._history.insert_fixes(rows) if rows else 0
+        return pb.UploadLocationsResponse(
+            durable_seqs=[
+                pb.DriverDurableSeq(driver_id=d, durable_seq=s) for d, s in sorted(durable.items())
+            ],
+            stored_count=stored,
+            duplicate_count=len(rows) - stored,
+            rejected=rejected,
+        )
+
+    async def GetDriverLocation(
+        self, request: pb.GetDriverLocationRequest, context: aio.ServicerContext[Any, Any]
+    ) -> pb.GetDriverLocationResponse:
+        driver_id = _required_id(request.driver_id)
+        location = await self._live.get_location(driver_id)
+        if location is None:
+            raise NotFound(
+                f"driver {driver_id!r} has no live location (no fix in the last "
+                f"{self._settings.live_window_s:.0f} s)"
+            )
+        return pb.GetDriverLocationResponse(location=location)
+
+    async def WatchDriver(
+        self, request: pb.WatchDriverRequest, context: aio.ServicerContext[Any, Any]
+    ) -> AsyncIterator[pb.WatchDriverResponse]:
+        driver_id = _required_id(request.driver_id)
+        channel = driver_channel(driver_id)
+        mailbox: Latest[DriverLocation] = Latest()
+        await self._hub.add(channel, mailbox.put)
+        try:
+            last = (0, 0)
+            current = await self._live.get_location(driver_id)
+            if current is not None:
+                last = _order(current)
+                yield pb.WatchDriverResponse(location=current)
+            while True:
+                location = await mailbox.get()
+                # The first screen may already show a fix that was also published meanwhile.
+                if _order(location) > last:
+                    last = _order(location)
+                    yield pb.WatchDriverResponse(location=location)
+        finally:
+            await self._hub.remove(channel, mailbox.put)
+
+    async def WatchArea(
+        self, request: pb.WatchAreaRequest, context: aio.ServicerContext[Any, Any]
+    ) -> AsyncIterator[pb.WatchAreaResponse]:
+        if not request.HasField("bounds"):
+            raise InvalidArgument("bounds is required")
+        box = Box.from_proto(request.bounds)
+        mailbox: KeyedLatest[DriverLocation] = KeyedLatest(1.0, time.monotonic)
+        inside: set[str] = set()
+
+        def sink(location: DriverLocation) -> None:
+            # Runs in the hub's reader for every fix in the watched cells: keep it cheap.
+            driver_id = location.driver_id
+            if box.contains(location.position.latitude, location.position.longitude):
+                inside.add(driver_id)
+                mailbox.put(driver_id, location)
+            elif driver_id in inside:
+                inside.discard(driver_id)
+                mailbox.put(driver_id, location)
+
+        cells = cells_for_box(box, MAX_AREA_CELLS)
+        channels = [CELL_PATTERN] if cells is None else [cell_channel(c) for c in cells]
+        for channel in channels:
+            await self._hub.add(channel, sink, pattern=cells is None)
+        try:
+            for location in await self._live.locations_in_box(box, AREA_SNAPSHOT_LIMIT):
+                inside.add(location.driver_id)
+                mailbox.put_if_absent(location.driver_id, location)
+            while True:
+                for location in await mailbox.get_batch():
+                    exited = not box.contains(location.position.latitude, location.position.longitude)
+                    yield pb.WatchAreaResponse(location=location, exited=exited)
+        finally:
+            for channel in channels:
+                await self._hub.remove(channel, sink)
+
+
+def _location(update: pb.LocationUpdate, now: float) -> DriverLocation:
+    location = DriverLocation(
+        driver_id=update.driver_id,
+        position=update.position,
+        heading_deg=update.heading_deg,
+        speed_mps=update.speed_mps,
+        accuracy_m=update.accuracy_m,
+        recorded_at=update.recorded_at,
+        seq=update.seq,
+        availability=DriverAvailability.DRIVER_AVAILABILITY_AVAILABLE,
+    )
+    location.received_at.FromNanoseconds(int(now * 1e9))
+    return location
+
+
+def _order(location: DriverLocation) -> tuple[int, int]:
+    return location.recorded_at.ToNanoseconds(), location.seq
+
+
+def _required_id(driver_id: str) -> str:
+    if not driver_id:
+        raise InvalidArgument("driver_id is required")
+    return validate_id(driver_id)
+
+
+def _close(stream: DriverStream, reader: asyncio.Task[None]) -> None:
+    if not reader.cancelled():
+        reader.exception()  # a broken client connection ends the reader; the RPC ends with it
+    stream.closing = True
+    stream.wake.set()

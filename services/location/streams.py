@@ -1,0 +1,114 @@
+"""Live driver streams of this process: their outgoing messages and the ticker that acks them."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+
+from ridemesh.v1.location_service_pb2 import (
+    LocationAck,
+    LocationRejected,
+    StreamLocationsResponse,
+)
+from services.errors import DomainError
+from services.livestore import LiveStore
+from services.location.session import DriverSession
+
+log = logging.getLogger(__name__)
+
+# Rejections waiting for a client that does not read its responses are capped, oldest dropped.
+MAX_QUEUED_REJECTIONS = 64
+
+
+class DriverStream:
+    """One StreamLocations call: the session plus what is waiting to be written to the app."""
+
+    __slots__ = ("session", "wake", "_rejections", "_ack_pending", "closing")
+
+    def __init__(self, session: DriverSession) -> None:
+        self.session = session
+        self.wake = asyncio.Event()
+        self._rejections: deque[StreamLocationsResponse] = deque(maxlen=MAX_QUEUED_REJECTIONS)
+        self._ack_pending = False
+        # Set when the stream should end once its fixes are durable (client done or draining).
+        self.closing = False
+
+    def reject(self, seq: int, driver_id: str, error: DomainError) -> None:
+        rejected = LocationRejected(
+            seq=seq, code=error.code.value[0], message=str(error), driver_id=driver_id
+        )
+        self._rejections.append(StreamLocationsResponse(rejected=rejected))
+        self.wake.set()
+
+    def request_ack(self) -> None:
+        self._ack_pending = True
+        self.wake.set()
+
+    def outgoing(self) -> list[StreamLocationsResponse]:
+        """Everything to write now: rejections first, then one ack with the latest seqs."""
+        messages = list(self._rejections)
+        self._rejections.clear()
+        if self._ack_pending:
+            self._ack_pending = False
+            ack = LocationAck(seq=self.session.accepted_seq, durable_seq=self.session.durable_seq)
+            messages.append(StreamLocationsResponse(ack=ack))
+        return messages
+
+    @property
+    def finished(self) -> bool:
+        return self.closing and self.session.fully_durable and not self._ack_pending
+
+
+class StreamRegistry:
+    """Tracks this process's driver streams and, every tick, tells each how far its fixes got."""
+
+    def __init__(self, live: LiveStore, interval_s: float) -> None:
+        self._live = live
+        self._interval_s = interval_s
+        self._streams: set[DriverStream] = set()
+        self.draining = False
+
+    def add(self, stream: DriverStream) -> None:
+        self._streams.add(stream)
+
+    def discard(self, stream: DriverStream) -> None:
+        self._streams.discard(stream)
+
+    def __len__(self) -> int:
+        return len(self._streams)
+
+    async def run(self) -> None:
+        while True:
+            await asyncio.sleep(self._interval_s)
+            try:
+                await self.tick()
+            except Exception:  # Redis away for a moment: acks resume on a later tick
+                log.exception("ack tick failed")
+
+    async def tick(self) -> None:
+        """One round: read the persistence watermark once, then ack every stream with news."""
+        below = await self._live.committed_below() if self._streams else None
+        for stream in self._streams:
+            session = stream.session
+            session.advance(below)
+            if session.ack_due:
+                session.ack_due = False
+                stream.request_ack()
+            elif stream.finished:
+                stream.wake.set()
+
+    def start_draining(self) -> None:
+        """Stops taking fixes; each stream ends once what it accepted is durable."""
+        self.draining = True
+        for stream in self._streams:
+            stream.closing = True
+            stream.wake.set()
+
+    async def wait_finished(self, timeout_s: float) -> None:
+        """Ticks until every stream is finished or the timeout passes."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        while any(not s.finished for s in self._streams) and loop.time() < deadline:
+            await self.tick()
+            await asyncio.sleep(min(0.1, self._interval_s))

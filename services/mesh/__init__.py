@@ -1,0 +1,1 @@
+"""Process supervisor: throwaway Redis, PostgreSQL, Envoy and service replicas on loopback."""

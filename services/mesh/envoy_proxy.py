@@ -1,0 +1,173 @@
+"""The Envoy edge proxy: its config rendered from envoy/envoy.yaml.tmpl, validated and run."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import subprocess
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from string import Template
+from types import TracebackType
+from typing import Self
+
+from services.mesh.binaries import find_binary
+from services.mesh.ports import free_port
+from services.mesh.process import ManagedProcess, ProcessError
+
+TEMPLATE = Path(__file__).resolve().parents[2] / "envoy" / "envoy.yaml.tmpl"
+CLUSTERS = ("location", "ride", "geo")
+LOCAL_ORIGINS = ("http://127.0.0.1", "http://localhost")
+
+
+@dataclass(frozen=True)
+class EnvoyConfig:
+    """What varies between runs: ports, replica ports per cluster, allowed browser origins."""
+
+    port: int
+    admin_port: int
+    upstreams: Mapping[str, Sequence[int]]
+    listen_address: str = "127.0.0.1"
+    cors_origin_prefixes: Sequence[str] = LOCAL_ORIGINS
+    max_streams: int = 20_000
+    max_downstream_connections: int = 50_000
+    upstream_host: str = "127.0.0.1"
+
+
+def _endpoints(host: str, ports: Sequence[int]) -> str:
+    """The lb_endpoints list as a YAML flow sequence (JSON is YAML)."""
+    endpoints = [
+        {"endpoint": {"address": {"socket_address": {"address": host, "port_value": port}}}}
+        for port in ports
+    ]
+    return json.dumps(endpoints)
+
+
+def render_config(config: EnvoyConfig, template: Path = TEMPLATE) -> str:
+    """Fill the template with this run's values."""
+    unknown = set(config.upstreams) - set(CLUSTERS)
+    if unknown:
+        raise ValueError(f"unknown clusters {sorted(unknown)}; expected some of {CLUSTERS}")
+    values: dict[str, object] = {
+        "port": config.port,
+        "admin_port": config.admin_port,
+        "listen_address": config.listen_address,
+        "cors_origins": json.dumps([{"prefix": p} for p in config.cors_origin_prefixes]),
+        "max_streams": config.max_streams,
+        "max_downstream_connections": config.max_downstream_connections,
+    }
+    for cluster in CLUSTERS:
+        ports = config.upstreams.get(cluster, ())
+        values[f"{cluster}_endpoints"] = _endpoints(config.upstream_host, ports)
+    return Template(template.read_text()).substitute(values)
+
+
+def validate_config(path: Path) -> None:
+    """Run `envoy --mode validate`; raise with Envoy's message when the config is rejected."""
+    argv = [str(find_binary("envoy")), "--mode", "validate", "-c", str(path)]
+    result = subprocess.run(argv, capture_output=True, text=True, check=False)
+    if result.returncode != 0:
+        raise ProcessError(f"envoy rejected {path}:\n{result.stdout}{result.stderr}")
+
+
+def admin_ready(admin_port: int) -> bool:
+    """True when Envoy's admin /ready answers 200 (all clusters and listeners initialised)."""
+    conn = http.client.HTTPConnection("127.0.0.1", admin_port, timeout=1.0)
+    try:
+        conn.request("GET", "/ready")
+        return conn.getresponse().status == 200
+    except OSError:
+        return False
+    finally:
+        conn.close()
+
+
+class EnvoyProxy:
+    """Envoy in front of the service replicas; config and log live in `run_dir`."""
+
+    def __init__(
+        self,
+        run_dir: Path,
+        upstreams: Mapping[str, Sequence[int]],
+        port: int | None = None,
+        admin_port: int | None = None,
+        listen_address: str = "127.0.0.1",
+        cors_origin_prefixes: Sequence[str] = LOCAL_ORIGINS,
+        log_level: str = "warn",
+        concurrency: int | None = None,
+        ready_timeout: float = 30.0,
+    ) -> None:
+        self.run_dir = Path(run_dir)
+        self.config = EnvoyConfig(
+            port=port if port is not None else free_port(),
+            admin_port=admin_port if admin_port is not None else free_port(),
+            upstreams=upstreams,
+            listen_address=listen_address,
+            cors_origin_prefixes=tuple(cors_origin_prefixes),
+        )
+        self.config_path = self.run_dir / "envoy.yaml"
+        self.ready_timeout = ready_timeout
+        argv = [str(find_binary("envoy")), "-c", str(self.config_path), "--use-dynamic-base-id"]
+        argv += ["--log-level", log_level]
+        if concurrency is not None:
+            argv += ["--concurrency", str(concurrency)]
+        self.process = ManagedProcess("envoy", argv, self.run_dir / "envoy.log")
+
+    @property
+    def pid(self) -> int:
+        """PID of the server process we started."""
+        return self.process.pid
+
+    @property
+    def port(self) -> int:
+        """The listener port clients use."""
+        return self.config.port
+
+    @property
+    def admin_port(self) -> int:
+        """The admin port (loopback only)."""
+        return self.config.admin_port
+
+    @property
+    def address(self) -> str:
+        """host:port for a gRPC channel."""
+        return f"127.0.0.1:{self.port}"
+
+    @property
+    def url(self) -> str:
+        """Base URL for gRPC-Web clients."""
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def admin_url(self) -> str:
+        """Base URL of the admin interface."""
+        return f"http://127.0.0.1:{self.admin_port}"
+
+    def write_config(self) -> Path:
+        """Render the config into the run directory and return its path."""
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.config_path.write_text(render_config(self.config))
+        return self.config_path
+
+    def start(self) -> Self:
+        """Write the config, start Envoy and wait for admin /ready."""
+        self.write_config()
+        self.process.start()
+        self.process.wait_ready(lambda: admin_ready(self.admin_port), self.ready_timeout)
+        return self
+
+    def stop(self, grace: float = 10.0) -> None:
+        """Stop Envoy by PID."""
+        self.process.stop(grace)
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()

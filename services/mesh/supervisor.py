@@ -1,0 +1,176 @@
+"""The Mesh: Redis, PostgreSQL, service replicas and Envoy, started in order, stopped in reverse."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+from typing import Protocol, Self, TypeVar
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from services.mesh.envoy_proxy import CLUSTERS, EnvoyProxy
+from services.mesh.ports import free_port
+from services.mesh.postgres_server import PostgresServer
+from services.mesh.process import ManagedProcess
+from services.mesh.redis_server import RedisServer
+
+
+class Part(Protocol):
+    """Anything the mesh can start and later stop."""
+
+    @property
+    def pid(self) -> int: ...
+
+    def start(self) -> Self: ...
+
+    def stop(self, grace: float = ...) -> object: ...
+
+
+P = TypeVar("P", bound=Part)
+
+
+def grpc_serving(port: int, service: str = "", timeout: float = 0.5) -> bool:
+    """True when grpc.health.v1 on 127.0.0.1:port reports `service` SERVING."""
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        try:
+            reply = stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=timeout)
+        except grpc.RpcError:
+            return False
+    return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)
+
+
+def service_argv(service: str, port: int, redis_url: str, database_url: str) -> list[str]:
+    """The command line of one service replica."""
+    return [
+        sys.executable, "-m", "services.cli", "serve", service, "--port", str(port),
+        "--redis-url", redis_url, "--database-url", database_url,
+    ]  # fmt: skip
+
+
+@dataclass(frozen=True)
+class MeshSettings:
+    """How to lay out one mesh run; ports left as None are picked free."""
+
+    run_dir: Path
+    replicas: Mapping[str, int] = field(default_factory=lambda: dict.fromkeys(CLUSTERS, 1))
+    envoy_port: int | None = None
+    envoy_admin_port: int | None = None
+    listen_address: str = "127.0.0.1"
+    redis_port: int | None = None
+    postgres_port: int | None = None
+    durable: bool = False  # keep data across restarts (Redis AOF, PostgreSQL fsync)
+    redis_url: str | None = None  # use this Redis instead of starting one
+    database_url: str | None = None  # use this PostgreSQL instead of starting one
+    env: Mapping[str, str] = field(default_factory=dict)
+    ready_timeout: float = 60.0
+
+
+class Mesh:
+    """Owns the parts it started and stops them in reverse order, each by its own PID."""
+
+    def __init__(self, run_dir: Path) -> None:
+        self.run_dir = Path(run_dir)
+        self.parts: list[Part] = []
+        self.redis: RedisServer | None = None
+        self.postgres: PostgresServer | None = None
+        self.envoy: EnvoyProxy | None = None
+        self.services: dict[str, list[int]] = {}
+        # Set from the servers started here, or given when Redis/PostgreSQL run elsewhere.
+        self.redis_url: str | None = None
+        self.database_url: str | None = None
+
+    def start(self, part: P) -> P:
+        """Start `part` and take ownership of stopping it."""
+        part.start()
+        self.parts.append(part)
+        return part
+
+    def start_service(
+        self, service: str, port: int, env: Mapping[str, str] | None = None, timeout: float = 60.0
+    ) -> ManagedProcess:
+        """Start one replica of `service` on `port` and wait for its health check to say SERVING."""
+        if self.redis_url is None or self.database_url is None:
+            raise RuntimeError("start (or name) Redis and PostgreSQL before the services")
+        argv = service_argv(service, port, self.redis_url, self.database_url)
+        child_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+        log = self.run_dir / "logs" / f"{service}-{port}.log"
+        process = self.start(ManagedProcess(f"{service}:{port}", argv, log, env=child_env))
+        process.wait_ready(lambda: grpc_serving(port), timeout)
+        self.services.setdefault(service, []).append(port)
+        return process
+
+    def stop(self, grace: float = 10.0) -> None:
+        """Stop everything in reverse start order; one failure does not skip the rest."""
+        errors: list[Exception] = []
+        while self.parts:
+            part = self.parts.pop()
+            try:
+                part.stop(grace)
+            except Exception as exc:  # keep stopping the others; re-raised below
+                errors.append(exc)
+        if errors:
+            raise ExceptionGroup("stopping the mesh", errors)
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
+def start_mesh(
+    settings: MeshSettings, before_services: Callable[[Mesh], None] | None = None
+) -> Mesh:
+    """Start Redis, PostgreSQL, `before_services` (e.g. migrations), the replicas, then Envoy."""
+    mesh = Mesh(settings.run_dir)
+    try:
+        _start_all(mesh, settings, before_services)
+    except BaseException:
+        mesh.stop()
+        raise
+    return mesh
+
+
+def _start_all(
+    mesh: Mesh, settings: MeshSettings, before_services: Callable[[Mesh], None] | None
+) -> None:
+    run_dir = settings.run_dir
+    if settings.redis_url is None:
+        mesh.redis = mesh.start(
+            RedisServer(run_dir / "redis", settings.redis_port, persist=settings.durable)
+        )
+    mesh.redis_url = settings.redis_url or (mesh.redis.url if mesh.redis else None)
+    if settings.database_url is None:
+        mesh.postgres = mesh.start(
+            PostgresServer(
+                run_dir / "postgres",
+                settings.postgres_port,
+                fsync=settings.durable,
+                log_path=run_dir / "logs" / "postgres.log",
+            )
+        )
+    mesh.database_url = settings.database_url or (mesh.postgres.url if mesh.postgres else None)
+    if before_services is not None:
+        before_services(mesh)
+    for service, count in settings.replicas.items():
+        for _ in range(count):
+            mesh.start_service(service, free_port(), settings.env, settings.ready_timeout)
+    envoy = EnvoyProxy(
+        run_dir / "envoy",
+        mesh.services,
+        port=settings.envoy_port,
+        admin_port=settings.envoy_admin_port,
+        listen_address=settings.listen_address,
+    )
+    mesh.envoy = mesh.start(envoy)

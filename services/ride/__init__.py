@@ -1,0 +1,1 @@
+"""RideService: the ride lifecycle, dispatch, live ride status and chat."""

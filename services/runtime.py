@@ -1,0 +1,53 @@
+"""Runs one service process: serve, flip health, wait for SIGTERM or Ctrl-C, drain, stop."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from collections.abc import Awaitable, Callable
+
+from grpc import aio
+
+from services.grpcserver import add_health, add_reflection, create_server, set_serving
+
+log = logging.getLogger(__name__)
+
+Register = Callable[[aio.Server], None]
+Drain = Callable[[], Awaitable[None]]
+
+
+async def serve(
+    name: str,
+    address: str,
+    register: Register,
+    *,
+    drain: Drain | None = None,
+    grace_s: float = 5.0,
+    stop: asyncio.Event | None = None,
+) -> None:
+    """Serves until `stop` is set (or a signal arrives), then drains and stops gracefully."""
+    server, port = create_server(address)
+    register(server)
+    health = add_health(server)
+    add_reflection(server)
+    await server.start()
+    await set_serving(health, True)
+    log.info("%s listening on %s", name, address.rsplit(":", 1)[0] + f":{port}")
+    stop = stop or _stop_on_signals()
+    await stop.wait()
+    log.info("%s stopping: draining", name)
+    # Health first, so Envoy routes new calls elsewhere while this replica finishes its work.
+    await set_serving(health, False)
+    if drain is not None:
+        await drain()
+    await server.stop(grace_s)
+    log.info("%s stopped", name)
+
+
+def _stop_on_signals() -> asyncio.Event:
+    event = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, event.set)
+    return event

@@ -1,0 +1,1 @@
+"""Test package (lets mypy tell the conftest modules apart)."""

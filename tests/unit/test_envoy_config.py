@@ -1,0 +1,130 @@
+"""The rendered Envoy config: routes, stream timeouts, HTTP/2 upstreams, health checks, limits."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import yaml
+
+from services.mesh.envoy_proxy import EnvoyConfig, render_config
+
+HCM = "envoy.filters.network.http_connection_manager"
+H2_OPTIONS = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
+
+
+@pytest.fixture(scope="module")
+def config() -> dict[str, Any]:
+    rendered = render_config(
+        EnvoyConfig(
+            port=18080,
+            admin_port=19901,
+            upstreams={"location": [50051, 50052], "ride": [50061, 50062], "geo": [50071, 50072]},
+        )
+    )
+    loaded: dict[str, Any] = yaml.safe_load(rendered)
+    return loaded
+
+
+def _hcm(config: dict[str, Any]) -> dict[str, Any]:
+    (listener,) = config["static_resources"]["listeners"]
+    (hcm,) = listener["filter_chains"][0]["filters"]
+    assert hcm["name"] == HCM
+    typed: dict[str, Any] = hcm["typed_config"]
+    return typed
+
+
+def _clusters(config: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {c["name"]: c for c in config["static_resources"]["clusters"]}
+
+
+def _routes(config: dict[str, Any]) -> list[dict[str, Any]]:
+    (vhost,) = _hcm(config)["route_config"]["virtual_hosts"]
+    routes: list[dict[str, Any]] = vhost["routes"]
+    return routes
+
+
+def test_listener_and_admin_bind_loopback(config: dict[str, Any]) -> None:
+    (listener,) = config["static_resources"]["listeners"]
+    assert listener["address"]["socket_address"] == {"address": "127.0.0.1", "port_value": 18080}
+    admin = config["admin"]["address"]["socket_address"]
+    assert admin == {"address": "127.0.0.1", "port_value": 19901}
+
+
+def test_routes_send_each_service_to_its_cluster(config: dict[str, Any]) -> None:
+    table = {r["match"]["prefix"]: r["route"]["cluster"] for r in _routes(config)}
+    assert table == {
+        "/ridemesh.v1.LocationService/": "location",
+        "/ridemesh.v1.RideService/": "ride",
+        "/ridemesh.v1.GeoQueryService/": "geo",
+        "/grpc.reflection.": "location",
+        "/grpc.health.v1.Health/": "location",
+    }
+
+
+def test_streams_are_never_cut_by_timeouts(config: dict[str, Any]) -> None:
+    hcm = _hcm(config)
+    assert hcm["stream_idle_timeout"] == "0s"
+    assert hcm["request_timeout"] == "0s"
+    assert hcm["codec_type"] == "AUTO"
+    assert "connection_keepalive" in hcm["http2_protocol_options"]
+    assert all(r["route"]["timeout"] == "0s" for r in _routes(config))
+
+
+def test_filters_run_grpc_web_then_cors_then_router(config: dict[str, Any]) -> None:
+    names = [f["name"] for f in _hcm(config)["http_filters"]]
+    assert names == [
+        "envoy.filters.http.grpc_web",
+        "envoy.filters.http.cors",
+        "envoy.filters.http.router",
+    ]
+
+
+def test_cors_allows_local_origins_and_exposes_grpc_status(config: dict[str, Any]) -> None:
+    (vhost,) = _hcm(config)["route_config"]["virtual_hosts"]
+    cors = vhost["typed_per_filter_config"]["envoy.filters.http.cors"]
+    assert cors["allow_origin_string_match"] == [
+        {"prefix": "http://127.0.0.1"},
+        {"prefix": "http://localhost"},
+    ]
+    assert "grpc-status" in cors["expose_headers"].split(",")
+    assert "x-grpc-web" in cors["allow_headers"].split(",")
+
+
+@pytest.mark.parametrize(
+    ("cluster", "ports"),
+    [("location", [50051, 50052]), ("ride", [50061, 50062]), ("geo", [50071, 50072])],
+)
+def test_cluster_round_robins_over_every_replica(
+    config: dict[str, Any], cluster: str, ports: list[int]
+) -> None:
+    spec = _clusters(config)[cluster]
+    assert spec["type"] == "STATIC"
+    assert spec["lb_policy"] == "ROUND_ROBIN"
+    (locality,) = spec["load_assignment"]["endpoints"]
+    addresses = [e["endpoint"]["address"]["socket_address"] for e in locality["lb_endpoints"]]
+    assert addresses == [{"address": "127.0.0.1", "port_value": p} for p in ports]
+
+
+@pytest.mark.parametrize("cluster", ["location", "ride", "geo"])
+def test_cluster_speaks_http2_and_is_health_checked(config: dict[str, Any], cluster: str) -> None:
+    spec = _clusters(config)[cluster]
+    options = spec["typed_extension_protocol_options"][H2_OPTIONS]
+    assert "http2_protocol_options" in options["explicit_http_config"]
+    (check,) = spec["health_checks"]
+    assert check["grpc_health_check"] == {"service_name": ""}
+    assert check["unhealthy_threshold"] == 2
+
+
+@pytest.mark.parametrize("cluster", ["location", "ride", "geo"])
+def test_circuit_breakers_hold_twenty_thousand_streams(
+    config: dict[str, Any], cluster: str
+) -> None:
+    (limits,) = _clusters(config)[cluster]["circuit_breakers"]["thresholds"]
+    for key in ("max_connections", "max_pending_requests", "max_requests"):
+        assert limits[key] >= 20_000
+
+
+def test_unknown_cluster_is_rejected() -> None:
+    with pytest.raises(ValueError, match="unknown clusters"):
+        render_config(EnvoyConfig(port=1, admin_port=2, upstreams={"payments": [1]}))

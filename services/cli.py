@@ -1,10 +1,11 @@
-"""The `ridemesh` command: `up` runs the whole mesh, `serve` one service process, `migrate` the schema."""
+"""The `ridemesh` command: `up` runs the mesh, `serve` one service, `migrate` the schema."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
 import logging
+import os
 import signal
 import sys
 import threading
@@ -12,6 +13,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from services.config import MissingSetting, Settings
+from services.mesh.ports import free_port, port_open
+from services.mesh.supervisor import Mesh, MeshSettings, start_mesh
+from services.migrate import run_migrations
 
 SERVICES = ("location", "ride", "geo")
 DEFAULT_REDIS_PORT = 16379
@@ -74,8 +78,6 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _migrate(args: argparse.Namespace) -> int:
-    from services.migrate import run_migrations
-
     settings = Settings.from_env(redis_url=args.redis_url or "-", database_url=args.database_url)
     run_migrations(settings.database_url)
     print("schema is up to date")
@@ -83,12 +85,6 @@ def _migrate(args: argparse.Namespace) -> int:
 
 
 def _up(args: argparse.Namespace) -> int:
-    import os
-
-    from services.mesh.ports import free_port, port_open
-    from services.mesh.supervisor import Mesh, MeshSettings, start_mesh
-    from services.migrate import run_migrations
-
     redis_url = args.redis_url or os.environ.get("RIDEMESH_REDIS_URL")
     database_url = args.database_url or os.environ.get("RIDEMESH_DATABASE_URL")
     settings = MeshSettings(
@@ -96,8 +92,8 @@ def _up(args: argparse.Namespace) -> int:
         replicas=dict.fromkeys(SERVICES, args.replicas),
         envoy_port=args.port,
         envoy_admin_port=args.admin_port,
-        redis_port=_port_or_free(DEFAULT_REDIS_PORT, port_open, free_port),
-        postgres_port=_port_or_free(DEFAULT_POSTGRES_PORT, port_open, free_port),
+        redis_port=_port_or_free(DEFAULT_REDIS_PORT),
+        postgres_port=_port_or_free(DEFAULT_POSTGRES_PORT),
         durable=True,
         redis_url=redis_url,
         database_url=database_url,
@@ -122,15 +118,13 @@ def _up(args: argparse.Namespace) -> int:
     return 0
 
 
-def _port_or_free(preferred: int, in_use: object, pick: object) -> int:
-    assert callable(in_use) and callable(pick)
-    return preferred if not in_use(preferred) else int(pick())
+def _port_or_free(preferred: int) -> int:
+    """The fixed default port (so `psql` commands in the README work) unless it is taken."""
+    return free_port() if port_open(preferred) else preferred
 
 
-def _banner(mesh: object) -> str:
-    from services.mesh.supervisor import Mesh
-
-    assert isinstance(mesh, Mesh) and mesh.envoy is not None
+def _banner(mesh: Mesh) -> str:
+    assert mesh.envoy is not None
     lines = [
         "",
         "Ridemesh is up.",

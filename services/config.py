@@ -43,7 +43,7 @@ class Settings:
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
-        """Reads RIDEMESH_<FIELD> for every field; `overrides` (non-None) win over the environment."""
+        """Reads RIDEMESH_<FIELD> for each field; non-None `overrides` win over the environment."""
         env = os.environ if env is None else env
         values: dict[str, Any] = {}
         for field in fields(cls):

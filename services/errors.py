@@ -42,17 +42,17 @@ class Unavailable(DomainError):
 Handler = Callable[..., Any]
 
 
-class DomainErrorInterceptor(aio.ServerInterceptor):
+class DomainErrorInterceptor(aio.ServerInterceptor):  # type: ignore[type-arg]
     """Maps DomainError raised by any servicer method to its status code and message."""
 
     async def intercept_service(
         self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Any]],
         handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
+    ) -> Any:
         handler = await continuation(handler_call_details)
-        if handler is None:
-            return handler
+        if handler is None:  # unknown method: grpc answers UNIMPLEMENTED
+            return None
         if handler.unary_unary:
             return grpc.unary_unary_rpc_method_handler(
                 _wrap_unary(handler.unary_unary),

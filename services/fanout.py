@@ -1,4 +1,4 @@
-"""In-process fan-out: one Redis subscription per channel however many watchers, conflating mailboxes."""
+"""In-process fan-out: one Redis subscription per channel, and mailboxes that conflate."""
 
 from __future__ import annotations
 
@@ -42,10 +42,10 @@ class Hub(Generic[T]):
             self._reader.cancel()
             await asyncio.gather(self._reader, return_exceptions=True)
         if self._pubsub:
-            await self._pubsub.aclose()
+            await self._pubsub.aclose()  # type: ignore[no-untyped-call]
 
     async def add(self, channel: str, sink: Sink[T], *, pattern: bool = False) -> None:
-        """Starts delivering `channel` (or a glob pattern) to `sink`; subscribes on the first sink."""
+        """Delivers `channel` (or a glob pattern) to `sink`; subscribes on the first sink."""
         async with self._lock:
             sinks = self._sinks.setdefault(channel, set())
             first = not sinks
@@ -156,7 +156,9 @@ class KeyedLatest(Generic[T]):
         while True:
             await self._ready.wait()
             now = self._clock()
-            due = [k for k in self._pending if now - self._last_sent.get(k, -1e18) >= self._interval]
+            due = [
+                k for k in self._pending if now - self._last_sent.get(k, -1e18) >= self._interval
+            ]
             if due:
                 batch = [self._pending.pop(k) for k in due]
                 for k in due:

@@ -5,7 +5,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from grpc import aio
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 
 from ridemesh.v1 import (
@@ -45,9 +46,9 @@ def create_server(address: str) -> tuple[aio.Server, int]:
     return server, port
 
 
-def add_health(server: aio.Server) -> health.aio.HealthServicer:
+def add_health(server: aio.Server) -> HealthServicer:
     """Registers grpc.health.v1.Health; the caller flips it to NOT_SERVING when draining."""
-    servicer = health.aio.HealthServicer()
+    servicer = HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
     return servicer
 
@@ -63,7 +64,7 @@ def add_reflection(server: aio.Server, extra: Sequence[str] = ()) -> None:
     reflection.enable_server_reflection(names, server)
 
 
-async def set_serving(servicer: health.aio.HealthServicer, serving: bool) -> None:
+async def set_serving(servicer: HealthServicer, serving: bool) -> None:
     """Sets the overall status ("") and every API service's status at once."""
     status = (
         health_pb2.HealthCheckResponse.SERVING

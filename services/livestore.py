@@ -1,4 +1,4 @@
-"""The live store in Redis: the geo index, each driver's last fix, fan-out channels, the ingest log."""
+"""The live store in Redis: geo index, last fix per driver, fan-out channels, the ingest log."""
 
 from __future__ import annotations
 
@@ -64,7 +64,7 @@ class LiveStore:
         return self._redis
 
     async def ingest(self, location: DriverLocation, payload: bytes) -> StreamId:
-        """Writes one accepted fix (already serialised as `payload`); returns its ingest entry id."""
+        """Writes one accepted fix, serialised as `payload`; returns its ingest entry id."""
         lat, lng = location.position.latitude, location.position.longitude
         recorded_ms = location.recorded_at.seconds * 1000 + location.recorded_at.nanos // 1_000_000
         keys = [
@@ -92,19 +92,20 @@ class LiveStore:
         seq, availability = await self._redis.hmget(driver_key(driver_id), ["s", "a"])
         return (
             int(seq) if seq else 0,
-            DriverAvailability.ValueType(int(availability)) if availability else
-            DriverAvailability.DRIVER_AVAILABILITY_AVAILABLE,
+            DriverAvailability.ValueType(int(availability))
+            if availability
+            else DriverAvailability.DRIVER_AVAILABILITY_AVAILABLE,
         )
 
     async def get_location(self, driver_id: str) -> DriverLocation | None:
         """The driver's last live fix, or None when the live window has passed."""
-        payload = await self._redis.hget(driver_key(driver_id), "p")
+        payload: bytes | None = await self._redis.hget(driver_key(driver_id), "p")  # type: ignore[assignment]
         return DriverLocation.FromString(payload) if payload else None
 
     async def locations_in_box(self, box: Box, limit: int) -> list[DriverLocation]:
         """Live drivers inside a box, for a watcher's first screen."""
         lat, lng = box.center()
-        members = await self._redis.geosearch(
+        members: list[bytes] = await self._redis.geosearch(  # type: ignore[assignment]
             GEO_KEY,
             longitude=lng,
             latitude=lat,

@@ -8,6 +8,7 @@ import os
 import socket
 import time
 from datetime import UTC, datetime
+from typing import Any
 
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
@@ -103,7 +104,7 @@ class Persister:
 
     async def _read(self, start: str, block_ms: int | None = None) -> list[Entry]:
         room = max(1, self._batch_size - len(self._batch))
-        reply = await self._redis.xreadgroup(
+        reply: Any = await self._redis.xreadgroup(
             PERSIST_GROUP, self.consumer, {INGEST_STREAM: start}, count=room, block=block_ms
         )
         # An entry trimmed from the log comes back with no fields; there is nothing to store.
@@ -111,7 +112,7 @@ class Persister:
 
     async def _claim_stale(self) -> list[Entry]:
         """Takes over entries a crashed consumer read but never acknowledged."""
-        reply = await self._redis.xautoclaim(
+        reply: Any = await self._redis.xautoclaim(
             INGEST_STREAM, PERSIST_GROUP, self.consumer, self._claim_idle_ms, count=self._batch_size
         )
         return [entry for entry in reply[1] if entry[1]]
@@ -129,9 +130,9 @@ class Persister:
             try:
                 await self._flush()
                 return
-            except (OSError, ConnectionError, asyncio.TimeoutError) as exc:
+            except (TimeoutError, OSError, ConnectionError) as exc:
                 log.warning("persisting %d fixes failed (%s); retrying", len(self._batch), exc)
-            except Exception as exc:  # noqa: BLE001 - the database may raise many kinds
+            except Exception as exc:
                 log.error("persisting %d fixes failed (%r); retrying", len(self._batch), exc)
             await asyncio.sleep(delay)
             delay = min(delay * 2, 5.0)

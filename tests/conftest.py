@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import asyncio
+import secrets
+from collections.abc import Callable, Iterator
 
+import asyncpg
 import pytest
+from sqlalchemy.engine import make_url
 
 from services.mesh.postgres_server import PostgresServer
 from services.mesh.redis_server import RedisServer
+from services.migrate import run_migrations
 
 
 @pytest.fixture(scope="session")
@@ -23,3 +28,31 @@ def postgres_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Postgr
     installed but the extension is left for migrations to create."""
     with PostgresServer(tmp_path_factory.mktemp("postgres") / "data", fsync=False) as server:
         yield server
+
+
+async def _admin(postgres_server: PostgresServer, sql: str) -> None:
+    # CREATE/DROP DATABASE cannot run in the target database itself, so go through `postgres`.
+    conn = await asyncpg.connect(postgres_server.dsn_for("postgres"))
+    try:
+        await conn.execute(sql)
+    finally:
+        await conn.close()
+
+
+@pytest.fixture(scope="session")
+def make_database(postgres_server: PostgresServer) -> Iterator[Callable[[], str]]:
+    """Creates fresh databases with every migration applied; all are dropped at the end."""
+    names: list[str] = []
+
+    def create() -> str:
+        name = f"ridemesh_test_{secrets.token_hex(6)}"
+        # Own short-lived loops: independent of the tests' loop, and alembic runs asyncio.run.
+        asyncio.run(_admin(postgres_server, f"CREATE DATABASE {name}"))
+        names.append(name)
+        url = make_url(postgres_server.url).set(database=name).render_as_string(False)
+        run_migrations(url)
+        return url
+
+    yield create
+    for name in names:
+        asyncio.run(_admin(postgres_server, f"DROP DATABASE {name} WITH (FORCE)"))

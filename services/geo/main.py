@@ -1,4 +1,4 @@
-"""Wiring for a GeoQueryService process; its methods answer UNIMPLEMENTED until the geo issue lands."""
+"""Wiring for a GeoQueryService process; methods answer UNIMPLEMENTED until their issue lands."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from services.runtime import serve
 async def run(settings: Settings, address: str, stop: asyncio.Event | None = None) -> None:
     def register(server: aio.Server) -> None:
         # The generated base class answers UNIMPLEMENTED for every method.
-        pb_grpc.add_GeoQueryServiceServicer_to_server(pb_grpc.GeoQueryServiceServicer(), server)
+        servicer = pb_grpc.GeoQueryServiceServicer()  # type: ignore[abstract]
+        pb_grpc.add_GeoQueryServiceServicer_to_server(servicer, server)
 
     await serve("geo", address, register, grace_s=settings.shutdown_grace_s, stop=stop)

@@ -72,8 +72,8 @@ class Box:
 
 def cell_of(lat: float, lng: float) -> tuple[int, int]:
     """The grid cell holding a point; the poles and 180° fold into the edge cells."""
-    row = min(int(math.floor(lat / CELL_DEGREES)), 90 // CELL_DEGREES - 1)
-    col = min(int(math.floor(lng / CELL_DEGREES)), 180 // CELL_DEGREES - 1)
+    row = min(math.floor(lat / CELL_DEGREES), 90 // CELL_DEGREES - 1)
+    col = min(math.floor(lng / CELL_DEGREES), 180 // CELL_DEGREES - 1)
     return row, col
 
 

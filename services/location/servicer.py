@@ -16,7 +16,7 @@ from ridemesh.v1.common_pb2 import DriverAvailability, DriverLocation
 from services.config import Settings
 from services.errors import DomainError, InvalidArgument, NotFound, Unavailable
 from services.fanout import Hub, KeyedLatest, Latest
-from services.history import HistoryStore
+from services.history import FixRow, HistoryStore
 from services.livestore import CELL_PATTERN, LiveStore, cell_channel, driver_channel
 from services.location.area import Box, cells_for_box
 from services.location.session import DriverSession
@@ -109,7 +109,9 @@ class LocationServicer(pb_grpc.LocationServiceServicer):
             stream.reject(update.seq, update.driver_id, error)
             return
         except (OSError, ConnectionError) as exc:
-            stream.reject(update.seq, update.driver_id, Unavailable(f"live store unavailable: {exc}"))
+            stream.reject(
+                update.seq, update.driver_id, Unavailable(f"live store unavailable: {exc}")
+            )
             return
         session.accepted(update.seq, entry_id)
 
@@ -122,7 +124,9 @@ class LocationServicer(pb_grpc.LocationServiceServicer):
                 f"updates must hold 1 to {self._settings.max_upload_batch} fixes, got {count}"
             )
         now = time.time()
-        rows, rejected, durable = [], [], {}
+        rows: list[FixRow] = []
+        rejected: list[pb.LocationRejected] = []
+        durable: dict[str, int] = {}
         for update in request.updates:
             try:
                 validate_update(update, now, self._limits)
@@ -211,7 +215,9 @@ class LocationServicer(pb_grpc.LocationServiceServicer):
                 mailbox.put_if_absent(location.driver_id, location)
             while True:
                 for location in await mailbox.get_batch():
-                    exited = not box.contains(location.position.latitude, location.position.longitude)
+                    exited = not box.contains(
+                        location.position.latitude, location.position.longitude
+                    )
                     yield pb.WatchAreaResponse(location=location, exited=exited)
         finally:
             for channel in channels:

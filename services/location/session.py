@@ -50,7 +50,7 @@ class DriverSession:
         self.last_seq = last_stored_seq
 
     def admit(self, update: LocationUpdate, now_s: float, mono_s: float) -> float:
-        """Checks a fix in order: driver, content, seq, rate. Returns its recorded time (epoch s)."""
+        """Checks a fix: driver, content, seq, then rate. Returns its recorded time (epoch s)."""
         if self.driver_id is not None and update.driver_id != self.driver_id:
             raise InvalidArgument(
                 f"driver_id {update.driver_id!r} differs from this stream's driver "

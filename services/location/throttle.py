@@ -4,7 +4,7 @@ from __future__ import annotations
 
 
 class TokenBucket:
-    """Allows `rate` events per second on average with bursts of up to `burst`; time is passed in."""
+    """Allows `rate` events per second with bursts of up to `burst`; the caller passes time in."""
 
     __slots__ = ("_rate", "_burst", "_tokens", "_last")
 

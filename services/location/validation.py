@@ -71,4 +71,6 @@ def _check_coordinates(latitude: float, longitude: float) -> None:
 
 def _check_finite_range(name: str, value: float, low: float, high: float) -> None:
     if not math.isfinite(value) or not low <= value <= high:
-        raise InvalidArgument(f"{name} must be a finite number from {low:g} to {high:g}, got {value}")
+        raise InvalidArgument(
+            f"{name} must be a finite number from {low:g} to {high:g}, got {value}"
+        )

@@ -97,6 +97,10 @@ class ManagedProcess:
             time.sleep(delay)
             delay = min(delay * 1.5, 0.25)
 
+    def wait(self, timeout: float) -> int:
+        """Waits for the process to exit by itself; returns its exit code."""
+        return self._require().wait(timeout=timeout)
+
     def stop(self, grace: float = 10.0) -> int | None:
         """Signal our PID, SIGKILL it after `grace` seconds; return the exit code."""
         popen = self._popen

@@ -1,0 +1,72 @@
+"""The whole mesh for end-to-end tests: real Redis, PostGIS, two LocationService replicas, Envoy."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+from grpc import aio
+
+from ridemesh.v1 import location_service_pb2_grpc as location_grpc
+from services.history import HistoryStore, create_engine
+from services.mesh.redis_server import RedisServer
+from services.mesh.supervisor import Mesh, MeshSettings, start_mesh
+
+# Short intervals so tests do not wait on production-sized batches; a generous per-driver rate
+# so tests that send quickly are not throttled (the throttle has its own test).
+MESH_ENV = {
+    "RIDEMESH_PERSIST_MAX_AGE_S": "0.2",
+    "RIDEMESH_ACK_INTERVAL_S": "0.2",
+    "RIDEMESH_FIX_RATE_PER_S": "50",
+    "RIDEMESH_FIX_BURST": "50",
+}
+
+
+@pytest.fixture(scope="session")
+def mesh(
+    tmp_path_factory: pytest.TempPathFactory,
+    redis_server: RedisServer,
+    make_database: Callable[[], str],
+) -> Iterator[Mesh]:
+    settings = MeshSettings(
+        run_dir=Path(tmp_path_factory.mktemp("mesh")),
+        replicas={"location": 2, "ride": 1, "geo": 1},
+        redis_url=redis_server.url,
+        database_url=make_database(),
+        env=MESH_ENV,
+    )
+    with start_mesh(settings) as running:
+        yield running
+
+
+@pytest.fixture(scope="session")
+def envoy_address(mesh: Mesh) -> str:
+    assert mesh.envoy is not None
+    return mesh.envoy.address
+
+
+@pytest.fixture
+async def channel(envoy_address: str) -> AsyncIterator[aio.Channel]:
+    """A native gRPC channel through Envoy."""
+    async with aio.insecure_channel(envoy_address) as chan:
+        yield chan
+
+
+@pytest.fixture
+def location(channel: aio.Channel) -> location_grpc.LocationServiceAsyncStub:
+    return location_grpc.LocationServiceStub(channel)
+
+
+@pytest.fixture
+async def history(mesh: Mesh) -> AsyncIterator[HistoryStore]:
+    assert mesh.database_url is not None
+    store = HistoryStore(create_engine(mesh.database_url))
+    yield store
+    await store.dispose()
+
+
+def status_of(error: BaseException) -> grpc.StatusCode:
+    assert isinstance(error, aio.AioRpcError), error
+    return error.code()

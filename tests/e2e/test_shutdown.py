@@ -1,0 +1,76 @@
+"""SIGTERM to a LocationService mid-stream: it drains, flushes, and loses no accepted fix."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+
+import grpc
+import pytest
+from grpc import aio
+
+from ridemesh.v1 import location_service_pb2_grpc as location_grpc
+from services.history import HistoryStore, create_engine
+from services.mesh.ports import free_port
+from services.mesh.process import ManagedProcess
+from services.mesh.redis_server import RedisServer
+from services.mesh.supervisor import grpc_serving
+from tests.e2e.clients import DriverStream, fix, new_driver_id
+
+pytestmark = pytest.mark.e2e
+
+
+async def test_sigterm_mid_stream_loses_no_accepted_fix(
+    tmp_path: Path, redis_server: RedisServer, make_database: Callable[[], str]
+) -> None:
+    database_url = await asyncio.to_thread(make_database)
+    # Its own Redis database: no other persister may commit this process's fixes for it.
+    redis_url = f"redis://127.0.0.1:{redis_server.port}/3"
+    port = free_port()
+    argv = [sys.executable, "-m", "services.cli", "serve", "location", "--port", str(port)]
+    argv += ["--redis-url", redis_url, "--database-url", database_url]
+    env = {**os.environ, "RIDEMESH_PERSIST_MAX_AGE_S": "2", "RIDEMESH_FIX_RATE_PER_S": "100"}
+    process = ManagedProcess("location", argv, tmp_path / "location.log", env=env).start()
+    try:
+        process.wait_ready(lambda: grpc_serving(port), timeout=30)
+        driver_id = new_driver_id("term")
+        async with aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            driver = DriverStream(location_grpc.LocationServiceStub(channel))
+            sent = 0
+            for seq in range(1, 301):
+                driver.send(fix(driver_id, seq))
+                sent = seq
+                await asyncio.sleep(0.02)
+                if seq == 100:  # mid-stream, with a batch younger than its 2 s flush age
+                    os.kill(process.pid, signal.SIGTERM)
+            with pytest.raises(aio.AioRpcError) as ended:
+                await driver.reader
+            assert ended.value.code() == grpc.StatusCode.UNAVAILABLE
+            assert "shutting down" in (ended.value.details() or "")
+        assert await asyncio.to_thread(process.wait, 30) == 0
+    finally:
+        process.stop()
+
+    accepted_seq = driver.accepted_seq
+    refused = {r.seq for r in driver.rejected}
+    assert accepted_seq >= 100
+    assert all(r.code == grpc.StatusCode.UNAVAILABLE.value[0] for r in driver.rejected)
+    # The final ack said everything accepted was durable, and the rows agree.
+    assert driver.durable_seq == accepted_seq
+    history = HistoryStore(create_engine(database_url))
+    try:
+        rows = await history.list_fixes(
+            driver_id, datetime(2000, 1, 1, tzinfo=UTC), datetime(2100, 1, 1, tzinfo=UTC)
+        )
+    finally:
+        await history.dispose()
+    stored = [row.seq for row in rows]
+    expected = [s for s in range(1, accepted_seq + 1) if s not in refused]
+    assert stored == expected
+    assert sent == 300
+    assert refused, "fixes sent while draining are refused, not silently lost"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import deque
 from collections.abc import Callable
 from typing import Generic, TypeVar
 
@@ -104,26 +105,27 @@ class Hub(Generic[T]):
 
 
 class Latest(Generic[T]):
-    """A one-slot mailbox: a slow reader gets the newest item, never a growing backlog."""
+    """A mailbox of the newest `depth` items: a reader that keeps up loses nothing, a slow
+    reader gets the newest items, never a growing backlog (the oldest are dropped)."""
 
-    __slots__ = ("_item", "_ready", "dropped")
+    __slots__ = ("_items", "_ready", "dropped")
 
-    def __init__(self) -> None:
-        self._item: T | None = None
+    def __init__(self, depth: int = 1) -> None:
+        self._items: deque[T] = deque(maxlen=depth)
         self._ready = asyncio.Event()
         self.dropped = 0
 
     def put(self, item: T) -> None:
-        if self._item is not None:
+        if len(self._items) == self._items.maxlen:
             self.dropped += 1
-        self._item = item
+        self._items.append(item)
         self._ready.set()
 
     async def get(self) -> T:
         await self._ready.wait()
-        self._ready.clear()
-        item, self._item = self._item, None
-        assert item is not None
+        item = self._items.popleft()
+        if not self._items:
+            self._ready.clear()
         return item
 
 

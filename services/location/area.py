@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from ridemesh.v1.common_pb2 import BoundingBox
 from services.errors import InvalidArgument
-from services.geodesy import haversine_m, normalize_lng
+from services.geodesy import EARTH_RADIUS_M, haversine_m, normalize_lng
 
 # Fixes are also published on the channel of their 1°×1° cell, so an area watcher subscribes
 # to the few cells its box touches instead of to every driver.
@@ -65,9 +65,12 @@ class Box:
     def covering_radius_m(self) -> float:
         """A radius around `center()` that holds the whole box (for a geo-index search)."""
         lat, lng = self.center()
+        if self.contains(-lat, normalize_lng(lng + 180.0)):
+            # The box holds the centre's antipode: only the whole sphere covers it.
+            return math.pi * EARTH_RADIUS_M
+        # Otherwise the farthest points of a lat/lng box from its centre are its corners.
         corners = [(la, lo) for la in (self.south, self.north) for lo in (self.west, self.east)]
-        edges = [(self.south, lng), (self.north, lng)]
-        return max(haversine_m(lat, lng, la, lo) for la, lo in corners + edges) + 1.0
+        return max(haversine_m(lat, lng, la, lo) for la, lo in corners) + 1.0
 
 
 def cell_of(lat: float, lng: float) -> tuple[int, int]:

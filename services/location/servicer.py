@@ -29,6 +29,8 @@ from services.persister import fix_row
 MAX_AREA_CELLS = 64
 # Drivers sent at once when a WatchArea starts.
 AREA_SNAPSHOT_LIMIT = 5000
+# A WatchDriver reader may fall this many fixes behind before the oldest are dropped.
+WATCH_DEPTH = 16
 # After the app closes its side, the stream stays open this long for the final durable ack.
 FINAL_ACK_WAIT_S = 10.0
 
@@ -169,7 +171,7 @@ class LocationServicer(pb_grpc.LocationServiceServicer):
     ) -> AsyncIterator[pb.WatchDriverResponse]:
         driver_id = _required_id(request.driver_id)
         channel = driver_channel(driver_id)
-        mailbox: Latest[DriverLocation] = Latest()
+        mailbox: Latest[DriverLocation] = Latest(WATCH_DEPTH)
         await self._hub.add(channel, mailbox.put)
         try:
             last = (0, 0)

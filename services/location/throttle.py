@@ -21,7 +21,8 @@ class TokenBucket:
         if self._last is not None:
             elapsed = max(0.0, now - self._last)
             self._tokens = min(self._burst, self._tokens + elapsed * self._rate)
-        self._last = now
+        # A clock that steps back must not mint tokens when it steps forward again.
+        self._last = now if self._last is None else max(self._last, now)
         if self._tokens >= 1.0:
             self._tokens -= 1.0
             return True

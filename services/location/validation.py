@@ -39,7 +39,7 @@ def validate_update(update: LocationUpdate, now_s: float, limits: FixLimits) -> 
     if not update.HasField("position"):
         raise InvalidArgument("position is required")
     _check_coordinates(update.position.latitude, update.position.longitude)
-    _check_finite_range("heading_deg", update.heading_deg, 0.0, 360.0)
+    _check_finite_range("heading_deg", update.heading_deg, 0.0, 360.0)  # 360 reads as north
     _check_finite_range("speed_mps", update.speed_mps, 0.0, 1000.0)
     _check_finite_range("accuracy_m", update.accuracy_m, 0.0, 100_000.0)
     if not update.HasField("recorded_at"):

@@ -181,12 +181,6 @@ def test_covering_radius_of_a_wide_box_covers_the_far_parallel_midpoints() -> No
     _assert_covers(Box(60, -60, 70, 60))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: covering_radius_m only measures corners and the north/south edge midpoints; "
-    "for a box wider than 180° the farthest point can lie inside its west/east edges "
-    "(area.py covering_radius_m, `edges = ...`)",
-)
 def test_covering_radius_of_a_box_wider_than_a_hemisphere() -> None:
     # Centre (0, 0); the point (0, 180) on the box's edge is its antipode, 20,015 km away.
     box = Box(-10, -180, 10, 180)

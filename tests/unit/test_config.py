@@ -82,6 +82,13 @@ def test_overrides_win_over_the_environment() -> None:
     assert settings.redis_url == "redis://other:1/0"
 
 
+def test_falsy_overrides_still_win() -> None:
+    env = {**REQUIRED, "RIDEMESH_PERSIST_MAX_AGE_S": "2.5", "RIDEMESH_FIX_BURST": "7"}
+    settings = Settings.from_env(env, persist_max_age_s=0.0, fix_burst=0)
+    assert settings.persist_max_age_s == 0.0
+    assert settings.fix_burst == 0
+
+
 def test_none_overrides_fall_back_to_the_environment() -> None:
     env = {**REQUIRED, "RIDEMESH_FIX_BURST": "7"}
     assert Settings.from_env(env, fix_burst=None, redis_url=None).fix_burst == 7

@@ -171,3 +171,16 @@ async def test_a_forgotten_key_may_send_at_once_again() -> None:
         clock.now += 2.0
     box.put("k0", -1)
     assert await asyncio.wait_for(box.get_batch(), 1.0) == [-1]
+
+
+async def test_latest_with_depth_keeps_the_newest_items_in_order() -> None:
+    box: Latest[int] = Latest(depth=3)
+    for item in range(1, 6):
+        box.put(item)
+    assert [await box.get() for _ in range(3)] == [3, 4, 5]
+    assert box.dropped == 2
+    waiting = asyncio.create_task(box.get())
+    await asyncio.sleep(SETTLE_S)
+    assert not waiting.done(), "an emptied mailbox waits for the next put"
+    box.put(6)
+    assert await waiting == 6

@@ -36,7 +36,7 @@ class LocationUpdate(_message.Message):
     driver_id: _builtins.str
     """The driver's id; on a stream it must stay the same as in the stream's first fix."""
     heading_deg: _builtins.float
-    """Direction of travel in degrees clockwise from true north, in [0, 360)."""
+    """Direction of travel in degrees clockwise from true north, in [0, 360] (360 is north too)."""
     speed_mps: _builtins.float
     """Ground speed in metres per second, finite and not negative."""
     accuracy_m: _builtins.float

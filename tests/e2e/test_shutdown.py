@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import sys
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -16,11 +15,9 @@ from grpc import aio
 
 from ridemesh.v1 import location_service_pb2_grpc as location_grpc
 from services.history import HistoryStore, create_engine
-from services.mesh.ports import free_port
-from services.mesh.process import ManagedProcess
 from services.mesh.redis_server import RedisServer
-from services.mesh.supervisor import grpc_serving
 from tests.e2e.clients import DriverStream, fix, new_driver_id
+from tests.e2e.processes import start_location
 
 pytestmark = pytest.mark.e2e
 
@@ -31,13 +28,9 @@ async def test_sigterm_mid_stream_loses_no_accepted_fix(
     database_url = await asyncio.to_thread(make_database)
     # Its own Redis database: no other persister may commit this process's fixes for it.
     redis_url = f"redis://127.0.0.1:{redis_server.port}/3"
-    port = free_port()
-    argv = [sys.executable, "-m", "services.cli", "serve", "location", "--port", str(port)]
-    argv += ["--redis-url", redis_url, "--database-url", database_url]
-    env = {**os.environ, "RIDEMESH_PERSIST_MAX_AGE_S": "2", "RIDEMESH_FIX_RATE_PER_S": "100"}
-    process = ManagedProcess("location", argv, tmp_path / "location.log", env=env).start()
+    env = {"RIDEMESH_PERSIST_MAX_AGE_S": "2", "RIDEMESH_FIX_RATE_PER_S": "100"}
+    process, port = await asyncio.to_thread(start_location, tmp_path, redis_url, database_url, env)
     try:
-        process.wait_ready(lambda: grpc_serving(port), timeout=30)
         driver_id = new_driver_id("term")
         async with aio.insecure_channel(f"127.0.0.1:{port}") as channel:
             driver = DriverStream(location_grpc.LocationServiceStub(channel))

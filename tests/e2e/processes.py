@@ -1,0 +1,28 @@
+"""Starts standalone LocationService processes for tests that kill or stop them."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+from services.mesh.ports import free_port
+from services.mesh.process import ManagedProcess
+from services.mesh.supervisor import grpc_serving
+
+
+def start_location(
+    log_dir: Path, redis_url: str, database_url: str, env: dict[str, str]
+) -> tuple[ManagedProcess, int]:
+    """One `ridemesh serve location` process on a free port, ready when its health says so."""
+    port = free_port()
+    argv = [sys.executable, "-m", "services.cli", "serve", "location", "--port", str(port)]
+    argv += ["--redis-url", redis_url, "--database-url", database_url]
+    log = log_dir / f"location-{port}.log"
+    process = ManagedProcess("location", argv, log, env={**os.environ, **env}).start()
+    try:
+        process.wait_ready(lambda: grpc_serving(port), timeout=30)
+    except BaseException:
+        process.stop()
+        raise
+    return process, port

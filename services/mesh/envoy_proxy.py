@@ -9,12 +9,11 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from string import Template
-from types import TracebackType
 from typing import Self
 
 from services.mesh.binaries import find_binary
 from services.mesh.ports import free_port
-from services.mesh.process import ManagedProcess, ProcessError
+from services.mesh.process import ManagedProcess, ProcessError, ServerProcess
 
 TEMPLATE = Path(__file__).resolve().parents[2] / "envoy" / "envoy.yaml.tmpl"
 CLUSTERS = ("location", "ride", "geo")
@@ -83,7 +82,7 @@ def admin_ready(admin_port: int) -> bool:
         conn.close()
 
 
-class EnvoyProxy:
+class EnvoyProxy(ServerProcess):
     """Envoy in front of the service replicas; config and log live in `run_dir`."""
 
     def __init__(
@@ -113,11 +112,6 @@ class EnvoyProxy:
         if concurrency is not None:
             argv += ["--concurrency", str(concurrency)]
         self.process = ManagedProcess("envoy", argv, self.run_dir / "envoy.log")
-
-    @property
-    def pid(self) -> int:
-        """PID of the server process we started."""
-        return self.process.pid
 
     @property
     def port(self) -> int:
@@ -156,18 +150,3 @@ class EnvoyProxy:
         self.process.start()
         self.process.wait_ready(lambda: admin_ready(self.admin_port), self.ready_timeout)
         return self
-
-    def stop(self, grace: float = 10.0) -> None:
-        """Stop Envoy by PID."""
-        self.process.stop(grace)
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()

@@ -10,12 +10,11 @@ import stat
 import subprocess
 from collections.abc import Sequence
 from pathlib import Path
-from types import TracebackType
 from typing import Self
 
 from services.mesh.binaries import PG_BIN, BinaryNotFound
 from services.mesh.ports import free_port
-from services.mesh.process import ManagedProcess, ProcessError, primary_group
+from services.mesh.process import ManagedProcess, ProcessError, ServerProcess, primary_group
 
 DATABASE = "ridemesh"
 SUPERUSER = "postgres"
@@ -49,8 +48,10 @@ def _give_to(user: str, directory: Path) -> None:
             ancestor.chmod(mode | stat.S_IXOTH)
 
 
-class PostgresServer:
+class PostgresServer(ServerProcess):
     """A cluster in `data_dir` (initdb when empty, reused otherwise) serving database `ridemesh`."""
+
+    stop_grace = 30.0
 
     def __init__(
         self,
@@ -77,11 +78,6 @@ class PostgresServer:
         )
 
     @property
-    def pid(self) -> int:
-        """PID of the server process we started."""
-        return self.process.pid
-
-    @property
     def url(self) -> str:
         """SQLAlchemy async URL of the `ridemesh` database."""
         return f"postgresql+asyncpg://{SUPERUSER}@127.0.0.1:{self.port}/{DATABASE}"
@@ -102,10 +98,6 @@ class PostgresServer:
         self.process.wait_ready(self._accepting, self.ready_timeout)
         self.create_database(DATABASE)
         return self
-
-    def stop(self, grace: float = 30.0) -> None:
-        """Fast shutdown of the postmaster we started (SIGINT, then SIGKILL after `grace`)."""
-        self.process.stop(grace)
 
     def psql(self, sql: str, database: str = "postgres") -> str:
         """Run one SQL command through psql over TCP and return its unaligned output."""
@@ -169,14 +161,3 @@ class PostgresServer:
         if result.returncode != 0:
             raise ProcessError(f"{argv[0]} failed ({result.returncode}): {result.stderr.strip()}")
         return result.stdout
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()

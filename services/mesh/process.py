@@ -142,3 +142,33 @@ class ManagedProcess:
         tb: TracebackType | None,
     ) -> None:
         self.stop()
+
+
+class ServerProcess:
+    """Base of the servers the mesh runs: one ManagedProcess, stopped by its PID on exit."""
+
+    process: ManagedProcess
+    stop_grace: float = 10.0
+
+    @property
+    def pid(self) -> int:
+        """PID of the server process we started."""
+        return self.process.pid
+
+    def start(self) -> Self:
+        raise NotImplementedError
+
+    def stop(self, grace: float | None = None) -> None:
+        """Stop the server by PID (its stop signal, then SIGKILL after `grace`)."""
+        self.process.stop(self.stop_grace if grace is None else grace)
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()

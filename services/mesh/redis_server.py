@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import socket
 from pathlib import Path
-from types import TracebackType
 from typing import Self
 
 from services.mesh.binaries import find_binary
 from services.mesh.ports import free_port
-from services.mesh.process import ManagedProcess
+from services.mesh.process import ManagedProcess, ServerProcess
 
 
 def redis_ping(port: int, host: str = "127.0.0.1") -> bool:
@@ -22,7 +21,7 @@ def redis_ping(port: int, host: str = "127.0.0.1") -> bool:
         return False
 
 
-class RedisServer:
+class RedisServer(ServerProcess):
     """`redis-server` in `directory`; no persistence unless `persist=True` (append-only file)."""
 
     def __init__(
@@ -37,11 +36,6 @@ class RedisServer:
         self.persist = persist
         self.ready_timeout = ready_timeout
         self.process = ManagedProcess("redis", self._argv(), self.directory / "redis.log")
-
-    @property
-    def pid(self) -> int:
-        """PID of the server process we started."""
-        return self.process.pid
 
     @property
     def url(self) -> str:
@@ -62,18 +56,3 @@ class RedisServer:
         self.process.start()
         self.process.wait_ready(lambda: redis_ping(self.port), self.ready_timeout)
         return self
-
-    def stop(self, grace: float = 10.0) -> None:
-        """Stop Redis by PID (SIGTERM, then SIGKILL after `grace`)."""
-        self.process.stop(grace)
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from redis.asyncio import Redis
@@ -100,7 +101,16 @@ class LiveStore:
     async def get_location(self, driver_id: str) -> DriverLocation | None:
         """The driver's last live fix, or None when the live window has passed."""
         payload: bytes | None = await self._redis.hget(driver_key(driver_id), "p")  # type: ignore[assignment]
-        return DriverLocation.FromString(payload) if payload else None
+        if not payload:
+            return None
+        location = DriverLocation.FromString(payload)
+        return location if self.is_live(location) else None
+
+    def is_live(self, location: DriverLocation) -> bool:
+        """A fix is live while it is younger than the live window (the key's TTL counts from
+        receipt; a fix that was already old when it arrived must not linger past the window)."""
+        age_ms = time.time() * 1000 - location.recorded_at.ToMilliseconds()
+        return age_ms <= self._live_window_ms
 
     async def locations_in_box(self, box: Box, limit: int) -> list[DriverLocation]:
         """Live drivers inside a box, for a watcher's first screen."""
@@ -122,7 +132,8 @@ class LiveStore:
         for payload in await pipe.execute():
             if payload:
                 loc = DriverLocation.FromString(payload)
-                if box.contains(loc.position.latitude, loc.position.longitude):
+                inside = box.contains(loc.position.latitude, loc.position.longitude)
+                if inside and self.is_live(loc):
                     found.append(loc)
         return found
 

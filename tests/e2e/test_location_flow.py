@@ -293,3 +293,18 @@ async def test_the_same_upload_twice_is_stored_once(
 
 def _ago(seconds: float) -> datetime:
     return datetime.fromtimestamp(time.time() - seconds, tz=UTC)
+
+
+async def test_a_fix_older_than_the_live_window_is_stored_but_not_live(
+    location: location_grpc.LocationServiceAsyncStub, history: HistoryStore
+) -> None:
+    driver_id = new_driver_id("stale")
+    driver = DriverStream(location)
+    driver.send(fix(driver_id, 1, recorded_s=time.time() - 360))  # six minutes old
+    await driver.wait_for(lambda: driver.durable_seq == 1)
+    driver.close()
+    await driver.reader
+    assert await history.count_fixes(driver_id) == 1
+    with pytest.raises(aio.AioRpcError) as error:
+        await location.GetDriverLocation(pb.GetDriverLocationRequest(driver_id=driver_id))
+    assert status_of(error.value) == grpc.StatusCode.NOT_FOUND

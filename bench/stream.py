@@ -1,0 +1,195 @@
+"""Stream benchmark: D driver streams through Envoy, W% watched; acks, watcher latency, CPU, RSS."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import platform
+import tempfile
+import time
+import uuid
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import fields
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from bench.loadgen import DRAIN_S, LoadPlan, LoadResult, worker
+from bench.procstat import TreeUsage, usage_of
+from services.mesh.supervisor import Mesh, MeshSettings, start_mesh
+from services.migrate import run_migrations
+
+# Beyond the load window and the drain, the whole run is cut off after this much slack.
+HARD_STOP_SLACK_S = 60.0
+# Workers need a moment to import grpc and the stubs before the shared start time.
+WORKER_WARMUP_S = 4.0
+
+
+def percentiles(values: Sequence[float]) -> dict[str, float | int | None]:
+    """p50, p99 and max in milliseconds (None when there are no samples), plus the count."""
+    if not values:
+        return {"n": 0, "p50": None, "p99": None, "max": None}
+    ordered = sorted(values)
+
+    def at(q: float) -> float:
+        return round(ordered[min(len(ordered) - 1, int(q * len(ordered)))], 2)
+
+    return {"n": len(ordered), "p50": at(0.50), "p99": at(0.99), "max": round(ordered[-1], 2)}
+
+
+def merge(results: Sequence[LoadResult]) -> LoadResult:
+    """One result from the workers' (every field adds up: counts, Counters and lists)."""
+    total = LoadResult()
+    for part in results:
+        for name in (f.name for f in fields(LoadResult)):
+            setattr(total, name, getattr(total, name) + getattr(part, name))
+    return total
+
+
+def mesh_roots(mesh: Mesh) -> list[tuple[str, int]]:
+    """(name, pid) of every process the mesh started, named after its role."""
+    names: list[str] = []
+    for part in mesh.parts:
+        name = getattr(getattr(part, "process", part), "name", type(part).__name__)
+        names.append(str(name))
+    return [(name, part.pid) for name, part in zip(names, mesh.parts, strict=True)]
+
+
+def plans(args: argparse.Namespace, address: str, start_at: float) -> list[LoadPlan]:
+    run_id = uuid.uuid4().hex[:8]
+    every = max(1, round(100 / args.watch_percent)) if args.watch_percent > 0 else 0
+    return [
+        LoadPlan(
+            address=address,
+            run_id=run_id,
+            drivers=list(range(w, args.drivers, args.workers)),
+            watched=[i for i in range(w, args.drivers, args.workers) if every and i % every == 0],
+            start_at=start_at,
+            open_rate=args.open_rate,
+            interval_s=args.interval,
+            duration_s=args.duration,
+            streams_per_channel=args.streams_per_channel,
+        )
+        for w in range(args.workers)
+    ]
+
+
+def run_load(args: argparse.Namespace, mesh: Mesh) -> LoadResult:
+    """Runs the workers until they report or the hard stop passes; merges what they saw."""
+    assert mesh.envoy is not None
+    context = multiprocessing.get_context("spawn")
+    queue = context.Queue()
+    start_at = time.time() + WORKER_WARMUP_S
+    processes = [
+        context.Process(target=worker, args=(plan, queue), daemon=True)
+        for plan in plans(args, mesh.envoy.address, start_at)
+    ]
+    for process in processes:
+        process.start()
+    deadline = start_at + args.duration + DRAIN_S + HARD_STOP_SLACK_S
+    results = []
+    try:
+        for _ in processes:
+            results.append(queue.get(timeout=max(1.0, deadline - time.time())))
+    finally:
+        for process in processes:
+            process.join(timeout=max(0.1, deadline - time.time()))
+            if process.is_alive():
+                process.terminate()  # our own child, by its PID
+                process.join(5)
+    return merge(results)
+
+
+def usage_report(before: dict[str, TreeUsage], after: dict[str, TreeUsage]) -> dict[str, Any]:
+    return {
+        name: {
+            "pids": len(after[name].pids),
+            "cpu_s": round(after[name].cpu_s - before[name].cpu_s, 2),
+            "rss_before_mib": round(before[name].rss_kib / 1024, 1),
+            "rss_after_mib": round(after[name].rss_kib / 1024, 1),
+            "peak_rss_mib": round(after[name].hwm_kib / 1024, 1),
+        }
+        for name in after
+    }
+
+
+def report(args: argparse.Namespace, load: LoadResult, usage: dict[str, Any]) -> dict[str, Any]:
+    mesh_cpu_s = sum(part["cpu_s"] for part in usage.values())
+    return {
+        "bench": "stream",
+        "when": datetime.now(UTC).isoformat(timespec="seconds"),
+        "python": platform.python_version(),
+        "drivers": args.drivers,
+        "interval_s": args.interval,
+        "duration_s": args.duration,
+        "workers": args.workers,
+        "location_replicas": args.location_replicas,
+        "streams_opened": load.streams_opened,
+        "streams_held": load.streams_held,
+        "watchers": load.watchers,
+        "watch_updates": load.watch_updates,
+        "fixes_sent": load.fixes_sent,
+        "fixes_acked": load.fixes_acked,
+        "fixes_durable": load.fixes_durable,
+        "fixes_acked_per_s": round(load.fixes_acked / args.duration, 1),
+        "rejected": dict(load.rejected),
+        "errors": dict(Counter(load.errors).most_common(10)),
+        "ack_ms": percentiles(load.ack_ms),
+        "watch_ms": percentiles(load.watch_ms),
+        "watch_from_server_ms": percentiles(load.watch_from_server_ms),
+        "client_loop_lag_ms": percentiles(load.client_lag_ms),
+        "persistence_lag_ms": percentiles(load.durable_ms),
+        "mesh_cpu_s": round(mesh_cpu_s, 2),
+        "mesh_cpu_ms_per_acked_fix": (
+            round(mesh_cpu_s * 1000 / load.fixes_acked, 3) if load.fixes_acked else None
+        ),
+        "processes": usage,
+    }
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__)
+    add = parser.add_argument
+    add("--drivers", type=int, default=1000, help="driver streams (default 1000)")
+    add("--interval", type=float, default=4.0, help="seconds between a driver's fixes (default 4)")
+    add("--duration", type=float, default=60.0, help="load window in seconds (default 60)")
+    add("--open-rate", type=float, default=200.0, help="streams opened per second (default 200)")
+    add("--watch-percent", type=float, default=5.0, help="drivers also watched (default 5)")
+    add("--workers", type=int, default=2, help="load-generator processes (default 2)")
+    add("--streams-per-channel", type=int, default=100, help="streams per HTTP/2 connection")
+    add("--location-replicas", type=int, default=1, help="LocationService replicas (default 1)")
+    add("--fix-rate", type=float, default=1000.0, help="RIDEMESH_FIX_RATE_PER_S for the mesh")
+    add("--durable", action="store_true", help="PostgreSQL fsync and Redis AOF on (default off)")
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = parse_args(argv)
+    with tempfile.TemporaryDirectory(prefix="ridemesh-bench-stream-") as tmp:
+        settings = MeshSettings(
+            run_dir=Path(tmp),
+            replicas={"location": args.location_replicas, "ride": 1, "geo": 1},
+            durable=args.durable,
+            env={
+                "RIDEMESH_FIX_RATE_PER_S": str(args.fix_rate),
+                "RIDEMESH_FIX_BURST": str(int(args.fix_rate)),
+            },
+        )
+        with start_mesh(settings, before_services=migrate) as mesh:
+            roots = mesh_roots(mesh)
+            before = usage_of(roots)
+            load = run_load(args, mesh)
+            usage = usage_report(before, usage_of(roots))
+    print(json.dumps(report(args, load, usage)))
+
+
+def migrate(mesh: Mesh) -> None:
+    """Runs before the services start, once PostgreSQL is up."""
+    assert mesh.database_url is not None
+    run_migrations(mesh.database_url)
+
+
+if __name__ == "__main__":
+    main()

@@ -40,6 +40,17 @@ class Settings:
     shutdown_grace_s: float = 5.0
     # Upper bound on fixes in one UploadLocations call.
     max_upload_batch: int = 1000
+    # History older than this many days is archived to `archive_dir` and its partition dropped.
+    retention_days: int = 30
+    archive_dir: str = ".ridemesh/archive"
+    # How often the maintenance task (partitions ahead, retention) runs inside the mesh.
+    maintenance_interval_s: float = 3600.0
+    # EstimateEta: road distance ≈ great-circle distance × this factor, at this speed unless the
+    # driver's recent speed is known.
+    eta_detour_factor: float = 1.3
+    eta_default_speed_mps: float = 8.33
+    # Every GeoQuery replica reloads its zone index at least this often (and on every change).
+    zone_refresh_s: float = 30.0
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:

@@ -12,12 +12,14 @@ from services.location.area import Box, cell_of
 from services.location.session import StreamId, parse_stream_id
 
 GEO_KEY = "rm:geo"
+# Drivers beyond the geo index's latitude limit, scored by fix time (searched by brute force).
+POLAR_KEY = "rm:geo:polar"
 INGEST_STREAM = "rm:ingest"
 PERSIST_GROUP = "persisters"
 CELL_PATTERN = "rm:ch:cell:*"
 
-# Redis's geo index cannot hold points beyond ±85.05112878° latitude; such fixes are stored and
-# published, just not indexed for radius searches.
+# Redis's geo index cannot hold points beyond ±85.05112878° latitude; such drivers go to a small
+# sorted set instead, which searches near the poles scan.
 GEO_MAX_LAT = 85.05112878
 
 # One round trip per fix. The live state only moves forward in time (an older fix never
@@ -28,8 +30,10 @@ local live = (not t) or (tonumber(t) <= tonumber(ARGV[6]))
 if live then
   if ARGV[8] == '1' then
     redis.call('GEOADD', KEYS[1], ARGV[2], ARGV[3], ARGV[1])
+    redis.call('ZREM', KEYS[6], ARGV[1])
   else
     redis.call('ZREM', KEYS[1], ARGV[1])
+    redis.call('ZADD', KEYS[6], ARGV[6], ARGV[1])
   end
   redis.call('HSET', KEYS[2], 'p', ARGV[4], 't', ARGV[6], 's', ARGV[5])
   redis.call('PEXPIRE', KEYS[2], ARGV[7])
@@ -74,6 +78,7 @@ class LiveStore:
             INGEST_STREAM,
             driver_channel(location.driver_id),
             cell_channel(cell_of(lat, lng)),
+            POLAR_KEY,
         ]
         args: list[Any] = [
             location.driver_id,

@@ -3,17 +3,21 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from typing import Any
 
 from redis.asyncio import Redis
 
 from ridemesh.v1.common_pb2 import DriverAvailability, DriverLocation
+from services.geodesy import haversine_m
 from services.location.area import Box, cell_of
 from services.location.session import StreamId, parse_stream_id
 
 GEO_KEY = "rm:geo"
 # Drivers beyond the geo index's latitude limit, scored by fix time (searched by brute force).
 POLAR_KEY = "rm:geo:polar"
+# Ride requests waiting for a driver: a geo set, member ride_id at the pickup (kept by RideService).
+OPEN_REQUESTS_KEY = "rm:geo:requests"
 INGEST_STREAM = "rm:ingest"
 PERSIST_GROUP = "persisters"
 CELL_PATTERN = "rm:ch:cell:*"
@@ -43,6 +47,60 @@ end
 return redis.call('XADD', KEYS[3], '*', 'p', ARGV[4])
 """
 
+# Drops geo-index members whose driver is no longer live (KEYS[1] the index, KEYS[i>1] the
+# drivers' hashes, ARGV[1] the oldest live recorded ms, ARGV[i>1] the members). The check is
+# repeated here, atomically with ingest, so a fix that lands after the caller's read survives.
+_FORGET_LUA = """
+local removed = 0
+for i = 2, #KEYS do
+  local t = redis.call('HGET', KEYS[i], 't')
+  if (not t) or tonumber(t) < tonumber(ARGV[1]) then
+    removed = removed + redis.call('ZREM', KEYS[1], ARGV[i])
+  end
+end
+return removed
+"""
+
+
+# Reads `p` and `a` of many drivers' hashes (KEYS) as one flat reply. One script per chunk
+# costs a fraction of one HMGET per driver on the client, and a chunk keeps each script short.
+_STATES_LUA = """
+local out = {}
+for i = 1, #KEYS do
+  local v = redis.call('HMGET', KEYS[i], 'p', 'a')
+  out[2 * i - 1] = v[1]
+  out[2 * i] = v[2]
+end
+return out
+"""
+STATES_CHUNK = 1000
+
+# Last fix and availability of many drivers (KEYS = their hashes); false becomes a nil reply.
+_STATES_LUA = """
+local out = {}
+for i, key in ipairs(KEYS) do
+  local v = redis.call('HMGET', key, 'p', 'a')
+  out[2 * i - 1] = v[1] or false
+  out[2 * i] = v[2] or false
+end
+return out
+"""
+_STATES_CHUNK = 1000
+
+# Drops geo-index members whose last fix is gone or older than ARGV[1] (ms), re-checked here so
+# a fix that arrived after the caller looked is never lost. Keys are derived from member ids, so
+# under Redis Cluster this needs the region hash tag the ingest keys will carry.
+_FORGET_LUA = """
+local removed = 0
+for i = 2, #ARGV do
+  local t = redis.call('HGET', 'rm:driver:' .. ARGV[i], 't')
+  if (not t) or tonumber(t) < tonumber(ARGV[1]) then
+    removed = removed + redis.call('ZREM', KEYS[1], ARGV[i])
+  end
+end
+return removed
+"""
+
 
 def driver_key(driver_id: str) -> str:
     return f"rm:driver:{driver_id}"
@@ -63,6 +121,9 @@ class LiveStore:
         self._redis = redis
         self._live_window_ms = int(live_window_s * 1000)
         self._ingest = redis.register_script(_INGEST_LUA)
+        self._states = redis.register_script(_STATES_LUA)
+        self._forget = redis.register_script(_FORGET_LUA)
+        self._forget = redis.register_script(_FORGET_LUA)
 
     @property
     def redis(self) -> Redis:
@@ -96,12 +157,7 @@ class LiveStore:
     async def last_state(self, driver_id: str) -> tuple[int, DriverAvailability.ValueType]:
         """The seq of the driver's live fix (0 when none) and their availability."""
         seq, availability = await self._redis.hmget(driver_key(driver_id), ["s", "a"])
-        return (
-            int(seq) if seq else 0,
-            DriverAvailability.ValueType(int(availability))
-            if availability
-            else DriverAvailability.DRIVER_AVAILABILITY_AVAILABLE,
-        )
+        return int(seq) if seq else 0, _availability(availability)
 
     async def get_location(self, driver_id: str) -> DriverLocation | None:
         """The driver's last live fix, or None when the live window has passed."""
@@ -114,33 +170,103 @@ class LiveStore:
     def is_live(self, location: DriverLocation) -> bool:
         """A fix is live while it is younger than the live window (the key's TTL counts from
         receipt; a fix that was already old when it arrived must not linger past the window)."""
-        age_ms = time.time() * 1000 - location.recorded_at.ToMilliseconds()
-        return age_ms <= self._live_window_ms
+        return self.is_live_at(location, time.time())
+
+    @property
+    def live_window_s(self) -> float:
+        return self._live_window_ms / 1000
+
+    def is_live_at(self, location: DriverLocation, now_s: float) -> bool:
+        """`is_live` against a given clock (callers that stamp one `now` for a whole answer)."""
+        return now_s * 1000 - location.recorded_at.ToMilliseconds() <= self._live_window_ms
+
+    async def geo_nearest(
+        self, key: str, lat: float, lng: float, radius_m: float, count: int | None
+    ) -> list[tuple[str, float]]:
+        """Members of a geo set within `radius_m` (Redis's metres), nearest first, with Redis's
+        distance; at most `count` of them (all when None)."""
+        hits: list[list[Any]] = await self._redis.geosearch(  # type: ignore[assignment]
+            key,
+            longitude=lng,
+            latitude=lat,
+            radius=radius_m,
+            unit="m",
+            sort="ASC",
+            count=count,
+            withdist=True,
+        )
+        return [(_text(member), float(dist)) for member, dist in hits]
+
+    async def geo_within(
+        self, key: str, lat: float, lng: float, radius_m: float
+    ) -> list[tuple[str, float, float]]:
+        """Members of a geo set within `radius_m` (Redis's metres) of a point, with the
+        (latitude, longitude) the index holds for each."""
+        hits: list[list[Any]] = await self._redis.geosearch(  # type: ignore[assignment]
+            key, longitude=lng, latitude=lat, radius=radius_m, unit="m", withcoord=True
+        )
+        return [(_text(member), float(pos[1]), float(pos[0])) for member, pos in hits]
+
+    async def driver_states(
+        self, driver_ids: Sequence[str]
+    ) -> list[tuple[DriverLocation | None, DriverAvailability.ValueType]]:
+        """Each driver's last fix (None when the hash expired) and availability, in one pipeline.
+        A script reads a chunk of drivers per call: far cheaper than one HMGET each."""
+        if not driver_ids:
+            return []
+        pipe = self._redis.pipeline(transaction=False)
+        for start in range(0, len(driver_ids), _STATES_CHUNK):
+            chunk = driver_ids[start : start + _STATES_CHUNK]
+            await self._states(keys=[driver_key(d) for d in chunk], client=pipe)
+        flat: list[Any] = [value for reply in await pipe.execute() for value in reply]
+        states = []
+        for i in range(len(driver_ids)):
+            payload, availability = flat[2 * i], flat[2 * i + 1]
+            location = DriverLocation.FromString(payload) if payload else None
+            states.append((location, _availability(availability)))
+        return states
+
+    async def live_polar_driver_ids(self, now_s: float) -> list[str]:
+        """Drivers beyond the geo index's latitude limit whose fix is live. The polar set is
+        scored by fix time, so stale members are pruned here too (it only ever shrinks by this)."""
+        oldest_live_ms = int(now_s * 1000) - self._live_window_ms
+        pipe = self._redis.pipeline(transaction=False)
+        pipe.zremrangebyscore(POLAR_KEY, "-inf", f"({oldest_live_ms}")
+        pipe.zrangebyscore(POLAR_KEY, oldest_live_ms, "+inf")
+        _, members = await pipe.execute()
+        return [_text(member) for member in members]
+
+    async def forget_dead(self, driver_ids: Sequence[str], now_s: float) -> int:
+        """Removes drivers with no live fix from the geo index; returns how many. Each is checked
+        again inside Redis, so a driver whose fresh fix arrived meanwhile is kept."""
+        if not driver_ids:
+            return 0
+        oldest_live_ms = int(now_s * 1000) - self._live_window_ms
+        removed = await self._forget(keys=[GEO_KEY], args=[oldest_live_ms, *driver_ids])
+        return int(removed)
 
     async def locations_in_box(self, box: Box, limit: int) -> list[DriverLocation]:
         """Live drivers inside a box, for a watcher's first screen."""
         lat, lng = box.center()
-        members: list[bytes] = await self._redis.geosearch(  # type: ignore[assignment]
-            GEO_KEY,
-            longitude=lng,
-            latitude=lat,
-            radius=box.covering_radius_m(),
-            unit="m",
-            count=limit,
-        )
-        if not members:
-            return []
-        pipe = self._redis.pipeline(transaction=False)
-        for member in members:
-            pipe.hget(driver_key(member.decode()), "p")
+        # Redis refuses a centre beyond its latitude limit: move it there and widen to match.
+        clamped = max(-GEO_MAX_LAT, min(GEO_MAX_LAT, lat))
+        radius = box.covering_radius_m() + haversine_m(lat, lng, clamped, lng)
+        # Redis measures on a slightly larger sphere than ours: pad so no box corner is missed.
+        members = [
+            member
+            for member, _ in await self.geo_nearest(
+                GEO_KEY, clamped, lng, radius * 1.001 + 10.0, limit
+            )
+        ]
+        if box.north > GEO_MAX_LAT or box.south < -GEO_MAX_LAT:
+            members += await self.live_polar_driver_ids(time.time())
         found = []
-        for payload in await pipe.execute():
-            if payload:
-                loc = DriverLocation.FromString(payload)
-                inside = box.contains(loc.position.latitude, loc.position.longitude)
-                if inside and self.is_live(loc):
-                    found.append(loc)
-        return found
+        for location, _ in await self.driver_states(members):
+            if location is None or not self.is_live(location):
+                continue
+            if box.contains(location.position.latitude, location.position.longitude):
+                found.append(location)
+        return found[:limit]
 
     async def committed_below(self) -> StreamId | None:
         """The ingest watermark: every entry with a smaller id is committed to PostgreSQL."""
@@ -169,6 +295,12 @@ def watermark(groups: list[dict[str, Any]], pending: dict[str, Any]) -> StreamId
         return parse_stream_id(pending["min"])
     last_ms, last_n = parse_stream_id(group["last-delivered-id"])
     return last_ms, last_n + 1
+
+
+def _availability(raw: bytes | str | None) -> DriverAvailability.ValueType:
+    if not raw:
+        return DriverAvailability.DRIVER_AVAILABILITY_AVAILABLE
+    return DriverAvailability.ValueType(int(raw))
 
 
 def _text(value: object) -> str:

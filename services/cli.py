@@ -1,4 +1,5 @@
-"""The `ridemesh` command: `up` runs the mesh, `serve` one service, `migrate` the schema."""
+"""The `ridemesh` command: `up` runs the mesh, `serve` one service, `migrate` the schema,
+`maintain` the history partitions."""
 
 from __future__ import annotations
 
@@ -13,6 +14,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from services.config import MissingSetting, Settings
+from services.history import HistoryStore, create_engine
+from services.maintenance import MaintenanceReport, maintain, utc_today
 from services.mesh.ports import free_port, port_open
 from services.mesh.supervisor import Mesh, MeshSettings, start_mesh
 from services.migrate import run_migrations
@@ -56,6 +59,19 @@ def _parser() -> argparse.ArgumentParser:
     migrate = commands.add_parser("migrate", help="bring the PostgreSQL schema up to date")
     _add_store_urls(migrate)
     migrate.set_defaults(func=_migrate)
+
+    maintain = commands.add_parser(
+        "maintain",
+        help="create history partitions ahead; archive, then drop, those past the retention",
+    )
+    maintain.add_argument("--database-url", help="postgresql+asyncpg://...; $RIDEMESH_DATABASE_URL")
+    maintain.add_argument(
+        "--retention-days", type=int, help="keep this many days; $RIDEMESH_RETENTION_DAYS or 30"
+    )
+    maintain.add_argument(
+        "--archive-dir", help="where archives go; $RIDEMESH_ARCHIVE_DIR or .ridemesh/archive"
+    )
+    maintain.set_defaults(func=_maintain)
     return parser
 
 
@@ -82,6 +98,39 @@ def _migrate(args: argparse.Namespace) -> int:
     run_migrations(settings.database_url)
     print("schema is up to date")
     return 0
+
+
+def _maintain(args: argparse.Namespace) -> int:
+    settings = Settings.from_env(
+        redis_url="-",  # maintenance never touches Redis
+        database_url=args.database_url,
+        retention_days=args.retention_days,
+        archive_dir=args.archive_dir,
+    )
+    if settings.retention_days < 0:
+        print(
+            f"ridemesh: --retention-days must be 0 or more, got {settings.retention_days}",
+            file=sys.stderr,
+        )
+        return 2
+    report = asyncio.run(_maintain_once(settings))
+    for line in report.lines():
+        print(line)
+    return 1 if report.problems else 0
+
+
+async def _maintain_once(settings: Settings) -> MaintenanceReport:
+    history = HistoryStore(create_engine(settings.database_url))
+    try:
+        return await maintain(
+            history,
+            today=utc_today(),
+            retention_days=settings.retention_days,
+            archive_dir=Path(settings.archive_dir),
+            days_ahead=settings.partitions_ahead_days,
+        )
+    finally:
+        await history.dispose()
 
 
 def _up(args: argparse.Namespace) -> int:

@@ -65,6 +65,28 @@ WHERE driver_id = $1 AND recorded_at >= $2 AND recorded_at < $3
 ORDER BY recorded_at, seq
 """
 
+# Track pages: keyset pagination on the primary key (driver_id, recorded_at, seq), so every page
+# is one index range scan however deep it is. The recorded_at bounds are separate predicates so
+# the planner (or the executor, for a generic plan) prunes partitions outside the range. Optional
+# columns are coalesced so a FixRow never holds None.
+_PAGE_COLUMNS = """driver_id, ST_Y(location::geometry), ST_X(location::geometry),
+       coalesce(heading_deg, 0), coalesce(speed_mps, 0), coalesce(accuracy_m, 0),
+       recorded_at, seq, received_at"""
+SELECT_FIXES_PAGE = f"""
+SELECT {_PAGE_COLUMNS}
+FROM {PARENT_TABLE}
+WHERE driver_id = $1 AND recorded_at >= $2 AND recorded_at < $3
+ORDER BY recorded_at, seq
+LIMIT $4
+"""
+SELECT_FIXES_PAGE_AFTER = f"""
+SELECT {_PAGE_COLUMNS}
+FROM {PARENT_TABLE}
+WHERE driver_id = $1 AND recorded_at >= $2 AND recorded_at < $3 AND (recorded_at, seq) > ($4, $5)
+ORDER BY recorded_at, seq
+LIMIT $6
+"""
+
 
 @dataclass(frozen=True, slots=True)
 class FixRow:
@@ -209,6 +231,33 @@ class HistoryStore:
         async with self._driver_connection() as apg:
             records = await apg.fetch(_SELECT_FIXES, driver_id, start, end)
         return [FixRow(*record) for record in records]
+
+    async def fixes_page(
+        self,
+        driver_id: str,
+        start: datetime,
+        end: datetime,
+        after: tuple[datetime, int] | None,
+        limit: int,
+    ) -> list[FixRow]:
+        """Up to `limit` of a driver's fixes in [start, end), ordered by (recorded_at, seq),
+        strictly after the key `after` (the last row of the previous page) when given."""
+        async with self._driver_connection() as apg:
+            if after is None:
+                records = await apg.fetch(SELECT_FIXES_PAGE, driver_id, start, end, limit)
+            else:
+                # The cursor is the lower time bound too: later pages prune earlier partitions.
+                lower = max(start, after[0])
+                records = await apg.fetch(
+                    SELECT_FIXES_PAGE_AFTER, driver_id, lower, end, after[0], after[1], limit
+                )
+        return [FixRow(*record) for record in records]
+
+    @asynccontextmanager
+    async def connection(self) -> AsyncIterator[Any]:
+        """A pooled asyncpg connection, for work that needs one session (advisory locks, COPY)."""
+        async with self._driver_connection() as apg:
+            yield apg
 
     async def dispose(self) -> None:
         """Close the engine's pooled connections."""

@@ -6,7 +6,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from redis.asyncio import Redis
+from redis.asyncio import BlockingConnectionPool, Redis
 
 from ridemesh.v1.common_pb2 import DriverAvailability, DriverLocation
 from services.geodesy import haversine_m
@@ -100,6 +100,12 @@ for i = 2, #ARGV do
 end
 return removed
 """
+
+
+def redis_client(url: str) -> Redis:
+    """A pooled client; callers beyond the pool size wait rather than open more sockets."""
+    pool = BlockingConnectionPool.from_url(url, max_connections=64, timeout=10)
+    return Redis(connection_pool=pool)
 
 
 def driver_key(driver_id: str) -> str:

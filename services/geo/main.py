@@ -1,20 +1,58 @@
-"""Wiring for a GeoQueryService process; methods answer UNIMPLEMENTED until their issue lands."""
+"""Wiring for a GeoQueryService process: the one place its parts are built and connected."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 
 from grpc import aio
 
 from ridemesh.v1 import geo_query_service_pb2_grpc as pb_grpc
+from ridemesh.v1.common_pb2 import DriverLocation
 from services.config import Settings
+from services.fanout import Hub
+from services.geo.eta import GreatCircleRouter
+from services.geo.fence_events import EventBatch, FenceTracker, decode_event_message
+from services.geo.geofence_store import GeofenceStore
+from services.geo.servicer import GeoQueryServicer
+from services.geo.zone_cache import ZoneCache
+from services.history import HistoryStore, create_engine
+from services.livestore import LiveStore, redis_client
+from services.maintenance import run_forever
 from services.runtime import serve
 
 
 async def run(settings: Settings, address: str, stop: asyncio.Event | None = None) -> None:
+    redis = redis_client(settings.redis_url)
+    engine = create_engine(settings.database_url)
+    history = HistoryStore(engine)
+    live = LiveStore(redis, settings.live_window_s)
+    fences = GeofenceStore(engine)
+    zones = ZoneCache(fences, redis, settings.zone_refresh_s)
+    fixes: Hub[DriverLocation] = Hub(redis, DriverLocation.FromString)
+    events: Hub[EventBatch] = Hub(redis, decode_event_message)
+    tracker = FenceTracker(redis, zones, fixes)
+    servicer = GeoQueryServicer(
+        live, history, fences, zones, events, GreatCircleRouter.from_settings(settings), redis
+    )
+    await zones.start()
+    await fixes.start()
+    await events.start()
+    await tracker.start()
+    maintenance = asyncio.create_task(run_forever(history, settings), name="maintenance")
+
     def register(server: aio.Server) -> None:
-        # The generated base class answers UNIMPLEMENTED for every method.
-        servicer = pb_grpc.GeoQueryServiceServicer()  # type: ignore[abstract]
         pb_grpc.add_GeoQueryServiceServicer_to_server(servicer, server)
 
-    await serve("geo", address, register, grace_s=settings.shutdown_grace_s, stop=stop)
+    try:
+        await serve("geo", address, register, grace_s=settings.shutdown_grace_s, stop=stop)
+    finally:
+        maintenance.cancel()
+        await asyncio.gather(maintenance, return_exceptions=True)
+        await tracker.stop()
+        await events.stop()
+        await fixes.stop()
+        await zones.stop()
+        with contextlib.suppress(Exception):
+            await redis.aclose()
+        await history.dispose()

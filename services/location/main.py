@@ -7,26 +7,19 @@ import contextlib
 from datetime import UTC, date, datetime
 
 from grpc import aio
-from redis.asyncio import BlockingConnectionPool, Redis
 
 from ridemesh.v1 import location_service_pb2_grpc as pb_grpc
 from ridemesh.v1.common_pb2 import DriverLocation
 from services.config import Settings
 from services.fanout import Hub
 from services.history import HistoryStore, create_engine
-from services.livestore import LiveStore
+from services.livestore import LiveStore, redis_client
 from services.location.servicer import LocationServicer
 from services.location.streams import StreamRegistry
 from services.persister import Persister
 from services.runtime import serve
 
 PARTITION_CHECK_S = 3600.0
-
-
-def redis_client(url: str) -> Redis:
-    """A pooled client; callers beyond the pool size wait rather than open more sockets."""
-    pool = BlockingConnectionPool.from_url(url, max_connections=64, timeout=10)
-    return Redis(connection_pool=pool)
 
 
 async def run(settings: Settings, address: str, stop: asyncio.Event | None = None) -> None:

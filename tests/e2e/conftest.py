@@ -9,6 +9,7 @@ import grpc
 import pytest
 from grpc import aio
 
+from ridemesh.v1 import geo_query_service_pb2_grpc as geo_grpc
 from ridemesh.v1 import location_service_pb2_grpc as location_grpc
 from services.history import HistoryStore, create_engine
 from services.mesh.redis_server import RedisServer
@@ -32,7 +33,7 @@ def mesh(
 ) -> Iterator[Mesh]:
     settings = MeshSettings(
         run_dir=Path(tmp_path_factory.mktemp("mesh")),
-        replicas={"location": 2, "ride": 1, "geo": 1},
+        replicas={"location": 2, "ride": 1, "geo": 2},
         redis_url=redis_server.url,
         database_url=make_database(),
         env=MESH_ENV,
@@ -70,3 +71,8 @@ async def history(mesh: Mesh) -> AsyncIterator[HistoryStore]:
 def status_of(error: BaseException) -> grpc.StatusCode:
     assert isinstance(error, aio.AioRpcError), error
     return error.code()
+
+
+@pytest.fixture
+def geo(channel: aio.Channel) -> geo_grpc.GeoQueryServiceAsyncStub:
+    return geo_grpc.GeoQueryServiceStub(channel)

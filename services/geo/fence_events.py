@@ -1,0 +1,409 @@
+"""Geofence ENTER/EXIT events: turned from the live fix flow once per transition, and watched."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from redis.asyncio import Redis
+
+from ridemesh.v1 import geo_query_service_pb2 as pb
+from ridemesh.v1.common_pb2 import DriverLocation
+from services.errors import InvalidArgument, NotFound
+from services.fanout import Hub, KeyedLatest, Latest
+from services.geo.zone_index import Zone, ZoneIndex
+from services.geo.zones import validate_labels
+from services.livestore import CELL_PATTERN
+
+log = logging.getLogger(__name__)
+
+EVENTS_CHANNEL = "rm:ch:gfevents"
+# A driver's zone state is kept this long after their last fix, so idle drivers do not pile up.
+STATE_TTL_S = 86400
+# A watcher this many events behind loses the oldest: events cannot be conflated like positions.
+WATCH_DEPTH = 1024
+MAX_WATCH_IDS = 100
+# Each round resolves zones a fix leaves; a third round only happens when other replicas keep
+# moving the driver's state in between, and the driver's next fix settles it anyway.
+_MAX_ROUNDS = 3
+_MAX_PIPELINE = 500
+# How long a replica trusts its own "this driver's state is empty" before asking Redis again.
+OUTSIDE_TRUST_S = 30.0
+
+# KEYS[1] the driver's state. ARGV: recorded ms, seq, ttl s, channel, the fix as JSON, the ids of
+# the zones holding the fix (sorted, comma-joined: ids are UUIDs), ids to drop from the state
+# without an EXIT, then (id, entry JSON) pairs of the zones the caller can describe.
+# Returns 0 when the stored fix is as new or newer (another replica applied this one, or it is
+# stale), 1 when applied, or the ids of zones left that the caller did not describe (nothing is
+# written then; the caller looks them up and calls again).
+# The PUBLISH is inside the script so one driver's events reach watchers in state order even when
+# consecutive fixes are applied by different replicas.
+_APPLY_LUA = """
+local function ids(csv)
+  local list, set = {}, {}
+  for id in string.gmatch(csv, '[^,]+') do list[#list + 1] = id; set[id] = true end
+  return list, set
+end
+local state = redis.call('HMGET', KEYS[1], 't', 's', 'z')
+if state[1] then
+  local t, s = tonumber(ARGV[1]), tonumber(ARGV[2])
+  local old_t, old_s = tonumber(state[1]), tonumber(state[2])
+  if old_t > t or (old_t == t and old_s >= s) then return 0 end
+end
+local old, old_set = ids(state[3] or '')
+local new, new_set = ids(ARGV[6])
+local _, gone = ids(ARGV[7])
+local entry = {}
+for i = 8, #ARGV, 2 do entry[ARGV[i]] = ARGV[i + 1] end
+local exits, unknown = {}, {}
+for _, id in ipairs(old) do
+  if not new_set[id] and not gone[id] then
+    if entry[id] then exits[#exits + 1] = entry[id] else unknown[#unknown + 1] = id end
+  end
+end
+if #unknown > 0 then return unknown end
+local enters = {}
+for _, id in ipairs(new) do
+  if not old_set[id] and entry[id] then enters[#enters + 1] = entry[id] end
+end
+redis.call('HSET', KEYS[1], 't', ARGV[1], 's', ARGV[2], 'z', ARGV[6])
+redis.call('EXPIRE', KEYS[1], ARGV[3])
+if #enters + #exits > 0 then
+  redis.call('PUBLISH', ARGV[4], '{"fix":' .. ARGV[5] .. ',"exit":[' .. table.concat(exits, ',')
+    .. '],"enter":[' .. table.concat(enters, ',') .. ']}')
+end
+return 1
+"""
+
+
+def fence_state_key(driver_id: str) -> str:
+    return f"rm:gf:{driver_id}"
+
+
+class HasZoneIndex(Protocol):
+    """Anything holding the current zone index (the zone cache); read per use, never kept."""
+
+    @property
+    def index(self) -> ZoneIndex: ...
+
+
+@dataclass(slots=True)
+class FenceStats:
+    """What a tracker did with the fixes it saw (skipped + applied + stale + unresolved =
+    handled)."""
+
+    handled: int = 0
+    skipped: int = 0
+    applied: int = 0
+    stale: int = 0
+    retried: int = 0
+    unresolved: int = 0
+    failed_batches: int = 0
+
+
+@dataclass(slots=True)
+class PendingFix:
+    """One fix on its way through the script, with what this replica knows about its zones."""
+
+    location: DriverLocation
+    index: ZoneIndex
+    zone_ids: str
+    entries: dict[str, str]
+    gone: list[str] = field(default_factory=list)
+
+
+def zone_entry(zone: Zone) -> str:
+    """A zone as the published message carries it, so watchers need no lookup (zones never
+    change; a zone deleted or not yet loaded elsewhere is still described)."""
+    return json.dumps(
+        {"id": zone.geofence_id, "n": zone.display_name, "l": dict(zone.labels)},
+        separators=(",", ":"),
+    )
+
+
+def fix_json(location: DriverLocation) -> str:
+    """The fix part of a published message; json keeps float precision that Lua would round."""
+    position = location.position
+    return json.dumps(
+        {
+            "d": location.driver_id,
+            "t": location.recorded_at.ToMilliseconds(),
+            "lat": position.latitude,
+            "lng": position.longitude,
+        },
+        separators=(",", ":"),
+    )
+
+
+def script_args(pending: PendingFix, channel: str = EVENTS_CHANNEL) -> list[Any]:
+    """ARGV of the apply script for one fix (pure)."""
+    location = pending.location
+    args: list[Any] = [
+        location.recorded_at.ToMilliseconds(),
+        location.seq,
+        STATE_TTL_S,
+        channel,
+        fix_json(location),
+        pending.zone_ids,
+        ",".join(pending.gone),
+    ]
+    for geofence_id, entry in pending.entries.items():
+        args += (geofence_id, entry)
+    return args
+
+
+class _EntryCache:
+    """Zone entries encoded once per index: the index is swapped whole on refresh."""
+
+    def __init__(self) -> None:
+        self._index: ZoneIndex | None = None
+        self._entries: dict[str, str] = {}
+
+    def get(self, index: ZoneIndex, zone: Zone) -> str:
+        if index is not self._index:
+            self._index, self._entries = index, {}
+        entry = self._entries.get(zone.geofence_id)
+        if entry is None:
+            entry = self._entries[zone.geofence_id] = zone_entry(zone)
+        return entry
+
+
+class FenceTracker:
+    """Applies every fix in the world to its driver's zone state in Redis, publishing transitions.
+
+    Every replica runs one and sees every fix; the script lets exactly one of them apply each fix.
+
+    Most fixes are outside every zone, and a fix outside every zone for a driver whose state is
+    empty changes nothing. So a replica that itself just wrote an empty state for a driver skips
+    Redis for that driver's empty fixes for OUTSIDE_TRUST_S (measured here: a fix through the
+    script costs this process about 90 µs of CPU, mostly redis-py building the command; a skipped
+    one about 30 µs, mostly the index query). This is safe: a skip publishes nothing and never
+    moves the stored (t, s) back, so no fix is applied twice; a replica that ENTERed a driver
+    never holds "known outside" for them and runs the script for their next fix, which EXITs.
+    Only when that replica dies while the others' indexes lag behind it can an EXIT wait for
+    the trust to run out.
+    """
+
+    def __init__(
+        self,
+        redis: Redis,
+        zones: HasZoneIndex,
+        hub: Hub[DriverLocation],
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._redis = redis
+        self._zones = zones
+        self._hub = hub
+        self._apply = redis.register_script(_APPLY_LUA)
+        # Per driver only the newest unprocessed fix matters: zone state only moves forward.
+        self._mailbox: KeyedLatest[DriverLocation] = KeyedLatest(0.0, time.monotonic)
+        self._entries = _EntryCache()
+        self._clock = clock
+        # Drivers whose state this replica itself last wrote empty, until when it trusts that.
+        self._outside: dict[str, float] = {}
+        self._prune_at = 0.0
+        self._worker: asyncio.Task[None] | None = None
+        self.stats = FenceStats()
+
+    async def start(self) -> None:
+        self._worker = asyncio.create_task(self._work(), name="fence-tracker")
+        await self._hub.add(CELL_PATTERN, self._on_fix, pattern=True)
+
+    async def stop(self) -> None:
+        await self._hub.remove(CELL_PATTERN, self._on_fix)
+        if self._worker:
+            self._worker.cancel()
+            await asyncio.gather(self._worker, return_exceptions=True)
+
+    def _on_fix(self, location: DriverLocation) -> None:
+        # Runs in the hub's reader for every fix: one dict write, the work happens in _work.
+        self._mailbox.put(location.driver_id, location)
+
+    async def _work(self) -> None:
+        while True:
+            batch = await self._mailbox.get_batch()
+            for start in range(0, len(batch), _MAX_PIPELINE):
+                chunk = batch[start : start + _MAX_PIPELINE]
+                try:
+                    await self._apply_batch(chunk)
+                except Exception:  # Redis away: these fixes are lost, the next ones repair state
+                    self.stats.failed_batches += 1
+                    log.exception("geofence state update failed for %d fixes", len(chunk))
+                    await asyncio.sleep(1.0)
+
+    async def _apply_batch(self, locations: Sequence[DriverLocation]) -> None:
+        now = self._clock()
+        pending = []
+        for location in locations:
+            item = self._prepare(location)
+            if item.zone_ids or self._outside.get(location.driver_id, 0.0) < now:
+                pending.append(item)
+        skipped = len(locations) - len(pending)
+        self.stats.skipped += skipped
+        self.stats.handled += skipped
+        if not pending:
+            return
+        for _ in range(_MAX_ROUNDS):
+            results = await self._run(pending)
+            retry = []
+            for item, result in zip(pending, results, strict=True):
+                if isinstance(result, list):
+                    self._describe(item, [_text(r) for r in result])
+                    retry.append(item)
+                else:
+                    self._settled(item, applied=result == 1, now=now)
+            self.stats.handled += len(pending) - len(retry)
+            self.stats.retried += len(retry)
+            pending = retry
+            if not pending:
+                return
+        self.stats.unresolved += len(pending)
+        self.stats.handled += len(pending)
+        log.warning("%d fixes left unapplied: their drivers' zone state kept moving", len(pending))
+
+    def _settled(self, item: PendingFix, *, applied: bool, now: float) -> None:
+        driver_id = item.location.driver_id
+        if applied:
+            self.stats.applied += 1
+        else:
+            self.stats.stale += 1
+        if applied and not item.zone_ids:
+            self._outside[driver_id] = now + OUTSIDE_TRUST_S
+        else:  # inside, or another replica wrote a newer state we have not seen
+            self._outside.pop(driver_id, None)
+        if now >= self._prune_at:  # keeps only drivers heard from within the trust period
+            self._outside = {d: until for d, until in self._outside.items() if until > now}
+            self._prune_at = now + OUTSIDE_TRUST_S
+
+    def _prepare(self, location: DriverLocation) -> PendingFix:
+        index = self._zones.index  # read per fix: a refreshed index takes effect at once
+        position = location.position
+        zones = index.containing(position.latitude, position.longitude)
+        entries = {zone.geofence_id: self._entries.get(index, zone) for zone in zones}
+        return PendingFix(location, index, ",".join(sorted(entries)), entries)
+
+    def _describe(self, item: PendingFix, left: list[str]) -> None:
+        # A zone the driver left is described from this fix's index; one no longer there was
+        # deleted, and is dropped from the state without an EXIT (deletion ends its events).
+        for geofence_id in left:
+            zone = item.index.get(geofence_id)
+            if zone is None:
+                item.gone.append(geofence_id)
+            else:
+                item.entries[geofence_id] = self._entries.get(item.index, zone)
+
+    async def _run(self, pending: Sequence[PendingFix]) -> list[Any]:
+        pipe = self._redis.pipeline(transaction=False)
+        for item in pending:
+            key = fence_state_key(item.location.driver_id)
+            await self._apply(keys=[key], args=script_args(item), client=pipe)
+        return await pipe.execute()
+
+
+@dataclass(frozen=True, slots=True)
+class ZoneEvent:
+    """One transition as watchers filter it; `response` is shared by every watcher sent it."""
+
+    geofence_id: str
+    labels: Mapping[str, str]
+    response: pb.WatchGeofenceEventsResponse
+
+
+EventBatch = tuple[ZoneEvent, ...]
+
+
+def decode_event_message(data: bytes) -> EventBatch:
+    """A published message as its events, EXITs before ENTERs (a driver leaving one zone for a
+    neighbour leaves first); decoded once per process, whatever the number of watchers."""
+    message = json.loads(data)
+    fix = message["fix"]
+    events = [
+        _event(fix, entry, pb.GeofenceTransition.GEOFENCE_TRANSITION_EXIT)
+        for entry in message["exit"]
+    ]
+    events += (
+        _event(fix, entry, pb.GeofenceTransition.GEOFENCE_TRANSITION_ENTER)
+        for entry in message["enter"]
+    )
+    return tuple(events)
+
+
+def _event(
+    fix: Mapping[str, Any], entry: Mapping[str, Any], transition: pb.GeofenceTransition.ValueType
+) -> ZoneEvent:
+    event = pb.GeofenceEvent(
+        transition=transition,
+        driver_id=fix["d"],
+        geofence_id=entry["id"],
+        geofence_display_name=entry["n"],
+    )
+    event.event_time.FromMilliseconds(fix["t"])
+    event.position.latitude = fix["lat"]
+    event.position.longitude = fix["lng"]
+    return ZoneEvent(entry["id"], entry["l"], pb.WatchGeofenceEventsResponse(event=event))
+
+
+@dataclass(frozen=True, slots=True)
+class EventFilter:
+    """Which events a watcher wants: of any of `geofence_ids` (all when empty) AND carrying all
+    of `labels`."""
+
+    geofence_ids: frozenset[str]
+    labels: Mapping[str, str]
+
+    def accepts(self, event: ZoneEvent) -> bool:
+        if self.geofence_ids and event.geofence_id not in self.geofence_ids:
+            return False
+        return all(event.labels.get(key) == value for key, value in self.labels.items())
+
+
+def event_filter(index: ZoneIndex, request: pb.WatchGeofenceEventsRequest) -> EventFilter:
+    """Validates a watch request against the zones this replica knows; raises naming the fault."""
+    ids = list(request.geofence_ids)
+    if len(ids) > MAX_WATCH_IDS:
+        raise InvalidArgument(
+            f"geofence_ids has {len(ids)} entries; at most {MAX_WATCH_IDS} are allowed "
+            "(watch by labels to follow more zones)"
+        )
+    if any(not geofence_id for geofence_id in ids):
+        raise InvalidArgument("geofence_ids must not contain an empty id")
+    labels = validate_labels(request.labels)
+    missing = sorted({geofence_id for geofence_id in ids if index.get(geofence_id) is None})
+    if missing:
+        shown = ", ".join(repr(m[:80]) for m in missing[:10])
+        more = f" and {len(missing) - 10} more" if len(missing) > 10 else ""
+        raise NotFound(f"no geofence with id {shown}{more}")
+    return EventFilter(frozenset(ids), labels)
+
+
+async def watch_geofence_events(
+    events_hub: Hub[EventBatch], zones: HasZoneIndex, request: pb.WatchGeofenceEventsRequest
+) -> AsyncIterator[pb.WatchGeofenceEventsResponse]:
+    """Streams the ENTER and EXIT events the request asks for, from now on."""
+    wanted = event_filter(zones.index, request)
+    # Events cannot be conflated: a reader WATCH_DEPTH events behind loses the oldest ones.
+    mailbox: Latest[pb.WatchGeofenceEventsResponse] = Latest(WATCH_DEPTH)
+
+    def sink(events: EventBatch) -> None:
+        # Runs in the hub's reader for every event message in the world: keep it cheap.
+        for event in events:
+            if wanted.accepts(event):
+                mailbox.put(event.response)
+
+    await events_hub.add(EVENTS_CHANNEL, sink)
+    try:
+        while True:
+            yield await mailbox.get()
+    finally:
+        await events_hub.remove(EVENTS_CHANNEL, sink)
+        if mailbox.dropped:
+            log.warning("a slow geofence watcher lost %d events", mailbox.dropped)
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value

@@ -1,0 +1,99 @@
+"""The GeoQueryService RPC surface: each handler delegates to the module that owns its answer."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+from grpc import aio
+from redis.asyncio import Redis
+
+from ridemesh.v1 import geo_query_service_pb2 as pb
+from ridemesh.v1 import geo_query_service_pb2_grpc as pb_grpc
+from services.fanout import Hub
+from services.geo import geofences
+from services.geo.eta import Router, estimate_eta
+from services.geo.fence_events import EventBatch, watch_geofence_events
+from services.geo.geofence_store import GeofenceStore
+from services.geo.heatmap import supply_heatmap
+from services.geo.nearby import search_nearby_drivers
+from services.geo.track import get_driver_track
+from services.geo.zone_cache import ZoneCache
+from services.history import HistoryStore
+from services.livestore import LiveStore
+
+Context = aio.ServicerContext[Any, Any]
+
+
+class GeoQueryServicer(pb_grpc.GeoQueryServiceServicer):
+    """Thin handlers; validation and errors live in the modules they call."""
+
+    def __init__(
+        self,
+        live: LiveStore,
+        history: HistoryStore,
+        fences: GeofenceStore,
+        zones: ZoneCache,
+        events: Hub[EventBatch],
+        router: Router,
+        redis: Redis,
+    ) -> None:
+        self._live = live
+        self._history = history
+        self._fences = fences
+        self._zones = zones
+        self._events = events
+        self._router = router
+        self._redis = redis
+
+    async def SearchNearbyDrivers(
+        self, request: pb.SearchNearbyDriversRequest, context: Context
+    ) -> pb.SearchNearbyDriversResponse:
+        return await search_nearby_drivers(self._live, request, time.time())
+
+    async def CreateGeofence(
+        self, request: pb.CreateGeofenceRequest, context: Context
+    ) -> pb.CreateGeofenceResponse:
+        return await geofences.create_geofence(self._fences, self._redis, request)
+
+    async def GetGeofence(
+        self, request: pb.GetGeofenceRequest, context: Context
+    ) -> pb.GetGeofenceResponse:
+        return await geofences.get_geofence(self._fences, request)
+
+    async def ListGeofences(
+        self, request: pb.ListGeofencesRequest, context: Context
+    ) -> pb.ListGeofencesResponse:
+        return await geofences.list_geofences(self._fences, request)
+
+    async def DeleteGeofence(
+        self, request: pb.DeleteGeofenceRequest, context: Context
+    ) -> pb.DeleteGeofenceResponse:
+        return await geofences.delete_geofence(self._fences, self._redis, request)
+
+    async def CheckPoint(
+        self, request: pb.CheckPointRequest, context: Context
+    ) -> pb.CheckPointResponse:
+        return await geofences.check_point(self._fences, request)
+
+    async def WatchGeofenceEvents(
+        self, request: pb.WatchGeofenceEventsRequest, context: Context
+    ) -> AsyncIterator[pb.WatchGeofenceEventsResponse]:
+        async for response in watch_geofence_events(self._events, self._zones, request):
+            yield response
+
+    async def GetDriverTrack(
+        self, request: pb.GetDriverTrackRequest, context: Context
+    ) -> pb.GetDriverTrackResponse:
+        return await get_driver_track(self._history, request)
+
+    async def EstimateEta(
+        self, request: pb.EstimateEtaRequest, context: Context
+    ) -> pb.EstimateEtaResponse:
+        return await estimate_eta(self._live, self._router, request)
+
+    async def GetSupplyHeatmap(
+        self, request: pb.GetSupplyHeatmapRequest, context: Context
+    ) -> pb.GetSupplyHeatmapResponse:
+        return await supply_heatmap(self._live, request)

@@ -1,0 +1,205 @@
+"""GeoQueryService through Envoy, fed by drivers streaming to LocationService as real apps do."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import time
+from datetime import UTC, datetime
+
+import grpc
+import pytest
+from grpc import aio
+
+from ridemesh.v1 import geo_query_service_pb2 as pb
+from ridemesh.v1 import geo_query_service_pb2_grpc as geo_grpc
+from ridemesh.v1 import location_service_pb2_grpc as location_grpc
+from ridemesh.v1.common_pb2 import BoundingBox, LatLng
+from services.geodesy import haversine_m
+from tests.e2e.clients import DriverStream, collect, fix, new_driver_id
+from tests.e2e.conftest import status_of
+
+pytestmark = pytest.mark.e2e
+
+
+async def _place(
+    location: location_grpc.LocationServiceAsyncStub, points: dict[str, tuple[float, float]]
+) -> None:
+    """Each driver sends one fix at its point through Envoy and waits until it is live."""
+    streams = []
+    for driver_id, (lat, lng) in points.items():
+        stream = DriverStream(location)
+        stream.send(fix(driver_id, 1, lat, lng))
+        streams.append(stream)
+    for stream in streams:
+        await stream.wait_for(lambda s=stream: s.accepted_seq == 1)
+        stream.close()
+        await stream.reader
+
+
+async def test_nearby_drivers_nearest_first_in_metres(
+    location: location_grpc.LocationServiceAsyncStub, geo: geo_grpc.GeoQueryServiceAsyncStub
+) -> None:
+    centre = (64.1466, -21.9426)  # Reykjavík: far from the other tests' drivers, high latitude
+    offsets = [0.001, 0.004, 0.002, 0.03, 0.2]
+    points = {new_driver_id("near"): (centre[0] + d, centre[1] + d) for d in offsets}
+    await _place(location, points)
+
+    request = pb.SearchNearbyDriversRequest(
+        center=LatLng(latitude=centre[0], longitude=centre[1]), radius_m=5_000, max_results=10
+    )
+    response = await geo.SearchNearbyDrivers(request)
+    expected = sorted(
+        (haversine_m(*centre, lat, lng), driver_id)
+        for driver_id, (lat, lng) in points.items()
+        if haversine_m(*centre, lat, lng) <= 5_000
+    )
+    assert [n.location.driver_id for n in response.drivers] == [d for _, d in expected]
+    for nearby, (distance, _) in zip(response.drivers, expected, strict=True):
+        assert nearby.distance_m == pytest.approx(distance, abs=0.01)
+        assert nearby.age.ToMilliseconds() >= 0
+
+    too_far = pb.SearchNearbyDriversRequest(center=request.center, radius_m=60_000)
+    with pytest.raises(aio.AioRpcError) as error:
+        await geo.SearchNearbyDrivers(too_far)
+    assert status_of(error.value) == grpc.StatusCode.INVALID_ARGUMENT
+    assert "50000" in (error.value.details() or "").replace(",", "")
+
+
+def _square(lat: float, lng: float, half: float) -> str:
+    ring = [
+        [lng - half, lat - half],
+        [lng + half, lat - half],
+        [lng + half, lat + half],
+        [lng - half, lat + half],
+        [lng - half, lat - half],
+    ]
+    return json.dumps({"type": "Polygon", "coordinates": [ring]})
+
+
+async def test_geofence_crud_and_check_point(geo: geo_grpc.GeoQueryServiceAsyncStub) -> None:
+    tag = new_driver_id("zone")
+    created = await geo.CreateGeofence(
+        pb.CreateGeofenceRequest(
+            geofence=pb.Geofence(
+                display_name="Airport", geojson=_square(13.2, 77.7, 0.01), labels={"t": tag}
+            )
+        )
+    )
+    zone_id = created.geofence.geofence_id
+    assert zone_id
+    got = await geo.GetGeofence(pb.GetGeofenceRequest(geofence_id=zone_id))
+    assert got.geofence.display_name == "Airport"
+    listed = await geo.ListGeofences(pb.ListGeofencesRequest(filter=f"t={tag}"))
+    assert [g.geofence_id for g in listed.geofences] == [zone_id]
+
+    inside = await geo.CheckPoint(pb.CheckPointRequest(point=LatLng(latitude=13.2, longitude=77.7)))
+    assert zone_id in [g.geofence_id for g in inside.geofences]
+    outside = await geo.CheckPoint(
+        pb.CheckPointRequest(point=LatLng(latitude=13.3, longitude=77.7))
+    )
+    assert zone_id not in [g.geofence_id for g in outside.geofences]
+
+    await geo.DeleteGeofence(pb.DeleteGeofenceRequest(geofence_id=zone_id))
+    with pytest.raises(aio.AioRpcError) as gone:
+        await geo.GetGeofence(pb.GetGeofenceRequest(geofence_id=zone_id))
+    assert status_of(gone.value) == grpc.StatusCode.NOT_FOUND
+
+
+@pytest.mark.parametrize(
+    ("geojson", "words"),
+    [
+        ('{"type": "Polygon", "coordinates": [[[0,0],[1,0],[1,1],[0,1]]]}', "not closed"),
+        ('{"type": "Polygon", "coordinates": [[[0,0],[1,0],[0,0]]]}', "4"),
+        ('{"type": "Polygon", "coordinates": [[[0,0],[1,1],[1,0],[0,1],[0,0]]]}', "ntersection"),
+        ('{"type": "Polygon", "coordinates": [[[0,0],[200,0],[1,1],[0,0]]]}', "longitude"),
+        ('{"type": "Point", "coordinates": [0,0]}', "Polygon"),
+        ("not json", "JSON"),
+    ],
+)
+async def test_invalid_geometry_is_invalid_argument(
+    geo: geo_grpc.GeoQueryServiceAsyncStub, geojson: str, words: str
+) -> None:
+    request = pb.CreateGeofenceRequest(geofence=pb.Geofence(display_name="bad", geojson=geojson))
+    with pytest.raises(aio.AioRpcError) as error:
+        await geo.CreateGeofence(request)
+    assert status_of(error.value) == grpc.StatusCode.INVALID_ARGUMENT
+    assert words in (error.value.details() or "")
+
+
+async def test_driver_crossing_a_zone_yields_one_enter_then_one_exit(
+    location: location_grpc.LocationServiceAsyncStub, geo: geo_grpc.GeoQueryServiceAsyncStub
+) -> None:
+    # Two GeoQuery replicas run behind Envoy; each sees every fix, and each transition is
+    # reported once. The watcher filters by a label unique to this test.
+    tag = new_driver_id("fence")
+    zone = await geo.CreateGeofence(
+        pb.CreateGeofenceRequest(
+            geofence=pb.Geofence(
+                display_name="Station", geojson=_square(-1.29, 36.82, 0.01), labels={"t": tag}
+            )
+        )
+    )
+    watch = geo.WatchGeofenceEvents(pb.WatchGeofenceEventsRequest(labels={"t": tag}))
+    await asyncio.sleep(1.0)  # the zone is in both replicas' indexes and the watch subscribed
+    driver_id = new_driver_id("crossing")
+    driver = DriverStream(location)
+    path = [(-1.31, 36.82), (-1.295, 36.82), (-1.29, 36.82), (-1.285, 36.82), (-1.27, 36.82)]
+    for seq, (lat, lng) in enumerate(path, start=1):
+        driver.send(fix(driver_id, seq, lat, lng))
+        await asyncio.sleep(0.3)
+    enter, leave = await collect(watch, 2)
+    assert (enter.event.transition, leave.event.transition) == (
+        pb.GEOFENCE_TRANSITION_ENTER,
+        pb.GEOFENCE_TRANSITION_EXIT,
+    )
+    for message in (enter, leave):
+        assert message.event.driver_id == driver_id
+        assert message.event.geofence_id == zone.geofence.geofence_id
+        assert message.event.geofence_display_name == "Station"
+    assert enter.event.position.latitude == pytest.approx(-1.295)
+    assert leave.event.position.latitude == pytest.approx(-1.27)
+    with pytest.raises(TimeoutError):  # and nothing more: no duplicate from the other replica
+        await collect(watch, 1, timeout=1.5)
+    watch.cancel()
+    driver.close()
+    await driver.reader
+
+
+async def test_track_eta_and_heatmap(
+    location: location_grpc.LocationServiceAsyncStub, geo: geo_grpc.GeoQueryServiceAsyncStub
+) -> None:
+    driver_id = new_driver_id("track")
+    driver = DriverStream(location)
+    path = [(40.7128 + i * 0.001, -74.0060) for i in range(6)]  # New York, north along a street
+    for seq, (lat, lng) in enumerate(path, start=1):
+        driver.send(fix(driver_id, seq, lat, lng, speed_mps=10.0))
+        await asyncio.sleep(0.05)
+    await driver.wait_for(lambda: driver.durable_seq == len(path))
+    driver.close()
+    await driver.reader
+
+    request = pb.GetDriverTrackRequest(driver_id=driver_id)
+    request.start_time.FromDatetime(datetime.fromtimestamp(time.time() - 600, tz=UTC))
+    request.end_time.FromDatetime(datetime.fromtimestamp(time.time() + 600, tz=UTC))
+    track = await geo.GetDriverTrack(request)
+    assert [p.seq for p in track.points] == [1, 2, 3, 4, 5, 6]
+    expected = sum(haversine_m(*a, *b) for a, b in itertools.pairwise(path))
+    assert track.distance_m == pytest.approx(expected, rel=1e-6)
+    assert json.loads(track.geojson)["type"] == "LineString"
+
+    eta = await geo.EstimateEta(
+        pb.EstimateEtaRequest(
+            driver_id=driver_id, destination=LatLng(latitude=40.73, longitude=-74.0)
+        )
+    )
+    assert eta.speed_mps == pytest.approx(10.0)
+    assert eta.eta.ToTimedelta().total_seconds() == pytest.approx(eta.distance_m / 10.0, rel=1e-3)
+
+    bounds = BoundingBox(
+        south_west=LatLng(latitude=40.70, longitude=-74.02),
+        north_east=LatLng(latitude=40.73, longitude=-73.99),
+    )
+    heatmap = await geo.GetSupplyHeatmap(pb.GetSupplyHeatmapRequest(bounds=bounds, resolution=9))
+    assert sum(c.available_drivers for c in heatmap.cells) >= 1

@@ -1,0 +1,494 @@
+"""Geofence events against a real Redis: two tracker replicas, restarts, zone swaps, watchers."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+
+import pytest
+from redis.asyncio import Redis
+from shapely.geometry import box
+
+from ridemesh.v1 import geo_query_service_pb2 as pb
+from ridemesh.v1.common_pb2 import DriverLocation, LatLng
+from services.errors import NotFound
+from services.fanout import Hub
+from services.geo.fence_events import (
+    EVENTS_CHANNEL,
+    WATCH_DEPTH,
+    EventBatch,
+    FenceTracker,
+    decode_event_message,
+    fence_state_key,
+    fix_json,
+    watch_geofence_events,
+    zone_entry,
+)
+from services.geo.zone_index import Zone, ZoneIndex
+from services.livestore import cell_channel
+from services.location.area import cell_of
+from services.mesh.redis_server import RedisServer
+
+pytestmark = [pytest.mark.integration, pytest.mark.asyncio]
+
+REDIS_DB = 7
+ENTER = pb.GeofenceTransition.GEOFENCE_TRANSITION_ENTER
+EXIT = pb.GeofenceTransition.GEOFENCE_TRANSITION_EXIT
+BASE_MS = 1_764_331_200_000
+
+# A 0.1° square near Berlin (lon/lat order) and its eastern neighbour sharing an edge.
+SQUARE = Zone("sq", "The square", {"kind": "pickup", "city": "ber"}, box(13.0, 52.0, 13.1, 52.1))
+EAST = Zone("east", "East of it", {"kind": "pickup"}, box(13.1, 52.0, 13.2, 52.1))
+WEST_OF = (52.05, 12.95)
+INSIDE = (52.05, 13.05)
+INSIDE_TOO = (52.06, 13.04)
+EAST_OF = (52.05, 13.15)
+
+
+@dataclass
+class Zones:
+    """Stands in for the zone cache: tests swap `index` as a refresh would."""
+
+    index: ZoneIndex
+
+
+class Replica:
+    """What one GeoQuery process holds: its own connections, hubs and tracker."""
+
+    def __init__(self, url: str, zones: Zones) -> None:
+        self.redis = Redis.from_url(url)
+        self.fixes: Hub[DriverLocation] = Hub(self.redis, DriverLocation.FromString)
+        self.events: Hub[EventBatch] = Hub(self.redis, decode_event_message)
+        self.tracker = FenceTracker(self.redis, zones, self.fixes)
+
+    async def start(self) -> Replica:
+        await self.fixes.start()
+        await self.events.start()
+        await self.tracker.start()
+        return self
+
+    async def stop(self) -> None:
+        await self.tracker.stop()
+        await self.events.stop()
+        await self.fixes.stop()
+        await self.redis.aclose()
+
+
+class Watcher:
+    """Runs watch_geofence_events in a task, queueing what it yields."""
+
+    def __init__(self, replica: Replica, zones: Zones, request: pb.WatchGeofenceEventsRequest):
+        self.queue: asyncio.Queue[pb.GeofenceEvent] = asyncio.Queue()
+        self._task = asyncio.create_task(self._run(replica.events, zones, request))
+
+    async def _run(
+        self, hub: Hub[EventBatch], zones: Zones, request: pb.WatchGeofenceEventsRequest
+    ) -> None:
+        async for response in watch_geofence_events(hub, zones, request):
+            await self.queue.put(response.event)
+
+    async def stop(self) -> None:
+        self._task.cancel()
+        await asyncio.gather(self._task, return_exceptions=True)
+
+
+async def until(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
+    """Polls: the trackers and Redis have no event to wait on (each poll is one cheap check)."""
+    async with asyncio.timeout(timeout):
+        while True:
+            if predicate():
+                return
+            await asyncio.sleep(0.005)
+
+
+def fix(
+    driver_id: str, seq: int, point: tuple[float, float], t_ms: int | None = None
+) -> DriverLocation:
+    location = DriverLocation(
+        driver_id=driver_id, position=LatLng(latitude=point[0], longitude=point[1]), seq=seq
+    )
+    location.recorded_at.FromMilliseconds(BASE_MS + seq * 1000 if t_ms is None else t_ms)
+    return location
+
+
+async def publish_fix(publisher: Redis, location: DriverLocation) -> None:
+    channel = cell_channel(cell_of(location.position.latitude, location.position.longitude))
+    await publisher.publish(channel, location.SerializeToString())
+
+
+async def send(publisher: Redis, replicas: list[Replica], location: DriverLocation) -> None:
+    """Publishes a fix as LocationService does and waits until every replica has handled it."""
+    before = [r.tracker.stats.handled for r in replicas]
+    await publish_fix(publisher, location)
+    await until(
+        lambda: all(r.tracker.stats.handled > b for r, b in zip(replicas, before, strict=True))
+    )
+
+
+def enter_message(location: DriverLocation, zone: Zone) -> str:
+    """An event message shaped as the tracker's script publishes it."""
+    return f'{{"fix":{fix_json(location)},"exit":[],"enter":[{zone_entry(zone)}]}}'
+
+
+async def publish_sentinel(publisher: Redis, zone: Zone) -> str:
+    """An ENTER of `zone` by a made-up driver, published straight on the events channel."""
+    driver_id = f"sentinel-{uuid.uuid4().hex[:8]}"
+    await publisher.publish(EVENTS_CHANNEL, enter_message(fix(driver_id, 1, INSIDE), zone))
+    return driver_id
+
+
+async def collect(watcher: Watcher, publisher: Redis, zone: Zone) -> list[pb.GeofenceEvent]:
+    """Every event the watcher got so far: pub/sub keeps order, so once a sentinel published
+    now comes out, everything published before it has come out too."""
+    sentinel = await publish_sentinel(publisher, zone)
+    events = []
+    async with asyncio.timeout(5.0):
+        while (event := await watcher.queue.get()).driver_id != sentinel:
+            if not event.driver_id.startswith("sentinel-"):
+                events.append(event)
+    return events
+
+
+async def watching(
+    replica: Replica, zones: Zones, publisher: Redis, zone: Zone, **request: object
+) -> Watcher:
+    """A watcher whose subscription is known to be live (a sentinel got through)."""
+    watcher = Watcher(replica, zones, pb.WatchGeofenceEventsRequest(**request))  # type: ignore[arg-type]
+    async with asyncio.timeout(5.0):
+        while True:
+            sentinel = await publish_sentinel(publisher, zone)
+            try:
+                async with asyncio.timeout(0.1):
+                    while (await watcher.queue.get()).driver_id != sentinel:
+                        pass
+                return watcher
+            except TimeoutError:
+                continue
+
+
+def summary(events: list[pb.GeofenceEvent]) -> list[tuple[int, str, str, int]]:
+    return [
+        (e.transition, e.driver_id, e.geofence_id, e.event_time.ToMilliseconds()) for e in events
+    ]
+
+
+@pytest.fixture(scope="module")
+async def redis_url(redis_server: RedisServer) -> str:
+    url = f"redis://127.0.0.1:{redis_server.port}/{REDIS_DB}"
+    client = Redis.from_url(url)
+    await client.flushdb()
+    await client.aclose()
+    return url
+
+
+@pytest.fixture
+async def publisher(redis_url: str) -> AsyncIterator[Redis]:
+    client = Redis.from_url(redis_url)
+    yield client
+    await client.aclose()
+
+
+@pytest.fixture
+def zones() -> Zones:
+    return Zones(ZoneIndex([SQUARE]))
+
+
+@pytest.fixture
+async def replicas(redis_url: str, zones: Zones, publisher: Redis) -> AsyncIterator[list[Replica]]:
+    """Two GeoQuery replicas on the same Redis, each subscribed to every fix."""
+    pair = [await Replica(redis_url, zones).start() for _ in range(2)]
+    warmup = f"warmup-{uuid.uuid4().hex[:8]}"
+    async with asyncio.timeout(5.0):
+        for seq in range(1, 1000):  # until both subscriptions are live
+            await publish_fix(publisher, fix(warmup, seq, WEST_OF))
+            await asyncio.sleep(0.01)
+            if all(r.tracker.stats.handled for r in pair):
+                break
+    yield pair
+    for replica in pair:
+        await replica.stop()
+
+
+def driver() -> str:
+    return f"drv-{uuid.uuid4().hex[:8]}"
+
+
+async def test_two_replicas_report_one_enter_then_one_exit(
+    replicas: list[Replica], zones: Zones, publisher: Redis
+) -> None:
+    watchers = [await watching(r, zones, publisher, SQUARE) for r in replicas]
+    applied = sum(r.tracker.stats.applied for r in replicas)
+    stale = sum(r.tracker.stats.stale for r in replicas)
+    d = driver()
+    path = [WEST_OF, INSIDE, INSIDE_TOO, EAST_OF, EAST_OF]
+    for seq, point in enumerate(path, start=1):
+        await send(publisher, replicas, fix(d, seq, point))
+
+    for watcher in watchers:  # each replica's watchers see the same single pair
+        events = await collect(watcher, publisher, SQUARE)
+        assert summary(events) == [
+            (ENTER, d, "sq", BASE_MS + 2000),
+            (EXIT, d, "sq", BASE_MS + 4000),
+        ]
+        enter, exit_ = events
+        assert enter.geofence_display_name == "The square"
+        assert (enter.position.latitude, enter.position.longitude) == INSIDE
+        assert (exit_.position.latitude, exit_.position.longitude) == EAST_OF
+        await watcher.stop()
+    # Each fix is applied by one replica at most; the other finds it stale or skips it.
+    assert sum(r.tracker.stats.applied for r in replicas) - applied <= len(path)
+    assert sum(r.tracker.stats.stale for r in replicas) - stale >= 2  # ENTER and EXIT raced
+
+
+async def test_replicas_skip_redis_for_drivers_they_know_are_outside(
+    replicas: list[Replica], zones: Zones, publisher: Redis
+) -> None:
+    watcher = await watching(replicas[0], zones, publisher, SQUARE)
+    skipped = sum(r.tracker.stats.skipped for r in replicas)
+    d = driver()
+    # Fix 1: one replica writes the empty state. Fix 2: it skips, the other writes. Then both skip.
+    for seq in range(1, 5):
+        await send(publisher, replicas, fix(d, seq, WEST_OF))
+    assert sum(r.tracker.stats.skipped for r in replicas) - skipped >= 5
+    assert await publisher.hget(fence_state_key(d), "s") in (b"1", b"2")
+    await send(publisher, replicas, fix(d, 5, INSIDE))
+    await send(publisher, replicas, fix(d, 6, WEST_OF))
+    await send(publisher, replicas, fix(d, 7, WEST_OF))
+    assert summary(await collect(watcher, publisher, SQUARE)) == [
+        (ENTER, d, "sq", BASE_MS + 5000),
+        (EXIT, d, "sq", BASE_MS + 6000),
+    ]
+    await watcher.stop()
+
+
+async def test_state_lives_in_redis_with_a_ttl(
+    replicas: list[Replica], zones: Zones, publisher: Redis
+) -> None:
+    d = driver()
+    await send(publisher, replicas, fix(d, 3, INSIDE))
+    state = await publisher.hgetall(fence_state_key(d))
+    assert state == {b"t": str(BASE_MS + 3000).encode(), b"s": b"3", b"z": b"sq"}
+    assert 86000 < await publisher.ttl(fence_state_key(d)) <= 86400
+
+
+async def test_zone_state_survives_a_replica_restart(
+    redis_url: str, zones: Zones, publisher: Redis
+) -> None:
+    first = await Replica(redis_url, zones).start()
+    watcher = await watching(first, zones, publisher, SQUARE)
+    d = driver()
+    await until_live(first, publisher)
+    await send(publisher, [first], fix(d, 1, INSIDE))
+    assert [e.transition for e in await collect(watcher, publisher, SQUARE)] == [ENTER]
+    await watcher.stop()
+    await first.stop()
+
+    second = await Replica(redis_url, zones).start()
+    try:
+        watcher = await watching(second, zones, publisher, SQUARE)
+        await until_live(second, publisher)
+        await send(publisher, [second], fix(d, 2, INSIDE_TOO))  # still inside: no second ENTER
+        await send(publisher, [second], fix(d, 3, EAST_OF))
+        assert summary(await collect(watcher, publisher, SQUARE)) == [
+            (EXIT, d, "sq", BASE_MS + 3000)
+        ]
+        await watcher.stop()
+    finally:
+        await second.stop()
+
+
+async def until_live(replica: Replica, publisher: Redis) -> None:
+    """Waits until a lone replica's fix subscription delivers."""
+    warmup = f"warmup-{uuid.uuid4().hex[:8]}"
+    async with asyncio.timeout(5.0):
+        for seq in range(1, 1000):
+            await publish_fix(publisher, fix(warmup, seq, WEST_OF))
+            await asyncio.sleep(0.01)
+            if replica.tracker.stats.handled:
+                return
+
+
+async def test_a_zone_added_while_the_driver_is_inside_enters_at_the_next_fix(
+    replicas: list[Replica], zones: Zones, publisher: Redis
+) -> None:
+    zones.index = ZoneIndex()
+    d = driver()
+    await send(publisher, replicas, fix(d, 1, INSIDE))
+    zones.index = ZoneIndex([SQUARE])  # a refresh swaps the index; no restart
+    watcher = await watching(replicas[1], zones, publisher, SQUARE, geofence_ids=["sq"])
+    await send(publisher, replicas, fix(d, 2, INSIDE_TOO))
+    await send(publisher, replicas, fix(d, 3, INSIDE))
+    assert summary(await collect(watcher, publisher, SQUARE)) == [(ENTER, d, "sq", BASE_MS + 2000)]
+    await watcher.stop()
+
+
+async def test_duplicate_and_stale_fixes_produce_no_event(
+    replicas: list[Replica], zones: Zones, publisher: Redis
+) -> None:
+    watcher = await watching(replicas[0], zones, publisher, SQUARE)
+    d = driver()
+    await send(publisher, replicas, fix(d, 5, INSIDE))
+    await send(publisher, replicas, fix(d, 5, INSIDE))  # the same fix again
+    await send(publisher, replicas, fix(d, 4, EAST_OF))  # older, outside: must not EXIT
+    await send(publisher, replicas, fix(d, 3, EAST_OF, t_ms=BASE_MS + 5000))  # same time, lower seq
+    await send(publisher, replicas, fix(d, 6, INSIDE_TOO))
+    await send(publisher, replicas, fix(d, 7, EAST_OF))
+    assert summary(await collect(watcher, publisher, SQUARE)) == [
+        (ENTER, d, "sq", BASE_MS + 5000),
+        (EXIT, d, "sq", BASE_MS + 7000),
+    ]
+    await watcher.stop()
+
+
+async def test_moving_into_a_neighbour_exits_first_then_enters(
+    replicas: list[Replica], zones: Zones, publisher: Redis
+) -> None:
+    zones.index = ZoneIndex([SQUARE, EAST])
+    watcher = await watching(replicas[0], zones, publisher, SQUARE)
+    d = driver()
+    await send(publisher, replicas, fix(d, 1, INSIDE))
+    await send(publisher, replicas, fix(d, 2, EAST_OF))
+    assert summary(await collect(watcher, publisher, SQUARE)) == [
+        (ENTER, d, "sq", BASE_MS + 1000),
+        (EXIT, d, "sq", BASE_MS + 2000),
+        (ENTER, d, "east", BASE_MS + 2000),
+    ]
+    await watcher.stop()
+
+
+async def test_a_deleted_zone_is_dropped_from_the_state_without_an_exit(
+    replicas: list[Replica], zones: Zones, publisher: Redis
+) -> None:
+    big = Zone("big", "Around both", {}, box(12.9, 51.9, 13.3, 52.2))
+    zones.index = ZoneIndex([SQUARE, big])
+    watcher = await watching(replicas[0], zones, publisher, SQUARE)
+    d = driver()
+    await send(publisher, replicas, fix(d, 1, INSIDE))
+    zones.index = ZoneIndex([big])  # the square is deleted while the driver is in it
+    retried = sum(r.tracker.stats.retried for r in replicas)
+    await send(publisher, replicas, fix(d, 2, INSIDE_TOO))
+    assert await publisher.hget(fence_state_key(d), "z") == b"big"
+    await send(publisher, replicas, fix(d, 3, (52.5, 14.0)))  # out of everything
+    assert summary(await collect(watcher, publisher, SQUARE)) == [
+        (ENTER, d, "big", BASE_MS + 1000),
+        (ENTER, d, "sq", BASE_MS + 1000),
+        (EXIT, d, "big", BASE_MS + 3000),
+    ]
+    # Leaving a zone takes a second round to describe it (or find it gone).
+    assert sum(r.tracker.stats.retried for r in replicas) > retried
+    await watcher.stop()
+
+
+async def test_watchers_filter_by_id_and_by_labels(
+    replicas: list[Replica], zones: Zones, publisher: Redis
+) -> None:
+    airport = Zone(
+        "air", "Airport", {"kind": "airport", "city": "ber"}, box(13.0, 52.0, 13.2, 52.1)
+    )
+    zones.index = ZoneIndex([SQUARE, EAST, airport])
+    by_id = await watching(replicas[0], zones, publisher, EAST, geofence_ids=["east", "air"])
+    by_labels = await watching(
+        replicas[1], zones, publisher, SQUARE, labels={"kind": "pickup", "city": "ber"}
+    )
+    both = await watching(
+        replicas[0], zones, publisher, EAST, geofence_ids=["east", "sq"], labels={"kind": "pickup"}
+    )
+    d = driver()
+    for seq, point in enumerate([INSIDE, EAST_OF, (52.5, 14.0)], start=1):
+        await send(publisher, replicas, fix(d, seq, point))
+
+    assert [(e.transition, e.geofence_id) for e in await collect(by_id, publisher, EAST)] == [
+        (ENTER, "air"),
+        (ENTER, "east"),
+        (EXIT, "air"),
+        (EXIT, "east"),
+    ]
+    assert [(e.transition, e.geofence_id) for e in await collect(by_labels, publisher, SQUARE)] == [
+        (ENTER, "sq"),
+        (EXIT, "sq"),
+    ]
+    assert [(e.transition, e.geofence_id) for e in await collect(both, publisher, EAST)] == [
+        (ENTER, "sq"),
+        (EXIT, "sq"),
+        (ENTER, "east"),
+        (EXIT, "east"),
+    ]
+    for watcher in (by_id, by_labels, both):
+        await watcher.stop()
+
+
+async def test_unknown_ids_are_not_found_and_nothing_is_subscribed(
+    replicas: list[Replica], zones: Zones
+) -> None:
+    hub = replicas[0].events
+    channels = hub.subscribed_channels()
+    request = pb.WatchGeofenceEventsRequest(geofence_ids=["sq", "no-such-zone"])
+    with pytest.raises(NotFound, match="'no-such-zone'"):
+        await anext(watch_geofence_events(hub, zones, request))
+    assert hub.subscribed_channels() == channels
+
+
+async def test_a_watcher_that_stops_is_unsubscribed(
+    replicas: list[Replica], zones: Zones, publisher: Redis
+) -> None:
+    hub = replicas[0].events
+    watcher = await watching(replicas[0], zones, publisher, SQUARE)
+    assert hub.subscribed_channels() == 1
+    await watcher.stop()
+    assert hub.subscribed_channels() == 0
+
+
+async def test_a_burst_conflates_but_events_still_alternate(
+    replicas: list[Replica], zones: Zones, publisher: Redis
+) -> None:
+    watcher = await watching(replicas[0], zones, publisher, SQUARE)
+    d = driver()
+    # Ends inside: a fix inside a zone always goes to Redis, so its seq marks the end.
+    points = [INSIDE if seq % 3 else EAST_OF for seq in range(1, 301)] + [INSIDE]
+    for seq, point in enumerate(points, start=1):  # no waiting: the trackers fall behind
+        await publish_fix(publisher, fix(d, seq, point))
+
+    async def last_applied() -> bool:
+        return await publisher.hget(fence_state_key(d), "s") == str(len(points)).encode()
+
+    async with asyncio.timeout(10.0):
+        while True:
+            if await last_applied():
+                break
+            await asyncio.sleep(0.01)
+    events = await collect(watcher, publisher, SQUARE)
+    transitions = [e.transition for e in events]
+    assert transitions, "a burst of crossings produced no event at all"
+    assert transitions == [ENTER, EXIT] * (len(transitions) // 2) + [ENTER]
+    times = [e.event_time.ToMilliseconds() for e in events]
+    assert times == sorted(set(times))
+    await watcher.stop()
+
+
+async def test_a_slow_watcher_keeps_only_the_newest_events(
+    replicas: list[Replica], zones: Zones, publisher: Redis
+) -> None:
+    reader = await watching(replicas[0], zones, publisher, SQUARE)  # keeps up, marks the end
+    request = pb.WatchGeofenceEventsRequest(geofence_ids=["sq"])
+    slow = watch_geofence_events(replicas[0].events, zones, request)
+    first: asyncio.Future[pb.WatchGeofenceEventsResponse] = asyncio.ensure_future(anext(slow))
+    async with asyncio.timeout(5.0):  # until the slow watcher's subscription delivers
+        while not first.done():
+            await publish_sentinel(publisher, SQUARE)
+            await asyncio.wait([first], timeout=0.1)
+    total = WATCH_DEPTH + 100
+    for seq in range(1, total + 1):  # the slow watcher reads none of these for now
+        await publisher.publish(EVENTS_CHANNEL, enter_message(fix("slow", seq, INSIDE), SQUARE))
+    await collect(reader, publisher, SQUARE)  # the hub has handed every message to both sinks
+
+    kept = [(await anext(slow)).event for _ in range(WATCH_DEPTH)]
+    # The oldest were dropped: what is left is the newest WATCH_DEPTH, ending with the marker.
+    assert kept[-1].driver_id.startswith("sentinel-")
+    times = [e.event_time.ToMilliseconds() for e in kept[:-1]]
+    assert times == [BASE_MS + seq * 1000 for seq in range(total - WATCH_DEPTH + 2, total + 1)]
+    with pytest.raises(TimeoutError):  # and nothing more is waiting
+        async with asyncio.timeout(0.05):
+            await anext(slow)
+    await reader.stop()

@@ -1,0 +1,210 @@
+"""The pure parts of geofence events: script arguments, message decoding, watch filters."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from shapely.geometry import box
+
+from ridemesh.v1 import geo_query_service_pb2 as pb
+from ridemesh.v1.common_pb2 import DriverLocation, LatLng
+from services.errors import InvalidArgument, NotFound
+from services.geo.fence_events import (
+    EVENTS_CHANNEL,
+    MAX_WATCH_IDS,
+    STATE_TTL_S,
+    EventFilter,
+    PendingFix,
+    _EntryCache,
+    decode_event_message,
+    event_filter,
+    fix_json,
+    script_args,
+    zone_entry,
+)
+from services.geo.zone_index import Zone, ZoneIndex
+
+ENTER = pb.GeofenceTransition.GEOFENCE_TRANSITION_ENTER
+EXIT = pb.GeofenceTransition.GEOFENCE_TRANSITION_EXIT
+
+AIRPORT = Zone("z-air", 'Airport "T1" ✈', {"kind": "airport", "city": "ber"}, box(13, 52, 14, 53))
+CENTRE = Zone("z-mitte", "Mitte", {"kind": "district"}, box(13.3, 52.4, 13.5, 52.6))
+
+
+def _fix(lat: float = 52.123456789012345, lng: float = 13.987654321098765) -> DriverLocation:
+    location = DriverLocation(
+        driver_id="drv-1", position=LatLng(latitude=lat, longitude=lng), seq=7
+    )
+    location.recorded_at.FromMilliseconds(1_764_331_200_123)
+    return location
+
+
+def _message(location: DriverLocation, exits: list[Zone], enters: list[Zone]) -> bytes:
+    # The shape the apply script publishes, built from the same pieces it is given.
+    exit_part = ",".join(zone_entry(z) for z in exits)
+    enter_part = ",".join(zone_entry(z) for z in enters)
+    text = f'{{"fix":{fix_json(location)},"exit":[{exit_part}],"enter":[{enter_part}]}}'
+    return text.encode()
+
+
+# --- what the script is given ------------------------------------------------------------------
+
+
+def test_zone_entry_is_compact_json_with_name_and_labels() -> None:
+    assert json.loads(zone_entry(AIRPORT)) == {
+        "id": "z-air",
+        "n": 'Airport "T1" ✈',
+        "l": {"kind": "airport", "city": "ber"},
+    }
+    assert " " not in zone_entry(CENTRE)
+
+
+def test_fix_json_keeps_every_digit_of_the_position_and_the_millisecond_time() -> None:
+    fix = json.loads(fix_json(_fix()))
+    assert fix == {"d": "drv-1", "t": 1_764_331_200_123, "lat": 52.123456789012345,
+                   "lng": 13.987654321098765}  # fmt: skip
+
+
+def test_script_args_lay_out_time_seq_zones_and_described_pairs() -> None:
+    pending = PendingFix(
+        _fix(),
+        ZoneIndex([AIRPORT, CENTRE]),
+        "z-air,z-mitte",
+        {"z-air": zone_entry(AIRPORT), "z-mitte": zone_entry(CENTRE)},
+        gone=["z-old", "z-older"],
+    )
+    args = script_args(pending)
+    assert args[:4] == [1_764_331_200_123, 7, STATE_TTL_S, EVENTS_CHANNEL]
+    assert json.loads(args[4])["d"] == "drv-1"
+    assert args[5:7] == ["z-air,z-mitte", "z-old,z-older"]
+    assert args[7:] == ["z-air", zone_entry(AIRPORT), "z-mitte", zone_entry(CENTRE)]
+
+
+def test_script_args_for_a_fix_in_no_zone_are_empty_lists() -> None:
+    args = script_args(PendingFix(_fix(0.0, 0.0), ZoneIndex(), "", {}))
+    assert args[5:] == ["", ""]
+
+
+def test_entry_cache_encodes_once_per_index_and_forgets_on_swap() -> None:
+    cache = _EntryCache()
+    first = ZoneIndex([AIRPORT])
+    entry = cache.get(first, AIRPORT)
+    assert cache.get(first, AIRPORT) is entry
+    renamed = Zone("z-air", "Airport BER", {}, AIRPORT.geometry)
+    # Ids are never reused for another zone, but a new index must still not serve stale text.
+    assert json.loads(cache.get(ZoneIndex([renamed]), renamed))["n"] == "Airport BER"
+
+
+# --- decoding a published message --------------------------------------------------------------
+
+
+def test_decode_gives_exits_before_enters_with_time_position_and_names() -> None:
+    location = _fix()
+    events = decode_event_message(_message(location, [CENTRE], [AIRPORT]))
+    assert [e.response.event.transition for e in events] == [EXIT, ENTER]
+    exit_event, enter_event = (e.response.event for e in events)
+    assert exit_event.geofence_id == "z-mitte"
+    assert exit_event.geofence_display_name == "Mitte"
+    assert enter_event.geofence_display_name == 'Airport "T1" ✈'
+    assert enter_event.driver_id == "drv-1"
+    assert enter_event.event_time.ToMilliseconds() == 1_764_331_200_123
+    assert enter_event.position.latitude == location.position.latitude
+    assert enter_event.position.longitude == location.position.longitude
+    assert events[1].labels == {"kind": "airport", "city": "ber"}
+
+
+def test_decode_of_an_enter_only_message() -> None:
+    (event,) = decode_event_message(_message(_fix(), [], [CENTRE]))
+    assert event.geofence_id == "z-mitte"
+    assert event.response.event.transition == ENTER
+
+
+def test_decode_rejects_a_foreign_message() -> None:
+    # The hub logs and drops what its decoder raises on.
+    with pytest.raises((ValueError, KeyError)):
+        decode_event_message(b'{"unexpected": true}')
+    with pytest.raises(ValueError, match=r"decode|Expecting"):
+        decode_event_message(b"\x0a\x03abc")
+
+
+# --- filters -----------------------------------------------------------------------------------
+
+
+def test_filter_without_ids_or_labels_accepts_everything() -> None:
+    air, mitte = decode_event_message(_message(_fix(), [AIRPORT], [CENTRE]))
+    everything = EventFilter(frozenset(), {})
+    assert everything.accepts(air)
+    assert everything.accepts(mitte)
+
+
+def test_filter_by_ids_accepts_any_of_them() -> None:
+    air, mitte = decode_event_message(_message(_fix(), [AIRPORT], [CENTRE]))
+    assert EventFilter(frozenset({"z-air", "z-x"}), {}).accepts(air)
+    assert not EventFilter(frozenset({"z-air", "z-x"}), {}).accepts(mitte)
+
+
+def test_filter_by_labels_needs_all_of_them() -> None:
+    air, mitte = decode_event_message(_message(_fix(), [AIRPORT], [CENTRE]))
+    both = EventFilter(frozenset(), {"kind": "airport", "city": "ber"})
+    assert both.accepts(air)
+    assert not both.accepts(mitte)
+    assert not EventFilter(frozenset(), {"kind": "airport", "city": "muc"}).accepts(air)
+
+
+def test_filter_with_ids_and_labels_needs_both() -> None:
+    air, _ = decode_event_message(_message(_fix(), [AIRPORT], [CENTRE]))
+    assert EventFilter(frozenset({"z-air"}), {"kind": "airport"}).accepts(air)
+    assert not EventFilter(frozenset({"z-air"}), {"kind": "district"}).accepts(air)
+    assert not EventFilter(frozenset({"z-mitte"}), {"kind": "airport"}).accepts(air)
+
+
+# --- request validation ------------------------------------------------------------------------
+
+
+def test_event_filter_from_a_valid_request() -> None:
+    request = pb.WatchGeofenceEventsRequest(geofence_ids=["z-air", "z-air"], labels={"kind": "x"})
+    wanted = event_filter(ZoneIndex([AIRPORT]), request)
+    assert wanted == EventFilter(frozenset({"z-air"}), {"kind": "x"})
+
+
+def test_unknown_ids_are_not_found_and_named() -> None:
+    request = pb.WatchGeofenceEventsRequest(geofence_ids=["z-air", "nope-2", "nope-1"])
+    with pytest.raises(NotFound, match="'nope-1', 'nope-2'"):
+        event_filter(ZoneIndex([AIRPORT]), request)
+
+
+def test_many_unknown_ids_are_named_up_to_ten() -> None:
+    request = pb.WatchGeofenceEventsRequest(geofence_ids=[f"gone-{i:02}" for i in range(15)])
+    with pytest.raises(NotFound, match="and 5 more") as raised:
+        event_filter(ZoneIndex(), request)
+    assert "gone-09" in str(raised.value)
+    assert "gone-10" not in str(raised.value)
+
+
+def test_too_many_ids_are_invalid_with_the_bound() -> None:
+    request = pb.WatchGeofenceEventsRequest(geofence_ids=["z-air"] * (MAX_WATCH_IDS + 1))
+    with pytest.raises(InvalidArgument, match=f"at most {MAX_WATCH_IDS}"):
+        event_filter(ZoneIndex([AIRPORT]), request)
+
+
+def test_an_empty_id_is_invalid() -> None:
+    request = pb.WatchGeofenceEventsRequest(geofence_ids=["z-air", ""])
+    with pytest.raises(InvalidArgument, match="empty id"):
+        event_filter(ZoneIndex([AIRPORT]), request)
+
+
+@pytest.mark.parametrize(
+    ("labels", "reason"),
+    [
+        ({"": "x"}, "label key ''"),
+        ({"Kind": "x"}, "label key 'Kind'"),
+        ({"k" * 64: "x"}, "1 to 63 characters"),
+        ({"kind": "v" * 257}, "at most 256"),
+        ({f"k{i}": "v" for i in range(33)}, "at most 32"),
+    ],
+)
+def test_insane_labels_are_invalid(labels: dict[str, str], reason: str) -> None:
+    request = pb.WatchGeofenceEventsRequest(labels=labels)
+    with pytest.raises(InvalidArgument, match=reason):
+        event_filter(ZoneIndex(), request)

@@ -51,6 +51,16 @@ class Settings:
     eta_default_speed_mps: float = 8.33
     # Every GeoQuery replica reloads its zone index at least this often (and on every change).
     zone_refresh_s: float = 30.0
+    # Where services reach each other: Envoy's address (inter-service calls go through the mesh).
+    mesh_target: str = ""
+    # Dispatch: search this far for up to this many available drivers, offer one at a time for
+    # offer_timeout_s each, and expire the ride when nobody accepted within max_dispatch_s.
+    dispatch_radius_m: float = 5000.0
+    dispatch_candidates: int = 10
+    offer_timeout_s: float = 15.0
+    max_dispatch_s: float = 120.0
+    # How often a RideService replica looks for lapsed offers (any replica may advance any ride).
+    dispatch_sweep_s: float = 0.5
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:

@@ -163,13 +163,16 @@ def _start_all(
     mesh.database_url = settings.database_url or (mesh.postgres.url if mesh.postgres else None)
     if before_services is not None:
         before_services(mesh)
+    # Envoy's port is fixed first: services call each other through it (RIDEMESH_MESH_TARGET).
+    envoy_port = settings.envoy_port or free_port()
+    env = {"RIDEMESH_MESH_TARGET": f"127.0.0.1:{envoy_port}", **settings.env}
     for service, count in settings.replicas.items():
         for _ in range(count):
-            mesh.start_service(service, free_port(), settings.env, settings.ready_timeout)
+            mesh.start_service(service, free_port(), env, settings.ready_timeout)
     envoy = EnvoyProxy(
         run_dir / "envoy",
         mesh.services,
-        port=settings.envoy_port,
+        port=envoy_port,
         admin_port=settings.envoy_admin_port,
         listen_address=settings.listen_address,
     )

@@ -31,6 +31,10 @@ class AlreadyExists(DomainError):
     code = grpc.StatusCode.ALREADY_EXISTS
 
 
+class PermissionDenied(DomainError):
+    code = grpc.StatusCode.PERMISSION_DENIED
+
+
 class ResourceExhausted(DomainError):
     code = grpc.StatusCode.RESOURCE_EXHAUSTED
 

@@ -10,6 +10,7 @@ from grpc import aio
 
 from ridemesh.v1 import location_service_pb2_grpc as pb_grpc
 from ridemesh.v1.common_pb2 import DriverLocation
+from ridemesh.v1.location_service_pb2 import StreamLocationsResponse
 from services.config import Settings
 from services.fanout import Hub
 from services.history import HistoryStore, create_engine
@@ -28,6 +29,7 @@ async def run(settings: Settings, address: str, stop: asyncio.Event | None = Non
     history = HistoryStore(engine)
     live = LiveStore(redis, settings.live_window_s)
     hub: Hub[DriverLocation] = Hub(redis, DriverLocation.FromString)
+    control: Hub[StreamLocationsResponse] = Hub(redis, StreamLocationsResponse.FromString)
     streams = StreamRegistry(live, settings.ack_interval_s)
     persister = Persister(
         live,
@@ -36,9 +38,10 @@ async def run(settings: Settings, address: str, stop: asyncio.Event | None = Non
         max_age_s=settings.persist_max_age_s,
         claim_idle_s=settings.persist_claim_idle_s,
     )
-    servicer = LocationServicer(settings, live, history, hub, streams)
+    servicer = LocationServicer(settings, live, history, hub, streams, control)
     await history.ensure_partitions_ahead(_today(), settings.partitions_ahead_days)
     await hub.start()
+    await control.start()
     background = [
         asyncio.create_task(persister.run(), name="persister"),
         asyncio.create_task(streams.run(), name="acks"),
@@ -63,6 +66,7 @@ async def run(settings: Settings, address: str, stop: asyncio.Event | None = Non
         for task in background:
             task.cancel()
         await asyncio.gather(*background, return_exceptions=True)
+        await control.stop()
         await hub.stop()
         with contextlib.suppress(Exception):
             await redis.aclose()

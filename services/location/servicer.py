@@ -24,6 +24,7 @@ from services.location.streams import DriverStream, StreamRegistry
 from services.location.throttle import TokenBucket
 from services.location.validation import FixLimits, validate_id, validate_update
 from services.persister import fix_row
+from services.ride.channels import control_channel
 
 # An area touching more grid cells than this listens on the all-cells pattern instead.
 MAX_AREA_CELLS = 64
@@ -45,11 +46,15 @@ class LocationServicer(pb_grpc.LocationServiceServicer):
         history: HistoryStore,
         hub: Hub[DriverLocation],
         streams: StreamRegistry,
+        control: Hub[pb.StreamLocationsResponse],
     ) -> None:
         self._settings = settings
         self._live = live
         self._history = history
         self._hub = hub
+        # Messages for one driver's stream from RideService (offers, availability), via Redis,
+        # so they reach whichever replica holds the stream.
+        self._control = control
         self._streams = streams
         self._limits = FixLimits(settings.max_future_skew_s, settings.max_fix_age_s)
 
@@ -80,6 +85,10 @@ class LocationServicer(pb_grpc.LocationServiceServicer):
         finally:
             reader.cancel()
             self._streams.discard(stream)
+            # Let a bind in progress finish or unwind, so its subscription is not left behind.
+            await asyncio.gather(reader, return_exceptions=True)
+            if stream.control_channel is not None:
+                await self._control.remove(stream.control_channel, stream.control)
         if self._streams.draining:
             await context.abort(
                 grpc.StatusCode.UNAVAILABLE, "server is shutting down; reconnect to continue"
@@ -102,10 +111,9 @@ class LocationServicer(pb_grpc.LocationServiceServicer):
             if self._streams.draining:
                 raise Unavailable("server is shutting down; this fix was not taken, send it again")
             if session.driver_id is None:
-                last_seq, _ = await self._live.last_state(validate_id(update.driver_id))
-                session.bind(update.driver_id, last_seq)
+                await self._bind(stream, validate_id(update.driver_id))
             session.admit(update, now, time.monotonic())
-            location = _location(update, now)
+            location = _location(update, now, stream.availability)
             entry_id = await self._live.ingest(location, location.SerializeToString())
         except DomainError as error:
             stream.reject(update.seq, update.driver_id, error)
@@ -116,6 +124,17 @@ class LocationServicer(pb_grpc.LocationServiceServicer):
             )
             return
         session.accepted(update.seq, entry_id)
+
+    async def _bind(self, stream: DriverStream, driver_id: str) -> None:
+        """Ties the stream to its driver: control messages first, then the stored state, so an
+        availability change in between is seen either way (the hash is written before it is
+        published)."""
+        channel = control_channel(driver_id)
+        stream.control_channel = channel
+        await self._control.add(channel, stream.control)
+        last_seq, availability = await self._live.last_state(driver_id)
+        stream.availability = availability
+        stream.session.bind(driver_id, last_seq)
 
     async def UploadLocations(
         self, request: pb.UploadLocationsRequest, context: aio.ServicerContext[Any, Any]
@@ -226,7 +245,11 @@ class LocationServicer(pb_grpc.LocationServiceServicer):
                 await self._hub.remove(channel, sink)
 
 
-def _location(update: pb.LocationUpdate, now: float) -> DriverLocation:
+def _location(
+    update: pb.LocationUpdate,
+    now: float,
+    availability: DriverAvailability.ValueType = DriverAvailability.DRIVER_AVAILABILITY_AVAILABLE,
+) -> DriverLocation:
     location = DriverLocation(
         driver_id=update.driver_id,
         position=update.position,
@@ -235,7 +258,7 @@ def _location(update: pb.LocationUpdate, now: float) -> DriverLocation:
         accuracy_m=update.accuracy_m,
         recorded_at=update.recorded_at,
         seq=update.seq,
-        availability=DriverAvailability.DRIVER_AVAILABILITY_AVAILABLE,
+        availability=availability,
     )
     location.received_at.FromNanoseconds(int(now * 1e9))
     return location

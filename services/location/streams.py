@@ -6,6 +6,7 @@ import asyncio
 import logging
 from collections import deque
 
+from ridemesh.v1.common_pb2 import DriverAvailability
 from ridemesh.v1.location_service_pb2 import (
     LocationAck,
     LocationRejected,
@@ -19,17 +20,34 @@ log = logging.getLogger(__name__)
 
 # Rejections waiting for a client that does not read its responses are capped, oldest dropped.
 MAX_QUEUED_REJECTIONS = 64
+# Offers and availability changes waiting to be written; they come seconds apart, so a full
+# queue means the app stopped reading (the oldest is then dropped, and logged).
+MAX_QUEUED_CONTROL = 32
 
 
 class DriverStream:
     """One StreamLocations call: the session plus what is waiting to be written to the app."""
 
-    __slots__ = ("session", "wake", "_rejections", "_ack_pending", "closing")
+    __slots__ = (
+        "session",
+        "wake",
+        "availability",
+        "control_channel",
+        "_rejections",
+        "_control",
+        "_ack_pending",
+        "closing",
+    )
 
     def __init__(self, session: DriverSession) -> None:
         self.session = session
         self.wake = asyncio.Event()
+        # Stamped on every fix of this stream; follows the driver's rides (see `control`).
+        self.availability = DriverAvailability.DRIVER_AVAILABILITY_AVAILABLE
+        # The driver's control channel once subscribed, so the stream can unsubscribe at its end.
+        self.control_channel: str | None = None
         self._rejections: deque[StreamLocationsResponse] = deque(maxlen=MAX_QUEUED_REJECTIONS)
+        self._control: deque[StreamLocationsResponse] = deque()
         self._ack_pending = False
         # Set when the stream should end once its fixes are durable (client done or draining).
         self.closing = False
@@ -41,14 +59,33 @@ class DriverStream:
         self._rejections.append(StreamLocationsResponse(rejected=rejected))
         self.wake.set()
 
+    def control(self, message: StreamLocationsResponse) -> None:
+        """A message for this driver from RideService (an offer, a withdrawal, availability);
+        runs in the hub's reader, so it only queues."""
+        if message.WhichOneof("kind") == "availability":
+            self.availability = message.availability
+        if len(self._control) >= MAX_QUEUED_CONTROL:
+            dropped = self._control.popleft()
+            log.warning(
+                "driver %s is not reading its stream: dropped %s",
+                self.session.driver_id,
+                dropped.WhichOneof("kind"),
+            )
+        self._control.append(message)
+        self.wake.set()
+
     def request_ack(self) -> None:
         self._ack_pending = True
         self.wake.set()
 
     def outgoing(self) -> list[StreamLocationsResponse]:
-        """Everything to write now: rejections first, then one ack with the latest seqs."""
+        """Everything to write now: rejections, then offers and availability changes in the
+        order they came, then one ack with the latest seqs."""
         messages = list(self._rejections)
         self._rejections.clear()
+        if self._control:
+            messages += self._control
+            self._control.clear()
         if self._ack_pending:
             self._ack_pending = False
             ack = LocationAck(seq=self.session.accepted_seq, durable_seq=self.session.durable_seq)

@@ -51,6 +51,8 @@ class DriverStream:
         self.call = stub.StreamLocations(self._requests())
         self.acks: list[pb.LocationAck] = []
         self.rejected: list[pb.LocationRejected] = []
+        self.offers: list[pb.RideOffer] = []
+        self.withdrawn: list[pb.RideOfferWithdrawn] = []
         self._changed = asyncio.Condition()
         self.reader = asyncio.create_task(self._read())
 
@@ -61,10 +63,15 @@ class DriverStream:
     async def _read(self) -> None:
         async for response in self.call:
             async with self._changed:
-                if response.HasField("ack"):
+                kind = response.WhichOneof("kind")
+                if kind == "ack":
                     self.acks.append(response.ack)
-                else:
+                elif kind == "rejected":
                     self.rejected.append(response.rejected)
+                elif kind == "offer":
+                    self.offers.append(response.offer)
+                elif kind == "offer_withdrawn":
+                    self.withdrawn.append(response.offer_withdrawn)
                 self._changed.notify_all()
 
     def send(self, update: pb.LocationUpdate) -> None:
@@ -133,3 +140,12 @@ def complete_frames_length(body: bytes) -> int:
             break
         offset += 5 + length
     return offset
+
+
+async def read_to_end(call: Any, timeout: float = 15.0) -> list[Any]:
+    """Every remaining message of a server stream, until it ends (read() style)."""
+    received: list[Any] = []
+    async with asyncio.timeout(timeout):
+        while (message := await call.read()) is not aio.EOF:  # type: ignore[attr-defined]
+            received.append(message)
+    return received

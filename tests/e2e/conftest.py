@@ -11,6 +11,7 @@ from grpc import aio
 
 from ridemesh.v1 import geo_query_service_pb2_grpc as geo_grpc
 from ridemesh.v1 import location_service_pb2_grpc as location_grpc
+from ridemesh.v1 import ride_service_pb2_grpc as ride_grpc
 from services.history import HistoryStore, create_engine
 from services.mesh.redis_server import RedisServer
 from services.mesh.supervisor import Mesh, MeshSettings, start_mesh
@@ -22,6 +23,8 @@ MESH_ENV = {
     "RIDEMESH_ACK_INTERVAL_S": "0.2",
     "RIDEMESH_FIX_RATE_PER_S": "50",
     "RIDEMESH_FIX_BURST": "50",
+    "RIDEMESH_OFFER_TIMEOUT_S": "2",
+    "RIDEMESH_DISPATCH_SWEEP_S": "0.2",
 }
 
 
@@ -33,7 +36,7 @@ def mesh(
 ) -> Iterator[Mesh]:
     settings = MeshSettings(
         run_dir=Path(tmp_path_factory.mktemp("mesh")),
-        replicas={"location": 2, "ride": 1, "geo": 2},
+        replicas={"location": 2, "ride": 2, "geo": 2},
         redis_url=redis_server.url,
         database_url=make_database(),
         env=MESH_ENV,
@@ -71,6 +74,11 @@ async def history(mesh: Mesh) -> AsyncIterator[HistoryStore]:
 def status_of(error: BaseException) -> grpc.StatusCode:
     assert isinstance(error, aio.AioRpcError), error
     return error.code()
+
+
+@pytest.fixture
+def rides(channel: aio.Channel) -> ride_grpc.RideServiceAsyncStub:
+    return ride_grpc.RideServiceStub(channel)
 
 
 @pytest.fixture

@@ -26,7 +26,7 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from ridemesh.v1 import common_pb2 as ridemesh_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"ridemesh/v1/location_service.proto\x12\x0bridemesh.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x18ridemesh/v1/common.proto\"\xc4\x01\n\x0eLocationUpdate\x12\x11\n\tdriver_id\x18\x01 \x01(\t\x12%\n\x08position\x18\x02 \x01(\x0b\x32\x13.ridemesh.v1.LatLng\x12\x13\n\x0bheading_deg\x18\x03 \x01(\x02\x12\x11\n\tspeed_mps\x18\x04 \x01(\x02\x12\x12\n\naccuracy_m\x18\x05 \x01(\x02\x12/\n\x0brecorded_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0b\n\x03seq\x18\x07 \x01(\x03\"\x0b\n\tHeartbeat\"|\n\x16StreamLocationsRequest\x12-\n\x06update\x18\x01 \x01(\x0b\x32\x1b.ridemesh.v1.LocationUpdateH\x00\x12+\n\theartbeat\x18\x02 \x01(\x0b\x32\x16.ridemesh.v1.HeartbeatH\x00\x42\x06\n\x04kind\"/\n\x0bLocationAck\x12\x0b\n\x03seq\x18\x01 \x01(\x03\x12\x13\n\x0b\x64urable_seq\x18\x02 \x01(\x03\"Q\n\x10LocationRejected\x12\x0b\n\x03seq\x18\x01 \x01(\x03\x12\x0c\n\x04\x63ode\x18\x02 \x01(\x05\x12\x0f\n\x07message\x18\x03 \x01(\t\x12\x11\n\tdriver_id\x18\x04 \x01(\t\"\xb3\x01\n\tRideOffer\x12\x0f\n\x07ride_id\x18\x01 \x01(\t\x12#\n\x06pickup\x18\x02 \x01(\x0b\x32\x13.ridemesh.v1.LatLng\x12$\n\x07\x64ropoff\x18\x03 \x01(\x0b\x32\x13.ridemesh.v1.LatLng\x12\x19\n\x11pickup_distance_m\x18\x04 \x01(\x01\x12/\n\x0b\x65xpire_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"5\n\x12RideOfferWithdrawn\x12\x0f\n\x07ride_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"\xe2\x01\n\x17StreamLocationsResponse\x12\'\n\x03\x61\x63k\x18\x01 \x01(\x0b\x32\x18.ridemesh.v1.LocationAckH\x00\x12\x31\n\x08rejected\x18\x02 \x01(\x0b\x32\x1d.ridemesh.v1.LocationRejectedH\x00\x12\'\n\x05offer\x18\x03 \x01(\x0b\x32\x16.ridemesh.v1.RideOfferH\x00\x12:\n\x0foffer_withdrawn\x18\x04 \x01(\x0b\x32\x1f.ridemesh.v1.RideOfferWithdrawnH\x00\x42\x06\n\x04kind\"F\n\x16UploadLocationsRequest\x12,\n\x07updates\x18\x01 \x03(\x0b\x32\x1b.ridemesh.v1.LocationUpdate\":\n\x10\x44riverDurableSeq\x12\x11\n\tdriver_id\x18\x01 \x01(\t\x12\x13\n\x0b\x64urable_seq\x18\x02 \x01(\x03\"\xae\x01\n\x17UploadLocationsResponse\x12\x33\n\x0c\x64urable_seqs\x18\x01 \x03(\x0b\x32\x1d.ridemesh.v1.DriverDurableSeq\x12\x14\n\x0cstored_count\x18\x02 \x01(\x05\x12\x17\n\x0f\x64uplicate_count\x18\x03 \x01(\x05\x12/\n\x08rejected\x18\x04 \x03(\x0b\x32\x1d.ridemesh.v1.LocationRejected\"-\n\x18GetDriverLocationRequest\x12\x11\n\tdriver_id\x18\x01 \x01(\t\"J\n\x19GetDriverLocationResponse\x12-\n\x08location\x18\x01 \x01(\x0b\x32\x1b.ridemesh.v1.DriverLocation\"\'\n\x12WatchDriverRequest\x12\x11\n\tdriver_id\x18\x01 \x01(\t\"D\n\x13WatchDriverResponse\x12-\n\x08location\x18\x01 \x01(\x0b\x32\x1b.ridemesh.v1.DriverLocation\"<\n\x10WatchAreaRequest\x12(\n\x06\x62ounds\x18\x01 \x01(\x0b\x32\x18.ridemesh.v1.BoundingBox\"R\n\x11WatchAreaResponse\x12-\n\x08location\x18\x01 \x01(\x0b\x32\x1b.ridemesh.v1.DriverLocation\x12\x0e\n\x06\x65xited\x18\x02 \x01(\x08\x32\xd7\x03\n\x0fLocationService\x12`\n\x0fStreamLocations\x12#.ridemesh.v1.StreamLocationsRequest\x1a$.ridemesh.v1.StreamLocationsResponse(\x01\x30\x01\x12\\\n\x0fUploadLocations\x12#.ridemesh.v1.UploadLocationsRequest\x1a$.ridemesh.v1.UploadLocationsResponse\x12\x62\n\x11GetDriverLocation\x12%.ridemesh.v1.GetDriverLocationRequest\x1a&.ridemesh.v1.GetDriverLocationResponse\x12R\n\x0bWatchDriver\x12\x1f.ridemesh.v1.WatchDriverRequest\x1a .ridemesh.v1.WatchDriverResponse0\x01\x12L\n\tWatchArea\x12\x1d.ridemesh.v1.WatchAreaRequest\x1a\x1e.ridemesh.v1.WatchAreaResponse0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"ridemesh/v1/location_service.proto\x12\x0bridemesh.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x18ridemesh/v1/common.proto\"\xc4\x01\n\x0eLocationUpdate\x12\x11\n\tdriver_id\x18\x01 \x01(\t\x12%\n\x08position\x18\x02 \x01(\x0b\x32\x13.ridemesh.v1.LatLng\x12\x13\n\x0bheading_deg\x18\x03 \x01(\x02\x12\x11\n\tspeed_mps\x18\x04 \x01(\x02\x12\x12\n\naccuracy_m\x18\x05 \x01(\x02\x12/\n\x0brecorded_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0b\n\x03seq\x18\x07 \x01(\x03\"\x0b\n\tHeartbeat\"|\n\x16StreamLocationsRequest\x12-\n\x06update\x18\x01 \x01(\x0b\x32\x1b.ridemesh.v1.LocationUpdateH\x00\x12+\n\theartbeat\x18\x02 \x01(\x0b\x32\x16.ridemesh.v1.HeartbeatH\x00\x42\x06\n\x04kind\"/\n\x0bLocationAck\x12\x0b\n\x03seq\x18\x01 \x01(\x03\x12\x13\n\x0b\x64urable_seq\x18\x02 \x01(\x03\"Q\n\x10LocationRejected\x12\x0b\n\x03seq\x18\x01 \x01(\x03\x12\x0c\n\x04\x63ode\x18\x02 \x01(\x05\x12\x0f\n\x07message\x18\x03 \x01(\t\x12\x11\n\tdriver_id\x18\x04 \x01(\t\"\xb3\x01\n\tRideOffer\x12\x0f\n\x07ride_id\x18\x01 \x01(\t\x12#\n\x06pickup\x18\x02 \x01(\x0b\x32\x13.ridemesh.v1.LatLng\x12$\n\x07\x64ropoff\x18\x03 \x01(\x0b\x32\x13.ridemesh.v1.LatLng\x12\x19\n\x11pickup_distance_m\x18\x04 \x01(\x01\x12/\n\x0b\x65xpire_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"5\n\x12RideOfferWithdrawn\x12\x0f\n\x07ride_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"\x9b\x02\n\x17StreamLocationsResponse\x12\'\n\x03\x61\x63k\x18\x01 \x01(\x0b\x32\x18.ridemesh.v1.LocationAckH\x00\x12\x31\n\x08rejected\x18\x02 \x01(\x0b\x32\x1d.ridemesh.v1.LocationRejectedH\x00\x12\'\n\x05offer\x18\x03 \x01(\x0b\x32\x16.ridemesh.v1.RideOfferH\x00\x12:\n\x0foffer_withdrawn\x18\x04 \x01(\x0b\x32\x1f.ridemesh.v1.RideOfferWithdrawnH\x00\x12\x37\n\x0c\x61vailability\x18\x05 \x01(\x0e\x32\x1f.ridemesh.v1.DriverAvailabilityH\x00\x42\x06\n\x04kind\"F\n\x16UploadLocationsRequest\x12,\n\x07updates\x18\x01 \x03(\x0b\x32\x1b.ridemesh.v1.LocationUpdate\":\n\x10\x44riverDurableSeq\x12\x11\n\tdriver_id\x18\x01 \x01(\t\x12\x13\n\x0b\x64urable_seq\x18\x02 \x01(\x03\"\xae\x01\n\x17UploadLocationsResponse\x12\x33\n\x0c\x64urable_seqs\x18\x01 \x03(\x0b\x32\x1d.ridemesh.v1.DriverDurableSeq\x12\x14\n\x0cstored_count\x18\x02 \x01(\x05\x12\x17\n\x0f\x64uplicate_count\x18\x03 \x01(\x05\x12/\n\x08rejected\x18\x04 \x03(\x0b\x32\x1d.ridemesh.v1.LocationRejected\"-\n\x18GetDriverLocationRequest\x12\x11\n\tdriver_id\x18\x01 \x01(\t\"J\n\x19GetDriverLocationResponse\x12-\n\x08location\x18\x01 \x01(\x0b\x32\x1b.ridemesh.v1.DriverLocation\"\'\n\x12WatchDriverRequest\x12\x11\n\tdriver_id\x18\x01 \x01(\t\"D\n\x13WatchDriverResponse\x12-\n\x08location\x18\x01 \x01(\x0b\x32\x1b.ridemesh.v1.DriverLocation\"<\n\x10WatchAreaRequest\x12(\n\x06\x62ounds\x18\x01 \x01(\x0b\x32\x18.ridemesh.v1.BoundingBox\"R\n\x11WatchAreaResponse\x12-\n\x08location\x18\x01 \x01(\x0b\x32\x1b.ridemesh.v1.DriverLocation\x12\x0e\n\x06\x65xited\x18\x02 \x01(\x08\x32\xd7\x03\n\x0fLocationService\x12`\n\x0fStreamLocations\x12#.ridemesh.v1.StreamLocationsRequest\x1a$.ridemesh.v1.StreamLocationsResponse(\x01\x30\x01\x12\\\n\x0fUploadLocations\x12#.ridemesh.v1.UploadLocationsRequest\x1a$.ridemesh.v1.UploadLocationsResponse\x12\x62\n\x11GetDriverLocation\x12%.ridemesh.v1.GetDriverLocationRequest\x1a&.ridemesh.v1.GetDriverLocationResponse\x12R\n\x0bWatchDriver\x12\x1f.ridemesh.v1.WatchDriverRequest\x1a .ridemesh.v1.WatchDriverResponse0\x01\x12L\n\tWatchArea\x12\x1d.ridemesh.v1.WatchAreaRequest\x1a\x1e.ridemesh.v1.WatchAreaResponse0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -48,25 +48,25 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_RIDEOFFERWITHDRAWN']._serialized_start=762
   _globals['_RIDEOFFERWITHDRAWN']._serialized_end=815
   _globals['_STREAMLOCATIONSRESPONSE']._serialized_start=818
-  _globals['_STREAMLOCATIONSRESPONSE']._serialized_end=1044
-  _globals['_UPLOADLOCATIONSREQUEST']._serialized_start=1046
-  _globals['_UPLOADLOCATIONSREQUEST']._serialized_end=1116
-  _globals['_DRIVERDURABLESEQ']._serialized_start=1118
-  _globals['_DRIVERDURABLESEQ']._serialized_end=1176
-  _globals['_UPLOADLOCATIONSRESPONSE']._serialized_start=1179
-  _globals['_UPLOADLOCATIONSRESPONSE']._serialized_end=1353
-  _globals['_GETDRIVERLOCATIONREQUEST']._serialized_start=1355
-  _globals['_GETDRIVERLOCATIONREQUEST']._serialized_end=1400
-  _globals['_GETDRIVERLOCATIONRESPONSE']._serialized_start=1402
-  _globals['_GETDRIVERLOCATIONRESPONSE']._serialized_end=1476
-  _globals['_WATCHDRIVERREQUEST']._serialized_start=1478
-  _globals['_WATCHDRIVERREQUEST']._serialized_end=1517
-  _globals['_WATCHDRIVERRESPONSE']._serialized_start=1519
-  _globals['_WATCHDRIVERRESPONSE']._serialized_end=1587
-  _globals['_WATCHAREAREQUEST']._serialized_start=1589
-  _globals['_WATCHAREAREQUEST']._serialized_end=1649
-  _globals['_WATCHAREARESPONSE']._serialized_start=1651
-  _globals['_WATCHAREARESPONSE']._serialized_end=1733
-  _globals['_LOCATIONSERVICE']._serialized_start=1736
-  _globals['_LOCATIONSERVICE']._serialized_end=2207
+  _globals['_STREAMLOCATIONSRESPONSE']._serialized_end=1101
+  _globals['_UPLOADLOCATIONSREQUEST']._serialized_start=1103
+  _globals['_UPLOADLOCATIONSREQUEST']._serialized_end=1173
+  _globals['_DRIVERDURABLESEQ']._serialized_start=1175
+  _globals['_DRIVERDURABLESEQ']._serialized_end=1233
+  _globals['_UPLOADLOCATIONSRESPONSE']._serialized_start=1236
+  _globals['_UPLOADLOCATIONSRESPONSE']._serialized_end=1410
+  _globals['_GETDRIVERLOCATIONREQUEST']._serialized_start=1412
+  _globals['_GETDRIVERLOCATIONREQUEST']._serialized_end=1457
+  _globals['_GETDRIVERLOCATIONRESPONSE']._serialized_start=1459
+  _globals['_GETDRIVERLOCATIONRESPONSE']._serialized_end=1533
+  _globals['_WATCHDRIVERREQUEST']._serialized_start=1535
+  _globals['_WATCHDRIVERREQUEST']._serialized_end=1574
+  _globals['_WATCHDRIVERRESPONSE']._serialized_start=1576
+  _globals['_WATCHDRIVERRESPONSE']._serialized_end=1644
+  _globals['_WATCHAREAREQUEST']._serialized_start=1646
+  _globals['_WATCHAREAREQUEST']._serialized_end=1706
+  _globals['_WATCHAREARESPONSE']._serialized_start=1708
+  _globals['_WATCHAREARESPONSE']._serialized_end=1790
+  _globals['_LOCATIONSERVICE']._serialized_start=1793
+  _globals['_LOCATIONSERVICE']._serialized_end=2264
 # @@protoc_insertion_point(module_scope)

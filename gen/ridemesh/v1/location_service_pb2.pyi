@@ -265,6 +265,11 @@ class StreamLocationsResponse(_message.Message):
     REJECTED_FIELD_NUMBER: _builtins.int
     OFFER_FIELD_NUMBER: _builtins.int
     OFFER_WITHDRAWN_FIELD_NUMBER: _builtins.int
+    AVAILABILITY_FIELD_NUMBER: _builtins.int
+    availability: _common_pb2.DriverAvailability.ValueType
+    """The driver's availability changed: BUSY once assigned a ride, AVAILABLE again when it
+    ends. The driver's fixes carry it from now on.
+    """
     @_builtins.property
     def ack(self) -> Global___LocationAck:
         """Progress of the driver's fixes."""
@@ -288,12 +293,13 @@ class StreamLocationsResponse(_message.Message):
         rejected: Global___LocationRejected | None = ...,
         offer: Global___RideOffer | None = ...,
         offer_withdrawn: Global___RideOfferWithdrawn | None = ...,
+        availability: _common_pb2.DriverAvailability.ValueType = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["ack", b"ack", "kind", b"kind", "offer", b"offer", "offer_withdrawn", b"offer_withdrawn", "rejected", b"rejected"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["ack", b"ack", "availability", b"availability", "kind", b"kind", "offer", b"offer", "offer_withdrawn", b"offer_withdrawn", "rejected", b"rejected"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["ack", b"ack", "kind", b"kind", "offer", b"offer", "offer_withdrawn", b"offer_withdrawn", "rejected", b"rejected"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["ack", b"ack", "availability", b"availability", "kind", b"kind", "offer", b"offer", "offer_withdrawn", b"offer_withdrawn", "rejected", b"rejected"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["ack", "rejected", "offer", "offer_withdrawn"]  # noqa: Y015
+    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["ack", "rejected", "offer", "offer_withdrawn", "availability"]  # noqa: Y015
     _WhichOneofArgType_kind: _TypeAlias = _typing.Literal["kind", b"kind"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_kind) -> _WhichOneofReturnType_kind | None: ...
 

@@ -67,7 +67,7 @@ class LocationServiceServicer:
     """
 
     def StreamLocations(self, request_iterator, context):
-        """A driver app's live connection: fixes in, acks (and later ride offers) out.
+        """A driver app's live connection: fixes in; acks, ride offers and availability changes out.
         Every fix is answered: acks carry the highest accepted and the highest durable seq;
         a bad fix is answered with `rejected` and the stream keeps serving.
         """

@@ -34,7 +34,7 @@ class LocationServiceStub:
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> LocationServiceAsyncStub: ...
     StreamLocations: _grpc.StreamStreamMultiCallable[_location_service_pb2.StreamLocationsRequest, _location_service_pb2.StreamLocationsResponse]
-    """A driver app's live connection: fixes in, acks (and later ride offers) out.
+    """A driver app's live connection: fixes in; acks, ride offers and availability changes out.
     Every fix is answered: acks carry the highest accepted and the highest durable seq;
     a bad fix is answered with `rejected` and the stream keeps serving.
     """
@@ -55,7 +55,7 @@ class LocationServiceAsyncStub(LocationServiceStub):
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     StreamLocations: _aio.StreamStreamMultiCallable[_location_service_pb2.StreamLocationsRequest, _location_service_pb2.StreamLocationsResponse]  # type: ignore[assignment]
-    """A driver app's live connection: fixes in, acks (and later ride offers) out.
+    """A driver app's live connection: fixes in; acks, ride offers and availability changes out.
     Every fix is answered: acks carry the highest accepted and the highest durable seq;
     a bad fix is answered with `rejected` and the stream keeps serving.
     """
@@ -79,7 +79,7 @@ class LocationServiceServicer(metaclass=_abc_1.ABCMeta):
         request_iterator: _MaybeAsyncIterator[_location_service_pb2.StreamLocationsRequest],
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_location_service_pb2.StreamLocationsResponse], _abc.AsyncIterator[_location_service_pb2.StreamLocationsResponse]]:
-        """A driver app's live connection: fixes in, acks (and later ride offers) out.
+        """A driver app's live connection: fixes in; acks, ride offers and availability changes out.
         Every fix is answered: acks carry the highest accepted and the highest durable seq;
         a bad fix is answered with `rejected` and the stream keeps serving.
         """

@@ -605,22 +605,28 @@ class CancelRideRequest(_message.Message):
     RIDE_ID_FIELD_NUMBER: _builtins.int
     CANCELLED_BY_FIELD_NUMBER: _builtins.int
     REASON_FIELD_NUMBER: _builtins.int
+    ACTOR_ID_FIELD_NUMBER: _builtins.int
     ride_id: _builtins.str
     """The ride."""
     cancelled_by: Global___Party.ValueType
     """Who cancels: the rider, the driver or the system."""
     reason: _builtins.str
     """Why, for a person to read."""
+    actor_id: _builtins.str
+    """Who cancels: the rider's or the driver's id; empty for the system. (Once authentication is
+    enforced this must match the caller.)
+    """
     def __init__(
         self,
         *,
         ride_id: _builtins.str = ...,
         cancelled_by: Global___Party.ValueType = ...,
         reason: _builtins.str = ...,
+        actor_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cancelled_by", b"cancelled_by", "reason", b"reason", "ride_id", b"ride_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor_id", b"actor_id", "cancelled_by", b"cancelled_by", "reason", b"reason", "ride_id", b"ride_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

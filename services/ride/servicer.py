@@ -1,0 +1,200 @@
+"""The RideService RPC surface: thin handlers over the store, the dispatcher, watch and chat."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from datetime import datetime
+from typing import Any
+
+from grpc import aio
+from redis.asyncio import Redis
+
+from ridemesh.v1 import ride_service_pb2 as pb
+from ridemesh.v1 import ride_service_pb2_grpc as pb_grpc
+from ridemesh.v1.common_pb2 import DriverLocation, LatLng
+from services import pagetoken
+from services.errors import InvalidArgument, NotFound
+from services.fanout import Hub
+from services.geo.eta import Router
+from services.geo.points import check_point
+from services.livestore import LiveStore
+from services.location.validation import validate_id
+from services.ride.channels import publish_ride
+from services.ride.chat import chat, redis_publisher
+from services.ride.dispatch import Dispatcher
+from services.ride.store import RideStore
+from services.ride.watch import watch_ride
+
+Context = aio.ServicerContext[Any, Any]
+
+MAX_REQUEST_ID = 128
+
+
+class RideServicer(pb_grpc.RideServiceServicer):
+    """Each handler validates, calls one domain operation, then publishes what changed."""
+
+    def __init__(
+        self,
+        store: RideStore,
+        dispatcher: Dispatcher,
+        live: LiveStore,
+        rides: Hub[pb.Ride],
+        locations: Hub[DriverLocation],
+        chats: Hub[pb.ChatMessage],
+        router: Router,
+        redis: Redis,
+    ) -> None:
+        self._store = store
+        self._dispatcher = dispatcher
+        self._live = live
+        self._rides = rides
+        self._locations = locations
+        self._chats = chats
+        self._router = router
+        self._redis = redis
+
+    async def RequestRide(
+        self, request: pb.RequestRideRequest, context: Context
+    ) -> pb.RequestRideResponse:
+        rider_id = validate_id(request.rider_id, "rider_id")
+        check_point(request, "pickup")
+        check_point(request, "dropoff")
+        if not 1 <= len(request.request_id) <= MAX_REQUEST_ID:
+            raise InvalidArgument(
+                f"request_id (the idempotency key) must hold 1 to {MAX_REQUEST_ID} characters"
+            )
+        ride, created = await self._store.create(
+            rider_id, request.pickup, request.dropoff, request.request_id
+        )
+        if created:
+            await publish_ride(self._redis, ride)
+            ride = await self._dispatcher.dispatch(ride)
+        return pb.RequestRideResponse(ride=ride)
+
+    async def GetRide(self, request: pb.GetRideRequest, context: Context) -> pb.GetRideResponse:
+        return pb.GetRideResponse(ride=await self._ride(request.ride_id))
+
+    async def ListRides(
+        self, request: pb.ListRidesRequest, context: Context
+    ) -> pb.ListRidesResponse:
+        if bool(request.rider_id) == bool(request.driver_id):
+            raise InvalidArgument("set exactly one of rider_id and driver_id")
+        if request.rider_id:
+            validate_id(request.rider_id, "rider_id")
+        else:
+            validate_id(request.driver_id, "driver_id")
+        for state in request.states:
+            if state not in pb.RideState.values() or state == pb.RIDE_STATE_UNSPECIFIED:
+                raise InvalidArgument(f"states holds an unknown ride state {state}")
+        key = f"{request.rider_id}|{request.driver_id}|{sorted(set(request.states))}"
+        after = None
+        if request.page_token:
+            position = pagetoken.decode(request.page_token, key)
+            after = (datetime.fromisoformat(position["t"]), str(position["id"]))
+        rides, cursor = await self._store.list_rides(
+            rider_id=request.rider_id,
+            driver_id=request.driver_id,
+            states=list(request.states),
+            page_size=pagetoken.page_size(request.page_size),
+            after_cursor=after,
+        )
+        token = (
+            pagetoken.encode({"t": cursor[0].isoformat(), "id": cursor[1]}, key) if cursor else ""
+        )
+        return pb.ListRidesResponse(rides=rides, next_page_token=token)
+
+    async def AcceptRide(
+        self, request: pb.AcceptRideRequest, context: Context
+    ) -> pb.AcceptRideResponse:
+        ride = await self._store.accept(_id(request.ride_id, "ride_id"), _driver(request))
+        await publish_ride(self._redis, ride)
+        await self._dispatcher.accepted(ride)
+        return pb.AcceptRideResponse(ride=ride)
+
+    async def DeclineRide(
+        self, request: pb.DeclineRideRequest, context: Context
+    ) -> pb.DeclineRideResponse:
+        ride = await self._dispatcher.declined(
+            _id(request.ride_id, "ride_id"), _driver(request), request.reason[:500]
+        )
+        if ride.state == pb.RIDE_STATE_EXPIRED:
+            await self._dispatcher.finished(ride)
+        return pb.DeclineRideResponse(ride=ride)
+
+    async def MarkDriverArrived(
+        self, request: pb.MarkDriverArrivedRequest, context: Context
+    ) -> pb.MarkDriverArrivedResponse:
+        driver_id = _driver(request)
+        position = await self._position(driver_id)
+        ride = await self._store.mark_arrived(_id(request.ride_id, "ride_id"), driver_id, position)
+        await publish_ride(self._redis, ride)
+        return pb.MarkDriverArrivedResponse(ride=ride)
+
+    async def StartRide(
+        self, request: pb.StartRideRequest, context: Context
+    ) -> pb.StartRideResponse:
+        driver_id = _driver(request)
+        position = await self._position(driver_id)
+        ride = await self._store.start(_id(request.ride_id, "ride_id"), driver_id, position)
+        await publish_ride(self._redis, ride)
+        return pb.StartRideResponse(ride=ride)
+
+    async def CompleteRide(
+        self, request: pb.CompleteRideRequest, context: Context
+    ) -> pb.CompleteRideResponse:
+        driver_id = _driver(request)
+        position = await self._position(driver_id)
+        ride = await self._store.complete(_id(request.ride_id, "ride_id"), driver_id, position)
+        await publish_ride(self._redis, ride)
+        await self._dispatcher.finished(ride)
+        return pb.CompleteRideResponse(ride=ride)
+
+    async def CancelRide(
+        self, request: pb.CancelRideRequest, context: Context
+    ) -> pb.CancelRideResponse:
+        ride_id = _id(request.ride_id, "ride_id")
+        if request.cancelled_by not in (pb.PARTY_RIDER, pb.PARTY_DRIVER, pb.PARTY_SYSTEM):
+            raise InvalidArgument("cancelled_by must be PARTY_RIDER, PARTY_DRIVER or PARTY_SYSTEM")
+        if request.cancelled_by != pb.PARTY_SYSTEM:
+            _id(request.actor_id, "actor_id")
+        ride = await self._store.cancel(
+            ride_id, request.cancelled_by, request.actor_id, request.reason[:500]
+        )
+        await publish_ride(self._redis, ride)
+        await self._dispatcher.finished(ride)
+        return pb.CancelRideResponse(ride=ride)
+
+    async def WatchRide(
+        self, request: pb.WatchRideRequest, context: Context
+    ) -> AsyncIterator[pb.WatchRideResponse]:
+        async for response in watch_ride(
+            self._store, self._rides, self._locations, self._live, self._router, request
+        ):
+            yield response
+
+    async def Chat(
+        self, request_iterator: AsyncIterator[pb.ChatRequest], context: Context
+    ) -> AsyncIterator[pb.ChatResponse]:
+        publish = redis_publisher(self._redis)
+        async for response in chat(self._store, self._chats, publish, request_iterator):
+            yield response
+
+    async def _ride(self, ride_id: str) -> pb.Ride:
+        ride = await self._store.get(_id(ride_id, "ride_id"))
+        if ride is None:
+            raise NotFound(f"no ride with id {ride_id!r}")
+        return ride
+
+    async def _position(self, driver_id: str) -> LatLng | None:
+        location = await self._live.get_location(driver_id)
+        return location.position if location is not None else None
+
+
+def _id(value: str, field: str) -> str:
+    if not value:
+        raise InvalidArgument(f"{field} is required")
+    return validate_id(value, field)
+
+
+def _driver(request: Any) -> str:
+    return _id(request.driver_id, "driver_id")

@@ -1,0 +1,224 @@
+"""WatchRide: a ride's current state at once, then every transition and driver move, with an ETA."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from collections.abc import AsyncIterator
+from typing import Protocol
+
+from ridemesh.v1 import ride_service_pb2 as pb
+from ridemesh.v1.common_pb2 import DriverLocation, LatLng
+from services.errors import InvalidArgument, NotFound
+from services.fanout import Hub
+from services.geo.eta import Router
+from services.livestore import LiveStore, driver_channel
+from services.location.validation import validate_id
+from services.ride.channels import ride_channel
+from services.ride.states import ACTIVE, TERMINAL
+
+log = logging.getLogger(__name__)
+
+RideState = pb.RideState
+
+# Lifecycle order: a ride never goes back to a lower rank, and every end state is final.
+_RANK = {
+    RideState.RIDE_STATE_UNSPECIFIED: 0,
+    RideState.RIDE_STATE_REQUESTED: 1,
+    RideState.RIDE_STATE_DRIVER_ASSIGNED: 2,
+    RideState.RIDE_STATE_DRIVER_ARRIVED: 3,
+    RideState.RIDE_STATE_IN_PROGRESS: 4,
+    RideState.RIDE_STATE_COMPLETED: 5,
+    RideState.RIDE_STATE_CANCELLED: 5,
+    RideState.RIDE_STATE_EXPIRED: 5,
+}
+
+
+class RideReader(Protocol):
+    """The part of the ride store a watcher reads."""
+
+    async def get(self, ride_id: str) -> pb.Ride | None: ...
+
+
+def ride_order(ride: pb.Ride) -> tuple[int, int]:
+    """Sorts snapshots of one ride oldest first: by lifecycle rank, then by update time."""
+    return _RANK.get(ride.state, 0), ride.update_time.ToNanoseconds()
+
+
+def location_order(location: DriverLocation) -> tuple[int, int]:
+    return location.recorded_at.ToNanoseconds(), location.seq
+
+
+def eta_target(ride: pb.Ride) -> LatLng | None:
+    """Where the ETA points: the pickup until the driver arrives, the drop-off while riding."""
+    if ride.state == RideState.RIDE_STATE_DRIVER_ASSIGNED:
+        return ride.pickup
+    if ride.state == RideState.RIDE_STATE_IN_PROGRESS:
+        return ride.dropoff
+    return None
+
+
+def is_newer(ride: pb.Ride, sent: pb.Ride | None) -> bool:
+    """Whether a snapshot is worth sending after `sent`: not older, and not the same one again
+    (the first screen's state is usually also published while the watcher subscribes)."""
+    if sent is None:
+        return True
+    return ride_order(ride) >= ride_order(sent) and ride != sent
+
+
+class WatchMailbox:
+    """What a watcher has yet to send: ride snapshots in a FIFO that never loses a transition,
+    and the tracked driver's newest fix, conflated to one.
+
+    Snapshots within one state are conflated to the newest (each is the whole ride, so the newer
+    one supersedes it), and stale ones are dropped on arrival: the FIFO holds at most one entry
+    per lifecycle rank, so it is bounded without ever dropping a transition."""
+
+    __slots__ = ("_location", "_ready", "_rides", "dropped_locations")
+
+    def __init__(self) -> None:
+        self._rides: deque[pb.Ride] = deque()
+        self._location: DriverLocation | None = None
+        self._ready = asyncio.Event()
+        self.dropped_locations = 0
+
+    def put_ride(self, ride: pb.Ride) -> None:
+        # Runs in the hub's reader: constant work per message.
+        if self._rides:
+            newest = self._rides[-1]
+            if ride_order(ride) < ride_order(newest):
+                return
+            if ride.state == newest.state:
+                self._rides[-1] = ride
+                return
+        self._rides.append(ride)
+        self._ready.set()
+
+    def put_location(self, location: DriverLocation) -> None:
+        if self._location is not None:
+            self.dropped_locations += 1
+        self._location = location
+        self._ready.set()
+
+    async def get(self) -> pb.Ride | DriverLocation:
+        """The next thing to send; ride snapshots go before a waiting position."""
+        await self._ready.wait()
+        item: pb.Ride | DriverLocation
+        if self._rides:
+            item = self._rides.popleft()
+        else:
+            assert self._location is not None
+            item, self._location = self._location, None
+        if not self._rides and self._location is None:
+            self._ready.clear()
+        return item
+
+
+class _RideWatch:
+    """One watcher's state: the last ride and fix sent, and the driver subscription."""
+
+    def __init__(self, locations_hub: Hub[DriverLocation], live: LiveStore, router: Router) -> None:
+        self.mailbox = WatchMailbox()
+        self._locations_hub = locations_hub
+        self._live = live
+        self._router = router
+        self.ride: pb.Ride | None = None
+        self._driver_id = ""
+        self._location: DriverLocation | None = None
+
+    async def show(self, ride: pb.Ride) -> pb.WatchRideResponse:
+        self.ride = ride
+        await self._follow(ride.driver_id if ride.state in ACTIVE else "")
+        return await self._response()
+
+    async def on_ride(self, ride: pb.Ride) -> pb.WatchRideResponse | None:
+        """The response for a new snapshot, or None when it is stale or a repeat."""
+        if not is_newer(ride, self.ride):
+            return None
+        return await self.show(ride)
+
+    async def on_location(self, location: DriverLocation) -> pb.WatchRideResponse | None:
+        """The response for a fix of the tracked driver, or None for an old or foreign fix."""
+        if location.driver_id != self._driver_id or not self._is_newer_fix(location):
+            return None
+        self._location = location
+        return await self._response()
+
+    def ended(self) -> bool:
+        return self.ride is not None and self.ride.state in TERMINAL
+
+    async def close(self) -> None:
+        await self._follow("")
+        if self.mailbox.dropped_locations:
+            log.debug("a slow ride watcher skipped %d fixes", self.mailbox.dropped_locations)
+
+    async def _follow(self, driver_id: str) -> None:
+        """Moves the driver subscription to `driver_id` ("" for none)."""
+        if driver_id == self._driver_id:
+            return
+        sink = self.mailbox.put_location
+        if self._driver_id:
+            await self._locations_hub.remove(driver_channel(self._driver_id), sink)
+        self._driver_id, self._location = driver_id, None
+        if driver_id:
+            # Subscribed before reading the last fix, so no move falls between the two.
+            await self._locations_hub.add(driver_channel(driver_id), sink)
+            self._location = await self._live.get_location(driver_id)
+
+    def _is_newer_fix(self, location: DriverLocation) -> bool:
+        return self._location is None or location_order(location) > location_order(self._location)
+
+    async def _response(self) -> pb.WatchRideResponse:
+        assert self.ride is not None
+        response = pb.WatchRideResponse(ride=self.ride)
+        if self._location is None:
+            return response
+        response.driver_location.CopyFrom(self._location)
+        target = eta_target(self.ride)
+        if target is not None:
+            route = await self._router.route(
+                self._location.position, target, float(self._location.speed_mps)
+            )
+            response.eta.FromNanoseconds(round(route.duration_s * 1e9))
+            response.eta_distance_m = route.distance_m
+        return response
+
+
+async def watch_ride(
+    store: RideReader,
+    rides_hub: Hub[pb.Ride],
+    locations_hub: Hub[DriverLocation],
+    live: LiveStore,
+    router: Router,
+    request: pb.WatchRideRequest,
+) -> AsyncIterator[pb.WatchRideResponse]:
+    """The ride now, then every transition and every move of its driver; ends after an end state."""
+    ride_id = _ride_id(request.ride_id)
+    watch = _RideWatch(locations_hub, live, router)
+    channel = ride_channel(ride_id)
+    # Subscribed before the read: a transition committed in between is then in the mailbox.
+    await rides_hub.add(channel, watch.mailbox.put_ride)
+    try:
+        current = await store.get(ride_id)
+        if current is None:
+            raise NotFound(f"no ride with id {ride_id!r}")
+        # The first screen goes out at once, ahead of anything already in the mailbox.
+        yield await watch.show(current)
+        while not watch.ended():
+            item = await watch.mailbox.get()
+            if isinstance(item, pb.Ride):
+                response = await watch.on_ride(item)
+            else:
+                response = await watch.on_location(item)
+            if response is not None:
+                yield response
+    finally:
+        await rides_hub.remove(channel, watch.mailbox.put_ride)
+        await watch.close()
+
+
+def _ride_id(value: str) -> str:
+    if not value:
+        raise InvalidArgument("ride_id is required")
+    return validate_id(value, "ride_id")

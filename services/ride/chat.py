@@ -154,8 +154,11 @@ class ChatInbox:
 
     async def get(self, timeout_s: float) -> pb.ChatMessage | None:
         """The next live message, None after `timeout_s` without one; raises a request error."""
+        # asyncio.timeout, not wait_for: 3.11's wait_for can swallow a cancellation that lands
+        # as the event is set, leaving a cancelled stream running.
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._ready.wait(), timeout_s)
+            async with asyncio.timeout(timeout_s):
+                await self._ready.wait()
         if self._error is not None:
             raise self._error
         if not self._items:
@@ -179,6 +182,8 @@ async def chat(
     caller's own included) in sequence order while storing and publishing what it sends.
     The stream stays open after the caller half-closes, so a read-only client keeps receiving."""
     join = await _join(requests)
+    if not join.ride_id:
+        raise InvalidArgument("join.ride_id is required")
     ride_id = validate_id(join.ride_id, "join.ride_id")
     if join.after_sequence < 0:
         raise InvalidArgument(

@@ -31,6 +31,10 @@ class AlreadyExists(DomainError):
     code = grpc.StatusCode.ALREADY_EXISTS
 
 
+class Unauthenticated(DomainError):
+    code = grpc.StatusCode.UNAUTHENTICATED
+
+
 class PermissionDenied(DomainError):
     code = grpc.StatusCode.PERMISSION_DENIED
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Iterable, Sequence
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from operator import attrgetter
@@ -23,7 +23,7 @@ _PARTITION_LOCK_KEY = 0x52_4D_50_41  # "RMPA"
 # so each batch costs no catalog churn (unlike CREATE ... ON COMMIT DROP per batch).
 _STAGE_TABLE = "ridemesh_fix_stage"
 # Named like FixRow's fields, so one attrgetter turns a FixRow into a COPY record in this order.
-_STAGE_COLUMNS = (
+FIX_COLUMNS = (
     "driver_id",
     "latitude",
     "longitude",
@@ -34,7 +34,7 @@ _STAGE_COLUMNS = (
     "seq",
     "received_at",
 )
-_as_record = attrgetter(*_STAGE_COLUMNS)
+_as_record = attrgetter(*FIX_COLUMNS)
 _CREATE_STAGE = f"""
 CREATE TEMP TABLE IF NOT EXISTS {_STAGE_TABLE} (
     driver_id text NOT NULL,
@@ -139,6 +139,15 @@ def create_engine(database_url: str) -> AsyncEngine:
     )
 
 
+@asynccontextmanager
+async def raw_connection(engine: AsyncEngine) -> AsyncIterator[Any]:
+    """The asyncpg connection under a pooled SQLAlchemy connection: COPY, advisory locks and
+    plain SQL with asyncpg's own parameter handling need the driver itself."""
+    async with engine.connect() as conn:
+        raw = await conn.get_raw_connection()
+        yield raw.driver_connection
+
+
 def _is_lost_creation_race(exc: asyncpg.PostgresError) -> bool:
     """True for the errors a concurrent creator of the same partition makes us see."""
     if isinstance(exc, asyncpg.DuplicateTableError):
@@ -158,12 +167,8 @@ class HistoryStore:
         # One creator per process at a time; others wait and then find the day cached.
         self._partition_lock = asyncio.Lock()
 
-    @asynccontextmanager
-    async def _driver_connection(self) -> AsyncIterator[Any]:
-        """The asyncpg connection under a pooled SQLAlchemy connection (COPY needs the driver)."""
-        async with self._engine.connect() as conn:
-            raw = await conn.get_raw_connection()
-            yield raw.driver_connection
+    def _driver_connection(self) -> AbstractAsyncContextManager[Any]:
+        return raw_connection(self._engine)
 
     async def ensure_partitions(self, days: Iterable[date]) -> None:
         """Create the daily partitions for `days` unless this process already did."""
@@ -204,7 +209,7 @@ class HistoryStore:
         records = [_as_record(row) for row in rows]
         async with self._driver_connection() as apg, apg.transaction():
             await apg.execute(_CREATE_STAGE)
-            await apg.copy_records_to_table(_STAGE_TABLE, records=records, columns=_STAGE_COLUMNS)
+            await apg.copy_records_to_table(_STAGE_TABLE, records=records, columns=FIX_COLUMNS)
             status: str = await apg.execute(_MERGE_STAGE)
         # Status is "INSERT 0 <n>"; n excludes rows skipped by ON CONFLICT DO NOTHING.
         return int(status.rsplit(" ", 1)[1])

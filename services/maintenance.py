@@ -31,24 +31,15 @@ import asyncpg
 from sqlalchemy.exc import SQLAlchemyError
 
 from services.config import Settings
-from services.history import PARENT_TABLE, HistoryStore
+from services.history import FIX_COLUMNS, PARENT_TABLE, HistoryStore
 
 log = logging.getLogger(__name__)
 
 # Session-level advisory lock held for a whole run; distinct from the partition-creation key.
 MAINTENANCE_LOCK_KEY = 0x52_4D_4D_54  # "RMMT"
 
-ARCHIVE_COLUMNS = (
-    "driver_id",
-    "latitude",
-    "longitude",
-    "heading_deg",
-    "speed_mps",
-    "accuracy_m",
-    "recorded_at",
-    "seq",
-    "received_at",
-)
+# The archive holds the columns of FixRow, in its order.
+ARCHIVE_COLUMNS = FIX_COLUMNS
 _PARTITION_NAME = re.compile(rf"{PARENT_TABLE}_p(\d{{8}})")
 
 _LIST_PARTITIONS = f"""

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import AsyncIterator, Mapping
-from contextlib import asynccontextmanager
+from collections.abc import Mapping
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -15,6 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.geo.zone_index import Zone
 from services.geo.zones import ParsedGeofence
+from services.history import raw_connection
 
 _COLUMNS = "geofence_id, display_name, geojson, labels::text, create_time"
 
@@ -105,12 +106,8 @@ class GeofenceStore:
     def __init__(self, engine: AsyncEngine) -> None:
         self._engine = engine
 
-    @asynccontextmanager
-    async def _connection(self) -> AsyncIterator[Any]:
-        """The asyncpg connection under a pooled SQLAlchemy connection."""
-        async with self._engine.connect() as conn:
-            raw = await conn.get_raw_connection()
-            yield raw.driver_connection
+    def _connection(self) -> AbstractAsyncContextManager[Any]:
+        return raw_connection(self._engine)
 
     async def create(self, parsed: ParsedGeofence) -> StoredGeofence:
         """Stores a validated zone under a new UUID4 id."""

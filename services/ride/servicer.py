@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import datetime
 from typing import Any
 
@@ -28,6 +28,7 @@ from services.ride.watch import watch_ride
 Context = aio.ServicerContext[Any, Any]
 
 MAX_REQUEST_ID = 128
+DriverStep = Callable[[str, str, LatLng | None], Awaitable[pb.Ride]]
 
 
 class RideServicer(pb_grpc.RideServiceServicer):
@@ -124,28 +125,18 @@ class RideServicer(pb_grpc.RideServiceServicer):
     async def MarkDriverArrived(
         self, request: pb.MarkDriverArrivedRequest, context: Context
     ) -> pb.MarkDriverArrivedResponse:
-        driver_id = _driver(request)
-        position = await self._position(driver_id)
-        ride = await self._store.mark_arrived(_id(request.ride_id, "ride_id"), driver_id, position)
-        await publish_ride(self._redis, ride)
+        ride = await self._driver_step(self._store.mark_arrived, request)
         return pb.MarkDriverArrivedResponse(ride=ride)
 
     async def StartRide(
         self, request: pb.StartRideRequest, context: Context
     ) -> pb.StartRideResponse:
-        driver_id = _driver(request)
-        position = await self._position(driver_id)
-        ride = await self._store.start(_id(request.ride_id, "ride_id"), driver_id, position)
-        await publish_ride(self._redis, ride)
-        return pb.StartRideResponse(ride=ride)
+        return pb.StartRideResponse(ride=await self._driver_step(self._store.start, request))
 
     async def CompleteRide(
         self, request: pb.CompleteRideRequest, context: Context
     ) -> pb.CompleteRideResponse:
-        driver_id = _driver(request)
-        position = await self._position(driver_id)
-        ride = await self._store.complete(_id(request.ride_id, "ride_id"), driver_id, position)
-        await publish_ride(self._redis, ride)
+        ride = await self._driver_step(self._store.complete, request)
         await self._dispatcher.finished(ride)
         return pb.CompleteRideResponse(ride=ride)
 
@@ -185,9 +176,14 @@ class RideServicer(pb_grpc.RideServiceServicer):
             raise NotFound(f"no ride with id {ride_id!r}")
         return ride
 
-    async def _position(self, driver_id: str) -> LatLng | None:
+    async def _driver_step(self, step: DriverStep, request: Any) -> pb.Ride:
+        """One of the assigned driver's transitions, stamped with where the driver is now."""
+        driver_id = _driver(request)
         location = await self._live.get_location(driver_id)
-        return location.position if location is not None else None
+        position = location.position if location is not None else None
+        ride = await step(_id(request.ride_id, "ride_id"), driver_id, position)
+        await publish_ride(self._redis, ride)
+        return ride
 
 
 def _id(value: str, field: str) -> str:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterable, Sequence
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -13,6 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from ridemesh.v1 import ride_service_pb2 as pb
 from ridemesh.v1.common_pb2 import LatLng
 from services.errors import FailedPrecondition, NotFound, PermissionDenied
+from services.history import raw_connection
 from services.ride import rows, states
 from services.ride.channels import publish_ride
 from services.ride.rows import Moment, RideEvent
@@ -73,12 +74,8 @@ class RideStore:
     def __init__(self, engine: AsyncEngine) -> None:
         self._engine = engine
 
-    @asynccontextmanager
-    async def _connection(self) -> AsyncIterator[Any]:
-        """The asyncpg connection under a pooled SQLAlchemy connection."""
-        async with self._engine.connect() as conn:
-            raw = await conn.get_raw_connection()
-            yield raw.driver_connection
+    def _connection(self) -> AbstractAsyncContextManager[Any]:
+        return raw_connection(self._engine)
 
     @asynccontextmanager
     async def _transaction(self) -> AsyncIterator[Any]:

@@ -1,0 +1,1 @@
+"""Authentication: development keys and tokens, verified identities, and the server interceptor."""

@@ -71,8 +71,12 @@ lint: $(PIP_STAMP) $(NPM_STAMP)
 	  echo "buf breaking: skipped (no protos/ committed on branch main yet)"; \
 	fi
 
+# Each run gets its own base temp directory: pytest's shared /tmp/pytest-of-$USER keeps only the
+# three newest runs, so a second run at the same time would delete this one's server data.
 test: install lint check-gen
-	$(PY) -m pytest $(PYTEST_ARGS)
+	@tmp=$$(mktemp -d /tmp/ridemesh-test.XXXXXX); \
+	$(PY) -m pytest $(PYTEST_ARGS) --basetemp="$$tmp/pytest"; rc=$$?; \
+	rm -rf "$$tmp"; exit $$rc
 
 run: install
 	$(VENV)/bin/ridemesh up $(ARGS)

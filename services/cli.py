@@ -1,5 +1,5 @@
 """The `ridemesh` command: `up` runs the mesh, `serve` one service, `migrate` the schema,
-`maintain` the history partitions."""
+`maintain` the history partitions, `token` mints a development token."""
 
 from __future__ import annotations
 
@@ -13,6 +13,8 @@ import threading
 from collections.abc import Sequence
 from pathlib import Path
 
+from services.auth.identity import Role
+from services.auth.keys import DEFAULT_KEYS_DIR, ensure_dev_keys, mint_token
 from services.config import MissingSetting, Settings
 from services.history import HistoryStore, create_engine
 from services.maintenance import MaintenanceReport, maintain, utc_today
@@ -72,6 +74,15 @@ def _parser() -> argparse.ArgumentParser:
         "--archive-dir", help="where archives go; $RIDEMESH_ARCHIVE_DIR or .ridemesh/archive"
     )
     maintain.set_defaults(func=_maintain)
+
+    token = commands.add_parser(
+        "token", help="mint a development token (creates the development key pair if absent)"
+    )
+    token.add_argument("--sub", required=True, help="the caller's id: a driver, rider or service")
+    token.add_argument("--role", required=True, choices=[r.value for r in Role])
+    token.add_argument("--ttl", type=int, default=3600, help="seconds the token is valid")
+    token.add_argument("--keys-dir", type=Path, default=DEFAULT_KEYS_DIR)
+    token.set_defaults(func=_token)
     return parser
 
 
@@ -131,6 +142,17 @@ async def _maintain_once(settings: Settings) -> MaintenanceReport:
         )
     finally:
         await history.dispose()
+
+
+def _token(args: argparse.Namespace) -> int:
+    if args.ttl <= 0:
+        print(f"ridemesh: --ttl must be positive, got {args.ttl}", file=sys.stderr)
+        return 2
+    keys = ensure_dev_keys(args.keys_dir)
+    print(
+        mint_token(keys.private_pem(), keys.kid, sub=args.sub, role=Role(args.role), ttl_s=args.ttl)
+    )
+    return 0
 
 
 def _up(args: argparse.Namespace) -> int:

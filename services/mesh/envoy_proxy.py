@@ -20,9 +20,33 @@ CLUSTERS = ("location", "ride", "geo")
 LOCAL_ORIGINS = ("http://127.0.0.1", "http://localhost")
 
 
+TYPE_PREFIX = "type.googleapis.com/"
+JWT_PROVIDER = "ridemesh"
+OPEN_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
+
+
+@dataclass(frozen=True)
+class EnvoyJwt:
+    """Tokens verified at the edge: who issues them, for whom, and the JWKS that signs them."""
+
+    issuer: str
+    audiences: Sequence[str]
+    jwks: str  # the JWKS document itself, inlined into the config
+    open_health_and_reflection: bool = True
+
+
+@dataclass(frozen=True)
+class EnvoyTls:
+    """The listener's certificate chain and private key (PEM files; Envoy reads them)."""
+
+    cert_path: Path
+    key_path: Path
+
+
 @dataclass(frozen=True)
 class EnvoyConfig:
-    """What varies between runs: ports, replica ports per cluster, allowed browser origins."""
+    """What varies between runs: ports, replica ports per cluster, allowed browser origins,
+    and the optional edge token check and TLS (both off unless given)."""
 
     port: int
     admin_port: int
@@ -32,6 +56,8 @@ class EnvoyConfig:
     max_streams: int = 20_000
     max_downstream_connections: int = 50_000
     upstream_host: str = "127.0.0.1"
+    jwt: EnvoyJwt | None = None
+    tls: EnvoyTls | None = None
 
 
 def _endpoints(host: str, ports: Sequence[int]) -> str:
@@ -41,6 +67,51 @@ def _endpoints(host: str, ports: Sequence[int]) -> str:
         for port in ports
     ]
     return json.dumps(endpoints)
+
+
+def _jwt_filter(jwt: EnvoyJwt | None) -> str:
+    """The jwt_authn http filter as one YAML flow list item, or nothing when tokens are off."""
+    if jwt is None:
+        return ""
+    provider = {
+        "issuer": jwt.issuer,
+        "audiences": list(jwt.audiences),
+        "local_jwks": {"inline_string": jwt.jwks},
+        # Services verify the token again, so they need the header too.
+        "forward": True,
+    }
+    opened = OPEN_PREFIXES if jwt.open_health_and_reflection else ()
+    # A rule without `requires` lets the request through unverified; the first match wins.
+    rules: list[dict[str, object]] = [{"match": {"prefix": p}} for p in opened]
+    rules.append({"match": {"prefix": "/"}, "requires": {"provider_name": JWT_PROVIDER}})
+    typed = {
+        "@type": TYPE_PREFIX + "envoy.extensions.filters.http.jwt_authn.v3.JwtAuthentication",
+        "providers": {JWT_PROVIDER: provider},
+        "rules": rules,
+        # Browsers send CORS preflights without credentials; cors answers them.
+        "bypass_cors_preflight": True,
+    }
+    return "- " + json.dumps({"name": "envoy.filters.http.jwt_authn", "typed_config": typed})
+
+
+def _tls_socket(tls: EnvoyTls | None) -> str:
+    """The listener's transport_socket: DownstreamTlsContext, or null for plaintext."""
+    if tls is None:
+        return "null"
+    context = {
+        "@type": TYPE_PREFIX + "envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext",
+        "common_tls_context": {
+            # h2 for native gRPC, http/1.1 for gRPC-Web from browsers that fall back to it.
+            "alpn_protocols": ["h2", "http/1.1"],
+            "tls_certificates": [
+                {
+                    "certificate_chain": {"filename": str(tls.cert_path)},
+                    "private_key": {"filename": str(tls.key_path)},
+                }
+            ],
+        },
+    }
+    return json.dumps({"name": "envoy.transport_sockets.tls", "typed_config": context})
 
 
 def render_config(config: EnvoyConfig, template: Path = TEMPLATE) -> str:
@@ -55,6 +126,8 @@ def render_config(config: EnvoyConfig, template: Path = TEMPLATE) -> str:
         "cors_origins": json.dumps([{"prefix": p} for p in config.cors_origin_prefixes]),
         "max_streams": config.max_streams,
         "max_downstream_connections": config.max_downstream_connections,
+        "jwt_authn_filter": _jwt_filter(config.jwt),
+        "tls_transport_socket": _tls_socket(config.tls),
     }
     for cluster in CLUSTERS:
         ports = config.upstreams.get(cluster, ())
@@ -96,6 +169,8 @@ class EnvoyProxy(ServerProcess):
         log_level: str = "warn",
         concurrency: int | None = None,
         ready_timeout: float = 30.0,
+        jwt: EnvoyJwt | None = None,
+        tls: EnvoyTls | None = None,
     ) -> None:
         self.run_dir = Path(run_dir)
         self.config = EnvoyConfig(
@@ -104,6 +179,8 @@ class EnvoyProxy(ServerProcess):
             upstreams=upstreams,
             listen_address=listen_address,
             cors_origin_prefixes=tuple(cors_origin_prefixes),
+            jwt=jwt,
+            tls=tls,
         )
         self.config_path = self.run_dir / "envoy.yaml"
         self.ready_timeout = ready_timeout
@@ -131,7 +208,8 @@ class EnvoyProxy(ServerProcess):
     @property
     def url(self) -> str:
         """Base URL for gRPC-Web clients."""
-        return f"http://127.0.0.1:{self.port}"
+        scheme = "https" if self.config.tls is not None else "http"
+        return f"{scheme}://127.0.0.1:{self.port}"
 
     @property
     def admin_url(self) -> str:

@@ -74,8 +74,8 @@ lint: $(PIP_STAMP) $(NPM_STAMP)
 # Each run gets its own base temp directory: pytest's shared /tmp/pytest-of-$USER keeps only the
 # three newest runs, so a second run at the same time would delete this one's server data.
 test: install lint check-gen
-	@tmp=$$(mktemp -d /tmp/ridemesh-test.XXXXXX); \
-	$(PY) -m pytest $(PYTEST_ARGS) --basetemp="$$tmp/pytest"; rc=$$?; \
+	@tmp=$$(mktemp -d /tmp/ridemesh-test.XXXXXX); rc=0; \
+	$(PY) -m pytest $(PYTEST_ARGS) --basetemp="$$tmp/pytest" || rc=$$?; \
 	rm -rf "$$tmp"; exit $$rc
 
 run: install

@@ -446,7 +446,7 @@ class RideStore:
         async with self._transaction() as apg:
             # The ride row lock orders concurrent senders; a rolled-back send leaves no gap.
             ride = await apg.fetchrow(
-                "SELECT rider_id, driver_id FROM rides WHERE ride_id = $1 FOR NO KEY UPDATE",
+                "SELECT rider_id, driver_id, state FROM rides WHERE ride_id = $1 FOR NO KEY UPDATE",
                 ride_id,
             )
             if ride is None:
@@ -465,6 +465,12 @@ class RideStore:
                 )
                 if stored is not None:
                     return rows.chat_message(stored)
+            if pb.RideState.Value(ride["state"]) in states.TERMINAL:
+                # Checked under the row lock, so a new message cannot slip in as the ride ends.
+                raise FailedPrecondition(
+                    f"ride {ride_id} is {ride['state'].removeprefix('RIDE_STATE_')}; "
+                    "its chat is closed"
+                )
             row = await apg.fetchrow(
                 f"""
                 WITH seq AS (

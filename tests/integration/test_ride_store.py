@@ -684,3 +684,20 @@ async def test_migration_0003_downgrades_and_upgrades_again(
         assert "RIDE_STATE_IN_PROGRESS" in predicate
     finally:
         await conn.close()
+
+
+async def test_a_finished_ride_takes_no_new_chat_message_but_answers_a_resend(
+    store: RideStore,
+) -> None:
+    ride = await assigned(store)
+    first = await store.add_chat_message(
+        ride.ride_id, states.RIDER, ride.rider_id, "on my way", "m-1"
+    )
+    await store.cancel(ride.ride_id, states.RIDER, ride.rider_id, "plans changed")
+    with pytest.raises(FailedPrecondition, match="CANCELLED; its chat is closed"):
+        await store.add_chat_message(ride.ride_id, states.RIDER, ride.rider_id, "late", "m-2")
+    again = await store.add_chat_message(
+        ride.ride_id, states.RIDER, ride.rider_id, "on my way", "m-1"
+    )
+    assert again.sequence == first.sequence
+    assert await store.chat_messages_after(ride.ride_id, 0) == [first]

@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
-from services.mesh.envoy_proxy import EnvoyConfig, render_config
+from services.auth.keys import ensure_dev_keys
+from services.mesh.envoy_proxy import (
+    EnvoyConfig,
+    EnvoyJwt,
+    EnvoyTls,
+    render_config,
+    validate_config,
+)
+from tests.certs import make_server_cert
 
 HCM = "envoy.filters.network.http_connection_manager"
 H2_OPTIONS = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
@@ -128,3 +137,99 @@ def test_circuit_breakers_hold_twenty_thousand_streams(
 def test_unknown_cluster_is_rejected() -> None:
     with pytest.raises(ValueError, match="unknown clusters"):
         render_config(EnvoyConfig(port=1, admin_port=2, upstreams={"payments": [1]}))
+
+
+UPSTREAMS = {"location": [50051], "ride": [50061], "geo": [50071]}
+JWT_AUTHN = "envoy.filters.http.jwt_authn"
+
+
+def _jwt(tmp_path: Path, open_health_and_reflection: bool = True) -> EnvoyJwt:
+    jwks = ensure_dev_keys(tmp_path / "keys").jwks_path.read_text()
+    return EnvoyJwt("ridemesh-dev", ["ridemesh"], jwks, open_health_and_reflection)
+
+
+def _load(config: EnvoyConfig) -> dict[str, Any]:
+    loaded: dict[str, Any] = yaml.safe_load(render_config(config))
+    return loaded
+
+
+def _validated(tmp_path: Path, config: EnvoyConfig) -> dict[str, Any]:
+    path = tmp_path / "envoy.yaml"
+    path.write_text(render_config(config))
+    validate_config(path)
+    return _load(config)
+
+
+def test_default_has_no_token_check_and_no_tls(tmp_path: Path) -> None:
+    config = _validated(tmp_path, EnvoyConfig(port=18080, admin_port=19901, upstreams=UPSTREAMS))
+    names = [f["name"] for f in _hcm(config)["http_filters"]]
+    assert JWT_AUTHN not in names
+    (listener,) = config["static_resources"]["listeners"]
+    assert listener["filter_chains"][0]["transport_socket"] is None
+
+
+def test_jwt_authn_sits_between_cors_and_router(tmp_path: Path) -> None:
+    config = _validated(
+        tmp_path, EnvoyConfig(port=1, admin_port=2, upstreams=UPSTREAMS, jwt=_jwt(tmp_path))
+    )
+    names = [f["name"] for f in _hcm(config)["http_filters"]]
+    assert names == [
+        "envoy.filters.http.grpc_web",
+        "envoy.filters.http.cors",
+        JWT_AUTHN,
+        "envoy.filters.http.router",
+    ]
+
+
+def _jwt_config(config: dict[str, Any]) -> dict[str, Any]:
+    (jwt_filter,) = [f for f in _hcm(config)["http_filters"] if f["name"] == JWT_AUTHN]
+    typed: dict[str, Any] = jwt_filter["typed_config"]
+    return typed
+
+
+def test_provider_checks_issuer_audience_and_local_jwks(tmp_path: Path) -> None:
+    jwt = _jwt(tmp_path)
+    typed = _jwt_config(_load(EnvoyConfig(port=1, admin_port=2, upstreams=UPSTREAMS, jwt=jwt)))
+    (provider,) = typed["providers"].values()
+    assert provider["issuer"] == "ridemesh-dev"
+    assert provider["audiences"] == ["ridemesh"]
+    assert provider["local_jwks"]["inline_string"] == jwt.jwks
+    assert provider["forward"] is True
+    assert typed["bypass_cors_preflight"] is True
+
+
+def test_health_and_reflection_open_when_configured(tmp_path: Path) -> None:
+    typed = _jwt_config(
+        _load(EnvoyConfig(port=1, admin_port=2, upstreams=UPSTREAMS, jwt=_jwt(tmp_path)))
+    )
+    (provider_name,) = typed["providers"]
+    assert typed["rules"] == [
+        {"match": {"prefix": "/grpc.health.v1.Health/"}},
+        {"match": {"prefix": "/grpc.reflection."}},
+        {"match": {"prefix": "/"}, "requires": {"provider_name": provider_name}},
+    ]
+
+
+def test_production_requires_a_token_everywhere(tmp_path: Path) -> None:
+    jwt = _jwt(tmp_path, open_health_and_reflection=False)
+    config = _validated(tmp_path, EnvoyConfig(port=1, admin_port=2, upstreams=UPSTREAMS, jwt=jwt))
+    (rule,) = _jwt_config(config)["rules"]
+    assert rule["match"] == {"prefix": "/"}
+    assert "requires" in rule
+
+
+def test_tls_listener_offers_h2_and_http11(tmp_path: Path) -> None:
+    cert = make_server_cert(tmp_path / "tls")
+    tls = EnvoyTls(cert.cert_path, cert.key_path)
+    config = _validated(
+        tmp_path,
+        EnvoyConfig(port=1, admin_port=2, upstreams=UPSTREAMS, jwt=_jwt(tmp_path), tls=tls),
+    )
+    (listener,) = config["static_resources"]["listeners"]
+    socket = listener["filter_chains"][0]["transport_socket"]
+    context = socket["typed_config"]["common_tls_context"]
+    assert socket["name"] == "envoy.transport_sockets.tls"
+    assert context["alpn_protocols"] == ["h2", "http/1.1"]
+    (pair,) = context["tls_certificates"]
+    assert pair["certificate_chain"] == {"filename": str(cert.cert_path)}
+    assert pair["private_key"] == {"filename": str(cert.key_path)}

@@ -15,6 +15,7 @@ from grpc import aio
 from ridemesh.v1 import location_service_pb2 as pb
 from ridemesh.v1 import location_service_pb2_grpc as location_grpc
 from ridemesh.v1.common_pb2 import LatLng
+from services.auth.tokens import bearer_channel
 
 # After the load window each driver closes its side and waits this long for the final durable ack.
 DRAIN_S = 15.0
@@ -27,6 +28,7 @@ class LoadPlan:
     """What one worker does; times are wall clock (time.time()) shared by all workers."""
 
     address: str
+    token: str  # every stream's bearer token
     run_id: str
     drivers: list[int]  # global driver indexes this worker owns
     watched: list[int]  # subset of `drivers` that also get a WatchDriver stream
@@ -171,7 +173,7 @@ async def drive(driver: Driver, opened_at: float, plan: LoadPlan) -> None:
 async def run_plan(plan: LoadPlan) -> LoadResult:
     result = LoadResult()
     channels = [
-        aio.insecure_channel(plan.address, options=CHANNEL_OPTIONS)
+        bearer_channel(plan.address, plan.token, options=CHANNEL_OPTIONS)
         for _ in range(0, len(plan.drivers), plan.streams_per_channel)
     ]
     drivers: list[Driver] = []

@@ -16,14 +16,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from grpc import aio
-
 from bench.calls import Job, Timings, run_timed
 from bench.procstat import usage_of
-from bench.stream import mesh_roots, migrate, percentiles, usage_report
+from bench.stream import mesh_roots, mesh_token, migrate, percentiles, usage_report
 from ridemesh.v1 import geo_query_service_pb2 as pb
 from ridemesh.v1 import geo_query_service_pb2_grpc as geo_grpc
 from ridemesh.v1.common_pb2 import DriverAvailability, DriverLocation, LatLng
+from services.auth.tokens import bearer_channel
 from services.livestore import GEO_KEY, LiveStore, driver_key, redis_client
 from services.location.session import StreamId
 from services.mesh.supervisor import Mesh, MeshSettings, start_mesh
@@ -138,10 +137,10 @@ def search_jobs(
 
 
 async def run_searches(
-    address: str, args: argparse.Namespace
+    address: str, token: str, args: argparse.Namespace
 ) -> tuple[Timings, dict[str, list[int]]]:
     found: dict[str, list[int]] = {}
-    async with aio.insecure_channel(address) as channel:
+    async with bearer_channel(address, token) as channel:
         stub: geo_grpc.GeoQueryServiceAsyncStub = geo_grpc.GeoQueryServiceStub(channel)
         # Opens the connection through Envoy and warms both ends; not counted.
         await run_timed(search_jobs(stub, args, {}, WARMUP_CALLS), 1, args.max_seconds)
@@ -243,7 +242,7 @@ def run(mesh: Mesh, args: argparse.Namespace) -> dict[str, Any]:
     loaded = asyncio.run(prepare(mesh.redis_url, args))
     roots = mesh_roots(mesh)
     before = usage_of(roots)
-    timings, found = asyncio.run(run_searches(mesh.envoy.address, args))
+    timings, found = asyncio.run(run_searches(mesh.envoy.address, mesh_token(mesh), args))
     usage = usage_report(before, usage_of(roots))
     # Every driver must still be live at the end, or later searches saw a thinner city.
     loaded["oldest_fix_age_at_end_s"] = round(time.time() - loaded.pop("loaded_at"), 1)

@@ -18,6 +18,8 @@ from typing import Any
 
 from bench.loadgen import DRAIN_S, LoadPlan, LoadResult, worker
 from bench.procstat import TreeUsage, usage_of
+from services.auth.identity import Role
+from services.auth.keys import mint_token
 from services.mesh.supervisor import Mesh, MeshSettings, start_mesh
 from services.migrate import run_migrations
 
@@ -57,12 +59,23 @@ def mesh_roots(mesh: Mesh) -> list[tuple[str, int]]:
     return [(name, part.pid) for name, part in zip(names, mesh.parts, strict=True)]
 
 
-def plans(args: argparse.Namespace, address: str, start_at: float) -> list[LoadPlan]:
+BENCH_TOKEN_TTL_S = 6 * 3600
+
+
+def mesh_token(mesh: Mesh) -> str:
+    """An ops token signed with the mesh's development key, valid for the whole benchmark."""
+    assert mesh.keys is not None, "benchmarks run a development mesh"
+    pem, kid = mesh.keys.private_pem(), mesh.keys.kid
+    return mint_token(pem, kid, sub="bench", role=Role.OPS, ttl_s=BENCH_TOKEN_TTL_S)
+
+
+def plans(args: argparse.Namespace, address: str, token: str, start_at: float) -> list[LoadPlan]:
     run_id = uuid.uuid4().hex[:8]
     every = max(1, round(100 / args.watch_percent)) if args.watch_percent > 0 else 0
     return [
         LoadPlan(
             address=address,
+            token=token,
             run_id=run_id,
             drivers=list(range(w, args.drivers, args.workers)),
             watched=[i for i in range(w, args.drivers, args.workers) if every and i % every == 0],
@@ -84,7 +97,7 @@ def run_load(args: argparse.Namespace, mesh: Mesh) -> LoadResult:
     start_at = time.time() + WORKER_WARMUP_S
     processes = [
         context.Process(target=worker, args=(plan, queue), daemon=True)
-        for plan in plans(args, mesh.envoy.address, start_at)
+        for plan in plans(args, mesh.envoy.address, mesh_token(mesh), start_at)
     ]
     for process in processes:
         process.start()

@@ -17,13 +17,13 @@ from pathlib import Path
 from typing import Any
 
 from google.protobuf.timestamp_pb2 import Timestamp
-from grpc import aio
 
 from bench.calls import Job, Timings, run_timed
 from bench.procstat import usage_of
-from bench.stream import mesh_roots, migrate, percentiles, usage_report
+from bench.stream import mesh_roots, mesh_token, migrate, percentiles, usage_report
 from ridemesh.v1 import geo_query_service_pb2 as pb
 from ridemesh.v1 import geo_query_service_pb2_grpc as geo_grpc
+from services.auth.tokens import bearer_channel
 from services.history import PARENT_TABLE, HistoryStore, create_engine
 from services.mesh.supervisor import Mesh, MeshSettings, start_mesh
 
@@ -221,11 +221,11 @@ def plan(jobs: TrackJobs, layout: Layout, args: argparse.Namespace) -> tuple[lis
 
 
 async def run_tracks(
-    address: str, database_url: str, layout: Layout, args: argparse.Namespace
+    address: str, token: str, database_url: str, layout: Layout, args: argparse.Namespace
 ) -> tuple[Timings, TrackJobs]:
     history = HistoryStore(create_engine(database_url))
     try:
-        async with aio.insecure_channel(address) as channel:
+        async with bearer_channel(address, token) as channel:
             stub: geo_grpc.GeoQueryServiceAsyncStub = geo_grpc.GeoQueryServiceStub(channel)
             jobs = TrackJobs(stub, history, max_pages=layout.fixes_per_day // 1_000 + 2)
             warmup, measured = plan(jobs, layout, args)
@@ -299,7 +299,8 @@ def run(mesh: Mesh, layout: Layout, args: argparse.Namespace) -> dict[str, Any]:
     loaded["fixes_per_driver_day"] = layout.fixes_per_day
     roots = mesh_roots(mesh)
     before = usage_of(roots)
-    timings, jobs = asyncio.run(run_tracks(mesh.envoy.address, mesh.database_url, layout, args))
+    address, token = mesh.envoy.address, mesh_token(mesh)
+    timings, jobs = asyncio.run(run_tracks(address, token, mesh.database_url, layout, args))
     return report(args, loaded, timings, jobs, usage_report(before, usage_of(roots)))
 
 

@@ -18,6 +18,7 @@ from services.auth.keys import DEFAULT_KEYS_DIR, ensure_dev_keys, mint_token
 from services.config import MissingSetting, Settings
 from services.history import HistoryStore, create_engine
 from services.maintenance import MaintenanceReport, maintain, utc_today
+from services.mesh.envoy_proxy import EnvoyTls
 from services.mesh.ports import free_port, port_open
 from services.mesh.supervisor import Mesh, MeshSettings, start_mesh
 from services.migrate import run_migrations
@@ -48,6 +49,15 @@ def _parser() -> argparse.ArgumentParser:
     up.add_argument("--admin-port", type=int, default=9901, help="Envoy's admin port")
     up.add_argument("--replicas", type=int, default=1, help="processes per service")
     up.add_argument("--data-dir", type=Path, default=Path(".ridemesh"))
+    up.add_argument(
+        "--tls-cert", type=Path, help="serve TLS at Envoy with this certificate chain (PEM)"
+    )
+    up.add_argument("--tls-key", type=Path, help="the certificate's private key (PEM)")
+    up.add_argument(
+        "--production",
+        action="store_true",
+        help="refuse the development key; health and reflection need tokens too",
+    )
     _add_store_urls(up)
     up.set_defaults(func=_up)
 
@@ -158,6 +168,10 @@ def _token(args: argparse.Namespace) -> int:
 def _up(args: argparse.Namespace) -> int:
     redis_url = args.redis_url or os.environ.get("RIDEMESH_REDIS_URL")
     database_url = args.database_url or os.environ.get("RIDEMESH_DATABASE_URL")
+    if (args.tls_cert is None) != (args.tls_key is None):
+        print("ridemesh: --tls-cert and --tls-key go together", file=sys.stderr)
+        return 2
+    tls = EnvoyTls(args.tls_cert.resolve(), args.tls_key.resolve()) if args.tls_cert else None
     settings = MeshSettings(
         run_dir=args.data_dir.resolve(),
         replicas=dict.fromkeys(SERVICES, args.replicas),
@@ -168,6 +182,8 @@ def _up(args: argparse.Namespace) -> int:
         durable=True,
         redis_url=redis_url,
         database_url=database_url,
+        production=args.production,
+        tls=tls,
     )
 
     def migrate(mesh: Mesh) -> None:
@@ -196,13 +212,25 @@ def _port_or_free(preferred: int) -> int:
 
 def _banner(mesh: Mesh) -> str:
     assert mesh.envoy is not None
+    plaintext = "" if mesh.envoy.config.tls is not None else "-plaintext "
     lines = [
         "",
         "Ridemesh is up.",
-        f"  gRPC and gRPC-Web   {mesh.envoy.address}   (grpcurl -plaintext "
-        f"{mesh.envoy.address} list)",
+        f"  gRPC and gRPC-Web   {mesh.envoy.url}",
         f"  Envoy admin         {mesh.envoy.admin_url}",
     ]
+    if mesh.keys is not None:
+        keys_dir = mesh.keys.directory
+        flag = "" if keys_dir == DEFAULT_KEYS_DIR.resolve() else f" --keys-dir {keys_dir}"
+        example = mint_token(
+            mesh.keys.private_pem(), mesh.keys.kid, sub="d-42", role=Role.DRIVER, ttl_s=3600
+        )
+        lines += [
+            f"  a token             TOKEN=$(ridemesh token --sub d-42 --role driver{flag})",
+            f"  (d-42, 1 h)         TOKEN={example}",
+            f'  call                grpcurl {plaintext}-H "authorization: Bearer $TOKEN" '
+            f"{mesh.envoy.address} list",
+        ]
     for service, ports in mesh.services.items():
         lines.append(f"  {service:<19} " + ", ".join(f"127.0.0.1:{p}" for p in ports))
     if mesh.redis is not None:

@@ -12,6 +12,10 @@ class MissingSetting(RuntimeError):
     """A required setting has no value; the message names its environment key."""
 
 
+class UnsafeSetting(MissingSetting):
+    """A setting (or key) that production mode refuses; the message names what to change."""
+
+
 @dataclass(frozen=True, slots=True)
 class Settings:
     """Everything a service process needs to know; built in the wiring and passed in."""
@@ -61,6 +65,18 @@ class Settings:
     max_dispatch_s: float = 120.0
     # How often a RideService replica looks for lapsed offers (any replica may advance any ride).
     dispatch_sweep_s: float = 0.5
+    # Authentication: the directory holding jwks.json (the keys tokens must be signed with), and
+    # the issuer and audience they must name; clock skew tolerated on exp.
+    auth_keys_dir: str = ".ridemesh/keys"
+    auth_issuer: str = "ridemesh-dev"
+    auth_audience: str = "ridemesh"
+    auth_leeway_s: float = 30.0
+    # Production refuses the development key and open reflection at startup.
+    production: bool = False
+    # Reflection answers without a token (health always does: Envoy's checks carry none).
+    open_reflection: bool = True
+    # RideService's own token for calls through the mesh; empty: minted with the development key.
+    service_token: str = ""
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
@@ -87,9 +103,22 @@ class Settings:
         return replace(self, **changes)
 
 
+_TRUE = frozenset({"1", "true", "yes", "on"})
+_FALSE = frozenset({"0", "false", "no", "off", ""})
+
+
 def _convert(name: str, raw: object, kind: type) -> object:
     if kind in (str, type(None)) or isinstance(raw, kind):
         return raw
+    if kind is bool:
+        # bool("0") is True, so booleans are read by name.
+        text = str(raw).strip().lower()
+        if text in _TRUE or text in _FALSE:
+            return text in _TRUE
+        raise MissingSetting(
+            f"setting RIDEMESH_{name.upper()} must be a bool (1/true/yes or 0/false/no), "
+            f"got {raw!r}"
+        )
     try:
         return kind(raw)
     except (TypeError, ValueError) as exc:

@@ -1,4 +1,5 @@
-"""Builds a grpc.aio server with health, reflection for the whole API, and domain-error mapping."""
+"""Builds a grpc.aio server with token checks, health, reflection for the whole API, and
+domain-error mapping."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from ridemesh.v1 import (
     location_service_pb2,
     ride_service_pb2,
 )
+from services.auth.interceptor import AuthInterceptor
 from services.errors import DomainErrorInterceptor
 
 # Every replica answers reflection for all three services, so `grpcurl ... list` through Envoy
@@ -27,10 +29,13 @@ API_SERVICE_NAMES: tuple[str, ...] = (
 MAX_MESSAGE_BYTES = 4 * 1024 * 1024
 
 
-def create_server(address: str) -> tuple[aio.Server, int]:
-    """A server bound to `address` ("127.0.0.1:0" picks a free port); returns it and its port."""
+def create_server(address: str, auth: AuthInterceptor) -> tuple[aio.Server, int]:
+    """A server bound to `address` ("127.0.0.1:0" picks a free port); returns it and its port.
+
+    `auth` runs first, so no handler (nor its error mapping) runs for an unverified caller.
+    """
     server = aio.server(
-        interceptors=[DomainErrorInterceptor()],
+        interceptors=[auth, DomainErrorInterceptor()],
         options=[
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),

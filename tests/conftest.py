@@ -10,9 +10,13 @@ import asyncpg
 import pytest
 from sqlalchemy.engine import make_url
 
+from services.auth.identity import Role
+from services.auth.keys import DevKeys
 from services.mesh.postgres_server import PostgresServer
 from services.mesh.redis_server import RedisServer
 from services.migrate import run_migrations
+from tests.tokens import make_keys
+from tests.tokens import token as mint
 
 
 @pytest.fixture(scope="session")
@@ -56,3 +60,19 @@ def make_database(postgres_server: PostgresServer) -> Iterator[Callable[[], str]
     yield create
     for name in names:
         asyncio.run(_admin(postgres_server, f"DROP DATABASE {name} WITH (FORCE)"))
+
+
+@pytest.fixture(scope="session")
+def keys(tmp_path_factory: pytest.TempPathFactory) -> DevKeys:
+    """The session's development key pair: every service under test verifies tokens with it."""
+    return make_keys(tmp_path_factory.mktemp("keys"))
+
+
+@pytest.fixture(scope="session")
+def token(keys: DevKeys) -> Callable[..., str]:
+    """token(sub, role, ttl_s=3600) -> a bearer token signed with the session's keys."""
+
+    def make(sub: str, role: Role | str, ttl_s: int = 3600) -> str:
+        return mint(keys, sub, role, ttl_s)
+
+    return make

@@ -9,6 +9,7 @@ from grpc import aio
 
 from ridemesh.v1 import geo_query_service_pb2_grpc as pb_grpc
 from ridemesh.v1.common_pb2 import DriverLocation
+from services.auth.wiring import auth_interceptor
 from services.config import Settings
 from services.fanout import Hub
 from services.geo.eta import GreatCircleRouter
@@ -23,6 +24,7 @@ from services.runtime import serve
 
 
 async def run(settings: Settings, address: str, stop: asyncio.Event | None = None) -> None:
+    auth = auth_interceptor(settings)  # first: a missing or refused key stops startup here
     redis = redis_client(settings.redis_url)
     engine = create_engine(settings.database_url)
     history = HistoryStore(engine)
@@ -45,7 +47,9 @@ async def run(settings: Settings, address: str, stop: asyncio.Event | None = Non
         pb_grpc.add_GeoQueryServiceServicer_to_server(servicer, server)
 
     try:
-        await serve("geo", address, register, grace_s=settings.shutdown_grace_s, stop=stop)
+        await serve(
+            "geo", address, register, auth=auth, grace_s=settings.shutdown_grace_s, stop=stop
+        )
     finally:
         maintenance.cancel()
         await asyncio.gather(maintenance, return_exceptions=True)

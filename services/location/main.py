@@ -11,6 +11,7 @@ from grpc import aio
 from ridemesh.v1 import location_service_pb2_grpc as pb_grpc
 from ridemesh.v1.common_pb2 import DriverLocation
 from ridemesh.v1.location_service_pb2 import StreamLocationsResponse
+from services.auth.wiring import auth_interceptor
 from services.config import Settings
 from services.fanout import Hub
 from services.history import HistoryStore, create_engine
@@ -24,6 +25,7 @@ PARTITION_CHECK_S = 3600.0
 
 
 async def run(settings: Settings, address: str, stop: asyncio.Event | None = None) -> None:
+    auth = auth_interceptor(settings)  # first: a missing or refused key stops startup here
     redis = redis_client(settings.redis_url)
     engine = create_engine(settings.database_url)
     history = HistoryStore(engine)
@@ -60,7 +62,13 @@ async def run(settings: Settings, address: str, stop: asyncio.Event | None = Non
 
     try:
         await serve(
-            "location", address, register, drain=drain, grace_s=settings.shutdown_grace_s, stop=stop
+            "location",
+            address,
+            register,
+            drain=drain,
+            auth=auth,
+            grace_s=settings.shutdown_grace_s,
+            stop=stop,
         )
     finally:
         for task in background:

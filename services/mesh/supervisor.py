@@ -13,7 +13,17 @@ from typing import Protocol, Self, TypeVar
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from services.mesh.envoy_proxy import CLUSTERS, EnvoyProxy
+from services.auth.keys import (
+    DEV_AUDIENCE,
+    DEV_ISSUER,
+    JWKS_FILE,
+    DevKeys,
+    ensure_dev_keys,
+    has_development_key,
+    load_jwks,
+)
+from services.config import UnsafeSetting
+from services.mesh.envoy_proxy import CLUSTERS, EnvoyJwt, EnvoyProxy, EnvoyTls
 from services.mesh.ports import free_port
 from services.mesh.postgres_server import PostgresServer
 from services.mesh.process import ManagedProcess
@@ -69,6 +79,20 @@ class MeshSettings:
     database_url: str | None = None  # use this PostgreSQL instead of starting one
     env: Mapping[str, str] = field(default_factory=dict)
     ready_timeout: float = 60.0
+    # Tokens: verified at Envoy (when `jwt`) and in every service against keys_dir/jwks.json;
+    # None means run_dir/keys, where a development key pair is made once and reused.
+    keys_dir: Path | None = None
+    jwt: bool = True
+    issuer: str = DEV_ISSUER
+    audience: str = DEV_AUDIENCE
+    # Production: the JWKS must not hold the development key; health and reflection need tokens
+    # at the edge, and reflection in the services too.
+    production: bool = False
+    tls: EnvoyTls | None = None
+
+    @property
+    def keys_path(self) -> Path:
+        return self.keys_dir if self.keys_dir is not None else self.run_dir / "keys"
 
 
 class Mesh:
@@ -80,6 +104,8 @@ class Mesh:
         self.redis: RedisServer | None = None
         self.postgres: PostgresServer | None = None
         self.envoy: EnvoyProxy | None = None
+        # The development key pair tokens are minted with; None in production.
+        self.keys: DevKeys | None = None
         self.services: dict[str, list[int]] = {}
         # Set from the servers started here, or given when Redis/PostgreSQL run elsewhere.
         self.redis_url: str | None = None
@@ -146,6 +172,8 @@ def _start_all(
     mesh: Mesh, settings: MeshSettings, before_services: Callable[[Mesh], None] | None
 ) -> None:
     run_dir = settings.run_dir
+    # Keys before anything starts: production with the development key stops here.
+    mesh.keys = prepare_keys(settings)
     if settings.redis_url is None:
         mesh.redis = mesh.start(
             RedisServer(run_dir / "redis", settings.redis_port, persist=settings.durable)
@@ -165,7 +193,11 @@ def _start_all(
         before_services(mesh)
     # Envoy's port is fixed first: services call each other through it (RIDEMESH_MESH_TARGET).
     envoy_port = settings.envoy_port or free_port()
-    env = {"RIDEMESH_MESH_TARGET": f"127.0.0.1:{envoy_port}", **settings.env}
+    env = {
+        "RIDEMESH_MESH_TARGET": f"127.0.0.1:{envoy_port}",
+        **auth_env(settings),
+        **settings.env,
+    }
     for service, count in settings.replicas.items():
         for _ in range(count):
             mesh.start_service(service, free_port(), env, settings.ready_timeout)
@@ -175,5 +207,42 @@ def _start_all(
         port=envoy_port,
         admin_port=settings.envoy_admin_port,
         listen_address=settings.listen_address,
+        jwt=edge_jwt(settings) if settings.jwt else None,
+        tls=settings.tls,
     )
     mesh.envoy = mesh.start(envoy)
+
+
+def prepare_keys(settings: MeshSettings) -> DevKeys | None:
+    """The development key pair (made once, reused across runs); production checks its JWKS."""
+    if not settings.production:
+        return ensure_dev_keys(settings.keys_path)
+    jwks = settings.keys_path / JWKS_FILE
+    if not jwks.is_file():
+        raise UnsafeSetting(f"production mode needs the production JWKS at {jwks}")
+    if has_development_key(load_jwks(jwks)):
+        raise UnsafeSetting(f"production mode refuses the development key in {jwks}")
+    return None
+
+
+def auth_env(settings: MeshSettings) -> dict[str, str]:
+    """What every service process is told about tokens."""
+    env = {
+        "RIDEMESH_AUTH_KEYS_DIR": str(settings.keys_path),
+        "RIDEMESH_AUTH_ISSUER": settings.issuer,
+        "RIDEMESH_AUTH_AUDIENCE": settings.audience,
+    }
+    if settings.production:
+        env |= {"RIDEMESH_PRODUCTION": "1", "RIDEMESH_OPEN_REFLECTION": "0"}
+    return env
+
+
+def edge_jwt(settings: MeshSettings) -> EnvoyJwt:
+    """Envoy's token check: the services' issuer, audience and JWKS; health and reflection open
+    outside production."""
+    return EnvoyJwt(
+        settings.issuer,
+        [settings.audience],
+        (settings.keys_path / JWKS_FILE).read_text(),
+        open_health_and_reflection=not settings.production,
+    )

@@ -11,6 +11,8 @@ from ridemesh.v1 import geo_query_service_pb2_grpc as geo_grpc
 from ridemesh.v1 import ride_service_pb2 as pb
 from ridemesh.v1 import ride_service_pb2_grpc as pb_grpc
 from ridemesh.v1.common_pb2 import DriverLocation
+from services.auth.tokens import bearer_channel, service_tokens
+from services.auth.wiring import auth_interceptor
 from services.config import MissingSetting, Settings
 from services.fanout import Hub
 from services.geo.eta import GreatCircleRouter
@@ -28,10 +30,12 @@ async def run(settings: Settings, address: str, stop: asyncio.Event | None = Non
             "setting RIDEMESH_MESH_TARGET (Envoy's address, for calls to GeoQueryService) is "
             "required"
         )
+    auth = auth_interceptor(settings)  # first: a missing or refused key stops startup here
+    tokens = service_tokens(settings)
     redis = redis_client(settings.redis_url)
     store = RideStore(create_engine(settings.database_url))
-    # Dispatch asks GeoQueryService through the mesh, like any other client would.
-    mesh = aio.insecure_channel(settings.mesh_target)
+    # Dispatch asks GeoQueryService through the mesh, like any other client would: with a token.
+    mesh = bearer_channel(settings.mesh_target, tokens)
     dispatcher = Dispatcher(store, geo_grpc.GeoQueryServiceStub(mesh), redis, settings)
     live = LiveStore(redis, settings.live_window_s)
     rides: Hub[pb.Ride] = Hub(redis, pb.Ride.FromString)
@@ -48,7 +52,9 @@ async def run(settings: Settings, address: str, stop: asyncio.Event | None = Non
         pb_grpc.add_RideServiceServicer_to_server(servicer, server)
 
     try:
-        await serve("ride", address, register, grace_s=settings.shutdown_grace_s, stop=stop)
+        await serve(
+            "ride", address, register, auth=auth, grace_s=settings.shutdown_grace_s, stop=stop
+        )
     finally:
         sweeper.cancel()
         await asyncio.gather(sweeper, return_exceptions=True)

@@ -12,9 +12,11 @@ from grpc import aio
 from ridemesh.v1 import geo_query_service_pb2_grpc as geo_grpc
 from ridemesh.v1 import location_service_pb2_grpc as location_grpc
 from ridemesh.v1 import ride_service_pb2_grpc as ride_grpc
+from services.auth.keys import DevKeys
 from services.history import HistoryStore, create_engine
 from services.mesh.redis_server import RedisServer
 from services.mesh.supervisor import Mesh, MeshSettings, start_mesh
+from tests.tokens import ops_channel
 
 # Short intervals so tests do not wait on production-sized batches; a generous per-driver rate
 # so tests that send quickly are not throttled (the throttle has its own test).
@@ -33,9 +35,11 @@ def mesh(
     tmp_path_factory: pytest.TempPathFactory,
     redis_server: RedisServer,
     make_database: Callable[[], str],
+    keys: DevKeys,
 ) -> Iterator[Mesh]:
     settings = MeshSettings(
         run_dir=Path(tmp_path_factory.mktemp("mesh")),
+        keys_dir=keys.directory,
         replicas={"location": 2, "ride": 2, "geo": 2},
         redis_url=redis_server.url,
         database_url=make_database(),
@@ -52,9 +56,10 @@ def envoy_address(mesh: Mesh) -> str:
 
 
 @pytest.fixture
-async def channel(envoy_address: str) -> AsyncIterator[aio.Channel]:
-    """A native gRPC channel through Envoy."""
-    async with aio.insecure_channel(envoy_address) as chan:
+async def channel(envoy_address: str, keys: DevKeys) -> AsyncIterator[aio.Channel]:
+    """A native gRPC channel through Envoy whose calls carry an ops token (unless they name their
+    own caller in metadata)."""
+    async with ops_channel(keys, envoy_address) as chan:
         yield chan
 
 

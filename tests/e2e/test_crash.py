@@ -15,11 +15,13 @@ from grpc import aio
 from redis.asyncio import Redis
 
 from ridemesh.v1 import location_service_pb2_grpc as location_grpc
+from services.auth.keys import DevKeys
 from services.history import HistoryStore, create_engine
 from services.livestore import INGEST_STREAM, PERSIST_GROUP
 from services.mesh.redis_server import RedisServer
 from tests.e2e.clients import DriverStream, fix, new_driver_id
 from tests.e2e.processes import start_location
+from tests.tokens import ops_channel
 
 pytestmark = pytest.mark.e2e
 
@@ -33,21 +35,24 @@ ENV = {
 
 
 async def test_killed_replica_entries_are_claimed_and_committed_by_another(
-    tmp_path: Path, redis_server: RedisServer, make_database: Callable[[], str]
+    tmp_path: Path,
+    redis_server: RedisServer,
+    make_database: Callable[[], str],
+    keys: DevKeys,
 ) -> None:
     database_url = await asyncio.to_thread(make_database)
     redis_url = f"redis://127.0.0.1:{redis_server.port}/4"
     victim, victim_port = await asyncio.to_thread(
-        start_location, tmp_path, redis_url, database_url, ENV
+        start_location, tmp_path, redis_url, database_url, ENV, keys
     )
     survivor, survivor_port = await asyncio.to_thread(
-        start_location, tmp_path, redis_url, database_url, ENV
+        start_location, tmp_path, redis_url, database_url, ENV, keys
     )
     redis = Redis.from_url(redis_url)
     history = HistoryStore(create_engine(database_url))
     driver_id = new_driver_id("crash")
     try:
-        async with aio.insecure_channel(f"127.0.0.1:{victim_port}") as channel:
+        async with ops_channel(keys, f"127.0.0.1:{victim_port}") as channel:
             driver = DriverStream(location_grpc.LocationServiceStub(channel))
             for seq in range(1, 51):
                 driver.send(fix(driver_id, seq))
@@ -64,7 +69,7 @@ async def test_killed_replica_entries_are_claimed_and_committed_by_another(
         assert held, "the victim died holding uncommitted entries"
 
         # The app reconnects (here straight to the survivor) and carries on from its last seq.
-        async with aio.insecure_channel(f"127.0.0.1:{survivor_port}") as channel:
+        async with ops_channel(keys, f"127.0.0.1:{survivor_port}") as channel:
             driver = DriverStream(location_grpc.LocationServiceStub(channel))
             driver.send(fix(driver_id, 51))
             await driver.wait_for(lambda: driver.durable_seq == 51, timeout=20)

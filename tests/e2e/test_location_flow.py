@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 
 import grpc
@@ -14,6 +15,8 @@ from grpc import aio
 from ridemesh.v1 import location_service_pb2 as pb
 from ridemesh.v1 import location_service_pb2_grpc as location_grpc
 from ridemesh.v1.common_pb2 import DriverLocation
+from services.auth.identity import Role
+from services.auth.keys import DevKeys
 from services.history import HistoryStore
 from services.mesh.supervisor import Mesh
 from tests.e2e.clients import (
@@ -26,11 +29,14 @@ from tests.e2e.clients import (
     new_driver_id,
 )
 from tests.e2e.conftest import status_of
+from tests.tokens import OPS, ops_channel
 
 pytestmark = pytest.mark.e2e
 
 
-async def _grpc_web_watch(envoy_address: str, driver_id: str, count: int) -> list[DriverLocation]:
+async def _grpc_web_watch(
+    envoy_address: str, token: str, driver_id: str, count: int
+) -> list[DriverLocation]:
     """WatchDriver as a browser sends it: HTTP/1.1 POST with application/grpc-web+proto."""
     body = grpc_web_frame(pb.WatchDriverRequest(driver_id=driver_id).SerializeToString())
     headers = {
@@ -38,6 +44,7 @@ async def _grpc_web_watch(envoy_address: str, driver_id: str, count: int) -> lis
         "x-grpc-web": "1",
         "x-user-agent": "grpc-web-javascript/0.1",
         "origin": "http://127.0.0.1:3000",
+        "authorization": f"Bearer {token}",
     }
     url = f"http://{envoy_address}/ridemesh.v1.LocationService/WatchDriver"
     received: list[DriverLocation] = []
@@ -62,7 +69,10 @@ async def _grpc_web_watch(envoy_address: str, driver_id: str, count: int) -> lis
 
 
 async def test_fixes_reach_watchers_redis_and_postgis(
-    location: location_grpc.LocationServiceAsyncStub, envoy_address: str, history: HistoryStore
+    location: location_grpc.LocationServiceAsyncStub,
+    envoy_address: str,
+    history: HistoryStore,
+    token: Callable[..., str],
 ) -> None:
     driver_id = new_driver_id()
     driver = DriverStream(location)
@@ -71,7 +81,7 @@ async def test_fixes_reach_watchers_redis_and_postgis(
 
     # Each watcher starts with the current fix, then sees the next four in order.
     native = [location.WatchDriver(pb.WatchDriverRequest(driver_id=driver_id)) for _ in range(3)]
-    web = asyncio.create_task(_grpc_web_watch(envoy_address, driver_id, 5))
+    web = asyncio.create_task(_grpc_web_watch(envoy_address, token(OPS, Role.OPS), driver_id, 5))
     native_tasks = [asyncio.create_task(collect(call, 5)) for call in native]
     await asyncio.sleep(1.0)  # the gRPC-Web request has reached its replica and subscribed
     for seq in range(2, 6):
@@ -99,12 +109,12 @@ async def test_fixes_reach_watchers_redis_and_postgis(
     assert last.location.HasField("received_at")
 
 
-async def test_watcher_on_one_replica_sees_driver_on_the_other(mesh: Mesh) -> None:
+async def test_watcher_on_one_replica_sees_driver_on_the_other(mesh: Mesh, keys: DevKeys) -> None:
     first, second = mesh.services["location"]
     driver_id = new_driver_id()
     async with (
-        aio.insecure_channel(f"127.0.0.1:{first}") as to_first,
-        aio.insecure_channel(f"127.0.0.1:{second}") as to_second,
+        ops_channel(keys, f"127.0.0.1:{first}") as to_first,
+        ops_channel(keys, f"127.0.0.1:{second}") as to_second,
     ):
         driver = DriverStream(location_grpc.LocationServiceStub(to_first))
         watch = location_grpc.LocationServiceStub(to_second).WatchDriver(
@@ -215,15 +225,17 @@ async def test_heartbeat_gets_an_ack(location: location_grpc.LocationServiceAsyn
     await driver.reader
 
 
-async def test_slow_watcher_gets_the_newest_fix_and_does_not_delay_others(mesh: Mesh) -> None:
+async def test_slow_watcher_gets_the_newest_fix_and_does_not_delay_others(
+    mesh: Mesh, keys: DevKeys
+) -> None:
     port = mesh.services["location"][0]
     driver_id = new_driver_id()
     # The slow watcher's transport window is tiny, so the server cannot buffer for it: whatever
     # it misses must be conflated away in the server, not queued.
     slow_options = [("grpc.http2.lookahead_bytes", 1024), ("grpc.http2.bdp_probe", 0)]
     async with (
-        aio.insecure_channel(f"127.0.0.1:{port}") as chan,
-        aio.insecure_channel(f"127.0.0.1:{port}", options=slow_options) as slow_chan,
+        ops_channel(keys, f"127.0.0.1:{port}") as chan,
+        ops_channel(keys, f"127.0.0.1:{port}", options=slow_options) as slow_chan,
     ):
         stub = location_grpc.LocationServiceStub(chan)
         driver = DriverStream(stub)

@@ -14,11 +14,13 @@ from ridemesh.v1 import location_service_pb2_grpc as location_grpc
 from ridemesh.v1 import ride_service_pb2 as pb
 from ridemesh.v1 import ride_service_pb2_grpc as ride_grpc
 from ridemesh.v1.common_pb2 import LatLng
+from services.auth.keys import DevKeys
 from services.history import create_engine
 from services.mesh.supervisor import Mesh
 from services.ride.store import RideStore
 from tests.e2e.clients import DriverStream, collect, fix, new_driver_id, read_to_end
 from tests.e2e.conftest import status_of
+from tests.tokens import ops_channel
 
 pytestmark = pytest.mark.e2e
 
@@ -204,6 +206,7 @@ async def test_bad_requests_and_transitions(
 
 async def test_chat_across_two_replicas_with_a_reconnect(
     mesh: Mesh,
+    keys: DevKeys,
     location: location_grpc.LocationServiceAsyncStub,
     rides: ride_grpc.RideServiceAsyncStub,
 ) -> None:
@@ -214,8 +217,8 @@ async def test_chat_across_two_replicas_with_a_reconnect(
 
     first_port, second_port = mesh.services["ride"]
     async with (
-        aio.insecure_channel(f"127.0.0.1:{first_port}") as one,
-        aio.insecure_channel(f"127.0.0.1:{second_port}") as two,
+        ops_channel(keys, f"127.0.0.1:{first_port}") as one,
+        ops_channel(keys, f"127.0.0.1:{second_port}") as two,
     ):
         rider_q: asyncio.Queue[pb.ChatRequest | None] = asyncio.Queue()
         driver_q: asyncio.Queue[pb.ChatRequest | None] = asyncio.Queue()

@@ -14,25 +14,32 @@ import pytest
 from grpc import aio
 
 from ridemesh.v1 import location_service_pb2_grpc as location_grpc
+from services.auth.keys import DevKeys
 from services.history import HistoryStore, create_engine
 from services.mesh.redis_server import RedisServer
 from tests.e2e.clients import DriverStream, fix, new_driver_id
 from tests.e2e.processes import start_location
+from tests.tokens import ops_channel
 
 pytestmark = pytest.mark.e2e
 
 
 async def test_sigterm_mid_stream_loses_no_accepted_fix(
-    tmp_path: Path, redis_server: RedisServer, make_database: Callable[[], str]
+    tmp_path: Path,
+    redis_server: RedisServer,
+    make_database: Callable[[], str],
+    keys: DevKeys,
 ) -> None:
     database_url = await asyncio.to_thread(make_database)
     # Its own Redis database: no other persister may commit this process's fixes for it.
     redis_url = f"redis://127.0.0.1:{redis_server.port}/3"
     env = {"RIDEMESH_PERSIST_MAX_AGE_S": "2", "RIDEMESH_FIX_RATE_PER_S": "100"}
-    process, port = await asyncio.to_thread(start_location, tmp_path, redis_url, database_url, env)
+    process, port = await asyncio.to_thread(
+        start_location, tmp_path, redis_url, database_url, env, keys
+    )
     try:
         driver_id = new_driver_id("term")
-        async with aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+        async with ops_channel(keys, f"127.0.0.1:{port}") as channel:
             driver = DriverStream(location_grpc.LocationServiceStub(channel))
             sent = 0
             for seq in range(1, 301):

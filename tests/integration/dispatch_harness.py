@@ -10,7 +10,6 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import grpc
-from grpc import aio
 from redis.asyncio import Redis
 
 from ridemesh.v1 import geo_query_service_pb2 as geo_pb
@@ -18,12 +17,16 @@ from ridemesh.v1 import geo_query_service_pb2_grpc as geo_grpc
 from ridemesh.v1 import ride_service_pb2 as pb
 from ridemesh.v1.common_pb2 import LatLng
 from ridemesh.v1.location_service_pb2 import StreamLocationsResponse
+from services.auth.identity import Role
+from services.auth.keys import DevKeys
+from services.auth.tokens import SERVICE_SUB, bearer_channel
 from services.geo.nearby import search_nearby_drivers
 from services.grpcserver import create_server
 from services.livestore import LiveStore
 from services.mesh.redis_server import RedisServer
 from services.ride.channels import control_channel, ride_channel
 from tests.integration.geo_drivers import destination, ingest
+from tests.tokens import server_auth, token
 
 REDIS_DB = 9
 PICKUP = LatLng(latitude=52.52, longitude=13.405)
@@ -61,15 +64,17 @@ class Geo(geo_grpc.GeoQueryServiceServicer):
 
 @asynccontextmanager
 async def geo_service(
-    live: LiveStore,
+    live: LiveStore, keys: DevKeys
 ) -> AsyncIterator[tuple[Geo, geo_grpc.GeoQueryServiceAsyncStub]]:
-    """A grpc.aio server on a free port serving `Geo`, and a stub over a real channel to it."""
+    """A grpc.aio server on a free port serving `Geo` (tokens signed with `keys` required), and a
+    stub over a real channel to it carrying RideService's token."""
     geo = Geo(live)  # type: ignore[abstract]  # the other methods answer UNIMPLEMENTED
-    server, port = create_server("127.0.0.1:0")
+    server, port = create_server("127.0.0.1:0", server_auth(keys))
     geo_grpc.add_GeoQueryServiceServicer_to_server(geo, server)
     await server.start()
     try:
-        async with aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+        service_token = token(keys, SERVICE_SUB, Role.SERVICE)
+        async with bearer_channel(f"127.0.0.1:{port}", service_token) as channel:
             yield geo, geo_grpc.GeoQueryServiceStub(channel)
     finally:
         await server.stop(None)

@@ -11,6 +11,7 @@ from redis.asyncio import Redis
 
 from ridemesh.v1 import ride_service_pb2 as pb
 from ridemesh.v1.common_pb2 import DriverAvailability, LatLng
+from services.auth.keys import DevKeys
 from services.config import Settings
 from services.errors import FailedPrecondition
 from services.history import create_engine
@@ -71,7 +72,7 @@ async def flushed(redis_server: RedisServer) -> None:
 
 @pytest.fixture
 async def world(
-    flushed: None, redis_server: RedisServer, database_url: str
+    flushed: None, redis_server: RedisServer, database_url: str, keys: DevKeys
 ) -> AsyncIterator[World]:
     redis = Redis.from_url(redis_url(redis_server))
     settings = Settings(
@@ -87,7 +88,7 @@ async def world(
     listener = Listener(redis)
     await listener.start()
     clock = Clock()
-    async with geo_service(live) as (geo, stub):
+    async with geo_service(live, keys) as (geo, stub):
         dispatcher = Dispatcher(store, stub, redis, settings, clock, search_timeout_s=0.5)
         yield World(redis, live, store, geo, clock, listener, dispatcher, settings, new_pickup())
     await listener.stop()

@@ -10,13 +10,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from grpc import aio
 from redis.asyncio import Redis
 
 from ridemesh.v1 import location_service_pb2 as lpb
 from ridemesh.v1 import location_service_pb2_grpc as location_grpc
 from ridemesh.v1 import ride_service_pb2 as pb
 from ridemesh.v1.common_pb2 import DriverAvailability, LatLng
+from services.auth.keys import DevKeys
 from services.config import Settings
 from services.history import create_engine
 from services.livestore import LiveStore
@@ -36,6 +36,7 @@ from tests.integration.dispatch_harness import (
     redis_url,
 )
 from tests.integration.geo_drivers import destination
+from tests.tokens import ops_channel
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio]
 
@@ -46,14 +47,19 @@ LOCATION_ENV = {"RIDEMESH_ACK_INTERVAL_S": "0.2", "RIDEMESH_PERSIST_MAX_AGE_S": 
 
 @pytest.fixture(scope="module")
 def location_port(
-    tmp_path_factory: pytest.TempPathFactory, redis_server: RedisServer, database_url: str
+    tmp_path_factory: pytest.TempPathFactory,
+    redis_server: RedisServer,
+    database_url: str,
+    keys: DevKeys,
 ) -> Iterator[int]:
     """A LocationService process on Redis db 9; this test process only talks to it by gRPC."""
     import redis as sync_redis
 
     sync_redis.Redis.from_url(redis_url(redis_server)).flushdb()
     log_dir = Path(tmp_path_factory.mktemp("location"))
-    process, port = start_location(log_dir, redis_url(redis_server), database_url, LOCATION_ENV)
+    process, port = start_location(
+        log_dir, redis_url(redis_server), database_url, LOCATION_ENV, keys
+    )
     try:
         yield port
     finally:
@@ -146,14 +152,14 @@ async def wait_subscribers(redis: Redis, driver_id: str, count: int) -> None:
 
 @pytest.fixture
 async def world(
-    location_port: int, redis_server: RedisServer, database_url: str
+    location_port: int, redis_server: RedisServer, database_url: str, keys: DevKeys
 ) -> AsyncIterator[World]:
     redis = Redis.from_url(redis_url(redis_server))
     settings = Settings(redis_url(redis_server), database_url, offer_timeout_s=15.0)
     store = RideStore(create_engine(database_url))
     async with (
-        geo_service(LiveStore(redis, settings.live_window_s)) as (_, geo),
-        aio.insecure_channel(f"127.0.0.1:{location_port}") as channel,
+        geo_service(LiveStore(redis, settings.live_window_s), keys) as (_, geo),
+        ops_channel(keys, f"127.0.0.1:{location_port}") as channel,
     ):
         dispatcher = Dispatcher(store, geo, redis, settings, Clock())
         yield World(

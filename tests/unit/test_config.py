@@ -122,3 +122,32 @@ def test_with_overrides_copies() -> None:
     faster = settings.with_overrides(ack_interval_s=0.05)
     assert faster.ack_interval_s == 0.05
     assert settings.ack_interval_s == 0.5
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ("1", True),
+        ("true", True),
+        ("YES", True),
+        ("on", True),
+        ("0", False),
+        ("false", False),
+        ("No", False),
+        ("off", False),
+    ],
+)
+def test_booleans_are_read_by_name(raw: str, expected: bool) -> None:
+    settings = Settings.from_env({**REQUIRED, "RIDEMESH_PRODUCTION": raw})
+    assert settings.production is expected
+
+
+def test_a_bad_boolean_names_the_key_and_the_value() -> None:
+    with pytest.raises(MissingSetting) as info:
+        Settings.from_env({**REQUIRED, "RIDEMESH_OPEN_REFLECTION": "maybe"})
+    assert "RIDEMESH_OPEN_REFLECTION must be a bool" in str(info.value)
+    assert "'maybe'" in str(info.value)
+
+
+def test_a_boolean_override_is_kept() -> None:
+    assert Settings.from_env(REQUIRED, open_reflection=False).open_reflection is False

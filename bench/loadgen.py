@@ -23,14 +23,21 @@ DRAIN_S = 15.0
 CHANNEL_OPTIONS = [("grpc.use_local_subchannel_pool", 1)]
 
 
+def driver_id(run_id: str, index: int) -> str:
+    """The id of a run's driver number `index`."""
+    return f"bench-{run_id}-{index}"
+
+
 @dataclass(frozen=True)
 class LoadPlan:
     """What one worker does; times are wall clock (time.time()) shared by all workers."""
 
     address: str
-    token: str  # every stream's bearer token
+    token: str  # the watchers' bearer token (ops)
     run_id: str
     drivers: list[int]  # global driver indexes this worker owns
+    # Each driver's own token by index: a driver streams only as themselves (see driver_id).
+    driver_tokens: dict[int, str]
     watched: list[int]  # subset of `drivers` that also get a WatchDriver stream
     start_at: float
     open_rate: float  # streams opened per second, across all workers
@@ -65,12 +72,17 @@ class Driver:
     """One driver app: a fix every interval, each seq's send time kept until acked and durable."""
 
     def __init__(
-        self, driver_id: str, stub: location_grpc.LocationServiceAsyncStub, result: LoadResult
+        self,
+        driver_id: str,
+        token: str,
+        stub: location_grpc.LocationServiceAsyncStub,
+        result: LoadResult,
     ):
         self.driver_id = driver_id
         self._result = result
         self._outbox: asyncio.Queue[pb.StreamLocationsRequest | None] = asyncio.Queue()
-        self._call = stub.StreamLocations(self._requests())
+        metadata = (("authorization", f"Bearer {token}"),)
+        self._call = stub.StreamLocations(self._requests(), metadata=metadata)
         self._sent: dict[int, float] = {}  # seq -> monotonic send time
         self._acked = 0
         self._durable = 0
@@ -188,7 +200,8 @@ async def run_plan(plan: LoadPlan) -> LoadResult:
             stub: location_grpc.LocationServiceAsyncStub = location_grpc.LocationServiceStub(
                 channels[n // plan.streams_per_channel]
             )
-            driver = Driver(f"bench-{plan.run_id}-{index}", stub, result)
+            token = plan.driver_tokens[index]
+            driver = Driver(driver_id(plan.run_id, index), token, stub, result)
             if index in watched:
                 watchers.append(asyncio.create_task(watch(driver.driver_id, stub, result)))
                 result.watchers += 1

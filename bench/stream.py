@@ -10,13 +10,13 @@ import tempfile
 import time
 import uuid
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import fields
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from bench.loadgen import DRAIN_S, LoadPlan, LoadResult, worker
+from bench.loadgen import DRAIN_S, LoadPlan, LoadResult, driver_id, worker
 from bench.procstat import TreeUsage, usage_of
 from services.auth.identity import Role
 from services.auth.keys import mint_token
@@ -69,7 +69,21 @@ def mesh_token(mesh: Mesh) -> str:
     return mint_token(pem, kid, sub="bench", role=Role.OPS, ttl_s=BENCH_TOKEN_TTL_S)
 
 
-def plans(args: argparse.Namespace, address: str, token: str, start_at: float) -> list[LoadPlan]:
+def driver_token(mesh: Mesh, driver_id: str) -> str:
+    """A driver's own token signed with the mesh's development key (drivers stream only as
+    themselves)."""
+    assert mesh.keys is not None, "benchmarks run a development mesh"
+    pem, kid = mesh.keys.private_pem(), mesh.keys.kid
+    return mint_token(pem, kid, sub=driver_id, role=Role.DRIVER, ttl_s=BENCH_TOKEN_TTL_S)
+
+
+def plans(
+    args: argparse.Namespace,
+    address: str,
+    token: str,
+    start_at: float,
+    mint_driver: Callable[[str], str],
+) -> list[LoadPlan]:
     run_id = uuid.uuid4().hex[:8]
     every = max(1, round(100 / args.watch_percent)) if args.watch_percent > 0 else 0
     return [
@@ -78,6 +92,9 @@ def plans(args: argparse.Namespace, address: str, token: str, start_at: float) -
             token=token,
             run_id=run_id,
             drivers=list(range(w, args.drivers, args.workers)),
+            driver_tokens={
+                i: mint_driver(driver_id(run_id, i)) for i in range(w, args.drivers, args.workers)
+            },
             watched=[i for i in range(w, args.drivers, args.workers) if every and i % every == 0],
             start_at=start_at,
             open_rate=args.open_rate,
@@ -97,7 +114,13 @@ def run_load(args: argparse.Namespace, mesh: Mesh) -> LoadResult:
     start_at = time.time() + WORKER_WARMUP_S
     processes = [
         context.Process(target=worker, args=(plan, queue), daemon=True)
-        for plan in plans(args, mesh.envoy.address, mesh_token(mesh), start_at)
+        for plan in plans(
+            args,
+            mesh.envoy.address,
+            mesh_token(mesh),
+            start_at,
+            lambda driver: driver_token(mesh, driver),
+        )
     ]
     for process in processes:
         process.start()

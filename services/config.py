@@ -77,6 +77,14 @@ class Settings:
     open_reflection: bool = True
     # RideService's own token for calls through the mesh; empty: minted with the development key.
     service_token: str = ""
+    # Per caller (token `sub`) and per process: concurrent StreamLocations/Chat calls, concurrent
+    # watch streams, and unary calls per second (token bucket); ops and service callers get
+    # staff_limit_factor times the stream and watcher allowances. Beyond: RESOURCE_EXHAUSTED.
+    max_streams_per_caller: int = 8
+    max_watchers_per_caller: int = 32
+    staff_limit_factor: int = 50
+    unary_rate_per_s: float = 50.0
+    unary_burst: int = 100
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:

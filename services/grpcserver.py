@@ -16,6 +16,7 @@ from ridemesh.v1 import (
     ride_service_pb2,
 )
 from services.auth.interceptor import AuthInterceptor
+from services.auth.limits import LimitInterceptor
 from services.errors import DomainErrorInterceptor
 
 # Every replica answers reflection for all three services, so `grpcurl ... list` through Envoy
@@ -29,13 +30,16 @@ API_SERVICE_NAMES: tuple[str, ...] = (
 MAX_MESSAGE_BYTES = 4 * 1024 * 1024
 
 
-def create_server(address: str, auth: AuthInterceptor) -> tuple[aio.Server, int]:
+def create_server(
+    address: str, auth: AuthInterceptor, limits: LimitInterceptor
+) -> tuple[aio.Server, int]:
     """A server bound to `address` ("127.0.0.1:0" picks a free port); returns it and its port.
 
-    `auth` runs first, so no handler (nor its error mapping) runs for an unverified caller.
+    `auth` runs first, so no handler (nor its error mapping) runs for an unverified caller; then
+    the per-caller limits.
     """
     server = aio.server(
-        interceptors=[auth, DomainErrorInterceptor()],
+        interceptors=[auth, limits, DomainErrorInterceptor()],
         options=[
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),

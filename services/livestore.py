@@ -112,6 +112,12 @@ def driver_key(driver_id: str) -> str:
     return f"rm:driver:{driver_id}"
 
 
+def assigned_key(driver_id: str) -> str:
+    """The rider whose active ride the driver is assigned to (kept by RideService's dispatcher,
+    read by LocationService to let that rider watch the driver)."""
+    return f"rm:assigned:{driver_id}"
+
+
 def driver_channel(driver_id: str) -> str:
     return f"rm:ch:driver:{driver_id}"
 
@@ -172,6 +178,11 @@ class LiveStore:
             return None
         location = DriverLocation.FromString(payload)
         return location if self.is_live(location) else None
+
+    async def assigned_rider(self, driver_id: str) -> str | None:
+        """The rider of the active ride the driver is assigned to, None when there is none."""
+        rider: bytes | None = await self._redis.get(assigned_key(driver_id))  # type: ignore[assignment]
+        return rider.decode() if rider else None
 
     def is_live(self, location: DriverLocation) -> bool:
         """A fix is live while it is younger than the live window (the key's TTL counts from

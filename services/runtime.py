@@ -10,6 +10,7 @@ from collections.abc import Awaitable, Callable
 from grpc import aio
 
 from services.auth.interceptor import AuthInterceptor
+from services.auth.limits import LimitInterceptor
 from services.grpcserver import add_health, add_reflection, create_server, set_serving
 
 log = logging.getLogger(__name__)
@@ -24,12 +25,13 @@ async def serve(
     register: Register,
     *,
     auth: AuthInterceptor,
+    limits: LimitInterceptor,
     drain: Drain | None = None,
     grace_s: float = 5.0,
     stop: asyncio.Event | None = None,
 ) -> None:
     """Serves until `stop` is set (or a signal arrives), then drains and stops gracefully."""
-    server, port = create_server(address, auth)
+    server, port = create_server(address, auth, limits)
     register(server)
     health = add_health(server)
     add_reflection(server)

@@ -15,7 +15,7 @@ from services.auth.keys import DevKeys
 from services.mesh.postgres_server import PostgresServer
 from services.mesh.redis_server import RedisServer
 from services.migrate import run_migrations
-from tests.tokens import make_keys
+from tests.tokens import Metadata, bearer, make_keys
 from tests.tokens import token as mint
 
 
@@ -76,3 +76,15 @@ def token(keys: DevKeys) -> Callable[..., str]:
         return mint(keys, sub, role, ttl_s)
 
     return make
+
+
+@pytest.fixture(scope="session")
+def as_driver(token: Callable[..., str]) -> Callable[[str], Metadata]:
+    """as_driver(driver_id) -> call metadata acting as that driver."""
+    return lambda driver_id: bearer(token(driver_id, Role.DRIVER))
+
+
+@pytest.fixture(scope="session")
+def as_rider(token: Callable[..., str]) -> Callable[[str], Metadata]:
+    """as_rider(rider_id) -> call metadata acting as that rider."""
+    return lambda rider_id: bearer(token(rider_id, Role.RIDER))

@@ -20,6 +20,8 @@ from services.auth.keys import (
 from services.auth.tokens import bearer_channel
 
 OPS = "ops-test"
+# Call metadata, as `bearer` builds it.
+Metadata = tuple[tuple[str, str], ...]
 
 
 def make_keys(directory: Path) -> DevKeys:
@@ -48,6 +50,6 @@ def ops_channel(keys: DevKeys, target: str, **kwargs: object) -> aio.Channel:
     return bearer_channel(target, token(keys), **kwargs)
 
 
-def bearer(value: str) -> tuple[tuple[str, str]]:
+def bearer(value: str) -> Metadata:
     """Call metadata naming the caller of one call."""
     return (("authorization", f"Bearer {value}"),)

@@ -18,6 +18,7 @@ from services.errors import InvalidArgument, NotFound
 from services.geo.geofence_store import Cursor, GeofenceStore, StoredGeofence
 from services.geo.zone_cache import announce_change
 from services.geo.zones import MAX_LABEL_VALUE, parse_geofence, validate_label_key
+from services.location.validation import validate_id
 
 log = logging.getLogger(__name__)
 
@@ -176,7 +177,8 @@ def _page_size(requested: int) -> int:
 def _required_id(geofence_id: str) -> str:
     if not geofence_id:
         raise InvalidArgument("geofence_id is required")
-    return geofence_id
+    # Ids are server-made UUIDs: anything outside the id alphabet is refused before any query.
+    return validate_id(geofence_id, "geofence_id")
 
 
 async def _announce(redis: Redis) -> None:

@@ -9,6 +9,7 @@ from grpc import aio
 
 from ridemesh.v1 import geo_query_service_pb2_grpc as pb_grpc
 from ridemesh.v1.common_pb2 import DriverLocation
+from services.auth.limits import LimitInterceptor, Limits
 from services.auth.wiring import auth_interceptor
 from services.config import Settings
 from services.fanout import Hub
@@ -48,7 +49,13 @@ async def run(settings: Settings, address: str, stop: asyncio.Event | None = Non
 
     try:
         await serve(
-            "geo", address, register, auth=auth, grace_s=settings.shutdown_grace_s, stop=stop
+            "geo",
+            address,
+            register,
+            auth=auth,
+            limits=LimitInterceptor(Limits.from_settings(settings)),
+            grace_s=settings.shutdown_grace_s,
+            stop=stop,
         )
     finally:
         maintenance.cancel()

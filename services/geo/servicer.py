@@ -11,6 +11,8 @@ from redis.asyncio import Redis
 
 from ridemesh.v1 import geo_query_service_pb2 as pb
 from ridemesh.v1 import geo_query_service_pb2_grpc as pb_grpc
+from services.auth import rules
+from services.auth.interceptor import current_identity
 from services.fanout import Hub
 from services.geo import geofences
 from services.geo.eta import Router, estimate_eta
@@ -50,50 +52,63 @@ class GeoQueryServicer(pb_grpc.GeoQueryServiceServicer):
     async def SearchNearbyDrivers(
         self, request: pb.SearchNearbyDriversRequest, context: Context
     ) -> pb.SearchNearbyDriversResponse:
-        return await search_nearby_drivers(self._live, request, time.time())
+        view = rules.nearby_view(current_identity())
+        response = await search_nearby_drivers(self._live, request, time.time())
+        if view is rules.NearbyView.COARSE:
+            return rules.coarsen_for_rider(response)
+        return response
 
     async def CreateGeofence(
         self, request: pb.CreateGeofenceRequest, context: Context
     ) -> pb.CreateGeofenceResponse:
+        rules.may_manage_geofences(current_identity())
         return await geofences.create_geofence(self._fences, self._redis, request)
 
     async def GetGeofence(
         self, request: pb.GetGeofenceRequest, context: Context
     ) -> pb.GetGeofenceResponse:
+        rules.may_read_geofences(current_identity())
         return await geofences.get_geofence(self._fences, request)
 
     async def ListGeofences(
         self, request: pb.ListGeofencesRequest, context: Context
     ) -> pb.ListGeofencesResponse:
+        rules.may_read_geofences(current_identity())
         return await geofences.list_geofences(self._fences, request)
 
     async def DeleteGeofence(
         self, request: pb.DeleteGeofenceRequest, context: Context
     ) -> pb.DeleteGeofenceResponse:
+        rules.may_manage_geofences(current_identity())
         return await geofences.delete_geofence(self._fences, self._redis, request)
 
     async def CheckPoint(
         self, request: pb.CheckPointRequest, context: Context
     ) -> pb.CheckPointResponse:
+        rules.may_read_geofences(current_identity())
         return await geofences.check_point(self._fences, request)
 
     async def WatchGeofenceEvents(
         self, request: pb.WatchGeofenceEventsRequest, context: Context
     ) -> AsyncIterator[pb.WatchGeofenceEventsResponse]:
+        rules.may_watch_geofence_events(current_identity())
         async for response in watch_geofence_events(self._events, self._zones, request):
             yield response
 
     async def GetDriverTrack(
         self, request: pb.GetDriverTrackRequest, context: Context
     ) -> pb.GetDriverTrackResponse:
+        rules.may_read_track(current_identity(), request.driver_id)
         return await get_driver_track(self._history, request)
 
     async def EstimateEta(
         self, request: pb.EstimateEtaRequest, context: Context
     ) -> pb.EstimateEtaResponse:
+        rules.may_estimate_eta(current_identity())
         return await estimate_eta(self._live, self._router, request)
 
     async def GetSupplyHeatmap(
         self, request: pb.GetSupplyHeatmapRequest, context: Context
     ) -> pb.GetSupplyHeatmapResponse:
+        rules.may_read_heatmap(current_identity())
         return await supply_heatmap(self._live, request)

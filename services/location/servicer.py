@@ -13,6 +13,9 @@ from grpc import aio
 from ridemesh.v1 import location_service_pb2 as pb
 from ridemesh.v1 import location_service_pb2_grpc as pb_grpc
 from ridemesh.v1.common_pb2 import DriverAvailability, DriverLocation
+from services.auth import rules
+from services.auth.identity import Identity, Role
+from services.auth.interceptor import current_identity
 from services.config import Settings
 from services.errors import DomainError, InvalidArgument, NotFound, Unavailable
 from services.fanout import Hub, KeyedLatest, Latest
@@ -66,7 +69,8 @@ class LocationServicer(pb_grpc.LocationServiceServicer):
         bucket = TokenBucket(self._settings.fix_rate_per_s, self._settings.fix_burst)
         stream = DriverStream(DriverSession(self._limits, bucket))
         self._streams.add(stream)
-        reader = asyncio.create_task(self._consume(request_iterator, stream))
+        who = current_identity()
+        reader = asyncio.create_task(self._consume(request_iterator, stream, who))
         reader.add_done_callback(lambda task: _close(stream, task))
         loop = asyncio.get_running_loop()
         deadline: float | None = None
@@ -95,21 +99,26 @@ class LocationServicer(pb_grpc.LocationServiceServicer):
             )
 
     async def _consume(
-        self, requests: AsyncIterator[pb.StreamLocationsRequest], stream: DriverStream
+        self,
+        requests: AsyncIterator[pb.StreamLocationsRequest],
+        stream: DriverStream,
+        who: Identity,
     ) -> None:
         async for request in requests:
             kind = request.WhichOneof("kind")
             if kind == "update":
-                await self._accept(stream, request.update)
+                await self._accept(stream, request.update, who)
             elif kind == "heartbeat":
                 stream.request_ack()
 
-    async def _accept(self, stream: DriverStream, update: pb.LocationUpdate) -> None:
+    async def _accept(self, stream: DriverStream, update: pb.LocationUpdate, who: Identity) -> None:
         session = stream.session
         now = time.time()
         try:
             if self._streams.draining:
                 raise Unavailable("server is shutting down; this fix was not taken, send it again")
+            # Rejected in-band like any bad fix: the driver's own fixes keep flowing.
+            rules.may_publish_fixes(who, update.driver_id)
             if session.driver_id is None:
                 await self._bind(stream, validate_id(update.driver_id))
             session.admit(update, now, time.monotonic())
@@ -144,6 +153,9 @@ class LocationServicer(pb_grpc.LocationServiceServicer):
             raise InvalidArgument(
                 f"updates must hold 1 to {self._settings.max_upload_batch} fixes, got {count}"
             )
+        who = current_identity()
+        for update in request.updates:
+            rules.may_publish_fixes(who, update.driver_id)
         now = time.time()
         rows: list[FixRow] = []
         rejected: list[pb.LocationRejected] = []
@@ -177,6 +189,7 @@ class LocationServicer(pb_grpc.LocationServiceServicer):
         self, request: pb.GetDriverLocationRequest, context: aio.ServicerContext[Any, Any]
     ) -> pb.GetDriverLocationResponse:
         driver_id = _required_id(request.driver_id)
+        await self._may_read_driver(current_identity(), driver_id)
         location = await self._live.get_location(driver_id)
         if location is None:
             raise NotFound(
@@ -189,6 +202,8 @@ class LocationServicer(pb_grpc.LocationServiceServicer):
         self, request: pb.WatchDriverRequest, context: aio.ServicerContext[Any, Any]
     ) -> AsyncIterator[pb.WatchDriverResponse]:
         driver_id = _required_id(request.driver_id)
+        who = current_identity()
+        await self._may_read_driver(who, driver_id)
         channel = driver_channel(driver_id)
         mailbox: Latest[DriverLocation] = Latest(WATCH_DEPTH)
         await self._hub.add(channel, mailbox.put)
@@ -200,6 +215,9 @@ class LocationServicer(pb_grpc.LocationServiceServicer):
                 yield pb.WatchDriverResponse(location=current)
             while True:
                 location = await mailbox.get()
+                if who.role is Role.RIDER:
+                    # A rider's view ends with the ride: the next fix after it ends is refused.
+                    await self._may_read_driver(who, driver_id)
                 # The first screen may already show a fix that was also published meanwhile.
                 if _order(location) > last:
                     last = _order(location)
@@ -210,6 +228,7 @@ class LocationServicer(pb_grpc.LocationServiceServicer):
     async def WatchArea(
         self, request: pb.WatchAreaRequest, context: aio.ServicerContext[Any, Any]
     ) -> AsyncIterator[pb.WatchAreaResponse]:
+        rules.may_watch_area(current_identity())
         if not request.HasField("bounds"):
             raise InvalidArgument("bounds is required")
         box = Box.from_proto(request.bounds)
@@ -243,6 +262,12 @@ class LocationServicer(pb_grpc.LocationServiceServicer):
         finally:
             for channel in channels:
                 await self._hub.remove(channel, sink)
+
+    async def _may_read_driver(self, who: Identity, driver_id: str) -> None:
+        """Raises PermissionDenied unless `who` may read the driver's location now."""
+        # Only a rider's check needs the assignment, so only riders pay for the Redis read.
+        assigned = await self._live.assigned_rider(driver_id) if who.role is Role.RIDER else None
+        rules.may_read_driver(who, driver_id, assigned)
 
 
 def _location(

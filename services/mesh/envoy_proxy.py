@@ -44,6 +44,19 @@ class EnvoyTls:
 
 
 @dataclass(frozen=True)
+class EnvoyRateLimit:
+    """A listener-wide token bucket on requests (every unary call, and every stream's start): a
+    backstop against floods; per-caller fairness is the services' LimitInterceptor."""
+
+    requests_per_s: int = 5_000
+    burst: int = 20_000
+
+
+# What a running mesh uses; EnvoyConfig alone renders no rate limit unless given one.
+DEFAULT_RATE_LIMIT = EnvoyRateLimit()
+
+
+@dataclass(frozen=True)
 class EnvoyConfig:
     """What varies between runs: ports, replica ports per cluster, allowed browser origins,
     and the optional edge token check and TLS (both off unless given)."""
@@ -58,6 +71,7 @@ class EnvoyConfig:
     upstream_host: str = "127.0.0.1"
     jwt: EnvoyJwt | None = None
     tls: EnvoyTls | None = None
+    rate_limit: EnvoyRateLimit | None = None
 
 
 def _endpoints(host: str, ports: Sequence[int]) -> str:
@@ -94,6 +108,29 @@ def _jwt_filter(jwt: EnvoyJwt | None) -> str:
     return "- " + json.dumps({"name": "envoy.filters.http.jwt_authn", "typed_config": typed})
 
 
+def _rate_limit_filter(limit: EnvoyRateLimit | None) -> str:
+    """The local_ratelimit http filter as one YAML flow list item, or nothing when off."""
+    if limit is None:
+        return ""
+    if limit.requests_per_s < 1 or limit.burst < 1:
+        raise ValueError(f"rate limit needs requests_per_s and burst >= 1, got {limit}")
+    always = {"default_value": {"numerator": 100, "denominator": "HUNDRED"}, "runtime_key": ""}
+    typed = {
+        "@type": TYPE_PREFIX + "envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit",
+        "stat_prefix": "ridemesh_rate_limit",
+        "token_bucket": {
+            "max_tokens": limit.burst,
+            "tokens_per_fill": limit.requests_per_s,
+            "fill_interval": "1s",
+        },
+        "filter_enabled": always,
+        "filter_enforced": always,
+        # gRPC callers see RESOURCE_EXHAUSTED (not UNAVAILABLE, which clients would retry).
+        "rate_limited_as_resource_exhausted": True,
+    }
+    return "- " + json.dumps({"name": "envoy.filters.http.local_ratelimit", "typed_config": typed})
+
+
 def _tls_socket(tls: EnvoyTls | None) -> str:
     """The listener's transport_socket: DownstreamTlsContext, or null for plaintext."""
     if tls is None:
@@ -126,6 +163,7 @@ def render_config(config: EnvoyConfig, template: Path = TEMPLATE) -> str:
         "cors_origins": json.dumps([{"prefix": p} for p in config.cors_origin_prefixes]),
         "max_streams": config.max_streams,
         "max_downstream_connections": config.max_downstream_connections,
+        "rate_limit_filter": _rate_limit_filter(config.rate_limit),
         "jwt_authn_filter": _jwt_filter(config.jwt),
         "tls_transport_socket": _tls_socket(config.tls),
     }
@@ -171,6 +209,7 @@ class EnvoyProxy(ServerProcess):
         ready_timeout: float = 30.0,
         jwt: EnvoyJwt | None = None,
         tls: EnvoyTls | None = None,
+        rate_limit: EnvoyRateLimit | None = DEFAULT_RATE_LIMIT,
     ) -> None:
         self.run_dir = Path(run_dir)
         self.config = EnvoyConfig(
@@ -181,6 +220,7 @@ class EnvoyProxy(ServerProcess):
             cors_origin_prefixes=tuple(cors_origin_prefixes),
             jwt=jwt,
             tls=tls,
+            rate_limit=rate_limit,
         )
         self.config_path = self.run_dir / "envoy.yaml"
         self.ready_timeout = ready_timeout

@@ -34,8 +34,8 @@ RESYNC_S = 15.0
 
 @dataclass(frozen=True, slots=True)
 class Participant:
-    """Who is on a chat stream. Today the caller states it in `join`; once authentication exists
-    the servicer builds it from the verified token instead (see `Identify`)."""
+    """Who is on a chat stream. The servicer builds it from the verified token
+    (services.auth.rules.chat_participant, passed as `identify`)."""
 
     party: pb.Party.ValueType
     participant_id: str
@@ -75,7 +75,8 @@ def redis_publisher(redis: Redis) -> Publish:
 
 
 def claimed_participant(join: pb.ChatJoin) -> Participant:
-    """The identity the join states (trusted as-is until authentication exists)."""
+    """The identity the join states, trusted as-is: for tests of the chat alone; the servicer
+    identifies callers by their token instead."""
     if join.party not in (Party.PARTY_RIDER, Party.PARTY_DRIVER):
         raise InvalidArgument("join.party must be PARTY_RIDER or PARTY_DRIVER")
     if not join.participant_id:

@@ -24,7 +24,7 @@ from ridemesh.v1.location_service_pb2 import (
 from services.config import Settings
 from services.errors import FailedPrecondition
 from services.geodesy import haversine_m
-from services.livestore import GEO_MAX_LAT, OPEN_REQUESTS_KEY, LiveStore
+from services.livestore import GEO_MAX_LAT, OPEN_REQUESTS_KEY, LiveStore, assigned_key
 from services.ride.availability import set_availability
 from services.ride.channels import control_channel, publish_ride
 from services.ride.states import state_name
@@ -43,6 +43,8 @@ SWEEP_BATCH = 100
 # fresh offer another replica made meanwhile (pb.Ride does not carry the offer's expiry, and
 # RideStore.decline(timed_out=True) does not check it). Kept a minute past the offer's expiry.
 OFFER_RECORD_SLACK_MS = 60_000
+# The assignment record outlives a ride that never reached `finished` (a replica died) this long.
+ASSIGNMENT_TTL_S = 24 * 3600
 
 
 def offer_record_key(ride_id: str) -> str:
@@ -163,7 +165,9 @@ class Dispatcher:
         return await self._offer_next(ride_id)
 
     async def accepted(self, ride: pb.Ride) -> None:
-        """After AcceptRide committed: the driver is busy and the request no longer open."""
+        """After AcceptRide committed: the driver is busy, assigned to the ride's rider (who may
+        now watch them), and the request no longer open."""
+        await self._redis.set(assigned_key(ride.driver_id), ride.rider_id, ex=ASSIGNMENT_TTL_S)
         await set_availability(self._redis, ride.driver_id, BUSY, self._settings.live_window_s)
         await self._redis.zrem(OPEN_REQUESTS_KEY, ride.ride_id)
 
@@ -172,6 +176,7 @@ class Dispatcher:
         outstanding offer is withdrawn (RideStore.cancel names its driver in
         `offered_driver_id`), and the request leaves the open set."""
         if ride.driver_id:
+            await self._redis.delete(assigned_key(ride.driver_id))
             await set_availability(
                 self._redis, ride.driver_id, AVAILABLE, self._settings.live_window_s
             )

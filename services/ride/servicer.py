@@ -13,6 +13,8 @@ from ridemesh.v1 import ride_service_pb2 as pb
 from ridemesh.v1 import ride_service_pb2_grpc as pb_grpc
 from ridemesh.v1.common_pb2 import DriverLocation, LatLng
 from services import pagetoken
+from services.auth import rules
+from services.auth.interceptor import current_identity
 from services.errors import InvalidArgument, NotFound
 from services.fanout import Hub
 from services.geo.eta import Router
@@ -58,6 +60,7 @@ class RideServicer(pb_grpc.RideServiceServicer):
         self, request: pb.RequestRideRequest, context: Context
     ) -> pb.RequestRideResponse:
         rider_id = validate_id(request.rider_id, "rider_id")
+        rules.may_request_ride(current_identity(), rider_id)
         check_point(request, "pickup")
         check_point(request, "dropoff")
         if not 1 <= len(request.request_id) <= MAX_REQUEST_ID:
@@ -73,7 +76,9 @@ class RideServicer(pb_grpc.RideServiceServicer):
         return pb.RequestRideResponse(ride=ride)
 
     async def GetRide(self, request: pb.GetRideRequest, context: Context) -> pb.GetRideResponse:
-        return pb.GetRideResponse(ride=await self._ride(request.ride_id))
+        ride = await self._ride(request.ride_id)
+        rules.may_read_ride(current_identity(), ride)
+        return pb.GetRideResponse(ride=ride)
 
     async def ListRides(
         self, request: pb.ListRidesRequest, context: Context
@@ -87,6 +92,7 @@ class RideServicer(pb_grpc.RideServiceServicer):
         for state in request.states:
             if state not in pb.RideState.values() or state == pb.RIDE_STATE_UNSPECIFIED:
                 raise InvalidArgument(f"states holds an unknown ride state {state}")
+        rules.may_list_rides(current_identity(), request.rider_id, request.driver_id)
         key = f"{request.rider_id}|{request.driver_id}|{sorted(set(request.states))}"
         after = None
         if request.page_token:
@@ -107,7 +113,9 @@ class RideServicer(pb_grpc.RideServiceServicer):
     async def AcceptRide(
         self, request: pb.AcceptRideRequest, context: Context
     ) -> pb.AcceptRideResponse:
-        ride = await self._store.accept(_id(request.ride_id, "ride_id"), _driver(request))
+        ride_id, driver_id = _id(request.ride_id, "ride_id"), _driver(request)
+        rules.may_answer_offer(current_identity(), ride_id, driver_id)
+        ride = await self._store.accept(ride_id, driver_id)
         await publish_ride(self._redis, ride)
         await self._dispatcher.accepted(ride)
         return pb.AcceptRideResponse(ride=ride)
@@ -115,9 +123,9 @@ class RideServicer(pb_grpc.RideServiceServicer):
     async def DeclineRide(
         self, request: pb.DeclineRideRequest, context: Context
     ) -> pb.DeclineRideResponse:
-        ride = await self._dispatcher.declined(
-            _id(request.ride_id, "ride_id"), _driver(request), request.reason[:500]
-        )
+        ride_id, driver_id = _id(request.ride_id, "ride_id"), _driver(request)
+        rules.may_answer_offer(current_identity(), ride_id, driver_id)
+        ride = await self._dispatcher.declined(ride_id, driver_id, request.reason[:500])
         if ride.state == pb.RIDE_STATE_EXPIRED:
             await self._dispatcher.finished(ride)
         return pb.DeclineRideResponse(ride=ride)
@@ -148,6 +156,9 @@ class RideServicer(pb_grpc.RideServiceServicer):
             raise InvalidArgument("cancelled_by must be PARTY_RIDER, PARTY_DRIVER or PARTY_SYSTEM")
         if request.cancelled_by != pb.PARTY_SYSTEM:
             _id(request.actor_id, "actor_id")
+        rules.may_cancel(
+            current_identity(), await self._ride(ride_id), request.cancelled_by, request.actor_id
+        )
         ride = await self._store.cancel(
             ride_id, request.cancelled_by, request.actor_id, request.reason[:500]
         )
@@ -158,16 +169,30 @@ class RideServicer(pb_grpc.RideServiceServicer):
     async def WatchRide(
         self, request: pb.WatchRideRequest, context: Context
     ) -> AsyncIterator[pb.WatchRideResponse]:
+        who = current_identity()
         async for response in watch_ride(
-            self._store, self._rides, self._locations, self._live, self._router, request
+            self._store,
+            self._rides,
+            self._locations,
+            self._live,
+            self._router,
+            request,
+            authorize=lambda ride: rules.may_read_ride(who, ride),
         ):
             yield response
 
     async def Chat(
         self, request_iterator: AsyncIterator[pb.ChatRequest], context: Context
     ) -> AsyncIterator[pb.ChatResponse]:
+        who = current_identity()
         publish = redis_publisher(self._redis)
-        async for response in chat(self._store, self._chats, publish, request_iterator):
+        async for response in chat(
+            self._store,
+            self._chats,
+            publish,
+            request_iterator,
+            identify=lambda join: rules.chat_participant(who, join),
+        ):
             yield response
 
     async def _ride(self, ride_id: str) -> pb.Ride:
@@ -179,6 +204,7 @@ class RideServicer(pb_grpc.RideServiceServicer):
     async def _driver_step(self, step: DriverStep, request: Any) -> pb.Ride:
         """One of the assigned driver's transitions, stamped with where the driver is now."""
         driver_id = _driver(request)
+        rules.may_move_ride(current_identity(), driver_id)
         location = await self._live.get_location(driver_id)
         position = location.position if location is not None else None
         ride = await step(_id(request.ride_id, "ride_id"), driver_id, position)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Protocol
 
 from ridemesh.v1 import ride_service_pb2 as pb
@@ -192,8 +192,11 @@ async def watch_ride(
     live: LiveStore,
     router: Router,
     request: pb.WatchRideRequest,
+    *,
+    authorize: Callable[[pb.Ride], None] = lambda ride: None,
 ) -> AsyncIterator[pb.WatchRideResponse]:
-    """The ride now, then every transition and every move of its driver; ends after an end state."""
+    """The ride now, then every transition and every move of its driver; ends after an end state.
+    `authorize` sees the ride as first read and raises when the caller may not watch it."""
     ride_id = _ride_id(request.ride_id)
     watch = _RideWatch(locations_hub, live, router)
     channel = ride_channel(ride_id)
@@ -203,6 +206,7 @@ async def watch_ride(
         current = await store.get(ride_id)
         if current is None:
             raise NotFound(f"no ride with id {ride_id!r}")
+        authorize(current)
         # The first screen goes out at once, ahead of anything already in the mailbox.
         yield await watch.show(current)
         while not watch.ended():

@@ -46,9 +46,15 @@ def fix(
 class DriverStream:
     """A driver app's StreamLocations call: send fixes, collect acks and rejections."""
 
-    def __init__(self, stub: location_grpc.LocationServiceAsyncStub) -> None:
+    def __init__(
+        self,
+        stub: location_grpc.LocationServiceAsyncStub,
+        metadata: tuple[tuple[str, str], ...] | None = None,
+    ) -> None:
+        """`metadata` names the driver (a driver streams only as themselves, e.g. the
+        `as_driver` fixture's); without it the call carries its channel's token."""
         self._outbox: asyncio.Queue[pb.StreamLocationsRequest | None] = asyncio.Queue()
-        self.call = stub.StreamLocations(self._requests())
+        self.call = stub.StreamLocations(self._requests(), metadata=metadata)
         self.acks: list[pb.LocationAck] = []
         self.rejected: list[pb.LocationRejected] = []
         self.offers: list[pb.RideOffer] = []

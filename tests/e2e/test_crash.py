@@ -15,13 +15,14 @@ from grpc import aio
 from redis.asyncio import Redis
 
 from ridemesh.v1 import location_service_pb2_grpc as location_grpc
+from services.auth.identity import Role
 from services.auth.keys import DevKeys
 from services.history import HistoryStore, create_engine
 from services.livestore import INGEST_STREAM, PERSIST_GROUP
 from services.mesh.redis_server import RedisServer
 from tests.e2e.clients import DriverStream, fix, new_driver_id
 from tests.e2e.processes import start_location
-from tests.tokens import ops_channel
+from tests.tokens import bearer, ops_channel, token
 
 pytestmark = pytest.mark.e2e
 
@@ -51,9 +52,10 @@ async def test_killed_replica_entries_are_claimed_and_committed_by_another(
     redis = Redis.from_url(redis_url)
     history = HistoryStore(create_engine(database_url))
     driver_id = new_driver_id("crash")
+    me = bearer(token(keys, driver_id, Role.DRIVER))
     try:
         async with ops_channel(keys, f"127.0.0.1:{victim_port}") as channel:
-            driver = DriverStream(location_grpc.LocationServiceStub(channel))
+            driver = DriverStream(location_grpc.LocationServiceStub(channel), me)
             for seq in range(1, 51):
                 driver.send(fix(driver_id, seq))
                 await asyncio.sleep(0.01)
@@ -70,7 +72,7 @@ async def test_killed_replica_entries_are_claimed_and_committed_by_another(
 
         # The app reconnects (here straight to the survivor) and carries on from its last seq.
         async with ops_channel(keys, f"127.0.0.1:{survivor_port}") as channel:
-            driver = DriverStream(location_grpc.LocationServiceStub(channel))
+            driver = DriverStream(location_grpc.LocationServiceStub(channel), me)
             driver.send(fix(driver_id, 51))
             await driver.wait_for(lambda: driver.durable_seq == 51, timeout=20)
             driver.close()

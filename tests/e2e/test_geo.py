@@ -6,6 +6,7 @@ import asyncio
 import itertools
 import json
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 
 import grpc
@@ -19,17 +20,20 @@ from ridemesh.v1.common_pb2 import BoundingBox, LatLng
 from services.geodesy import haversine_m
 from tests.e2e.clients import DriverStream, collect, fix, new_driver_id
 from tests.e2e.conftest import status_of
+from tests.tokens import Metadata
 
 pytestmark = pytest.mark.e2e
 
 
 async def _place(
-    location: location_grpc.LocationServiceAsyncStub, points: dict[str, tuple[float, float]]
+    location: location_grpc.LocationServiceAsyncStub,
+    points: dict[str, tuple[float, float]],
+    as_driver: Callable[[str], Metadata],
 ) -> None:
     """Each driver sends one fix at its point through Envoy and waits until it is live."""
     streams = []
     for driver_id, (lat, lng) in points.items():
-        stream = DriverStream(location)
+        stream = DriverStream(location, as_driver(driver_id))
         stream.send(fix(driver_id, 1, lat, lng))
         streams.append(stream)
     for stream in streams:
@@ -39,12 +43,14 @@ async def _place(
 
 
 async def test_nearby_drivers_nearest_first_in_metres(
-    location: location_grpc.LocationServiceAsyncStub, geo: geo_grpc.GeoQueryServiceAsyncStub
+    location: location_grpc.LocationServiceAsyncStub,
+    geo: geo_grpc.GeoQueryServiceAsyncStub,
+    as_driver: Callable[[str], Metadata],
 ) -> None:
     centre = (64.1466, -21.9426)  # Reykjavík: far from the other tests' drivers, high latitude
     offsets = [0.001, 0.004, 0.002, 0.03, 0.2]
     points = {new_driver_id("near"): (centre[0] + d, centre[1] + d) for d in offsets}
-    await _place(location, points)
+    await _place(location, points, as_driver)
 
     request = pb.SearchNearbyDriversRequest(
         center=LatLng(latitude=centre[0], longitude=centre[1]), radius_m=5_000, max_results=10
@@ -129,7 +135,9 @@ async def test_invalid_geometry_is_invalid_argument(
 
 
 async def test_driver_crossing_a_zone_yields_one_enter_then_one_exit(
-    location: location_grpc.LocationServiceAsyncStub, geo: geo_grpc.GeoQueryServiceAsyncStub
+    location: location_grpc.LocationServiceAsyncStub,
+    geo: geo_grpc.GeoQueryServiceAsyncStub,
+    as_driver: Callable[[str], Metadata],
 ) -> None:
     # Two GeoQuery replicas run behind Envoy; each sees every fix, and each transition is
     # reported once. The watcher filters by a label unique to this test.
@@ -144,7 +152,7 @@ async def test_driver_crossing_a_zone_yields_one_enter_then_one_exit(
     watch = geo.WatchGeofenceEvents(pb.WatchGeofenceEventsRequest(labels={"t": tag}))
     await asyncio.sleep(1.0)  # the zone is in both replicas' indexes and the watch subscribed
     driver_id = new_driver_id("crossing")
-    driver = DriverStream(location)
+    driver = DriverStream(location, as_driver(driver_id))
     path = [(-1.31, 36.82), (-1.295, 36.82), (-1.29, 36.82), (-1.285, 36.82), (-1.27, 36.82)]
     for seq, (lat, lng) in enumerate(path, start=1):
         driver.send(fix(driver_id, seq, lat, lng))
@@ -168,10 +176,12 @@ async def test_driver_crossing_a_zone_yields_one_enter_then_one_exit(
 
 
 async def test_track_eta_and_heatmap(
-    location: location_grpc.LocationServiceAsyncStub, geo: geo_grpc.GeoQueryServiceAsyncStub
+    location: location_grpc.LocationServiceAsyncStub,
+    geo: geo_grpc.GeoQueryServiceAsyncStub,
+    as_driver: Callable[[str], Metadata],
 ) -> None:
     driver_id = new_driver_id("track")
-    driver = DriverStream(location)
+    driver = DriverStream(location, as_driver(driver_id))
     path = [(40.7128 + i * 0.001, -74.0060) for i in range(6)]  # New York, north along a street
     for seq, (lat, lng) in enumerate(path, start=1):
         driver.send(fix(driver_id, seq, lat, lng, speed_mps=10.0))

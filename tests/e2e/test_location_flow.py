@@ -29,7 +29,7 @@ from tests.e2e.clients import (
     new_driver_id,
 )
 from tests.e2e.conftest import status_of
-from tests.tokens import OPS, ops_channel
+from tests.tokens import OPS, Metadata, ops_channel
 
 pytestmark = pytest.mark.e2e
 
@@ -73,9 +73,10 @@ async def test_fixes_reach_watchers_redis_and_postgis(
     envoy_address: str,
     history: HistoryStore,
     token: Callable[..., str],
+    as_driver: Callable[[str], Metadata],
 ) -> None:
     driver_id = new_driver_id()
-    driver = DriverStream(location)
+    driver = DriverStream(location, as_driver(driver_id))
     driver.send(fix(driver_id, 1, 12.9700, 77.5900))
     await driver.wait_for(lambda: driver.accepted_seq == 1)
 
@@ -109,14 +110,16 @@ async def test_fixes_reach_watchers_redis_and_postgis(
     assert last.location.HasField("received_at")
 
 
-async def test_watcher_on_one_replica_sees_driver_on_the_other(mesh: Mesh, keys: DevKeys) -> None:
+async def test_watcher_on_one_replica_sees_driver_on_the_other(
+    mesh: Mesh, keys: DevKeys, as_driver: Callable[[str], Metadata]
+) -> None:
     first, second = mesh.services["location"]
     driver_id = new_driver_id()
     async with (
         ops_channel(keys, f"127.0.0.1:{first}") as to_first,
         ops_channel(keys, f"127.0.0.1:{second}") as to_second,
     ):
-        driver = DriverStream(location_grpc.LocationServiceStub(to_first))
+        driver = DriverStream(location_grpc.LocationServiceStub(to_first), as_driver(driver_id))
         watch = location_grpc.LocationServiceStub(to_second).WatchDriver(
             pb.WatchDriverRequest(driver_id=driver_id)
         )
@@ -157,10 +160,10 @@ BAD_FIXES: list[tuple[dict[str, float], grpc.StatusCode, str]] = [
 
 
 async def test_bad_fixes_are_rejected_in_band_and_the_stream_goes_on(
-    location: location_grpc.LocationServiceAsyncStub,
+    location: location_grpc.LocationServiceAsyncStub, as_driver: Callable[[str], Metadata]
 ) -> None:
     driver_id = new_driver_id()
-    driver = DriverStream(location)
+    driver = DriverStream(location, as_driver(driver_id))
     driver.send(fix(driver_id, 10))
     await driver.wait_for(lambda: driver.accepted_seq == 10)
 
@@ -178,8 +181,8 @@ async def test_bad_fixes_are_rejected_in_band_and_the_stream_goes_on(
     assert (await driver.rejection(5)).code == grpc.StatusCode.FAILED_PRECONDITION.value[0]
     driver.send(fix("someone-else", 100))  # another driver on this stream
     other = await driver.rejection(100)
-    assert other.code == grpc.StatusCode.INVALID_ARGUMENT.value[0]
-    assert "differs from this stream's driver" in other.message
+    assert other.code == grpc.StatusCode.PERMISSION_DENIED.value[0]
+    assert "a driver streams fixes only as themselves" in other.message
 
     # None of that hurt the stream: a good fix is still taken and becomes durable.
     driver.send(fix(driver_id, 20))
@@ -189,10 +192,10 @@ async def test_bad_fixes_are_rejected_in_band_and_the_stream_goes_on(
 
 
 async def test_fixes_faster_than_the_limit_are_rejected_not_dropped_silently(
-    location: location_grpc.LocationServiceAsyncStub,
+    location: location_grpc.LocationServiceAsyncStub, as_driver: Callable[[str], Metadata]
 ) -> None:
     driver_id = new_driver_id()
-    driver = DriverStream(location)
+    driver = DriverStream(location, as_driver(driver_id))
     sent = 120  # the test mesh allows 50 per second with a burst of 50
     for seq in range(1, sent + 1):
         driver.send(fix(driver_id, seq))
@@ -216,8 +219,10 @@ def _accepted_count(driver: DriverStream) -> int:
     return sum(1 for seq in range(1, driver.accepted_seq + 1) if seq not in rejected)
 
 
-async def test_heartbeat_gets_an_ack(location: location_grpc.LocationServiceAsyncStub) -> None:
-    driver = DriverStream(location)
+async def test_heartbeat_gets_an_ack(
+    location: location_grpc.LocationServiceAsyncStub, as_driver: Callable[[str], Metadata]
+) -> None:
+    driver = DriverStream(location, as_driver(new_driver_id()))
     driver.heartbeat()
     await driver.wait_for(lambda: len(driver.acks) >= 1)
     assert driver.acks[0].seq == 0
@@ -226,7 +231,7 @@ async def test_heartbeat_gets_an_ack(location: location_grpc.LocationServiceAsyn
 
 
 async def test_slow_watcher_gets_the_newest_fix_and_does_not_delay_others(
-    mesh: Mesh, keys: DevKeys
+    mesh: Mesh, keys: DevKeys, as_driver: Callable[[str], Metadata]
 ) -> None:
     port = mesh.services["location"][0]
     driver_id = new_driver_id()
@@ -238,7 +243,7 @@ async def test_slow_watcher_gets_the_newest_fix_and_does_not_delay_others(
         ops_channel(keys, f"127.0.0.1:{port}", options=slow_options) as slow_chan,
     ):
         stub = location_grpc.LocationServiceStub(chan)
-        driver = DriverStream(stub)
+        driver = DriverStream(stub, as_driver(driver_id))
         driver.send(fix(driver_id, 1))
         await driver.wait_for(lambda: driver.accepted_seq == 1)
         slow = location_grpc.LocationServiceStub(slow_chan).WatchDriver(
@@ -273,32 +278,35 @@ async def test_slow_watcher_gets_the_newest_fix_and_does_not_delay_others(
 
 
 async def test_the_same_upload_twice_is_stored_once(
-    location: location_grpc.LocationServiceAsyncStub, history: HistoryStore
+    location: location_grpc.LocationServiceAsyncStub,
+    history: HistoryStore,
+    as_driver: Callable[[str], Metadata],
 ) -> None:
     driver_id = new_driver_id("offline")
     hour_ago = time.time() - 3600
     updates = [fix(driver_id, seq, recorded_s=hour_ago + seq) for seq in range(1, 11)]
     bad = fix(driver_id, 11, latitude=123.0, recorded_s=hour_ago + 11)
     request = pb.UploadLocationsRequest(updates=[*updates, bad])
+    me = as_driver(driver_id)
 
-    first = await location.UploadLocations(request)
+    first = await location.UploadLocations(request, metadata=me)
     assert first.stored_count == 10
     assert first.duplicate_count == 0
     assert [(d.driver_id, d.durable_seq) for d in first.durable_seqs] == [(driver_id, 10)]
     assert [r.seq for r in first.rejected] == [11]
     assert "latitude" in first.rejected[0].message
 
-    again = await location.UploadLocations(request)
+    again = await location.UploadLocations(request, metadata=me)
     assert again.stored_count == 0
     assert again.duplicate_count == 10
     assert await history.count_fixes(driver_id) == 10
 
     with pytest.raises(aio.AioRpcError) as empty:
-        await location.UploadLocations(pb.UploadLocationsRequest())
+        await location.UploadLocations(pb.UploadLocationsRequest(), metadata=me)
     assert status_of(empty.value) == grpc.StatusCode.INVALID_ARGUMENT
     too_many = pb.UploadLocationsRequest(updates=[updates[0]] * 1001)
     with pytest.raises(aio.AioRpcError) as big:
-        await location.UploadLocations(too_many)
+        await location.UploadLocations(too_many, metadata=me)
     assert status_of(big.value) == grpc.StatusCode.INVALID_ARGUMENT
     assert "1 to 1000" in (big.value.details() or "")
 
@@ -308,10 +316,12 @@ def _ago(seconds: float) -> datetime:
 
 
 async def test_a_fix_older_than_the_live_window_is_stored_but_not_live(
-    location: location_grpc.LocationServiceAsyncStub, history: HistoryStore
+    location: location_grpc.LocationServiceAsyncStub,
+    history: HistoryStore,
+    as_driver: Callable[[str], Metadata],
 ) -> None:
     driver_id = new_driver_id("stale")
-    driver = DriverStream(location)
+    driver = DriverStream(location, as_driver(driver_id))
     driver.send(fix(driver_id, 1, recorded_s=time.time() - 360))  # six minutes old
     await driver.wait_for(lambda: driver.durable_seq == 1)
     driver.close()

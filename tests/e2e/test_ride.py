@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from collections.abc import Callable
 
 import grpc
 import pytest
@@ -20,7 +21,7 @@ from services.mesh.supervisor import Mesh
 from services.ride.store import RideStore
 from tests.e2e.clients import DriverStream, collect, fix, new_driver_id, read_to_end
 from tests.e2e.conftest import status_of
-from tests.tokens import ops_channel
+from tests.tokens import Metadata, ops_channel
 
 pytestmark = pytest.mark.e2e
 
@@ -36,10 +37,16 @@ def _request(
     )
 
 
+Act = Callable[[str], Metadata]
+
+
 async def _online(
-    location: location_grpc.LocationServiceAsyncStub, driver_id: str, at: tuple[float, float]
+    location: location_grpc.LocationServiceAsyncStub,
+    as_driver: Act,
+    driver_id: str,
+    at: tuple[float, float],
 ) -> DriverStream:
-    stream = DriverStream(location)
+    stream = DriverStream(location, metadata=as_driver(driver_id))
     stream.send(fix(driver_id, 1, *at))
     await stream.wait_for(lambda: stream.accepted_seq == 1)
     return stream
@@ -49,22 +56,29 @@ async def test_a_full_ride_with_watch_and_stored_events(
     mesh: Mesh,
     location: location_grpc.LocationServiceAsyncStub,
     rides: ride_grpc.RideServiceAsyncStub,
+    as_driver: Act,
+    as_rider: Act,
 ) -> None:
     pickup, dropoff = (38.7223, -9.1393), (38.7369, -9.1427)  # Lisbon
     driver_id, rider_id = new_driver_id("drv"), new_driver_id("rider")
-    driver = await _online(location, driver_id, (38.7150, -9.1393))
+    driver = await _online(location, as_driver, driver_id, (38.7150, -9.1393))
 
-    requested = await rides.RequestRide(_request(rider_id, pickup, dropoff))
+    requested = await rides.RequestRide(
+        _request(rider_id, pickup, dropoff), metadata=as_rider(rider_id)
+    )
     ride_id = requested.ride.ride_id
     await driver.wait_for(lambda: any(o.ride_id == ride_id for o in driver.offers))
     offer = next(o for o in driver.offers if o.ride_id == ride_id)
     assert offer.pickup_distance_m == pytest.approx(811, abs=5)
 
-    watch = rides.WatchRide(pb.WatchRideRequest(ride_id=ride_id))
+    watch = rides.WatchRide(pb.WatchRideRequest(ride_id=ride_id), metadata=as_rider(rider_id))
     (first,) = await collect(watch, 1)
     assert first.ride.state == pb.RIDE_STATE_REQUESTED
 
-    accepted = await rides.AcceptRide(pb.AcceptRideRequest(ride_id=ride_id, driver_id=driver_id))
+    me = as_driver(driver_id)
+    accepted = await rides.AcceptRide(
+        pb.AcceptRideRequest(ride_id=ride_id, driver_id=driver_id), metadata=me
+    )
     assert accepted.ride.state == pb.RIDE_STATE_DRIVER_ASSIGNED
     seq = 1
     etas = []
@@ -72,12 +86,16 @@ async def test_a_full_ride_with_watch_and_stored_events(
         seq += 1
         driver.send(fix(driver_id, seq, lat, -9.1393))
         await asyncio.sleep(0.3)
-    await rides.MarkDriverArrived(pb.MarkDriverArrivedRequest(ride_id=ride_id, driver_id=driver_id))
-    await rides.StartRide(pb.StartRideRequest(ride_id=ride_id, driver_id=driver_id))
+    await rides.MarkDriverArrived(
+        pb.MarkDriverArrivedRequest(ride_id=ride_id, driver_id=driver_id), metadata=me
+    )
+    await rides.StartRide(pb.StartRideRequest(ride_id=ride_id, driver_id=driver_id), metadata=me)
     seq += 1
     driver.send(fix(driver_id, seq, 38.7300, -9.1410))
     await asyncio.sleep(0.3)
-    done = await rides.CompleteRide(pb.CompleteRideRequest(ride_id=ride_id, driver_id=driver_id))
+    done = await rides.CompleteRide(
+        pb.CompleteRideRequest(ride_id=ride_id, driver_id=driver_id), metadata=me
+    )
     assert done.ride.state == pb.RIDE_STATE_COMPLETED
 
     states: list[pb.RideState.ValueType] = []
@@ -109,20 +127,30 @@ async def test_a_full_ride_with_watch_and_stored_events(
 
 
 async def test_two_drivers_accepting_at_once_one_wins(
-    location: location_grpc.LocationServiceAsyncStub, rides: ride_grpc.RideServiceAsyncStub
+    location: location_grpc.LocationServiceAsyncStub,
+    rides: ride_grpc.RideServiceAsyncStub,
+    as_driver: Act,
+    as_rider: Act,
 ) -> None:
     pickup = (41.9028, 12.4964)  # Rome
     near, far = new_driver_id("near"), new_driver_id("far")
     streams = [
-        await _online(location, near, (41.9030, 12.4964)),
-        await _online(location, far, (41.91, 12.4964)),
+        await _online(location, as_driver, near, (41.9030, 12.4964)),
+        await _online(location, as_driver, far, (41.91, 12.4964)),
     ]
-    ride = (await rides.RequestRide(_request(new_driver_id("r"), pickup, (41.95, 12.5)))).ride
+    rider = new_driver_id("r")
+    ride = (
+        await rides.RequestRide(_request(rider, pickup, (41.95, 12.5)), metadata=as_rider(rider))
+    ).ride
     assert ride.offered_driver_id == near
 
     results = await asyncio.gather(
-        rides.AcceptRide(pb.AcceptRideRequest(ride_id=ride.ride_id, driver_id=near)),
-        rides.AcceptRide(pb.AcceptRideRequest(ride_id=ride.ride_id, driver_id=far)),
+        rides.AcceptRide(
+            pb.AcceptRideRequest(ride_id=ride.ride_id, driver_id=near), metadata=as_driver(near)
+        ),
+        rides.AcceptRide(
+            pb.AcceptRideRequest(ride_id=ride.ride_id, driver_id=far), metadata=as_driver(far)
+        ),
         return_exceptions=True,
     )
     winners = [r for r in results if isinstance(r, pb.AcceptRideResponse)]
@@ -137,23 +165,30 @@ async def test_two_drivers_accepting_at_once_one_wins(
 
 
 async def test_decline_goes_to_the_next_driver_then_expires(
-    location: location_grpc.LocationServiceAsyncStub, rides: ride_grpc.RideServiceAsyncStub
+    location: location_grpc.LocationServiceAsyncStub,
+    rides: ride_grpc.RideServiceAsyncStub,
+    as_driver: Act,
+    as_rider: Act,
 ) -> None:
     pickup = (48.1351, 11.5820)  # Munich
     first, second = new_driver_id("first"), new_driver_id("second")
-    one = await _online(location, first, (48.1352, 11.5820))
-    two = await _online(location, second, (48.1400, 11.5820))
-    ride = (await rides.RequestRide(_request(new_driver_id("r"), pickup, (48.2, 11.6)))).ride
+    one = await _online(location, as_driver, first, (48.1352, 11.5820))
+    two = await _online(location, as_driver, second, (48.1400, 11.5820))
+    rider = new_driver_id("r")
+    ride = (
+        await rides.RequestRide(_request(rider, pickup, (48.2, 11.6)), metadata=as_rider(rider))
+    ).ride
     assert ride.offered_driver_id == first
     declined = await rides.DeclineRide(
-        pb.DeclineRideRequest(ride_id=ride.ride_id, driver_id=first, reason="too far")
+        pb.DeclineRideRequest(ride_id=ride.ride_id, driver_id=first, reason="too far"),
+        metadata=as_driver(first),
     )
     assert declined.ride.offered_driver_id == second
     await two.wait_for(lambda: any(o.ride_id == ride.ride_id for o in two.offers))
-    # The second driver lets the 2 s offer lapse: nobody is left, so the ride expires, which
+    # The second driver lets the 5 s offer lapse: nobody is left, so the ride expires, which
     # WatchRide shows as its last message.
     watch = rides.WatchRide(pb.WatchRideRequest(ride_id=ride.ride_id))
-    last = (await read_to_end(watch, timeout=10))[-1]
+    last = (await read_to_end(watch, timeout=20))[-1]
     assert last.ride.state == pb.RIDE_STATE_EXPIRED
     await two.wait_for(lambda: any(w.ride_id == ride.ride_id for w in two.withdrawn))
     for stream in (one, two):
@@ -161,20 +196,26 @@ async def test_decline_goes_to_the_next_driver_then_expires(
         await stream.reader
 
 
-async def test_no_driver_nearby_expires_at_once(rides: ride_grpc.RideServiceAsyncStub) -> None:
-    ride = (
-        await rides.RequestRide(_request(new_driver_id("r"), (-54.8, -68.3), (-54.81, -68.3)))
-    ).ride
+async def test_no_driver_nearby_expires_at_once(
+    rides: ride_grpc.RideServiceAsyncStub, as_rider: Act
+) -> None:
+    rider = new_driver_id("r")
+    request = _request(rider, (-54.8, -68.3), (-54.81, -68.3))
+    ride = (await rides.RequestRide(request, metadata=as_rider(rider))).ride
     assert ride.state == pb.RIDE_STATE_EXPIRED
     assert ride.end_reason
 
 
 async def test_bad_requests_and_transitions(
-    location: location_grpc.LocationServiceAsyncStub, rides: ride_grpc.RideServiceAsyncStub
+    location: location_grpc.LocationServiceAsyncStub,
+    rides: ride_grpc.RideServiceAsyncStub,
+    as_driver: Act,
+    as_rider: Act,
 ) -> None:
     request = _request(new_driver_id("r"), (59.3293, 18.0686), (59.34, 18.07))  # Stockholm
-    first = (await rides.RequestRide(request)).ride
-    again = (await rides.RequestRide(request)).ride
+    rider = as_rider(request.rider_id)
+    first = (await rides.RequestRide(request, metadata=rider)).ride
+    again = (await rides.RequestRide(request, metadata=rider)).ride
     assert again.ride_id == first.ride_id, "the same idempotency key returns the same ride"
 
     with pytest.raises(aio.AioRpcError) as unknown:
@@ -182,7 +223,10 @@ async def test_bad_requests_and_transitions(
     assert status_of(unknown.value) == grpc.StatusCode.NOT_FOUND
 
     with pytest.raises(aio.AioRpcError) as early:
-        await rides.StartRide(pb.StartRideRequest(ride_id=first.ride_id, driver_id="someone"))
+        await rides.StartRide(
+            pb.StartRideRequest(ride_id=first.ride_id, driver_id="someone"),
+            metadata=as_driver("someone"),
+        )
     assert status_of(early.value) == grpc.StatusCode.FAILED_PRECONDITION
     assert "EXPIRED" in (early.value.details() or "") or "REQUESTED" in (
         early.value.details() or ""
@@ -193,11 +237,11 @@ async def test_bad_requests_and_transitions(
     )
     bad.dropoff.latitude = 1
     with pytest.raises(aio.AioRpcError) as invalid:
-        await rides.RequestRide(bad)
+        await rides.RequestRide(bad, metadata=as_rider("r1"))
     assert status_of(invalid.value) == grpc.StatusCode.INVALID_ARGUMENT
     assert "pickup" in (invalid.value.details() or "")
 
-    listed = await rides.ListRides(pb.ListRidesRequest(rider_id=request.rider_id))
+    listed = await rides.ListRides(pb.ListRidesRequest(rider_id=request.rider_id), metadata=rider)
     assert [r.ride_id for r in listed.rides] == [first.ride_id]
     with pytest.raises(aio.AioRpcError) as both:
         await rides.ListRides(pb.ListRidesRequest(rider_id="a", driver_id="b"))
@@ -209,11 +253,17 @@ async def test_chat_across_two_replicas_with_a_reconnect(
     keys: DevKeys,
     location: location_grpc.LocationServiceAsyncStub,
     rides: ride_grpc.RideServiceAsyncStub,
+    as_driver: Act,
+    as_rider: Act,
 ) -> None:
     driver_id, rider_id = new_driver_id("chatdrv"), new_driver_id("chatrider")
-    driver = await _online(location, driver_id, (52.5200, 13.4050))  # Berlin
-    ride = (await rides.RequestRide(_request(rider_id, (52.5201, 13.4050), (52.53, 13.41)))).ride
-    await rides.AcceptRide(pb.AcceptRideRequest(ride_id=ride.ride_id, driver_id=driver_id))
+    driver = await _online(location, as_driver, driver_id, (52.5200, 13.4050))  # Berlin
+    request = _request(rider_id, (52.5201, 13.4050), (52.53, 13.41))
+    ride = (await rides.RequestRide(request, metadata=as_rider(rider_id))).ride
+    await rides.AcceptRide(
+        pb.AcceptRideRequest(ride_id=ride.ride_id, driver_id=driver_id),
+        metadata=as_driver(driver_id),
+    )
 
     first_port, second_port = mesh.services["ride"]
     async with (
@@ -239,8 +289,12 @@ async def test_chat_across_two_replicas_with_a_reconnect(
 
         rider_q.put_nowait(join(pb.PARTY_RIDER, rider_id))
         driver_q.put_nowait(join(pb.PARTY_DRIVER, driver_id))
-        rider_call = ride_grpc.RideServiceStub(one).Chat(requests(rider_q))
-        driver_call = ride_grpc.RideServiceStub(two).Chat(requests(driver_q))
+        rider_call = ride_grpc.RideServiceStub(one).Chat(
+            requests(rider_q), metadata=as_rider(rider_id)
+        )
+        driver_call = ride_grpc.RideServiceStub(two).Chat(
+            requests(driver_q), metadata=as_driver(driver_id)
+        )
         for i in range(10):
             rider_q.put_nowait(send(f"r{i}"))
             driver_q.put_nowait(send(f"d{i}"))
@@ -251,7 +305,9 @@ async def test_chat_across_two_replicas_with_a_reconnect(
         driver_q.put_nowait(None)
         again_q: asyncio.Queue[pb.ChatRequest | None] = asyncio.Queue()
         again_q.put_nowait(join(pb.PARTY_DRIVER, driver_id, after=driver_seen[-1].sequence))
-        again = ride_grpc.RideServiceStub(one).Chat(requests(again_q))
+        again = ride_grpc.RideServiceStub(one).Chat(
+            requests(again_q), metadata=as_driver(driver_id)
+        )
         driver_seen += [m.message for m in await collect(again, 15)]
 
         for seen in (rider_seen, driver_seen):
@@ -262,8 +318,11 @@ async def test_chat_across_two_replicas_with_a_reconnect(
         # Only the ride's rider and driver may chat.
         stranger_q: asyncio.Queue[pb.ChatRequest | None] = asyncio.Queue()
         stranger_q.put_nowait(join(pb.PARTY_RIDER, "someone-else"))
+        stranger = ride_grpc.RideServiceStub(one).Chat(
+            requests(stranger_q), metadata=as_rider("someone-else")
+        )
         with pytest.raises(aio.AioRpcError) as denied:
-            await collect(ride_grpc.RideServiceStub(one).Chat(requests(stranger_q)), 1)
+            await collect(stranger, 1)
         assert status_of(denied.value) == grpc.StatusCode.PERMISSION_DENIED
         rider_call.cancel()
         again.cancel()

@@ -14,12 +14,13 @@ import pytest
 from grpc import aio
 
 from ridemesh.v1 import location_service_pb2_grpc as location_grpc
+from services.auth.identity import Role
 from services.auth.keys import DevKeys
 from services.history import HistoryStore, create_engine
 from services.mesh.redis_server import RedisServer
 from tests.e2e.clients import DriverStream, fix, new_driver_id
 from tests.e2e.processes import start_location
-from tests.tokens import ops_channel
+from tests.tokens import bearer, ops_channel, token
 
 pytestmark = pytest.mark.e2e
 
@@ -40,7 +41,8 @@ async def test_sigterm_mid_stream_loses_no_accepted_fix(
     try:
         driver_id = new_driver_id("term")
         async with ops_channel(keys, f"127.0.0.1:{port}") as channel:
-            driver = DriverStream(location_grpc.LocationServiceStub(channel))
+            me = bearer(token(keys, driver_id, Role.DRIVER))
+            driver = DriverStream(location_grpc.LocationServiceStub(channel), me)
             sent = 0
             for seq in range(1, 301):
                 driver.send(fix(driver_id, seq))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+from collections.abc import Callable
 
 import grpc
 import pytest
@@ -14,6 +15,7 @@ from ridemesh.v1 import location_service_pb2_grpc as location_grpc
 from ridemesh.v1.common_pb2 import BoundingBox, LatLng
 from tests.e2e.clients import DriverStream, collect, fix, new_driver_id
 from tests.e2e.conftest import status_of
+from tests.tokens import Metadata
 
 pytestmark = pytest.mark.e2e
 
@@ -26,12 +28,12 @@ def _box(south: float, west: float, north: float, east: float) -> BoundingBox:
 
 
 async def test_area_watch_sends_snapshot_moves_and_exits(
-    location: location_grpc.LocationServiceAsyncStub,
+    location: location_grpc.LocationServiceAsyncStub, as_driver: Callable[[str], Metadata]
 ) -> None:
     # Paris, away from the other tests' drivers.
     box = _box(48.80, 2.25, 48.90, 2.45)
     resident, arriving, outside = (new_driver_id("area") for _ in range(3))
-    streams = {d: DriverStream(location) for d in (resident, arriving, outside)}
+    streams = {d: DriverStream(location, as_driver(d)) for d in (resident, arriving, outside)}
     streams[resident].send(fix(resident, 1, 48.85, 2.35))
     await streams[resident].wait_for(lambda: streams[resident].accepted_seq == 1)
 
@@ -56,11 +58,11 @@ async def test_area_watch_sends_snapshot_moves_and_exits(
 
 
 async def test_area_watch_sends_each_driver_at_most_once_a_second(
-    location: location_grpc.LocationServiceAsyncStub,
+    location: location_grpc.LocationServiceAsyncStub, as_driver: Callable[[str], Metadata]
 ) -> None:
     box = _box(-33.95, 151.10, -33.80, 151.30)  # Sydney
     driver_id = new_driver_id("busy")
-    driver = DriverStream(location)
+    driver = DriverStream(location, as_driver(driver_id))
     watch = location.WatchArea(pb.WatchAreaRequest(bounds=box))
     await asyncio.sleep(0.5)
     loop = asyncio.get_running_loop()
@@ -86,11 +88,12 @@ async def test_area_watch_sends_each_driver_at_most_once_a_second(
 
 
 async def test_area_across_the_antimeridian(
-    location: location_grpc.LocationServiceAsyncStub,
+    location: location_grpc.LocationServiceAsyncStub, as_driver: Callable[[str], Metadata]
 ) -> None:
     box = _box(-17.0, 179.5, -16.0, -179.5)  # Fiji, west edge east of east edge
     west_side, east_side, far = (new_driver_id("fiji") for _ in range(3))
-    streams = [DriverStream(location) for _ in range(3)]
+    drivers = (west_side, east_side, far)
+    streams = [DriverStream(location, as_driver(d)) for d in drivers]
     for stream, (driver_id, lng) in zip(
         streams, [(west_side, 179.9), (east_side, -179.9), (far, 170.0)], strict=True
     ):

@@ -19,6 +19,7 @@ from ridemesh.v1.common_pb2 import LatLng
 from ridemesh.v1.location_service_pb2 import StreamLocationsResponse
 from services.auth.identity import Role
 from services.auth.keys import DevKeys
+from services.auth.limits import LimitInterceptor, Limits
 from services.auth.tokens import SERVICE_SUB, bearer_channel
 from services.geo.nearby import search_nearby_drivers
 from services.grpcserver import create_server
@@ -69,7 +70,7 @@ async def geo_service(
     """A grpc.aio server on a free port serving `Geo` (tokens signed with `keys` required), and a
     stub over a real channel to it carrying RideService's token."""
     geo = Geo(live)  # type: ignore[abstract]  # the other methods answer UNIMPLEMENTED
-    server, port = create_server("127.0.0.1:0", server_auth(keys))
+    server, port = create_server("127.0.0.1:0", server_auth(keys), LimitInterceptor(Limits()))
     geo_grpc.add_GeoQueryServiceServicer_to_server(geo, server)
     await server.start()
     try:

@@ -205,6 +205,8 @@ async def test_accepting_makes_the_driver_busy_and_completing_available_again(
     assert await world.redis.hget(driver_key(driver), "a") == str(int(BUSY)).encode()
     assert (await world.live.last_state(driver))[1] == BUSY
     assert await world.redis.geopos(OPEN_REQUESTS_KEY, ride.ride_id) == [None]
+    # The ride's rider may now watch the driver (LocationService reads this).
+    assert await world.live.assigned_rider(driver) == ride.rider_id
     await world.listener.wait(lambda: world.listener.kinds(driver)[-1] == "availability")
     assert world.listener.control[driver][-1].availability == BUSY
     # A busy driver is not offered the next ride.
@@ -215,6 +217,7 @@ async def test_accepting_makes_the_driver_busy_and_completing_available_again(
         ride = await step(ride.ride_id, driver)
     await world.dispatcher.finished(ride)
     assert (await world.live.last_state(driver))[1] == AVAILABLE
+    assert await world.live.assigned_rider(driver) is None
     await world.listener.wait(lambda: world.listener.control[driver][-1].availability == AVAILABLE)
     assert world.listener.kinds(driver) == ["offer", "availability", "availability"]
     again = await world.dispatcher.dispatch(await world.request())
@@ -238,6 +241,7 @@ async def test_cancelling_withdraws_the_offer_and_frees_an_assigned_driver(world
     held = await world.store.cancel(held.ride_id, states.DRIVER, assigned, "flat tyre")
     await world.dispatcher.finished(held)
     assert (await world.live.last_state(assigned))[1] == AVAILABLE
+    assert await world.live.assigned_rider(assigned) is None
     assert world.listener.kinds(assigned)[-2:] == ["availability", "availability"]
 
 

@@ -16,6 +16,7 @@ from ridemesh.v1 import location_service_pb2 as lpb
 from ridemesh.v1 import location_service_pb2_grpc as location_grpc
 from ridemesh.v1 import ride_service_pb2 as pb
 from ridemesh.v1.common_pb2 import DriverAvailability, LatLng
+from services.auth.identity import Role
 from services.auth.keys import DevKeys
 from services.config import Settings
 from services.history import create_engine
@@ -36,7 +37,7 @@ from tests.integration.dispatch_harness import (
     redis_url,
 )
 from tests.integration.geo_drivers import destination
-from tests.tokens import ops_channel
+from tests.tokens import bearer, ops_channel, token
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio]
 
@@ -70,11 +71,17 @@ class Driver:
     """A driver app: one StreamLocations call, every server message kept in order."""
 
     def __init__(
-        self, stub: location_grpc.LocationServiceAsyncStub, driver_id: str, last_seq: int = 0
+        self,
+        stub: location_grpc.LocationServiceAsyncStub,
+        keys: DevKeys,
+        driver_id: str,
+        last_seq: int = 0,
     ) -> None:
         self.driver_id = driver_id
         self._outbox: asyncio.Queue[lpb.StreamLocationsRequest | None] = asyncio.Queue()
-        self.call = stub.StreamLocations(self._requests())
+        # A driver streams only as themselves.
+        metadata = bearer(token(keys, driver_id, Role.DRIVER))
+        self.call = stub.StreamLocations(self._requests(), metadata=metadata)
         self.received: list[lpb.StreamLocationsResponse] = []
         self._changed = asyncio.Condition()
         self._seq = last_seq
@@ -123,10 +130,11 @@ class World:
     store: RideStore
     dispatcher: Dispatcher
     pickup: LatLng
+    keys: DevKeys
 
     async def driver(self, distance_m: float) -> Driver:
         """A driver streaming from `distance_m` north of the pickup, subscribed to its offers."""
-        driver = Driver(self.location, new_id("drv"))
+        driver = Driver(self.location, self.keys, new_id("drv"))
         lat, lng = destination(self.pickup.latitude, self.pickup.longitude, 0.0, distance_m)
         await driver.fix(LatLng(latitude=lat, longitude=lng))
         await wait_subscribers(self.redis, driver.driver_id, 1)
@@ -163,7 +171,12 @@ async def world(
     ):
         dispatcher = Dispatcher(store, geo, redis, settings, Clock())
         yield World(
-            redis, location_grpc.LocationServiceStub(channel), store, dispatcher, new_pickup()
+            redis,
+            location_grpc.LocationServiceStub(channel),
+            store,
+            dispatcher,
+            new_pickup(),
+            keys,
         )
     await store.dispose()
     await redis.aclose()
@@ -224,7 +237,7 @@ async def test_a_cancelled_rides_offer_is_withdrawn_on_the_stream(world: World) 
 async def test_a_stream_opened_while_busy_stamps_busy_from_its_first_fix(world: World) -> None:
     driver_id = new_id("drv")
     await set_availability(world.redis, driver_id, BUSY)
-    driver = Driver(world.location, driver_id)
+    driver = Driver(world.location, world.keys, driver_id)
     await driver.fix(world.pickup)
     assert await world.availability(driver) == BUSY
     # Busy drivers are not offered rides.
@@ -238,7 +251,7 @@ async def test_a_stream_stops_listening_when_it_ends_and_a_reconnect_listens_aga
     first = await world.driver(100.0)
     await first.close()
     await wait_subscribers(world.redis, first.driver_id, 0)
-    again = Driver(world.location, first.driver_id, last_seq=1)
+    again = Driver(world.location, world.keys, first.driver_id, last_seq=1)
     await again.fix(world.pickup)
     await wait_subscribers(world.redis, first.driver_id, 1)
     ride = await world.request()

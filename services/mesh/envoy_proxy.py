@@ -11,6 +11,7 @@ from pathlib import Path
 from string import Template
 from typing import Self
 
+from ridemesh.v1 import geo_query_service_pb2, location_service_pb2, ride_service_pb2
 from services.mesh.binaries import find_binary
 from services.mesh.ports import free_port
 from services.mesh.process import ManagedProcess, ProcessError, ServerProcess
@@ -21,6 +22,13 @@ LOCAL_ORIGINS = ("http://127.0.0.1", "http://localhost")
 
 
 TYPE_PREFIX = "type.googleapis.com/"
+# Each cluster's service, from the protos: routes are derived from its methods.
+API_SERVICES = {
+    "location": location_service_pb2.DESCRIPTOR.services_by_name["LocationService"],
+    "ride": ride_service_pb2.DESCRIPTOR.services_by_name["RideService"],
+    "geo": geo_query_service_pb2.DESCRIPTOR.services_by_name["GeoQueryService"],
+}
+_LOCAL_RATE_LIMIT = TYPE_PREFIX + "envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit"
 JWT_PROVIDER = "ridemesh"
 OPEN_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
 
@@ -109,15 +117,21 @@ def _jwt_filter(jwt: EnvoyJwt | None) -> str:
 
 
 def _rate_limit_filter(limit: EnvoyRateLimit | None) -> str:
-    """The local_ratelimit http filter as one YAML flow list item, or nothing when off."""
+    """The local_ratelimit http filter as one YAML flow list item, or nothing when off. It holds
+    no bucket itself: the unary routes each carry one (`_route_rate_limit`)."""
     if limit is None:
         return ""
     if limit.requests_per_s < 1 or limit.burst < 1:
         raise ValueError(f"rate limit needs requests_per_s and burst >= 1, got {limit}")
+    typed = {"@type": _LOCAL_RATE_LIMIT, "stat_prefix": "ridemesh_rate_limit"}
+    return "- " + json.dumps({"name": "envoy.filters.http.local_ratelimit", "typed_config": typed})
+
+
+def _route_rate_limit(limit: EnvoyRateLimit) -> dict[str, object]:
     always = {"default_value": {"numerator": 100, "denominator": "HUNDRED"}, "runtime_key": ""}
-    typed = {
-        "@type": TYPE_PREFIX + "envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit",
-        "stat_prefix": "ridemesh_rate_limit",
+    return {
+        "@type": _LOCAL_RATE_LIMIT,
+        "stat_prefix": "ridemesh_unary_rate_limit",
         "token_bucket": {
             "max_tokens": limit.burst,
             "tokens_per_fill": limit.requests_per_s,
@@ -128,7 +142,30 @@ def _rate_limit_filter(limit: EnvoyRateLimit | None) -> str:
         # gRPC callers see RESOURCE_EXHAUSTED (not UNAVAILABLE, which clients would retry).
         "rate_limited_as_resource_exhausted": True,
     }
-    return "- " + json.dumps({"name": "envoy.filters.http.local_ratelimit", "typed_config": typed})
+
+
+def _routes(limit: EnvoyRateLimit | None) -> str:
+    """Routes as a YAML flow list: streaming methods by exact path (never rate limited, never
+    timed out), then each service's prefix, rate limited when a limit is set."""
+    action = {"timeout": "0s", "max_stream_duration": {"grpc_timeout_header_max": "0s"}}
+    routes: list[dict[str, object]] = []
+    for cluster, service in API_SERVICES.items():
+        for method in service.methods:
+            if method.client_streaming or method.server_streaming:
+                path = f"/{service.full_name}/{method.name}"
+                routes.append({"match": {"path": path}, "route": {"cluster": cluster, **action}})
+        unary: dict[str, object] = {
+            "match": {"prefix": f"/{service.full_name}/"},
+            "route": {"cluster": cluster, **action},
+        }
+        if limit is not None:
+            unary["typed_per_filter_config"] = {
+                "envoy.filters.http.local_ratelimit": _route_rate_limit(limit)
+            }
+        routes.append(unary)
+    for prefix in ("/grpc.reflection.", "/grpc.health.v1.Health/"):
+        routes.append({"match": {"prefix": prefix}, "route": {"cluster": "location", **action}})
+    return json.dumps(routes)
 
 
 def _tls_socket(tls: EnvoyTls | None) -> str:
@@ -164,6 +201,7 @@ def render_config(config: EnvoyConfig, template: Path = TEMPLATE) -> str:
         "max_streams": config.max_streams,
         "max_downstream_connections": config.max_downstream_connections,
         "rate_limit_filter": _rate_limit_filter(config.rate_limit),
+        "routes": _routes(config.rate_limit),
         "jwt_authn_filter": _jwt_filter(config.jwt),
         "tls_transport_socket": _tls_socket(config.tls),
     }

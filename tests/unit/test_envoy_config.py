@@ -61,7 +61,17 @@ def test_listener_and_admin_bind_loopback(config: dict[str, Any]) -> None:
 
 
 def test_routes_send_each_service_to_its_cluster(config: dict[str, Any]) -> None:
-    table = {r["match"]["prefix"]: r["route"]["cluster"] for r in _routes(config)}
+    table = {
+        r["match"]["prefix"]: r["route"]["cluster"]
+        for r in _routes(config)
+        if "prefix" in r["match"]
+    }
+    streams = {
+        r["match"]["path"]: r["route"]["cluster"] for r in _routes(config) if "path" in r["match"]
+    }
+    assert streams["/ridemesh.v1.LocationService/StreamLocations"] == "location"
+    assert streams["/ridemesh.v1.RideService/Chat"] == "ride"
+    assert streams["/ridemesh.v1.GeoQueryService/WatchGeofenceEvents"] == "geo"
     assert table == {
         "/ridemesh.v1.LocationService/": "location",
         "/ridemesh.v1.RideService/": "ride",

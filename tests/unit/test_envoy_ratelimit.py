@@ -1,4 +1,4 @@
-"""Envoy's listener-wide local rate limit: rendered where it belongs, configurable, valid."""
+"""Envoy's local rate limit on unary routes: rendered where it belongs, configurable, valid."""
 
 from __future__ import annotations
 
@@ -48,17 +48,48 @@ def test_a_running_mesh_gets_the_default_limit(tmp_path: Path) -> None:
     assert DEFAULT_RATE_LIMIT.burst >= 10_000  # generous: a backstop, not the fairness rule
 
 
-def test_bucket_and_status_are_rendered(tmp_path: Path) -> None:
+def _routes(config: EnvoyConfig) -> list[dict[str, Any]]:
+    loaded = yaml.safe_load(render_config(config))
+    (listener,) = loaded["static_resources"]["listeners"]
+    (hcm,) = listener["filter_chains"][0]["filters"]
+    (host,) = hcm["typed_config"]["route_config"]["virtual_hosts"]
+    routes: list[dict[str, Any]] = host["routes"]
+    return routes
+
+
+def test_the_bucket_is_on_unary_routes_and_never_on_streams(tmp_path: Path) -> None:
     config = EnvoyConfig(
         port=1, admin_port=2, upstreams=UPSTREAMS, rate_limit=EnvoyRateLimit(7, 11)
     )
     _validate(tmp_path, config)
-    (limit,) = [f for f in _filters(config) if f["name"] == RATE_LIMIT]
-    typed = limit["typed_config"]
-    assert typed["token_bucket"] == {"max_tokens": 11, "tokens_per_fill": 7, "fill_interval": "1s"}
-    assert typed["rate_limited_as_resource_exhausted"] is True
-    for key in ("filter_enabled", "filter_enforced"):
-        assert typed[key]["default_value"] == {"numerator": 100, "denominator": "HUNDRED"}
+    (listener_filter,) = [f for f in _filters(config) if f["name"] == RATE_LIMIT]
+    assert "token_bucket" not in listener_filter["typed_config"]
+    streams = {r["match"]["path"]: r for r in _routes(config) if "path" in r["match"]}
+    assert set(streams) == {
+        "/ridemesh.v1.LocationService/StreamLocations",
+        "/ridemesh.v1.LocationService/WatchDriver",
+        "/ridemesh.v1.LocationService/WatchArea",
+        "/ridemesh.v1.RideService/WatchRide",
+        "/ridemesh.v1.RideService/Chat",
+        "/ridemesh.v1.GeoQueryService/WatchGeofenceEvents",
+    }
+    assert all("typed_per_filter_config" not in r for r in streams.values())
+    for prefix in ("LocationService", "RideService", "GeoQueryService"):
+        (unary,) = [
+            r for r in _routes(config) if r["match"].get("prefix", "").endswith(prefix + "/")
+        ]
+        typed = unary["typed_per_filter_config"][RATE_LIMIT]
+        assert typed["token_bucket"] == {
+            "max_tokens": 11,
+            "tokens_per_fill": 7,
+            "fill_interval": "1s",
+        }
+        assert typed["rate_limited_as_resource_exhausted"] is True
+        for key in ("filter_enabled", "filter_enforced"):
+            assert typed[key]["default_value"] == {"numerator": 100, "denominator": "HUNDRED"}
+    # Exact stream routes come before the prefixes that would otherwise catch them.
+    paths = [r["match"].get("path") or r["match"]["prefix"] for r in _routes(config)]
+    assert paths.index("/ridemesh.v1.RideService/Chat") < paths.index("/ridemesh.v1.RideService/")
 
 
 def test_rate_limit_runs_before_token_checks_and_the_router(tmp_path: Path) -> None:

@@ -2,9 +2,9 @@
 every process of the mesh survives.
 
 Statuses observed (and asserted) here:
-- malformed protobuf bytes as a request: UNKNOWN, "Unexpected DecodeError: Error parsing
-  message ..." (grpc.aio fails to deserialize the request before any handler runs and reports
-  the exception as UNKNOWN, not INTERNAL or INVALID_ARGUMENT);
+- malformed protobuf bytes as a request: INVALID_ARGUMENT, "the request is not a valid protobuf
+  message of this method" (services/errors.py decodes single requests itself, since grpc.aio
+  would report the failure as UNKNOWN);
 - a truncated gRPC-Web frame (body shorter than its frame header says): nothing answers until the
   caller's deadline, then it ends with DEADLINE_EXCEEDED from the replica or, when Envoy still
   held the partial frame, HTTP 504 with grpc-status 14 "downstream duration timeout" (no handler
@@ -145,8 +145,8 @@ async def test_malformed_protobuf_is_refused(
     raw = channel.unary_unary(path, request_serializer=None, response_deserializer=None)
     with pytest.raises(aio.AioRpcError) as refused:
         await raw(body)
-    assert refused.value.code() == grpc.StatusCode.UNKNOWN
-    assert "Error parsing message" in (refused.value.details() or "")
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "not a valid protobuf message" in (refused.value.details() or "")
 
 
 async def test_truncated_grpc_web_frames_get_an_error_status(

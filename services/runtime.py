@@ -10,7 +10,8 @@ from collections.abc import Awaitable, Callable
 from grpc import aio
 
 from services.auth.interceptor import AuthInterceptor
-from services.auth.limits import LimitInterceptor
+from services.auth.limits import LimitInterceptor, Limits
+from services.config import Settings
 from services.grpcserver import add_health, add_reflection, create_server, set_serving
 
 log = logging.getLogger(__name__)
@@ -23,14 +24,14 @@ async def serve(
     name: str,
     address: str,
     register: Register,
+    settings: Settings,
     *,
     auth: AuthInterceptor,
-    limits: LimitInterceptor,
     drain: Drain | None = None,
-    grace_s: float = 5.0,
     stop: asyncio.Event | None = None,
 ) -> None:
     """Serves until `stop` is set (or a signal arrives), then drains and stops gracefully."""
+    limits = LimitInterceptor(Limits.from_settings(settings))
     server, port = create_server(address, auth, limits)
     register(server)
     health = add_health(server)
@@ -45,7 +46,7 @@ async def serve(
     await set_serving(health, False)
     if drain is not None:
         await drain()
-    await server.stop(grace_s)
+    await server.stop(settings.shutdown_grace_s)
     log.info("%s stopped", name)
 
 

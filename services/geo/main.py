@@ -9,7 +9,6 @@ from grpc import aio
 
 from ridemesh.v1 import geo_query_service_pb2_grpc as pb_grpc
 from ridemesh.v1.common_pb2 import DriverLocation
-from services.auth.limits import LimitInterceptor, Limits
 from services.auth.wiring import auth_interceptor
 from services.config import Settings
 from services.fanout import Hub
@@ -52,9 +51,8 @@ async def run(settings: Settings, address: str, stop: asyncio.Event | None = Non
             "geo",
             address,
             register,
+            settings,
             auth=auth,
-            limits=LimitInterceptor(Limits.from_settings(settings)),
-            grace_s=settings.shutdown_grace_s,
             stop=stop,
         )
     finally:

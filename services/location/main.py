@@ -11,7 +11,6 @@ from grpc import aio
 from ridemesh.v1 import location_service_pb2_grpc as pb_grpc
 from ridemesh.v1.common_pb2 import DriverLocation
 from ridemesh.v1.location_service_pb2 import StreamLocationsResponse
-from services.auth.limits import LimitInterceptor, Limits
 from services.auth.wiring import auth_interceptor
 from services.config import Settings
 from services.fanout import Hub
@@ -66,10 +65,9 @@ async def run(settings: Settings, address: str, stop: asyncio.Event | None = Non
             "location",
             address,
             register,
+            settings,
             drain=drain,
             auth=auth,
-            limits=LimitInterceptor(Limits.from_settings(settings)),
-            grace_s=settings.shutdown_grace_s,
             stop=stop,
         )
     finally:

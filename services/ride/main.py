@@ -11,7 +11,6 @@ from ridemesh.v1 import geo_query_service_pb2_grpc as geo_grpc
 from ridemesh.v1 import ride_service_pb2 as pb
 from ridemesh.v1 import ride_service_pb2_grpc as pb_grpc
 from ridemesh.v1.common_pb2 import DriverLocation
-from services.auth.limits import LimitInterceptor, Limits
 from services.auth.tokens import bearer_channel, service_tokens
 from services.auth.wiring import auth_interceptor
 from services.config import MissingSetting, Settings
@@ -57,9 +56,8 @@ async def run(settings: Settings, address: str, stop: asyncio.Event | None = Non
             "ride",
             address,
             register,
+            settings,
             auth=auth,
-            limits=LimitInterceptor(Limits.from_settings(settings)),
-            grace_s=settings.shutdown_grace_s,
             stop=stop,
         )
     finally:

@@ -1,5 +1,6 @@
 """The `ridemesh` command: `up` runs the mesh, `serve` one service, `migrate` the schema,
-`maintain` the history partitions, `token` mints a development token."""
+`maintain` the history partitions, `token` mints a development token, `simulate` drives a
+simulated city against a running mesh."""
 
 from __future__ import annotations
 
@@ -93,7 +94,51 @@ def _parser() -> argparse.ArgumentParser:
     token.add_argument("--ttl", type=int, default=3600, help="seconds the token is valid")
     token.add_argument("--keys-dir", type=Path, default=DEFAULT_KEYS_DIR)
     token.set_defaults(func=_token)
+    _add_simulate(commands)
     return parser
+
+
+def _add_simulate(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    simulate = commands.add_parser(
+        "simulate", help="drive a simulated city (drivers and riders) against a running mesh"
+    )
+    simulate.add_argument("--target", default="127.0.0.1:8080", help="Envoy's gRPC address")
+    simulate.add_argument("--keys-dir", type=Path, default=DEFAULT_KEYS_DIR)
+    simulate.add_argument("--drivers", type=int, default=200)
+    simulate.add_argument("--ride-rate", type=float, default=6.0, help="rides per minute")
+    simulate.add_argument("--center", default="12.9716,77.5946", help="LAT,LNG of the city")
+    simulate.add_argument(
+        "--duration", type=float, default=0.0, help="seconds; 0 runs until Ctrl-C"
+    )
+    simulate.add_argument("--seed", type=int, help="for a repeatable city")
+    simulate.set_defaults(func=_simulate)
+
+
+def _simulate(args: argparse.Namespace) -> int:
+    from services.simulator.run import simulate
+    from services.simulator.settings import SimSettings
+
+    try:
+        lat, lng = (float(part) for part in args.center.split(","))
+    except ValueError:
+        print(f"ridemesh: --center must be LAT,LNG, got {args.center!r}", file=sys.stderr)
+        return 2
+    if args.drivers < 0 or args.ride_rate < 0 or args.duration < 0:
+        print(
+            "ridemesh: --drivers, --ride-rate and --duration must not be negative", file=sys.stderr
+        )
+        return 2
+    settings = SimSettings(
+        target=args.target,
+        drivers=args.drivers,
+        ride_rate_per_min=args.ride_rate,
+        center=(lat, lng),
+        duration_s=args.duration,
+        seed=args.seed,
+    )
+    stats = asyncio.run(simulate(settings, args.keys_dir))
+    print(f"ridemesh: simulation stopped: {stats.summary()}", flush=True)
+    return 0
 
 
 def _add_store_urls(parser: argparse.ArgumentParser) -> None:

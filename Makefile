@@ -11,7 +11,8 @@ NPM_STAMP := node_modules/.installed
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 PG_BIN := /usr/lib/postgresql/15/bin
 POSTGIS_CONTROL := /usr/share/postgresql/15/extension/postgis.control
-APT_PACKAGES := postgresql postgresql-15-postgis-3 redis-server
+# chromium: the browser end-to-end tests drive Debian's Chromium (no browser download).
+APT_PACKAGES := postgresql postgresql-15-postgis-3 redis-server chromium
 PROTOC = PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(PY) -m grpc_tools.protoc -Iprotos \
 	--python_out=$(1) --grpc_python_out=$(1) --mypy_out=$(1) --mypy_grpc_out=$(1) \
 	$$(find protos -name '*.proto' | sort)
@@ -25,7 +26,8 @@ ARGS ?=
 install: system-packages $(PIP_STAMP) $(NPM_STAMP)
 
 system-packages:
-	@if command -v redis-server >/dev/null && test -x $(PG_BIN)/initdb \
+	@if command -v redis-server >/dev/null && command -v chromium >/dev/null \
+	    && test -x $(PG_BIN)/initdb \
 	    && test -f $(POSTGIS_CONTROL); then \
 	  echo "system packages: present"; \
 	else \

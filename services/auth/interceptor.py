@@ -12,6 +12,7 @@ from grpc import aio
 
 from services.auth.identity import Identity
 from services.errors import Unauthenticated
+from services.handlers import Handler, rewrap
 
 # Entries ending in "/" or "." are prefixes (a whole service or package); others are exact names.
 HEALTH_METHODS = "/grpc.health.v1.Health/"
@@ -19,7 +20,6 @@ REFLECTION_METHODS = "/grpc.reflection."
 DEFAULT_OPEN_METHODS = frozenset({HEALTH_METHODS, REFLECTION_METHODS})
 _BEARER = "bearer "
 
-Handler = Callable[..., Any]
 Verifier = Callable[[str | None], Identity]
 
 _identity: contextvars.ContextVar[Identity] = contextvars.ContextVar("ridemesh_identity")
@@ -74,7 +74,7 @@ class AuthInterceptor(aio.ServerInterceptor):  # type: ignore[type-arg]
             return handler
         # Verified once here, before any handler code runs; the wrapper only applies the result.
         outcome = self._check(handler_call_details)
-        return _rewrap(handler, outcome)
+        return rewrap(handler, lambda method: _wrap(method, outcome))
 
     def _check(self, details: grpc.HandlerCallDetails) -> Identity | Unauthenticated:
         try:
@@ -82,23 +82,6 @@ class AuthInterceptor(aio.ServerInterceptor):  # type: ignore[type-arg]
             return self._verifier(token)
         except Unauthenticated as exc:
             return exc
-
-
-def _rewrap(handler: Any, outcome: Identity | Unauthenticated) -> Any:
-    for kind, factory in (
-        ("unary_unary", grpc.unary_unary_rpc_method_handler),
-        ("stream_unary", grpc.stream_unary_rpc_method_handler),
-        ("unary_stream", grpc.unary_stream_rpc_method_handler),
-        ("stream_stream", grpc.stream_stream_rpc_method_handler),
-    ):
-        method = getattr(handler, kind)
-        if method is not None:
-            return factory(
-                _wrap(method, outcome),
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
-            )
-    return handler
 
 
 def _wrap(method: Handler, outcome: Identity | Unauthenticated) -> Handler:

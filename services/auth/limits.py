@@ -15,6 +15,7 @@ from services.auth.identity import Identity, Role
 from services.auth.interceptor import current_identity
 from services.config import Settings
 from services.errors import Unauthenticated
+from services.handlers import Handler, rewrap
 
 API_PREFIX = "/ridemesh.v1."
 STREAMS = "streams"
@@ -31,8 +32,6 @@ STREAM_KINDS: Mapping[str, str] = {
 STAFF_ROLES = frozenset({Role.OPS, Role.SERVICE})
 # Buckets idle long enough to be full again are forgotten past this many callers.
 _PRUNE_AT = 10_000
-
-Handler = Callable[..., Any]
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,10 +140,10 @@ class LimitInterceptor(aio.ServerInterceptor):  # type: ignore[type-arg]
             return handler  # health and reflection are not limited per caller
         kind = STREAM_KINDS.get(method)
         if kind is not None:
-            return _rewrap(handler, self._guard_stream(kind))
+            return rewrap(handler, self._guard_stream(kind))
         if handler.unary_stream or handler.stream_stream:
             return handler  # a stream not in STREAM_KINDS: nothing to count it against
-        return _rewrap(handler, self._guard_unary())
+        return rewrap(handler, self._guard_unary())
 
     def _guard_unary(self) -> Callable[[Handler], Handler]:
         def guard(method: Handler) -> Handler:
@@ -211,20 +210,3 @@ async def _responses(
             yield response
     else:
         await method(request, context)
-
-
-def _rewrap(handler: Any, guard: Callable[[Handler], Handler]) -> Any:
-    for kind, factory in (
-        ("unary_unary", grpc.unary_unary_rpc_method_handler),
-        ("stream_unary", grpc.stream_unary_rpc_method_handler),
-        ("unary_stream", grpc.unary_stream_rpc_method_handler),
-        ("stream_stream", grpc.stream_stream_rpc_method_handler),
-    ):
-        method = getattr(handler, kind)
-        if method is not None:
-            return factory(
-                guard(method),
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
-            )
-    return handler

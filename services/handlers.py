@@ -1,0 +1,28 @@
+"""Rebuilds a grpc method handler around a wrapped behaviour: the one place interceptors do it."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import grpc
+
+Handler = Callable[..., Any]
+
+
+def rewrap(handler: Any, wrap: Callable[[Handler], Handler]) -> Any:
+    """The same handler (kind, serializers) with its behaviour function passed through `wrap`."""
+    for kind, factory in (
+        ("unary_unary", grpc.unary_unary_rpc_method_handler),
+        ("stream_unary", grpc.stream_unary_rpc_method_handler),
+        ("unary_stream", grpc.unary_stream_rpc_method_handler),
+        ("stream_stream", grpc.stream_stream_rpc_method_handler),
+    ):
+        method = getattr(handler, kind)
+        if method is not None:
+            return factory(
+                wrap(method),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+    return handler

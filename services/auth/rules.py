@@ -88,9 +88,15 @@ def may_read_ride(who: Identity, ride: ride_pb.Ride) -> None:
 
 
 def may_list_rides(who: Identity, rider_id: str, driver_id: str) -> None:
-    """ListRides: staff list anyone's rides; a rider or a driver only their own."""
+    """ListRides: staff list anyone's rides, or every ride; a rider or a driver only their own."""
     if who.role in STAFF:
         return
+    if not rider_id and not driver_id:
+        raise PermissionDenied(
+            f"only ops and service list every ride; {_a(who.role)} sets "
+            f"{'rider_id' if who.role is Role.RIDER else 'driver_id'} to their own id "
+            f"{_id(who.sub)}"
+        )
     mine, other = (rider_id, driver_id) if who.role is Role.RIDER else (driver_id, rider_id)
     if mine == who.sub and not other:
         return

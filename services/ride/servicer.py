@@ -83,11 +83,11 @@ class RideServicer(pb_grpc.RideServiceServicer):
     async def ListRides(
         self, request: pb.ListRidesRequest, context: Context
     ) -> pb.ListRidesResponse:
-        if bool(request.rider_id) == bool(request.driver_id):
-            raise InvalidArgument("set exactly one of rider_id and driver_id")
+        if request.rider_id and request.driver_id:
+            raise InvalidArgument("set at most one of rider_id and driver_id")
         if request.rider_id:
             validate_id(request.rider_id, "rider_id")
-        else:
+        elif request.driver_id:
             validate_id(request.driver_id, "driver_id")
         for state in request.states:
             if state not in pb.RideState.values() or state == pb.RIDE_STATE_UNSPECIFIED:

@@ -143,22 +143,22 @@ class RideStore:
         page_size: int = 50,
         after_cursor: RideCursor | None = None,
     ) -> tuple[list[pb.Ride], RideCursor | None]:
-        """One page of a rider's or a driver's rides, newest first, and the cursor of the next
-        page (None on the last). Exactly one of rider_id and driver_id is given."""
-        if bool(rider_id) == bool(driver_id):
-            raise ValueError("list_rides needs exactly one of rider_id and driver_id")
-        owner = "rider_id" if rider_id else "driver_id"
-        names = [rows.name(s) for s in states]
-        args: list[Any] = [rider_id or driver_id, names]
-        keyset = ""
+        """One page of a rider's or a driver's rides (every ride when neither is given), newest
+        first, and the cursor of the next page (None on the last)."""
+        if rider_id and driver_id:
+            raise ValueError("list_rides takes at most one of rider_id and driver_id")
+        conditions = ["(cardinality($1::text[]) = 0 OR state = ANY($1::text[]))"]
+        args: list[Any] = [[rows.name(s) for s in states]]
+        if rider_id or driver_id:
+            args.append(rider_id or driver_id)
+            conditions.append(f"{'rider_id' if rider_id else 'driver_id'} = ${len(args)}")
         if after_cursor is not None:
-            keyset = "AND (create_time, ride_id) < ($3, $4)"
             args += list(after_cursor)
+            conditions.append(f"(create_time, ride_id) < (${len(args) - 1}, ${len(args)})")
         # One row more than the page tells whether another page follows.
         sql = f"""
             SELECT {rows.COLUMNS} FROM rides
-            WHERE {owner} = $1 AND (cardinality($2::text[]) = 0 OR state = ANY($2::text[]))
-            {keyset}
+            WHERE {" AND ".join(conditions)}
             ORDER BY create_time DESC, ride_id DESC
             LIMIT {int(page_size) + 1}
         """

@@ -229,6 +229,12 @@ async def test_a_rider_reads_watches_lists_and_cancels_only_their_own_rides(
         rides.ListRides(pb.ListRidesRequest(rider_id=owner), metadata=as_rider(stranger)),
         "lists only their own rides",
     )
+    await _denied(
+        rides.ListRides(pb.ListRidesRequest(), metadata=as_rider(owner)),
+        "only ops and service list every ride",
+    )
+    every = await rides.ListRides(pb.ListRidesRequest(page_size=500))  # ops lists every ride
+    assert ride.ride_id in {r.ride_id for r in every.rides}
 
     cancel = pb.CancelRideRequest(
         ride_id=ride.ride_id, cancelled_by=pb.PARTY_RIDER, actor_id=stranger

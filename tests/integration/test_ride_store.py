@@ -561,11 +561,25 @@ async def test_list_rides_by_driver_with_a_state_filter(store: RideStore) -> Non
     assert (await store.active_ride_of(driver)) == active
 
 
-async def test_list_rides_needs_exactly_one_owner(store: RideStore) -> None:
-    with pytest.raises(ValueError, match="exactly one"):
-        await store.list_rides(page_size=10)
-    with pytest.raises(ValueError, match="exactly one"):
+async def test_list_rides_takes_at_most_one_owner(store: RideStore) -> None:
+    with pytest.raises(ValueError, match="at most one"):
         await store.list_rides(rider_id="a", driver_id="b", page_size=10)
+
+
+async def test_list_every_ride_pages_newest_first_across_riders_and_filters_open_ones(
+    store: RideStore,
+) -> None:
+    made = [await requested(store) for _ in range(4)]
+    await store.cancel(made[1].ride_id, states.RIDER, made[1].rider_id, "")
+    first, cursor = await store.list_rides(page_size=2)
+    assert [r.ride_id for r in first] == [made[3].ride_id, made[2].ride_id]
+    assert cursor is not None
+    second, _ = await store.list_rides(page_size=2, after_cursor=cursor)
+    assert [r.ride_id for r in second] == [made[1].ride_id, made[0].ride_id]
+    open_rides, _ = await store.list_rides(states=[states.REQUESTED], page_size=500)
+    listed = {r.ride_id for r in open_rides}
+    assert {made[0].ride_id, made[2].ride_id, made[3].ride_id} <= listed
+    assert made[1].ride_id not in listed
 
 
 # Chat.

@@ -276,7 +276,9 @@ Global___GetRideResponse: _TypeAlias = GetRideResponse  # noqa: Y015
 
 @_typing.final
 class ListRidesRequest(_message.Message):
-    """Asks for a page of rides. Exactly one of `rider_id` and `driver_id` is set."""
+    """Asks for a page of rides. At most one of `rider_id` and `driver_id` is set; with neither,
+    every ride (ops and service only).
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 

@@ -21,6 +21,7 @@ from services.history import HistoryStore, create_engine
 from services.maintenance import MaintenanceReport, maintain, utc_today
 from services.mesh.envoy_proxy import EnvoyTls
 from services.mesh.ports import free_port, port_open
+from services.mesh.process import ManagedProcess
 from services.mesh.supervisor import Mesh, MeshSettings, start_mesh
 from services.migrate import run_migrations
 
@@ -59,14 +60,35 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="refuse the development key; health and reflection need tokens too",
     )
+    demo = up.add_argument_group("the demo city (on unless --no-demo or RIDEMESH_DEMO=0)")
+    demo.add_argument(
+        "--no-demo",
+        dest="demo",
+        action="store_false",
+        default=os.environ.get("RIDEMESH_DEMO", "1").strip().lower() not in ("0", "false", "no"),
+        help="start no simulated city",
+    )
+    demo.add_argument("--demo-drivers", type=int, default=200, help="simulated drivers")
+    demo.add_argument("--demo-ride-rate", type=float, default=6.0, help="rides per minute")
+    _add_tiles(up)
     _add_store_urls(up)
     up.set_defaults(func=_up)
 
-    serve = commands.add_parser("serve", help="run one service process")
-    serve.add_argument("service", choices=SERVICES)
+    serve = commands.add_parser(
+        "serve", help="run one service process, or the live map's static upstream (web)"
+    )
+    serve.add_argument("service", choices=(*SERVICES, "web"))
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, required=True)
     _add_store_urls(serve)
+    page = serve.add_argument_group("web only")
+    page.add_argument("--dist", type=Path, help="the built page (default: web/dist)")
+    page.add_argument(
+        "--dev-keys-dir",
+        type=Path,
+        help="hand the page an ops token minted with this development key (never in production)",
+    )
+    _add_tiles(page)
     serve.set_defaults(func=_serve)
 
     migrate = commands.add_parser("migrate", help="bring the PostgreSQL schema up to date")
@@ -146,7 +168,44 @@ def _add_store_urls(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--database-url", help="postgresql+asyncpg://...; $RIDEMESH_DATABASE_URL")
 
 
+def _add_tiles(parser: argparse._ArgumentGroup | argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--tile-url",
+        default=os.environ.get("RIDEMESH_TILE_URL"),
+        help="the live map's tile layer, e.g. https://tile.openstreetmap.org/{z}/{x}/{y}.png; "
+        "default $RIDEMESH_TILE_URL, else a plain grid (works offline)",
+    )
+    parser.add_argument(
+        "--tile-attribution",
+        default=os.environ.get("RIDEMESH_TILE_ATTRIBUTION"),
+        help="the tile layer's attribution text; $RIDEMESH_TILE_ATTRIBUTION",
+    )
+
+
+def _serve_web(args: argparse.Namespace) -> int:
+    from services.webapp import WEB_DIST, PageConfig, make_server
+
+    page = PageConfig(
+        keys_dir=args.dev_keys_dir,
+        tile_url=args.tile_url,
+        tile_attribution=args.tile_attribution,
+    )
+    server = make_server(args.host, args.port, args.dist or WEB_DIST, page)
+    # serve_forever runs in a thread; SIGTERM/SIGINT end it and the process exits 0.
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    thread = threading.Thread(target=server.serve_forever, name="web", daemon=True)
+    thread.start()
+    stop.wait()
+    server.shutdown()
+    server.server_close()
+    return 0
+
+
 def _serve(args: argparse.Namespace) -> int:
+    if args.service == "web":
+        return _serve_web(args)
     settings = Settings.from_env(redis_url=args.redis_url, database_url=args.database_url)
     address = f"{args.host}:{args.port}"
     if args.service == "location":
@@ -229,6 +288,9 @@ def _up(args: argparse.Namespace) -> int:
         database_url=database_url,
         production=args.production,
         tls=tls,
+        web=True,
+        tile_url=args.tile_url,
+        tile_attribution=args.tile_attribution,
     )
 
     def migrate(mesh: Mesh) -> None:
@@ -240,7 +302,8 @@ def _up(args: argparse.Namespace) -> int:
         signal.signal(sig, lambda *_: stop.set())
     mesh = start_mesh(settings, before_services=migrate)
     try:
-        print(_banner(mesh), flush=True)
+        demo = _start_demo(mesh, settings, args)
+        print(_banner(mesh, demo), flush=True)
         while not stop.wait(0.5):
             pass
         print("ridemesh: stopping…", flush=True)
@@ -250,17 +313,36 @@ def _up(args: argparse.Namespace) -> int:
     return 0
 
 
+def _start_demo(mesh: Mesh, settings: MeshSettings, args: argparse.Namespace) -> str:
+    """Starts the simulated city against the mesh unless turned off; says what it did."""
+    if not args.demo:
+        return "off (--no-demo or RIDEMESH_DEMO=0)"
+    if settings.production or settings.tls is not None:
+        return "off: the simulator uses development tokens over plaintext"
+    assert mesh.envoy is not None
+    argv = [
+        sys.executable, "-m", "services.cli", "simulate",
+        "--target", mesh.envoy.address, "--keys-dir", str(settings.keys_path),
+        "--drivers", str(args.demo_drivers), "--ride-rate", str(args.demo_ride_rate),
+    ]  # fmt: skip
+    log = mesh.run_dir / "logs" / "simulator.log"
+    mesh.start(ManagedProcess("simulator", argv, log))
+    return f"{args.demo_drivers} drivers, {args.demo_ride_rate:g} rides/min (log: {log})"
+
+
 def _port_or_free(preferred: int) -> int:
     """The fixed default port (so `psql` commands in the README work) unless it is taken."""
     return free_port() if port_open(preferred) else preferred
 
 
-def _banner(mesh: Mesh) -> str:
+def _banner(mesh: Mesh, demo: str) -> str:
     assert mesh.envoy is not None
     plaintext = "" if mesh.envoy.config.tls is not None else "-plaintext "
     lines = [
         "",
         "Ridemesh is up.",
+        f"  live map            {mesh.envoy.url}/   <- open this in a browser",
+        f"  simulated city      {demo}",
         f"  gRPC and gRPC-Web   {mesh.envoy.url}",
         f"  Envoy admin         {mesh.envoy.admin_url}",
     ]

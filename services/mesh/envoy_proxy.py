@@ -31,6 +31,9 @@ API_SERVICES = {
 _LOCAL_RATE_LIMIT = TYPE_PREFIX + "envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit"
 JWT_PROVIDER = "ridemesh"
 OPEN_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
+GRPC_PREFIXES = ("/ridemesh.", "/grpc.")
+# GET and HEAD: what a browser loading the page sends; gRPC and gRPC-Web are always POST.
+_SAFE_METHOD = {"name": ":method", "string_match": {"safe_regex": {"regex": "GET|HEAD"}}}
 
 
 @dataclass(frozen=True)
@@ -80,6 +83,8 @@ class EnvoyConfig:
     jwt: EnvoyJwt | None = None
     tls: EnvoyTls | None = None
     rate_limit: EnvoyRateLimit | None = None
+    # The live map's static upstream (`ridemesh serve web`): every non-gRPC GET goes there.
+    web_port: int | None = None
 
 
 def _endpoints(host: str, ports: Sequence[int]) -> str:
@@ -91,7 +96,7 @@ def _endpoints(host: str, ports: Sequence[int]) -> str:
     return json.dumps(endpoints)
 
 
-def _jwt_filter(jwt: EnvoyJwt | None) -> str:
+def _jwt_filter(jwt: EnvoyJwt | None, static_open: bool = False) -> str:
     """The jwt_authn http filter as one YAML flow list item, or nothing when tokens are off."""
     if jwt is None:
         return ""
@@ -103,9 +108,14 @@ def _jwt_filter(jwt: EnvoyJwt | None) -> str:
         "forward": True,
     }
     opened = OPEN_PREFIXES if jwt.open_health_and_reflection else ()
+    required = {"provider_name": JWT_PROVIDER}
     # A rule without `requires` lets the request through unverified; the first match wins.
     rules: list[dict[str, object]] = [{"match": {"prefix": p}} for p in opened]
-    rules.append({"match": {"prefix": "/"}, "requires": {"provider_name": JWT_PROVIDER}})
+    if static_open:
+        # The page and its files are public; every gRPC path (always a POST) still needs a token.
+        rules += [{"match": {"prefix": p}, "requires": required} for p in GRPC_PREFIXES]
+        rules.append({"match": {"prefix": "/", "headers": [_SAFE_METHOD]}})
+    rules.append({"match": {"prefix": "/"}, "requires": required})
     typed = {
         "@type": TYPE_PREFIX + "envoy.extensions.filters.http.jwt_authn.v3.JwtAuthentication",
         "providers": {JWT_PROVIDER: provider},
@@ -144,9 +154,10 @@ def _route_rate_limit(limit: EnvoyRateLimit) -> dict[str, object]:
     }
 
 
-def _routes(limit: EnvoyRateLimit | None) -> str:
+def _routes(limit: EnvoyRateLimit | None, web: bool = False) -> str:
     """Routes as a YAML flow list: streaming methods by exact path (never rate limited, never
-    timed out), then each service's prefix, rate limited when a limit is set."""
+    timed out), then each service's prefix, rate limited when a limit is set; last, with `web`,
+    every other GET or HEAD to the live map's static upstream."""
     action = {"timeout": "0s", "max_stream_duration": {"grpc_timeout_header_max": "0s"}}
     routes: list[dict[str, object]] = []
     for cluster, service in API_SERVICES.items():
@@ -165,7 +176,26 @@ def _routes(limit: EnvoyRateLimit | None) -> str:
         routes.append(unary)
     for prefix in ("/grpc.reflection.", "/grpc.health.v1.Health/"):
         routes.append({"match": {"prefix": prefix}, "route": {"cluster": "location", **action}})
+    if web:
+        page = {"match": {"prefix": "/", "headers": [_SAFE_METHOD]}, "route": {"cluster": "web"}}
+        routes.append(page)
     return json.dumps(routes)
+
+
+def _web_cluster(port: int | None, host: str) -> str:
+    """The static upstream's cluster (HTTP/1.1) as one YAML flow list item, or nothing."""
+    if port is None:
+        return ""
+    cluster = {
+        "name": "web",
+        "type": "STATIC",
+        "connect_timeout": "1s",
+        "load_assignment": {
+            "cluster_name": "web",
+            "endpoints": [{"lb_endpoints": json.loads(_endpoints(host, [port]))}],
+        },
+    }
+    return "- " + json.dumps(cluster)
 
 
 def _tls_socket(tls: EnvoyTls | None) -> str:
@@ -201,8 +231,9 @@ def render_config(config: EnvoyConfig, template: Path = TEMPLATE) -> str:
         "max_streams": config.max_streams,
         "max_downstream_connections": config.max_downstream_connections,
         "rate_limit_filter": _rate_limit_filter(config.rate_limit),
-        "routes": _routes(config.rate_limit),
-        "jwt_authn_filter": _jwt_filter(config.jwt),
+        "routes": _routes(config.rate_limit, web=config.web_port is not None),
+        "jwt_authn_filter": _jwt_filter(config.jwt, static_open=config.web_port is not None),
+        "web_cluster": _web_cluster(config.web_port, config.upstream_host),
         "tls_transport_socket": _tls_socket(config.tls),
     }
     for cluster in CLUSTERS:
@@ -248,6 +279,7 @@ class EnvoyProxy(ServerProcess):
         jwt: EnvoyJwt | None = None,
         tls: EnvoyTls | None = None,
         rate_limit: EnvoyRateLimit | None = DEFAULT_RATE_LIMIT,
+        web_port: int | None = None,
     ) -> None:
         self.run_dir = Path(run_dir)
         self.config = EnvoyConfig(
@@ -259,6 +291,7 @@ class EnvoyProxy(ServerProcess):
             jwt=jwt,
             tls=tls,
             rate_limit=rate_limit,
+            web_port=web_port,
         )
         self.config_path = self.run_dir / "envoy.yaml"
         self.ready_timeout = ready_timeout

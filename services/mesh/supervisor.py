@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import http.client
 import os
 import sys
 from collections.abc import Callable, Mapping
@@ -89,6 +90,11 @@ class MeshSettings:
     # at the edge, and reflection in the services too.
     production: bool = False
     tls: EnvoyTls | None = None
+    # The live map: a static upstream behind Envoy serving web/dist (`ridemesh serve web`).
+    web: bool = False
+    web_dist: Path | None = None
+    tile_url: str | None = None
+    tile_attribution: str | None = None
 
     @property
     def keys_path(self) -> Path:
@@ -107,6 +113,7 @@ class Mesh:
         # The development key pair tokens are minted with; None in production.
         self.keys: DevKeys | None = None
         self.services: dict[str, list[int]] = {}
+        self.web_port: int | None = None
         # Set from the servers started here, or given when Redis/PostgreSQL run elsewhere.
         self.redis_url: str | None = None
         self.database_url: str | None = None
@@ -201,6 +208,8 @@ def _start_all(
     for service, count in settings.replicas.items():
         for _ in range(count):
             mesh.start_service(service, free_port(), env, settings.ready_timeout)
+    if settings.web:
+        mesh.web_port = start_web(mesh, settings)
     envoy = EnvoyProxy(
         run_dir / "envoy",
         mesh.services,
@@ -209,8 +218,39 @@ def _start_all(
         listen_address=settings.listen_address,
         jwt=edge_jwt(settings) if settings.jwt else None,
         tls=settings.tls,
+        web_port=mesh.web_port,
     )
     mesh.envoy = mesh.start(envoy)
+
+
+def http_ok(port: int, path: str) -> bool:
+    """True when GET http://127.0.0.1:port/path answers 200."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=0.5)
+    try:
+        conn.request("GET", path)
+        return conn.getresponse().status == 200
+    except OSError:
+        return False
+    finally:
+        conn.close()
+
+
+def start_web(mesh: Mesh, settings: MeshSettings) -> int:
+    """Start the live map's static upstream; outside production it hands the page an ops token."""
+    port = free_port()
+    argv = [sys.executable, "-m", "services.cli", "serve", "web", "--port", str(port)]
+    if settings.web_dist is not None:
+        argv += ["--dist", str(settings.web_dist)]
+    if not settings.production:
+        argv += ["--dev-keys-dir", str(settings.keys_path)]
+    if settings.tile_url:
+        argv += ["--tile-url", settings.tile_url]
+    if settings.tile_attribution:
+        argv += ["--tile-attribution", settings.tile_attribution]
+    log = settings.run_dir / "logs" / f"web-{port}.log"
+    process = mesh.start(ManagedProcess(f"web:{port}", argv, log))
+    process.wait_ready(lambda: http_ok(port, "/healthz"), settings.ready_timeout)
+    return port
 
 
 def prepare_keys(settings: MeshSettings) -> DevKeys | None:

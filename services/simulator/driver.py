@@ -34,6 +34,7 @@ class Trip:
     ride_id: str
     pickup: tuple[float, float]
     dropoff: tuple[float, float]
+    arrived: bool = False  # at the pickup, waiting for the rider to get in
     aboard: bool = False
 
 
@@ -196,13 +197,17 @@ class SimulatedDriver:
         return snap_to_street(x, y, self._grid.block_m)
 
     async def _reached(self, trip: Trip) -> None:
-        """At the pickup: arrived, then started; at the drop-off: completed, then roaming again."""
+        """At the pickup: arrived, then (a fix later, once the rider is in) started; at the
+        drop-off: completed, then roaming again."""
         ids = {"ride_id": trip.ride_id, "driver_id": self.driver_id}
         try:
-            if not trip.aboard:
+            if not trip.arrived:
                 await self._rides.MarkDriverArrived(
                     ride_pb.MarkDriverArrivedRequest(**ids), metadata=self._metadata
                 )
+                trip.arrived = True
+                return
+            if not trip.aboard:
                 await self._rides.StartRide(
                     ride_pb.StartRideRequest(**ids), metadata=self._metadata
                 )

@@ -21,6 +21,7 @@ from services.simulator.settings import SimSettings
 from services.simulator.stats import Stats
 
 log = logging.getLogger(__name__)
+TERMINAL = frozenset({pb.RIDE_STATE_COMPLETED, pb.RIDE_STATE_CANCELLED, pb.RIDE_STATE_EXPIRED})
 Metadata = tuple[tuple[str, str], ...]
 
 
@@ -53,7 +54,8 @@ class Riders:
         self._rng = rng
         self._run_id = run_id
         self.requested: dict[str, str] = {}  # ride id -> rider id
-        self._pending: set[asyncio.Task[None]] = set()
+        self._pending: set[asyncio.Task[None]] = set()  # RequestRide calls in flight
+        self._waiting: set[asyncio.Task[None]] = set()  # riders waiting for a driver
 
     async def run(self, stop: asyncio.Event) -> None:
         if self._settings.ride_rate_per_min <= 0:
@@ -69,8 +71,6 @@ class Riders:
             task = asyncio.create_task(self._request(f"sim-rider-{self._run_id}-{number}"))
             self._pending.add(task)
             task.add_done_callback(self._pending.discard)
-        if self._pending:
-            await asyncio.wait(self._pending, timeout=5.0)
 
     async def _request(self, rider_id: str) -> None:
         radius = self._settings.trip_radius_m
@@ -87,14 +87,46 @@ class Riders:
             log.info("ride request by %s failed: %s", rider_id, exc.details())
             return
         self._stats.rides_requested += 1
-        self.requested[response.ride.ride_id] = rider_id
+        ride_id = response.ride.ride_id
+        self.requested[ride_id] = rider_id
+        task = asyncio.create_task(self._impatient(ride_id, rider_id))
+        self._waiting.add(task)
+        task.add_done_callback(self._waiting.discard)
 
-    async def tally_expired(self) -> None:
-        """Counts, at the end, the requested rides that expired with nobody accepting them."""
-        states = await asyncio.gather(
-            *(self._state(ride_id, rider) for ride_id, rider in self.requested.items())
+    async def _impatient(self, ride_id: str, rider_id: str) -> None:
+        """Still no driver after a while: the rider gives up."""
+        await asyncio.sleep(self._settings.rider_patience_s)
+        if await self._state(ride_id, rider_id) == pb.RIDE_STATE_REQUESTED:
+            await self._cancel(ride_id, rider_id, "no driver came")
+
+    async def wind_down(self) -> None:
+        """At the end of a run, every ride still open is cancelled by its rider, so none is left
+        hanging; then counts how the rides ended."""
+        if self._pending:  # requests in flight: their rides must be known to be ended
+            await asyncio.wait(self._pending, timeout=10.0)
+        for task in list(self._waiting):
+            task.cancel()
+        items = list(self.requested.items())
+        states = await asyncio.gather(*(self._state(ride, rider) for ride, rider in items))
+        await asyncio.gather(
+            *(
+                self._cancel(ride, rider, "the simulation stopped")
+                for (ride, rider), state in zip(items, states, strict=True)
+                if state not in TERMINAL
+            )
         )
-        self._stats.rides_expired = sum(1 for s in states if s == pb.RIDE_STATE_EXPIRED)
+        final = await asyncio.gather(*(self._state(ride, rider) for ride, rider in items))
+        self._stats.rides_cancelled = sum(1 for s in final if s == pb.RIDE_STATE_CANCELLED)
+        self._stats.rides_expired = sum(1 for s in final if s == pb.RIDE_STATE_EXPIRED)
+
+    async def _cancel(self, ride_id: str, rider_id: str, reason: str) -> None:
+        request = pb.CancelRideRequest(
+            ride_id=ride_id, cancelled_by=pb.PARTY_RIDER, actor_id=rider_id, reason=reason
+        )
+        try:
+            await self._rides.CancelRide(request, metadata=self._metadata(rider_id), timeout=5.0)
+        except aio.AioRpcError as exc:  # it ended meanwhile (completed, say): nothing to do
+            log.debug("cancelling %s: %s", ride_id, exc.details())
 
     async def _state(self, ride_id: str, rider_id: str) -> int:
         try:

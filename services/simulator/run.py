@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import random
 import signal
 import uuid
@@ -12,6 +13,7 @@ from pathlib import Path
 
 from grpc import aio
 
+from ridemesh.v1.geo_query_service_pb2 import Geofence
 from services.auth.identity import Role
 from services.auth.keys import DevKeys, ensure_dev_keys, mint_token
 from services.simulator.city import Grid
@@ -20,6 +22,9 @@ from services.simulator.pacing import Pacer
 from services.simulator.rider import Riders
 from services.simulator.settings import SimSettings
 from services.simulator.stats import Stats
+from services.simulator.zones import ensure_demo_zones
+
+log = logging.getLogger(__name__)
 
 
 class Simulation:
@@ -34,6 +39,8 @@ class Simulation:
         self.run_id = uuid.UUID(int=self._rng.getrandbits(128)).hex[:8]
         self.grid = Grid(*settings.center, settings.block_m, settings.city_radius_m)
         self.drivers: list[SimulatedDriver] = []
+        self.riders: Riders | None = None
+        self.zones: list[Geofence] = []
 
     def bearer(self, sub: str, role: Role) -> Metadata:
         """Call metadata for one simulated app, signed as its own user."""
@@ -46,9 +53,20 @@ class Simulation:
         )
         return (("authorization", f"Bearer {token}"),)
 
+    async def _demo_zones(self, channel: aio.Channel) -> None:
+        """The city's zones, created as an ops user would; a mesh that refuses leaves none."""
+        try:
+            self.zones = await ensure_demo_zones(
+                channel, self.bearer(f"sim-ops-{self.run_id}", Role.OPS), self.grid
+            )
+        except aio.AioRpcError as exc:
+            log.warning("no demo zones: %s: %s", exc.code().name, exc.details())
+
     async def run(self) -> Stats:
         """Runs until `stop` is set or the duration passes, then closes every stream."""
         async with aio.insecure_channel(self.settings.target) as channel:
+            if self.settings.demo_zones:
+                await self._demo_zones(channel)
             self.drivers = [
                 SimulatedDriver(
                     f"sim-{self.run_id}-{n}",
@@ -61,7 +79,7 @@ class Simulation:
                 )
                 for n in range(1, self.settings.drivers + 1)
             ]
-            riders = Riders(
+            self.riders = riders = Riders(
                 channel,
                 lambda rider_id: self.bearer(rider_id, Role.RIDER),
                 self.grid,
@@ -78,7 +96,7 @@ class Simulation:
                     await asyncio.wait_for(self.stop.wait(), self.settings.duration_s)
                 self.stop.set()
             await asyncio.gather(*tasks)
-            await riders.tally_expired()
+            await riders.wind_down()
         return self.stats
 
 

@@ -25,3 +25,7 @@ class SimSettings:
     stream_open_rate_per_s: float = 50.0
     reconnect_backoff_s: tuple[float, float] = (0.5, 10.0)
     token_ttl_s: int = 24 * 3600
+    # A rider whose ride has no driver after this long cancels it (before dispatch gives up).
+    rider_patience_s: float = 60.0
+    # Create the demo zones (a station, a park, a business district) if they are missing.
+    demo_zones: bool = True

@@ -18,6 +18,7 @@ class Stats:
     rides_requested: int = 0
     rides_accepted: int = 0
     rides_completed: int = 0
+    rides_cancelled: int = 0
     rides_expired: int = 0
     request_errors: int = 0
 
@@ -28,5 +29,6 @@ class Stats:
             f"offers {self.offers} (declined {self.offers_declined}); "
             f"rides requested {self.rides_requested} (failed {self.request_errors}), "
             f"accepted {self.rides_accepted}, "
-            f"completed {self.rides_completed}, expired {self.rides_expired}"
+            f"completed {self.rides_completed}, cancelled {self.rides_cancelled}, "
+            f"expired {self.rides_expired}"
         )

@@ -243,3 +243,57 @@ def test_tls_listener_offers_h2_and_http11(tmp_path: Path) -> None:
     (pair,) = context["tls_certificates"]
     assert pair["certificate_chain"] == {"filename": str(cert.cert_path)}
     assert pair["private_key"] == {"filename": str(cert.key_path)}
+
+
+def _jwt_rules(config: dict[str, Any]) -> list[dict[str, Any]]:
+    (jwt_filter,) = [f for f in _hcm(config)["http_filters"] if "jwt_authn" in f["name"]]
+    rules: list[dict[str, Any]] = jwt_filter["typed_config"]["rules"]
+    return rules
+
+
+def test_without_the_page_there_is_no_web_cluster_and_every_path_needs_a_token(
+    tmp_path: Path,
+) -> None:
+    jwks = ensure_dev_keys(tmp_path / "keys").jwks_path.read_text()
+    rendered = render_config(
+        EnvoyConfig(18080, 19901, {"location": [1]}, jwt=EnvoyJwt("i", ["a"], jwks))
+    )
+    loaded = yaml.safe_load(rendered)
+    assert "web" not in _clusters(loaded)
+    assert all(r["route"]["cluster"] != "web" for r in _routes(loaded))
+    assert _jwt_rules(loaded)[-1] == {
+        "match": {"prefix": "/"},
+        "requires": {"provider_name": "ridemesh"},
+    }
+
+
+def test_the_page_gets_every_other_get_and_needs_no_token_while_grpc_still_does(
+    tmp_path: Path,
+) -> None:
+    jwks = ensure_dev_keys(tmp_path / "keys").jwks_path.read_text()
+    web = EnvoyConfig(18080, 19901, {"location": [1]}, jwt=EnvoyJwt("i", ["a"], jwks), web_port=7)
+    loaded = yaml.safe_load(render_config(web))
+    endpoint = _clusters(loaded)["web"]["load_assignment"]["endpoints"][0]["lb_endpoints"][0]
+    assert endpoint["endpoint"]["address"]["socket_address"] == {
+        "address": "127.0.0.1",
+        "port_value": 7,
+    }
+    # HTTP/1.1 to the page: no HTTP/2 options, unlike the gRPC clusters.
+    assert "typed_extension_protocol_options" not in _clusters(loaded)["web"]
+    page = _routes(loaded)[-1]
+    assert page["route"]["cluster"] == "web"
+    assert page["match"]["prefix"] == "/"
+    assert page["match"]["headers"][0]["string_match"]["safe_regex"]["regex"] == "GET|HEAD"
+    # Every gRPC route comes before it, so no gRPC path reaches the page.
+    assert all(r["route"]["cluster"] != "web" for r in _routes(loaded)[:-1])
+    rules = _jwt_rules(loaded)
+    required = {"provider_name": "ridemesh"}
+    grpc_rules = [r for r in rules if r["match"].get("prefix") in ("/ridemesh.", "/grpc.")]
+    assert [r["requires"] for r in grpc_rules] == [required, required]
+    open_get = next(i for i, r in enumerate(rules) if "headers" in r["match"])
+    assert "requires" not in rules[open_get]
+    assert all(rules.index(r) < open_get for r in grpc_rules)
+    assert rules[-1] == {"match": {"prefix": "/"}, "requires": required}
+    validate_path = tmp_path / "envoy.yaml"
+    validate_path.write_text(render_config(web))
+    validate_config(validate_path)

@@ -18,12 +18,19 @@ PROTOC = PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(PY) -m grpc_tools.protoc -Iprotos
 	$$(find protos -name '*.proto' | sort)
 # Generated files only; hand-written __init__.py files under gen/ stay.
 GENERATED = find $(1) -type f \( -name '*_pb2*.py' -o -name '*_pb2*.pyi' \)
+# The live map (web/): its own npm packages; TypeScript generated from protos/ with buf and
+# protoc-gen-es, bundled by esbuild into web/dist (served by the mesh, not committed).
+WEB_STAMP := web/node_modules/.installed
+WEB_SOURCES := $(shell find web/src -type f 2>/dev/null) \
+	web/index.html web/build.mjs web/tsconfig.json web/package.json
+WEB_GEN = PATH="$(CURDIR)/web/node_modules/.bin:$$PATH" node_modules/.bin/buf generate \
+	--template web/buf.gen.yaml
 PYTEST_ARGS ?= -q --durations=10
 ARGS ?=
 
-.PHONY: install system-packages gen check-gen lint test run clean distclean
+.PHONY: install system-packages web gen check-gen lint test run screenshot clean distclean
 
-install: system-packages $(PIP_STAMP) $(NPM_STAMP)
+install: system-packages $(PIP_STAMP) $(NPM_STAMP) web
 
 system-packages:
 	@if command -v redis-server >/dev/null && command -v chromium >/dev/null \
@@ -47,11 +54,22 @@ $(NPM_STAMP): package.json $(wildcard package-lock.json)
 	else npm install --no-audit --no-fund; fi
 	touch $@
 
-gen: $(PIP_STAMP)
+$(WEB_STAMP): web/package.json web/package-lock.json $(NPM_STAMP)
+	cd web && npm ci --no-audit --no-fund
+	touch $@
+
+# Type-checks (tsc --noEmit) and bundles; reruns only when a source changed.
+web/dist/index.html: $(WEB_STAMP) $(WEB_SOURCES)
+	cd web && npm run build
+
+web: web/dist/index.html
+
+gen: $(PIP_STAMP) $(WEB_STAMP)
 	$(call GENERATED,gen) -delete
 	$(call PROTOC,gen)
+	$(WEB_GEN)
 
-check-gen: $(PIP_STAMP)
+check-gen: $(PIP_STAMP) $(WEB_STAMP)
 	@tmp=$$(mktemp -d); trap 'rm -rf "$$tmp"' EXIT; \
 	cp -r gen/. "$$tmp"; \
 	$(call GENERATED,"$$tmp") -delete; \
@@ -59,7 +77,11 @@ check-gen: $(PIP_STAMP)
 	if ! diff -r -x __pycache__ gen "$$tmp"; then \
 	  echo "gen/ is stale: run 'make gen' and commit the result" >&2; exit 1; \
 	fi; \
-	echo "gen/ is up to date"
+	$(WEB_GEN) -o "$$tmp/ts"; \
+	if ! diff -r web/src/gen "$$tmp/ts/web/src/gen"; then \
+	  echo "web/src/gen is stale: run 'make gen' and commit the result" >&2; exit 1; \
+	fi; \
+	echo "gen/ and web/src/gen are up to date"
 
 lint: $(PIP_STAMP) $(NPM_STAMP)
 	$(VENV)/bin/ruff check .
@@ -80,8 +102,14 @@ test: install lint check-gen
 	$(PY) -m pytest $(PYTEST_ARGS) --basetemp="$$tmp/pytest" || rc=$$?; \
 	rm -rf "$$tmp"; exit $$rc
 
+# The mesh with a simulated city and the live map at http://127.0.0.1:8080/ (ARGS=--no-demo, or
+# RIDEMESH_DEMO=0, for none).
 run: install
 	$(VENV)/bin/ridemesh up $(ARGS)
+
+# Runs the browser test and keeps its last screenshot as the README's picture.
+screenshot: install
+	RIDEMESH_SCREENSHOT=$(CURDIR)/docs/live-map.png $(PY) -m pytest -q tests/e2e/test_live_map.py
 
 clean:
 	rm -rf build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache
@@ -89,4 +117,4 @@ clean:
 	  -type d -name __pycache__ -exec rm -rf {} +
 
 distclean: clean
-	rm -rf $(VENV) node_modules .ridemesh
+	rm -rf $(VENV) node_modules web/node_modules web/dist .ridemesh

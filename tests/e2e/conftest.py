@@ -46,6 +46,7 @@ def mesh(
         redis_url=redis_server.url,
         database_url=make_database(),
         env=MESH_ENV,
+        web=True,  # the live map's static upstream, for the browser test
     )
     with start_mesh(settings) as running:
         yield running

@@ -154,6 +154,20 @@ async def test_the_live_map_shows_a_moving_city_through_envoy(
     if target := os.environ.get(SCREENSHOT_ENV):
         shutil.copyfile(shot, target)
 
+    # Moving the map re-subscribes to the new box: away from the city no driver shows, and back
+    # over it they all come back. (Following a driver keeps the map on it, so stop first.)
+    await page.click("#driver-panel button.stop")
+    await panel.wait_for(state="hidden", timeout=5_000)
+    away = f"[{TBILISI[0] + 0.3}, {TBILISI[1]}]"
+    await page.evaluate(f"window.ridemesh.map.setView({away}, 16)")
+    await page.wait_for_function(
+        "document.querySelectorAll('.driver').length === 0", timeout=15_000
+    )
+    await page.evaluate(f"window.ridemesh.map.setView([{centre}], 16)")
+    await page.wait_for_function(
+        "document.querySelectorAll('.driver').length >= 15", timeout=30_000
+    )
+
     # A lost connection is shown, and the page recovers by itself.
     await page.context.set_offline(True)
     await page.wait_for_selector("#status[data-state=reconnecting]", timeout=30_000)

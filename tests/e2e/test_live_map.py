@@ -103,6 +103,10 @@ async def test_the_live_map_shows_a_moving_city_through_envoy(
         "document.querySelectorAll('.driver').length >= 15", timeout=30_000
     )
     await page.wait_for_selector(".zone", state="attached", timeout=10_000)
+    # The supply heatmap, and (with no tile layer configured) a scale over the plain grid.
+    await page.wait_for_selector("path.heat-cell", state="attached", timeout=15_000)
+    assert await page.locator(".leaflet-control-scale").count() == 1
+    assert await page.locator(".leaflet-tile-container img").count() == 0
     count = int(await page.inner_text("#driver-count"))
     assert count == await page.locator(".driver").count()
     availabilities = set(

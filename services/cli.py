@@ -1,11 +1,12 @@
 """The `ridemesh` command: `up` runs the mesh, `serve` one service, `migrate` the schema,
 `maintain` the history partitions, `token` mints a development token, `simulate` drives a
-simulated city against a running mesh."""
+simulated city against a running mesh, `status` shows a running mesh at a glance."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import logging
 import os
 import signal
@@ -24,6 +25,7 @@ from services.mesh.ports import free_port, port_open
 from services.mesh.process import ManagedProcess
 from services.mesh.supervisor import Mesh, MeshSettings, start_mesh
 from services.migrate import run_migrations
+from services.status import STATE_FILE
 
 SERVICES = ("location", "ride", "geo")
 DEFAULT_REDIS_PORT = 16379
@@ -116,8 +118,31 @@ def _parser() -> argparse.ArgumentParser:
     token.add_argument("--ttl", type=int, default=3600, help="seconds the token is valid")
     token.add_argument("--keys-dir", type=Path, default=DEFAULT_KEYS_DIR)
     token.set_defaults(func=_token)
+    status = commands.add_parser(
+        "status", help="the running mesh at a glance: health, streams, fixes/s, persistence lag"
+    )
+    status.add_argument("--data-dir", type=Path, default=Path(".ridemesh"))
+    status.add_argument("--window", type=float, default=1.0, help="seconds between scrapes")
+    status.set_defaults(func=_status)
     _add_simulate(commands)
     return parser
+
+
+def _status(args: argparse.Namespace) -> int:
+    from services.status import STATE_FILE, load_state, report
+
+    try:
+        state = load_state(args.data_dir)
+    except FileNotFoundError:
+        print(
+            f"ridemesh: no running mesh in {args.data_dir} (no {STATE_FILE}): start one with "
+            "`make run`, or pass --data-dir",
+            file=sys.stderr,
+        )
+        return 2
+    text, healthy = report(state, args.window)
+    print(text)
+    return 0 if healthy else 1
 
 
 def _add_simulate(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -204,9 +229,14 @@ def _serve_web(args: argparse.Namespace) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
+    from services.observability.logs import configure_logging
+    from services.observability.tracing import configure_tracing
+
     if args.service == "web":
         return _serve_web(args)
     settings = Settings.from_env(redis_url=args.redis_url, database_url=args.database_url)
+    configure_logging(json_lines=settings.log_format == "json")
+    tracing = configure_tracing(args.service)
     address = f"{args.host}:{args.port}"
     if args.service == "location":
         from services.location.main import run
@@ -214,7 +244,11 @@ def _serve(args: argparse.Namespace) -> int:
         from services.ride.main import run
     else:
         from services.geo.main import run
-    asyncio.run(run(settings, address))
+    try:
+        asyncio.run(run(settings, address, tracing=tracing))
+    finally:
+        if tracing is not None:
+            tracing.shutdown()  # exports the spans still buffered
     return 0
 
 
@@ -301,13 +335,16 @@ def _up(args: argparse.Namespace) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
     mesh = start_mesh(settings, before_services=migrate)
+    state_file = settings.run_dir / STATE_FILE
     try:
         demo = _start_demo(mesh, settings, args)
+        state_file.write_text(json.dumps(mesh.describe(), indent=2))
         print(_banner(mesh, demo), flush=True)
         while not stop.wait(0.5):
             pass
         print("ridemesh: stopping…", flush=True)
     finally:
+        state_file.unlink(missing_ok=True)
         mesh.stop()
     print("ridemesh: stopped", flush=True)
     return 0
@@ -364,7 +401,15 @@ def _banner(mesh: Mesh, demo: str) -> str:
         lines.append(f"  Redis               {mesh.redis.url}")
     if mesh.postgres is not None:
         lines.append(f"  PostgreSQL          psql {mesh.postgres.dsn}")
-    lines += [f"  logs                {mesh.run_dir / 'logs'}", "Ctrl-C stops everything.", ""]
+    for service, ports in mesh.services.items():
+        metrics = ", ".join(f"http://127.0.0.1:{mesh.metrics_ports[p]}/metrics" for p in ports)
+        lines.append(f"  {service} metrics{' ' * (11 - len(service))} {metrics}")
+    lines += [
+        f"  logs                {mesh.run_dir / 'logs'}",
+        "  at a glance         ridemesh status",
+        "Ctrl-C stops everything.",
+        "",
+    ]
     return "\n".join(lines)
 
 

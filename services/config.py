@@ -85,6 +85,10 @@ class Settings:
     staff_limit_factor: int = 50
     unary_rate_per_s: float = 50.0
     unary_burst: int = 100
+    # Prometheus metrics at http://<the service's host>:<port>/metrics; 0 serves none.
+    metrics_port: int = 0
+    # Service logs: "json" (one object per line, with trace ids) or "text".
+    log_format: str = "json"
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:

@@ -12,6 +12,8 @@ from redis.asyncio import Redis
 from redis.asyncio.client import PubSub
 from redis.exceptions import ConnectionError as RedisConnectionError
 
+from services.observability.metrics import DROPPED_KEYED, DROPPED_LATEST
+
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
@@ -118,6 +120,7 @@ class Latest(Generic[T]):
     def put(self, item: T) -> None:
         if len(self._items) == self._items.maxlen:
             self.dropped += 1
+            DROPPED_LATEST.inc()
         self._items.append(item)
         self._ready.set()
 
@@ -132,19 +135,25 @@ class Latest(Generic[T]):
 class KeyedLatest(Generic[T]):
     """A mailbox conflated per key (per driver), releasing each key at most once per interval."""
 
-    __slots__ = ("_pending", "_last_sent", "_ready", "_interval", "_clock", "dropped")
+    __slots__ = ("_pending", "_last_sent", "_ready", "_interval", "_clock", "dropped", "_drops")
 
-    def __init__(self, interval_s: float, clock: Callable[[], float]) -> None:
+    def __init__(
+        self, interval_s: float, clock: Callable[[], float], *, count_drops: bool = True
+    ) -> None:
         self._pending: dict[str, T] = {}
         self._last_sent: dict[str, float] = {}
         self._ready = asyncio.Event()
         self._interval = interval_s
         self._clock = clock
         self.dropped = 0
+        # Watchers' drops are a metric (a slow reader); an internal work queue's are by design.
+        self._drops = DROPPED_KEYED if count_drops else None
 
     def put(self, key: str, item: T) -> None:
         if key in self._pending:
             self.dropped += 1
+            if self._drops is not None:
+                self._drops.inc()
         self._pending[key] = item
         self._ready.set()
 

@@ -31,15 +31,19 @@ MAX_MESSAGE_BYTES = 4 * 1024 * 1024
 
 
 def create_server(
-    address: str, auth: AuthInterceptor, limits: LimitInterceptor
+    address: str,
+    auth: AuthInterceptor,
+    limits: LimitInterceptor,
+    observers: Sequence[aio.ServerInterceptor] = (),  # type: ignore[type-arg]
 ) -> tuple[aio.Server, int]:
     """A server bound to `address` ("127.0.0.1:0" picks a free port); returns it and its port.
 
-    `auth` runs first, so no handler (nor its error mapping) runs for an unverified caller; then
-    the per-caller limits.
+    `observers` (tracing, metrics) wrap everything, so they see refused calls too; then `auth`,
+    so no handler (nor its error mapping) runs for an unverified caller; then the per-caller
+    limits.
     """
     server = aio.server(
-        interceptors=[auth, limits, DomainErrorInterceptor()],
+        interceptors=[*observers, auth, limits, DomainErrorInterceptor()],
         options=[
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),

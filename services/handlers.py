@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import inspect
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import grpc
+from grpc import aio
 
 Handler = Callable[..., Any]
 
@@ -26,3 +28,15 @@ def rewrap(handler: Any, wrap: Callable[[Handler], Handler]) -> Any:
                 response_serializer=handler.response_serializer,
             )
     return handler
+
+
+async def stream_responses(
+    method: Handler, request: Any, context: aio.ServicerContext[Any, Any]
+) -> AsyncIterator[Any]:
+    """Iterates a streaming handler written either as an async generator or as a coroutine that
+    calls context.write()."""
+    if inspect.isasyncgenfunction(method):
+        async for response in method(request, context):
+            yield response
+    else:
+        await method(request, context)

@@ -16,6 +16,7 @@ from redis.exceptions import ResponseError
 from ridemesh.v1.common_pb2 import DriverLocation
 from services.history import FixRow, HistoryStore
 from services.livestore import INGEST_STREAM, PERSIST_GROUP, LiveStore
+from services.observability.metrics import PERSIST_BATCH_ROWS, PERSIST_LAG, PERSIST_ROWS
 
 log = logging.getLogger(__name__)
 
@@ -145,8 +146,13 @@ class Persister:
         # Acknowledge only after the commit: a crash before this line re-delivers (idempotently).
         await self._redis.xack(INGEST_STREAM, PERSIST_GROUP, *[eid for eid, _ in self._batch])
         self.committed_rows += len(self._batch)
-        oldest = min(loc.received_at.seconds + loc.received_at.nanos / 1e9 for loc in locations)
-        self.last_lag_s = time.time() - oldest
+        now = time.time()
+        accepted = [loc.received_at.seconds + loc.received_at.nanos / 1e9 for loc in locations]
+        for at in accepted:
+            PERSIST_LAG.observe(now - at)
+        PERSIST_ROWS.inc(len(locations))
+        PERSIST_BATCH_ROWS.observe(len(locations))
+        self.last_lag_s = now - min(accepted)
         self._batch = []
         below = await self._live.committed_below()
         if below is not None:

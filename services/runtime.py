@@ -8,11 +8,14 @@ import signal
 from collections.abc import Awaitable, Callable
 
 from grpc import aio
+from opentelemetry.sdk.trace import TracerProvider
 
 from services.auth.interceptor import AuthInterceptor
 from services.auth.limits import LimitInterceptor, Limits
 from services.config import Settings
 from services.grpcserver import add_health, add_reflection, create_server, set_serving
+from services.observability.metrics import MetricsInterceptor, serve_metrics
+from services.observability.tracing import server_interceptors
 
 log = logging.getLogger(__name__)
 
@@ -29,16 +32,24 @@ async def serve(
     auth: AuthInterceptor,
     drain: Drain | None = None,
     stop: asyncio.Event | None = None,
+    tracing: TracerProvider | None = None,
 ) -> None:
-    """Serves until `stop` is set (or a signal arrives), then drains and stops gracefully."""
+    """Serves until `stop` is set (or a signal arrives), then drains and stops gracefully.
+    Metrics are served on settings.metrics_port (same host) when set; RPCs are traced with
+    `tracing` when given."""
     limits = LimitInterceptor(Limits.from_settings(settings))
-    server, port = create_server(address, auth, limits)
+    observers = [*server_interceptors(tracing), MetricsInterceptor()]
+    server, port = create_server(address, auth, limits, observers)
+    host = address.rsplit(":", 1)[0]
+    if settings.metrics_port:
+        metrics_port = serve_metrics(host, settings.metrics_port)
+        log.info("%s metrics on http://%s:%d/metrics", name, host, metrics_port)
     register(server)
     health = add_health(server)
     add_reflection(server)
     await server.start()
     await set_serving(health, True)
-    log.info("%s listening on %s", name, address.rsplit(":", 1)[0] + f":{port}")
+    log.info("%s listening on %s:%d", name, host, port)
     stop = stop or _stop_on_signals()
     await stop.wait()
     log.info("%s stopping: draining", name)

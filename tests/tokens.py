@@ -4,6 +4,7 @@ interceptor a test server installs to verify them."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from grpc import aio
 
@@ -45,7 +46,7 @@ def server_auth(keys: DevKeys) -> AuthInterceptor:
     return AuthInterceptor(verifier.verify)
 
 
-def ops_channel(keys: DevKeys, target: str, **kwargs: object) -> aio.Channel:
+def ops_channel(keys: DevKeys, target: str, **kwargs: Any) -> aio.Channel:
     """A plaintext channel to `target` whose calls carry an ops token (unless they bring one)."""
     return bearer_channel(target, token(keys), **kwargs)
 

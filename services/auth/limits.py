@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import inspect
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
@@ -15,7 +14,7 @@ from services.auth.identity import Identity, Role
 from services.auth.interceptor import current_identity
 from services.config import Settings
 from services.errors import Unauthenticated
-from services.handlers import Handler, rewrap
+from services.handlers import Handler, rewrap, stream_responses
 
 API_PREFIX = "/ridemesh.v1."
 STREAMS = "streams"
@@ -171,7 +170,7 @@ class LimitInterceptor(aio.ServerInterceptor):  # type: ignore[type-arg]
             ) -> AsyncIterator[Any]:
                 identity = _caller()
                 if identity is None:
-                    async for response in _responses(method, request, context):
+                    async for response in stream_responses(method, request, context):
                         yield response
                     return
                 limit = self.limits.allowance(kind, identity.role)
@@ -182,7 +181,7 @@ class LimitInterceptor(aio.ServerInterceptor):  # type: ignore[type-arg]
                         f"(max_{kind}_per_caller) for {identity.sub!r}: close one first",
                     )
                 try:
-                    async for response in _responses(method, request, context):
+                    async for response in stream_responses(method, request, context):
                         yield response
                 finally:
                     # Runs however the call ends: completion, error, cancel or disconnect.
@@ -198,15 +197,3 @@ def _caller() -> Identity | None:
         return current_identity()
     except Unauthenticated:
         return None
-
-
-async def _responses(
-    method: Handler, request: Any, context: aio.ServicerContext[Any, Any]
-) -> AsyncIterator[Any]:
-    """Iterates a streaming handler written either as an async generator or as a coroutine that
-    calls context.write()."""
-    if inspect.isasyncgenfunction(method):
-        async for response in method(request, context):
-            yield response
-    else:
-        await method(request, context)

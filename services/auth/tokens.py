@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -120,6 +120,10 @@ def bearer_interceptors(tokens: TokenSource | str) -> list[Any]:
     return [_UnaryUnary(source), _UnaryStream(source), _StreamUnary(source), _StreamStream(source)]
 
 
-def bearer_channel(target: str, tokens: TokenSource | str, **kwargs: Any) -> aio.Channel:
-    """An insecure grpc.aio channel whose every call carries the bearer token."""
-    return aio.insecure_channel(target, interceptors=bearer_interceptors(tokens), **kwargs)
+def bearer_channel(
+    target: str, tokens: TokenSource | str, *, more: Sequence[Any] = (), **kwargs: Any
+) -> aio.Channel:
+    """An insecure grpc.aio channel whose every call carries the bearer token (and passes through
+    `more` interceptors, e.g. tracing)."""
+    interceptors = [*bearer_interceptors(tokens), *more]
+    return aio.insecure_channel(target, interceptors=interceptors, **kwargs)

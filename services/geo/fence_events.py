@@ -201,7 +201,9 @@ class FenceTracker:
         self._hub = hub
         self._apply = redis.register_script(_APPLY_LUA)
         # Per driver only the newest unprocessed fix matters: zone state only moves forward.
-        self._mailbox: KeyedLatest[DriverLocation] = KeyedLatest(0.0, time.monotonic)
+        self._mailbox: KeyedLatest[DriverLocation] = KeyedLatest(
+            0.0, time.monotonic, count_drops=False
+        )
         self._entries = _EntryCache()
         self._clock = clock
         # Drivers whose state this replica itself last wrote empty, until when it trusts that.

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 
 from grpc import aio
+from opentelemetry.sdk.trace import TracerProvider
 
 from ridemesh.v1 import geo_query_service_pb2_grpc as pb_grpc
 from ridemesh.v1.common_pb2 import DriverLocation
@@ -23,7 +24,12 @@ from services.maintenance import run_forever
 from services.runtime import serve
 
 
-async def run(settings: Settings, address: str, stop: asyncio.Event | None = None) -> None:
+async def run(
+    settings: Settings,
+    address: str,
+    stop: asyncio.Event | None = None,
+    tracing: TracerProvider | None = None,
+) -> None:
     auth = auth_interceptor(settings)  # first: a missing or refused key stops startup here
     redis = redis_client(settings.redis_url)
     engine = create_engine(settings.database_url)
@@ -54,6 +60,7 @@ async def run(settings: Settings, address: str, stop: asyncio.Event | None = Non
             settings,
             auth=auth,
             stop=stop,
+            tracing=tracing,
         )
     finally:
         maintenance.cancel()

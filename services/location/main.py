@@ -7,6 +7,7 @@ import contextlib
 from datetime import UTC, date, datetime
 
 from grpc import aio
+from opentelemetry.sdk.trace import TracerProvider
 
 from ridemesh.v1 import location_service_pb2_grpc as pb_grpc
 from ridemesh.v1.common_pb2 import DriverLocation
@@ -24,7 +25,12 @@ from services.runtime import serve
 PARTITION_CHECK_S = 3600.0
 
 
-async def run(settings: Settings, address: str, stop: asyncio.Event | None = None) -> None:
+async def run(
+    settings: Settings,
+    address: str,
+    stop: asyncio.Event | None = None,
+    tracing: TracerProvider | None = None,
+) -> None:
     auth = auth_interceptor(settings)  # first: a missing or refused key stops startup here
     redis = redis_client(settings.redis_url)
     engine = create_engine(settings.database_url)
@@ -69,6 +75,7 @@ async def run(settings: Settings, address: str, stop: asyncio.Event | None = Non
             drain=drain,
             auth=auth,
             stop=stop,
+            tracing=tracing,
         )
     finally:
         for task in background:

@@ -26,6 +26,7 @@ from services.location.session import DriverSession
 from services.location.streams import DriverStream, StreamRegistry
 from services.location.throttle import TokenBucket
 from services.location.validation import FixLimits, validate_id, validate_update
+from services.observability.metrics import FIXES_ACCEPTED, FIXES_REJECTED
 from services.persister import fix_row
 from services.ride.channels import control_channel
 
@@ -125,13 +126,16 @@ class LocationServicer(pb_grpc.LocationServiceServicer):
             location = _location(update, now, stream.availability)
             entry_id = await self._live.ingest(location, location.SerializeToString())
         except DomainError as error:
+            FIXES_REJECTED.labels(error.code.name.lower()).inc()
             stream.reject(update.seq, update.driver_id, error)
             return
         except (OSError, ConnectionError) as exc:
+            FIXES_REJECTED.labels("unavailable").inc()
             stream.reject(
                 update.seq, update.driver_id, Unavailable(f"live store unavailable: {exc}")
             )
             return
+        FIXES_ACCEPTED.inc()
         session.accepted(update.seq, entry_id)
 
     async def _bind(self, stream: DriverStream, driver_id: str) -> None:
@@ -164,6 +168,7 @@ class LocationServicer(pb_grpc.LocationServiceServicer):
             try:
                 validate_update(update, now, self._limits)
             except InvalidArgument as error:
+                FIXES_REJECTED.labels(error.code.name.lower()).inc()
                 rejected.append(
                     pb.LocationRejected(
                         seq=update.seq,

@@ -70,6 +70,7 @@ class DriverStream:
                 "driver %s is not reading its stream: dropped %s",
                 self.session.driver_id,
                 dropped.WhichOneof("kind"),
+                extra={"driver_id": self.session.driver_id},
             )
         self._control.append(message)
         self.wake.set()

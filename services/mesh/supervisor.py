@@ -113,6 +113,8 @@ class Mesh:
         # The development key pair tokens are minted with; None in production.
         self.keys: DevKeys | None = None
         self.services: dict[str, list[int]] = {}
+        # Each replica's Prometheus port, by its gRPC port.
+        self.metrics_ports: dict[int, int] = {}
         self.web_port: int | None = None
         # Set from the servers started here, or given when Redis/PostgreSQL run elsewhere.
         self.redis_url: str | None = None
@@ -131,12 +133,30 @@ class Mesh:
         if self.redis_url is None or self.database_url is None:
             raise RuntimeError("start (or name) Redis and PostgreSQL before the services")
         argv = service_argv(service, port, self.redis_url, self.database_url)
-        child_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+        metrics_port = free_port()
+        child_env = {
+            **os.environ,
+            "PYTHONUNBUFFERED": "1",
+            "RIDEMESH_METRICS_PORT": str(metrics_port),
+            **(env or {}),
+        }
         log = self.run_dir / "logs" / f"{service}-{port}.log"
         process = self.start(ManagedProcess(f"{service}:{port}", argv, log, env=child_env))
         process.wait_ready(lambda: grpc_serving(port), timeout)
         self.services.setdefault(service, []).append(port)
+        self.metrics_ports[port] = metrics_port
         return process
+
+    def describe(self) -> dict[str, object]:
+        """Where everything listens, as `ridemesh status` reads it from the run directory."""
+        return {
+            "envoy": None if self.envoy is None else self.envoy.address,
+            "envoy_admin": None if self.envoy is None else self.envoy.admin_url,
+            "services": {
+                service: [{"port": p, "metrics_port": self.metrics_ports.get(p)} for p in ports]
+                for service, ports in self.services.items()
+            },
+        }
 
     def stop(self, grace: float = 10.0) -> None:
         """Stop everything in reverse start order; one failure does not skip the rest."""

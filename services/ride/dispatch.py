@@ -204,7 +204,9 @@ class Dispatcher:
             try:
                 await self._lapse(ride_id)
             except Exception:  # one ride's trouble must not hold up the others
-                log.exception("dispatch sweep of ride %s failed", ride_id)
+                log.exception(
+                    "dispatch sweep of ride %s failed", ride_id, extra={"ride_id": ride_id}
+                )
 
     async def _search_and_offer(self, ride: pb.Ride) -> pb.Ride:
         now = self._clock()
@@ -213,7 +215,12 @@ class Dispatcher:
             drivers = await self._search(ride)
         except grpc.aio.AioRpcError as exc:
             if now < deadline:
-                log.warning("driver search for ride %s failed: %s", ride.ride_id, exc.code())
+                log.warning(
+                    "driver search for ride %s failed: %s",
+                    ride.ride_id,
+                    exc.code(),
+                    extra={"ride_id": ride.ride_id},
+                )
                 await self._redis.zadd(SEARCH_RETRY_KEY, {ride.ride_id: now + SEARCH_RETRY_S})
                 return ride
             drivers = []  # out of time: no candidates, so offer_next expires the ride

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 
 from grpc import aio
+from opentelemetry.sdk.trace import TracerProvider
 
 from ridemesh.v1 import geo_query_service_pb2_grpc as geo_grpc
 from ridemesh.v1 import ride_service_pb2 as pb
@@ -18,13 +19,19 @@ from services.fanout import Hub
 from services.geo.eta import GreatCircleRouter
 from services.history import create_engine
 from services.livestore import LiveStore, redis_client
+from services.observability.tracing import client_interceptors
 from services.ride.dispatch import Dispatcher
 from services.ride.servicer import RideServicer
 from services.ride.store import RideStore
 from services.runtime import serve
 
 
-async def run(settings: Settings, address: str, stop: asyncio.Event | None = None) -> None:
+async def run(
+    settings: Settings,
+    address: str,
+    stop: asyncio.Event | None = None,
+    tracing: TracerProvider | None = None,
+) -> None:
     if not settings.mesh_target:
         raise MissingSetting(
             "setting RIDEMESH_MESH_TARGET (Envoy's address, for calls to GeoQueryService) is "
@@ -35,7 +42,7 @@ async def run(settings: Settings, address: str, stop: asyncio.Event | None = Non
     redis = redis_client(settings.redis_url)
     store = RideStore(create_engine(settings.database_url))
     # Dispatch asks GeoQueryService through the mesh, like any other client would: with a token.
-    mesh = bearer_channel(settings.mesh_target, tokens)
+    mesh = bearer_channel(settings.mesh_target, tokens, more=client_interceptors(tracing))
     dispatcher = Dispatcher(store, geo_grpc.GeoQueryServiceStub(mesh), redis, settings)
     live = LiveStore(redis, settings.live_window_s)
     rides: Hub[pb.Ride] = Hub(redis, pb.Ride.FromString)
@@ -59,6 +66,7 @@ async def run(settings: Settings, address: str, stop: asyncio.Event | None = Non
             settings,
             auth=auth,
             stop=stop,
+            tracing=tracing,
         )
     finally:
         sweeper.cancel()

@@ -108,6 +108,18 @@ async def test_up_serves_the_live_map_and_a_simulated_city_then_stops_cleanly(
                 metadata=(("authorization", f"Bearer {token}"),),
             )
         assert sorted(z.display_name for z in zones.geofences) == sorted(d.name for d in DEMO_ZONES)
+
+        # `ridemesh status` sees every replica serving, the drivers' streams and their fixes.
+        status = await _status(tmp_path / "data")
+        assert status.returncode == 0, status.stdout
+        rows = {line.split()[0]: line.split() for line in status.stdout.splitlines() if line}
+        for service in ("location", "ride", "geo"):
+            assert rows[service][2] == "SERVING", status.stdout
+        assert int(rows["location"][3]) == 12, status.stdout  # open streams
+        assert float(rows["location"][4]) > 0, status.stdout  # fixes/s
+        assert "Envoy routes to (healthy/all): geo 1/1, location 1/1, ride 1/1, web 1/1" in (
+            status.stdout
+        )
     finally:
         process.send_signal(signal.SIGTERM)
         rest, _ = await asyncio.to_thread(process.communicate, timeout=60)
@@ -115,6 +127,16 @@ async def test_up_serves_the_live_map_and_a_simulated_city_then_stops_cleanly(
     assert "ridemesh: stopped" in rest
     simulator_log = (tmp_path / "data" / "logs" / "simulator.log").read_text()
     assert "simulation stopped" in simulator_log
+    stopped = await _status(tmp_path / "data")
+    assert stopped.returncode == 2
+    assert "no running mesh" in stopped.stderr
+
+
+async def _status(data_dir: Path) -> subprocess.CompletedProcess[str]:
+    argv = [sys.executable, "-m", "services.cli", "status", "--data-dir", str(data_dir)]
+    return await asyncio.to_thread(
+        subprocess.run, [*argv, "--window", "3"], capture_output=True, text=True, timeout=60
+    )
 
 
 def test_the_demo_is_on_by_default_and_off_by_flag_or_environment(

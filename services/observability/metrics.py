@@ -1,0 +1,151 @@
+"""Prometheus metrics of one service process, served over HTTP at /metrics on its metrics port.
+
+RPCs are counted by a server interceptor (every method, every status code, the time unary calls
+take, the streams open now); the location pipeline counts its own events where they happen.
+Labels stay bounded: method names, status codes and rejection reasons, never ids."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import grpc
+from grpc import aio
+from prometheus_client import Counter, Gauge, Histogram, start_http_server
+
+from services.handlers import Handler, rewrap, stream_responses
+
+RPC_LABELS = ("grpc_service", "grpc_method", "grpc_code")
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+RPC_HANDLED = Counter(
+    "ridemesh_rpc_handled_total", "RPCs finished, by method and status code.", RPC_LABELS
+)
+RPC_SECONDS = Histogram(
+    "ridemesh_rpc_duration_seconds",
+    "How long unary RPCs take in the service, by method and status code.",
+    RPC_LABELS,
+    buckets=LATENCY_BUCKETS,
+)
+STREAMS_OPEN = Gauge(
+    "ridemesh_streams_open", "Streaming RPCs open now.", ("grpc_service", "grpc_method")
+)
+FIXES_ACCEPTED = Counter("ridemesh_fixes_accepted_total", "Driver fixes accepted.")
+FIXES_REJECTED = Counter(
+    "ridemesh_fixes_rejected_total",
+    "Driver fixes rejected, by reason (the status code sent back in-band).",
+    ("reason",),
+)
+FANOUT_DROPPED = Counter(
+    "ridemesh_fanout_dropped_total",
+    "Messages a slow watcher's mailbox dropped for newer ones (latest: WatchDriver and friends; "
+    "keyed: WatchArea's per-driver conflation).",
+    ("mailbox",),
+)
+PERSIST_LAG = Histogram(
+    "ridemesh_persist_lag_seconds",
+    "A fix accepted to its row committed in PostgreSQL.",
+    buckets=(0.1, 0.25, 0.5, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0, 30.0, 60.0),
+)
+PERSIST_BATCH_ROWS = Histogram(
+    "ridemesh_persist_batch_rows",
+    "Rows per committed batch.",
+    buckets=(1, 10, 50, 100, 250, 500, 1000, 2500, 5000),
+)
+PERSIST_ROWS = Counter("ridemesh_persist_rows_total", "Fix rows committed to PostgreSQL.")
+
+DROPPED_LATEST = FANOUT_DROPPED.labels("latest")
+DROPPED_KEYED = FANOUT_DROPPED.labels("keyed")
+
+
+def serve_metrics(host: str, port: int) -> int:
+    """Serves /metrics on host:port in a daemon thread (port 0 picks one); returns the port."""
+    server, _ = start_http_server(port, addr=host)
+    return int(server.server_port)
+
+
+_NAMES = {c.value[0]: c.name for c in grpc.StatusCode}
+
+
+def _split(full_method: str) -> tuple[str, str]:
+    """'/ridemesh.v1.LocationService/StreamLocations' -> ('ridemesh.v1.LocationService', ...)."""
+    service, _, method = full_method.lstrip("/").rpartition("/")
+    return service, method
+
+
+def _code(context: aio.ServicerContext[Any, Any], error: BaseException | None) -> str:
+    """The status the call ended with: what the handler set, else what its ending implies."""
+    code: object = context.code()
+    if isinstance(code, grpc.StatusCode):
+        return code.name
+    if isinstance(code, int) and not isinstance(code, bool):  # grpc.aio may hold the number
+        return _NAMES.get(code, "UNKNOWN")
+    if error is None:
+        return "OK"
+    if isinstance(error, (GeneratorExit, asyncio.CancelledError)):
+        return "CANCELLED"
+    return "UNKNOWN"
+
+
+class MetricsInterceptor(aio.ServerInterceptor):  # type: ignore[type-arg]
+    """Counts every RPC by method and final status, times unary ones and gauges open streams.
+    Installed first, so refusals by the token check and the limits are counted too."""
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Any]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> Any:
+        handler = await continuation(handler_call_details)
+        if handler is None:
+            return None
+        service, method = _split(handler_call_details.method)
+        if handler.unary_stream or handler.stream_stream:
+            return rewrap(handler, _counting_stream(service, method))
+        return rewrap(handler, _timing_unary(service, method))
+
+
+def _timing_unary(service: str, method_name: str) -> Callable[[Handler], Handler]:
+    def wrap(method: Handler) -> Handler:
+        async def wrapper(request: Any, context: aio.ServicerContext[Any, Any]) -> Any:
+            start = time.perf_counter()
+            error: BaseException | None = None
+            try:
+                return await method(request, context)
+            except BaseException as exc:
+                error = exc
+                raise
+            finally:
+                code = _code(context, error)
+                RPC_HANDLED.labels(service, method_name, code).inc()
+                RPC_SECONDS.labels(service, method_name, code).observe(time.perf_counter() - start)
+
+        return wrapper
+
+    return wrap
+
+
+def _counting_stream(service: str, method_name: str) -> Callable[[Handler], Handler]:
+    open_now = STREAMS_OPEN.labels(service, method_name)
+
+    def wrap(method: Handler) -> Handler:
+        async def wrapper(
+            request: Any, context: aio.ServicerContext[Any, Any]
+        ) -> AsyncIterator[Any]:
+            open_now.inc()
+            error: BaseException | None = None
+            try:
+                async for response in stream_responses(method, request, context):
+                    yield response
+            except BaseException as exc:
+                error = exc
+                raise
+            finally:
+                open_now.dec()
+                RPC_HANDLED.labels(service, method_name, _code(context, error)).inc()
+
+        return wrapper
+
+    return wrap

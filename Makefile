@@ -28,7 +28,8 @@ WEB_GEN = PATH="$(CURDIR)/web/node_modules/.bin:$$PATH" node_modules/.bin/buf ge
 PYTEST_ARGS ?= -q --durations=10
 ARGS ?=
 
-.PHONY: install system-packages web gen check-gen lint test run screenshot clean distclean
+.PHONY: install system-packages web gen check-gen envoy-configs lint test run screenshot clean \
+	distclean
 
 install: system-packages $(PIP_STAMP) $(NPM_STAMP) web
 
@@ -41,6 +42,10 @@ system-packages:
 	  $(SUDO) apt-get update; \
 	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y $(APT_PACKAGES); \
 	fi
+	@# kubectl renders the Kustomize manifests in the tests; Debian's kubernetes-client when absent
+	@# (it would clash with another kubectl package, so only then).
+	@command -v kubectl >/dev/null || { $(SUDO) apt-get update; \
+	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y kubernetes-client; }
 
 $(PY):
 	python3 -m venv $(VENV)
@@ -57,6 +62,11 @@ $(NPM_STAMP): package.json $(wildcard package-lock.json)
 $(WEB_STAMP): web/package.json web/package-lock.json $(NPM_STAMP)
 	cd web && npm ci --no-audit --no-fund
 	touch $@
+
+# Rewrites the committed deploy-time Envoy configs (deploy/compose, k8s/base/config) from envoy/;
+# the tests fail while they differ from what the renderer produces.
+envoy-configs: $(PIP_STAMP)
+	$(PY) -m services.mesh.deploy
 
 # Type-checks (tsc --noEmit) and bundles; reruns only when a source changed.
 web/dist/index.html: $(WEB_STAMP) $(WEB_SOURCES)

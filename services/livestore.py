@@ -105,7 +105,7 @@ return removed
 def redis_client(url: str) -> Redis:
     """A pooled client; callers beyond the pool size wait rather than open more sockets."""
     pool = BlockingConnectionPool.from_url(url, max_connections=64, timeout=10)
-    return Redis(connection_pool=pool)
+    return Redis.from_pool(pool)  # aclose() closes the pool and its connections too
 
 
 def driver_key(driver_id: str) -> str:

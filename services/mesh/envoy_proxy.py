@@ -6,7 +6,7 @@ import http.client
 import json
 import subprocess
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from string import Template
 from typing import Self
@@ -18,6 +18,8 @@ from services.mesh.process import ManagedProcess, ProcessError, ServerProcess
 
 TEMPLATE = Path(__file__).resolve().parents[2] / "envoy" / "envoy.yaml.tmpl"
 CLUSTERS = ("location", "ride", "geo")
+WEB_CLUSTER = "web"
+STATS_CLUSTER = "envoy_admin"
 LOCAL_ORIGINS = ("http://127.0.0.1", "http://localhost")
 
 
@@ -44,6 +46,9 @@ class EnvoyJwt:
     audiences: Sequence[str]
     jwks: str  # the JWKS document itself, inlined into the config
     open_health_and_reflection: bool = True
+    # Deployments: Envoy reads the JWKS from this file (a mounted ConfigMap or volume) instead of
+    # the inlined `jwks`, which must then be empty. Envoy reads it once, at startup.
+    jwks_filename: str | None = None
 
 
 @dataclass(frozen=True)
@@ -85,6 +90,13 @@ class EnvoyConfig:
     rate_limit: EnvoyRateLimit | None = None
     # The live map's static upstream (`ridemesh serve web`): every non-gRPC GET goes there.
     web_port: int | None = None
+    # Deployments: a DNS name per cluster (CLUSTERS or "web"), e.g. a Kubernetes headless Service
+    # or a compose service. That cluster becomes STRICT_DNS, one endpoint per address the name
+    # resolves to, on its `upstreams` ports (`web_port` for web), instead of `upstream_host`.
+    upstream_dns: Mapping[str, str] = field(default_factory=dict)
+    # Deployments: a second listener (on `listen_address`) that serves only the admin's
+    # /stats/prometheus, so Prometheus can scrape Envoy while the admin stays on loopback.
+    stats_port: int | None = None
 
 
 def _endpoints(host: str, ports: Sequence[int]) -> str:
@@ -103,7 +115,7 @@ def _jwt_filter(jwt: EnvoyJwt | None, static_open: bool = False) -> str:
     provider = {
         "issuer": jwt.issuer,
         "audiences": list(jwt.audiences),
-        "local_jwks": {"inline_string": jwt.jwks},
+        "local_jwks": _local_jwks(jwt),
         # Services verify the token again, so they need the header too.
         "forward": True,
     }
@@ -124,6 +136,15 @@ def _jwt_filter(jwt: EnvoyJwt | None, static_open: bool = False) -> str:
         "bypass_cors_preflight": True,
     }
     return "- " + json.dumps({"name": "envoy.filters.http.jwt_authn", "typed_config": typed})
+
+
+def _local_jwks(jwt: EnvoyJwt) -> dict[str, str]:
+    """Where jwt_authn finds the keys: the inlined document, or a file Envoy reads."""
+    if jwt.jwks_filename is None:
+        return {"inline_string": jwt.jwks}
+    if jwt.jwks:
+        raise ValueError("give EnvoyJwt the JWKS inline or as jwks_filename, not both")
+    return {"filename": jwt.jwks_filename}
 
 
 def _rate_limit_filter(limit: EnvoyRateLimit | None) -> str:
@@ -182,17 +203,79 @@ def _routes(limit: EnvoyRateLimit | None, web: bool = False) -> str:
     return json.dumps(routes)
 
 
-def _web_cluster(port: int | None, host: str) -> str:
+def _discovery(cluster: str, dns: Mapping[str, str]) -> str:
+    """How a cluster finds its endpoints: fixed addresses, or every address its DNS name has."""
+    return "STRICT_DNS" if cluster in dns else "STATIC"
+
+
+def _web_cluster(port: int | None, host: str, dns: Mapping[str, str]) -> str:
     """The static upstream's cluster (HTTP/1.1) as one YAML flow list item, or nothing."""
     if port is None:
         return ""
+    host = dns.get(WEB_CLUSTER, host)
     cluster = {
         "name": "web",
-        "type": "STATIC",
+        "type": _discovery(WEB_CLUSTER, dns),
         "connect_timeout": "1s",
         "load_assignment": {
             "cluster_name": "web",
             "endpoints": [{"lb_endpoints": json.loads(_endpoints(host, [port]))}],
+        },
+    }
+    return "- " + json.dumps(cluster)
+
+
+def _stats_listener(config: EnvoyConfig) -> str:
+    """The Prometheus stats listener as one YAML flow list item, or nothing."""
+    if config.stats_port is None:
+        return ""
+    route = {"match": {"path": "/stats/prometheus"}, "route": {"cluster": STATS_CLUSTER}}
+    router = {
+        "name": "envoy.filters.http.router",
+        "typed_config": {"@type": TYPE_PREFIX + "envoy.extensions.filters.http.router.v3.Router"},
+    }
+    manager = {
+        "@type": TYPE_PREFIX
+        + "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+        "stat_prefix": "prometheus_stats",
+        "route_config": {
+            "name": "prometheus_stats",
+            "virtual_hosts": [{"name": "stats", "domains": ["*"], "routes": [route]}],
+        },
+        "http_filters": [router],
+    }
+    listener = {
+        "name": "prometheus_stats",
+        "address": {
+            "socket_address": {"address": config.listen_address, "port_value": config.stats_port}
+        },
+        "filter_chains": [
+            {
+                "filters": [
+                    {
+                        "name": "envoy.filters.network.http_connection_manager",
+                        "typed_config": manager,
+                    }
+                ]
+            }
+        ],
+    }
+    return "- " + json.dumps(listener)
+
+
+def _stats_cluster(config: EnvoyConfig) -> str:
+    """The admin interface (loopback) as the stats listener's upstream, or nothing."""
+    if config.stats_port is None:
+        return ""
+    cluster = {
+        "name": STATS_CLUSTER,
+        "type": "STATIC",
+        "connect_timeout": "1s",
+        "load_assignment": {
+            "cluster_name": STATS_CLUSTER,
+            "endpoints": [
+                {"lb_endpoints": json.loads(_endpoints("127.0.0.1", [config.admin_port]))}
+            ],
         },
     }
     return "- " + json.dumps(cluster)
@@ -223,6 +306,10 @@ def render_config(config: EnvoyConfig, template: Path = TEMPLATE) -> str:
     unknown = set(config.upstreams) - set(CLUSTERS)
     if unknown:
         raise ValueError(f"unknown clusters {sorted(unknown)}; expected some of {CLUSTERS}")
+    unknown = set(config.upstream_dns) - {*CLUSTERS, WEB_CLUSTER}
+    if unknown:
+        raise ValueError(f"DNS names for unknown clusters {sorted(unknown)}")
+    dns = config.upstream_dns
     values: dict[str, object] = {
         "port": config.port,
         "admin_port": config.admin_port,
@@ -233,12 +320,16 @@ def render_config(config: EnvoyConfig, template: Path = TEMPLATE) -> str:
         "rate_limit_filter": _rate_limit_filter(config.rate_limit),
         "routes": _routes(config.rate_limit, web=config.web_port is not None),
         "jwt_authn_filter": _jwt_filter(config.jwt, static_open=config.web_port is not None),
-        "web_cluster": _web_cluster(config.web_port, config.upstream_host),
+        "web_cluster": _web_cluster(config.web_port, config.upstream_host, dns),
         "tls_transport_socket": _tls_socket(config.tls),
+        "stats_listener": _stats_listener(config),
+        "stats_cluster": _stats_cluster(config),
     }
     for cluster in CLUSTERS:
         ports = config.upstreams.get(cluster, ())
-        values[f"{cluster}_endpoints"] = _endpoints(config.upstream_host, ports)
+        host = dns.get(cluster, config.upstream_host)
+        values[f"{cluster}_endpoints"] = _endpoints(host, ports)
+        values[f"{cluster}_discovery"] = _discovery(cluster, dns)
     return Template(template.read_text()).substitute(values)
 
 

@@ -1,4 +1,5 @@
-"""One load-generator process: driver StreamLocations streams and WatchDriver watchers via Envoy."""
+"""One load-generator process: driver StreamLocations streams, WatchDriver and WatchArea
+watchers."""
 
 from __future__ import annotations
 
@@ -14,13 +15,26 @@ from grpc import aio
 
 from ridemesh.v1 import location_service_pb2 as pb
 from ridemesh.v1 import location_service_pb2_grpc as location_grpc
-from ridemesh.v1.common_pb2 import LatLng
+from ridemesh.v1.common_pb2 import BoundingBox, LatLng
 from services.auth.tokens import bearer_channel
 
 # After the load window each driver closes its side and waits this long for the final durable ack.
 DRAIN_S = 15.0
 # Separate subchannel pools so each channel is its own TCP connection to Envoy.
 CHANNEL_OPTIONS = [("grpc.use_local_subchannel_pool", 1)]
+# Drivers report positions in this band (latitude) at one longitude; area watchers watch slices.
+LAT_LOW, LAT_HIGH, LNG = 12.92, 13.02, 77.59
+Box = tuple[float, float, float, float]  # south, west, north, east
+
+
+def area_boxes(count: int, share: float) -> list[Box]:
+    """`count` boxes, each holding about `share` of the drivers, spread over the band."""
+    height = (LAT_HIGH - LAT_LOW) * share
+    step = (LAT_HIGH - LAT_LOW - height) / max(1, count - 1)
+    return [
+        (LAT_LOW + k * step, LNG - 0.01, LAT_LOW + k * step + height, LNG + 0.01)
+        for k in range(count)
+    ]
 
 
 def driver_id(run_id: str, index: int) -> str:
@@ -44,6 +58,7 @@ class LoadPlan:
     interval_s: float
     duration_s: float
     streams_per_channel: int
+    area_boxes: list[Box] = field(default_factory=list)  # one WatchArea stream per box
 
 
 @dataclass
@@ -66,6 +81,10 @@ class LoadResult:
     client_lag_ms: list[float] = field(default_factory=list)
     watchers: int = 0
     watch_updates: int = 0
+    # WatchArea: fix-to-watcher latency of fixes recorded after the watch began.
+    area_ms: list[float] = field(default_factory=list)
+    area_watchers: int = 0
+    area_updates: int = 0
 
 
 class Driver:
@@ -98,7 +117,7 @@ class Driver:
         self.seq += 1
         update = pb.LocationUpdate(
             driver_id=self.driver_id,
-            position=LatLng(latitude=12.97 + random.uniform(-0.05, 0.05), longitude=77.59),
+            position=LatLng(latitude=random.uniform(LAT_LOW, LAT_HIGH), longitude=LNG),
             heading_deg=90.0,
             speed_mps=8.0,
             accuracy_m=5.0,
@@ -161,6 +180,29 @@ async def watch(
             result.errors[f"watch {error.code().name}: {error.details()}"[:120]] += 1
 
 
+async def watch_area(
+    box: Box, stub: location_grpc.LocationServiceAsyncStub, result: LoadResult
+) -> None:
+    """WatchArea latency: the snapshot's old fixes are skipped, later ones measured like
+    WatchDriver's (receive time minus recorded_at)."""
+    south, west, north, east = box
+    bounds = BoundingBox(
+        south_west=LatLng(latitude=south, longitude=west),
+        north_east=LatLng(latitude=north, longitude=east),
+    )
+    began_ns = time.time_ns()
+    try:
+        async for response in stub.WatchArea(pb.WatchAreaRequest(bounds=bounds)):
+            now_ns = time.time_ns()
+            recorded_ns = response.location.recorded_at.ToNanoseconds()
+            if recorded_ns >= began_ns and not response.exited:
+                result.area_ms.append((now_ns - recorded_ns) / 1e6)
+                result.area_updates += 1
+    except aio.AioRpcError as error:
+        if error.code() != grpc.StatusCode.CANCELLED:
+            result.errors[f"area {error.code().name}: {error.details()}"[:120]] += 1
+
+
 async def probe_lag(result: LoadResult, until: float) -> None:
     """Samples event-loop lag every 10 ms until the wall-clock time `until`."""
     loop = asyncio.get_running_loop()
@@ -193,6 +235,12 @@ async def run_plan(plan: LoadPlan) -> LoadResult:
     watchers: list[asyncio.Task[None]] = []
     watched = set(plan.watched)
     watchers.append(asyncio.create_task(probe_lag(result, plan.start_at + plan.duration_s)))
+    if plan.area_boxes and channels:
+        await asyncio.sleep(max(0.0, plan.start_at - time.time()))
+        area_stub = location_grpc.LocationServiceStub(channels[0])
+        for box in plan.area_boxes:
+            watchers.append(asyncio.create_task(watch_area(box, area_stub, result)))
+            result.area_watchers += 1
     try:
         for n, index in enumerate(plan.drivers):
             opened_at = plan.start_at + index / plan.open_rate

@@ -1,4 +1,9 @@
-"""Stream benchmark: D driver streams through Envoy, W% watched; acks, watcher latency, CPU, RSS."""
+"""Stream benchmark: D driver streams, W% watched (WatchDriver) plus WatchArea watchers; acks,
+watcher latency, persistence lag, CPU and RSS of every process.
+
+`--target envoy` (the default) goes through Envoy, `direct` straight to the one LocationService
+replica, `echo` to a bare grpc.aio echo server (bench/echo.py) instead of the mesh: the same load
+shape against each, so their ratios mean something on a noisy machine."""
 
 from __future__ import annotations
 
@@ -6,6 +11,7 @@ import argparse
 import json
 import multiprocessing
 import platform
+import sys
 import tempfile
 import time
 import uuid
@@ -16,10 +22,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from bench.loadgen import DRAIN_S, LoadPlan, LoadResult, driver_id, worker
+from bench.loadgen import DRAIN_S, LoadPlan, LoadResult, area_boxes, driver_id, worker
 from bench.procstat import TreeUsage, usage_of
 from services.auth.identity import Role
 from services.auth.keys import mint_token
+from services.mesh.ports import free_port, port_open
+from services.mesh.process import ManagedProcess
 from services.mesh.supervisor import Mesh, MeshSettings, start_mesh
 from services.migrate import run_migrations
 
@@ -86,6 +94,7 @@ def plans(
 ) -> list[LoadPlan]:
     run_id = uuid.uuid4().hex[:8]
     every = max(1, round(100 / args.watch_percent)) if args.watch_percent > 0 else 0
+    boxes = area_boxes(args.area_watchers, 0.05) if args.area_watchers > 0 else []
     return [
         LoadPlan(
             address=address,
@@ -101,26 +110,22 @@ def plans(
             interval_s=args.interval,
             duration_s=args.duration,
             streams_per_channel=args.streams_per_channel,
+            area_boxes=boxes[w :: args.workers],
         )
         for w in range(args.workers)
     ]
 
 
-def run_load(args: argparse.Namespace, mesh: Mesh) -> LoadResult:
+def run_load(
+    args: argparse.Namespace, address: str, token: str, mint_driver: Callable[[str], str]
+) -> LoadResult:
     """Runs the workers until they report or the hard stop passes; merges what they saw."""
-    assert mesh.envoy is not None
     context = multiprocessing.get_context("spawn")
     queue = context.Queue()
     start_at = time.time() + WORKER_WARMUP_S
     processes = [
         context.Process(target=worker, args=(plan, queue), daemon=True)
-        for plan in plans(
-            args,
-            mesh.envoy.address,
-            mesh_token(mesh),
-            start_at,
-            lambda driver: driver_token(mesh, driver),
-        )
+        for plan in plans(args, address, token, start_at, mint_driver)
     ]
     for process in processes:
         process.start()
@@ -155,6 +160,7 @@ def report(args: argparse.Namespace, load: LoadResult, usage: dict[str, Any]) ->
     mesh_cpu_s = sum(part["cpu_s"] for part in usage.values())
     return {
         "bench": "stream",
+        "target": args.target,
         "when": datetime.now(UTC).isoformat(timespec="seconds"),
         "python": platform.python_version(),
         "drivers": args.drivers,
@@ -175,6 +181,9 @@ def report(args: argparse.Namespace, load: LoadResult, usage: dict[str, Any]) ->
         "ack_ms": percentiles(load.ack_ms),
         "watch_ms": percentiles(load.watch_ms),
         "watch_from_server_ms": percentiles(load.watch_from_server_ms),
+        "area_watchers": load.area_watchers,
+        "area_updates": load.area_updates,
+        "area_ms": percentiles(load.area_ms),
         "client_loop_lag_ms": percentiles(load.client_lag_ms),
         "persistence_lag_ms": percentiles(load.durable_ms),
         "mesh_cpu_s": round(mesh_cpu_s, 2),
@@ -182,6 +191,16 @@ def report(args: argparse.Namespace, load: LoadResult, usage: dict[str, Any]) ->
             round(mesh_cpu_s * 1000 / load.fixes_acked, 3) if load.fixes_acked else None
         ),
         "processes": usage,
+    }
+
+
+def samples(load: LoadResult) -> dict[str, list[float]]:
+    """The raw latencies, for plots."""
+    return {
+        "ack_ms": [round(v, 3) for v in load.ack_ms],
+        "watch_ms": [round(v, 3) for v in load.watch_ms],
+        "area_ms": [round(v, 3) for v in load.area_ms],
+        "persistence_lag_ms": [round(v, 3) for v in load.durable_ms],
     }
 
 
@@ -198,27 +217,65 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     add("--location-replicas", type=int, default=1, help="LocationService replicas (default 1)")
     add("--fix-rate", type=float, default=1000.0, help="RIDEMESH_FIX_RATE_PER_S for the mesh")
     add("--durable", action="store_true", help="PostgreSQL fsync and Redis AOF on (default off)")
-    return parser.parse_args(argv)
+    add("--area-watchers", type=int, default=10, help="WatchArea streams, each ~5%% of drivers")
+    add("--target", choices=("envoy", "direct", "echo"), default="envoy", help="where to connect")
+    add("--samples", action="store_true", help="include the raw latencies in the JSON")
+    args = parser.parse_args(argv)
+    if args.target == "direct" and args.location_replicas != 1:
+        parser.error("--target direct needs --location-replicas 1")
+    if args.target == "echo":  # the echo server answers StreamLocations only
+        args.watch_percent, args.area_watchers = 0.0, 0
+    return args
+
+
+def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    """One run as a report (with raw samples when --samples)."""
+    args = parse_args(argv)
+    with tempfile.TemporaryDirectory(prefix="ridemesh-bench-stream-") as tmp:
+        if args.target == "echo":
+            load, usage = _against_echo(args, Path(tmp))
+        else:
+            load, usage = _against_mesh(args, Path(tmp))
+    result = report(args, load, usage)
+    if args.samples:
+        result["samples"] = samples(load)
+    return result
+
+
+def _against_mesh(args: argparse.Namespace, run_dir: Path) -> tuple[LoadResult, dict[str, Any]]:
+    settings = MeshSettings(
+        run_dir=run_dir,
+        replicas={"location": args.location_replicas, "ride": 1, "geo": 1},
+        durable=args.durable,
+        env={
+            "RIDEMESH_FIX_RATE_PER_S": str(args.fix_rate),
+            "RIDEMESH_FIX_BURST": str(int(args.fix_rate)),
+        },
+    )
+    with start_mesh(settings, before_services=migrate) as mesh:
+        assert mesh.envoy is not None
+        address = mesh.envoy.address
+        if args.target == "direct":
+            address = f"127.0.0.1:{mesh.services['location'][0]}"
+        roots = mesh_roots(mesh)
+        before = usage_of(roots)
+        load = run_load(args, address, mesh_token(mesh), lambda d: driver_token(mesh, d))
+        return load, usage_report(before, usage_of(roots))
+
+
+def _against_echo(args: argparse.Namespace, run_dir: Path) -> tuple[LoadResult, dict[str, Any]]:
+    port = free_port()
+    argv = [sys.executable, "-m", "bench.echo", "--port", str(port)]
+    with ManagedProcess("echo", argv, run_dir / "echo.log") as echo:
+        echo.wait_ready(lambda: port_open(port), 30)
+        roots = [("echo", echo.pid)]
+        before = usage_of(roots)
+        load = run_load(args, f"127.0.0.1:{port}", "unused", lambda d: "unused")
+        return load, usage_report(before, usage_of(roots))
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    args = parse_args(argv)
-    with tempfile.TemporaryDirectory(prefix="ridemesh-bench-stream-") as tmp:
-        settings = MeshSettings(
-            run_dir=Path(tmp),
-            replicas={"location": args.location_replicas, "ride": 1, "geo": 1},
-            durable=args.durable,
-            env={
-                "RIDEMESH_FIX_RATE_PER_S": str(args.fix_rate),
-                "RIDEMESH_FIX_BURST": str(int(args.fix_rate)),
-            },
-        )
-        with start_mesh(settings, before_services=migrate) as mesh:
-            roots = mesh_roots(mesh)
-            before = usage_of(roots)
-            load = run_load(args, mesh)
-            usage = usage_report(before, usage_of(roots))
-    print(json.dumps(report(args, load, usage)))
+    print(json.dumps(run(argv)))
 
 
 def migrate(mesh: Mesh) -> None:

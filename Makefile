@@ -25,13 +25,16 @@ WEB_SOURCES := $(shell find web/src -type f 2>/dev/null) \
 	web/index.html web/build.mjs web/tsconfig.json web/package.json
 WEB_GEN = PATH="$(CURDIR)/web/node_modules/.bin:$$PATH" node_modules/.bin/buf generate \
 	--template web/buf.gen.yaml
+# The seed's design as a benchmark baseline: a Node.js Socket.io relay with the Redis adapter.
+SOCKETIO_STAMP := bench/baselines/socketio/node_modules/.installed
+SCENARIO ?= compare
 PYTEST_ARGS ?= -q --durations=10
 ARGS ?=
 
-.PHONY: install system-packages web gen check-gen envoy-configs lint test run screenshot clean \
-	distclean
+.PHONY: install system-packages web gen check-gen envoy-configs lint test run screenshot bench \
+	clean distclean
 
-install: system-packages $(PIP_STAMP) $(NPM_STAMP) web
+install: system-packages $(PIP_STAMP) $(NPM_STAMP) web $(SOCKETIO_STAMP)
 
 system-packages:
 	@if command -v redis-server >/dev/null && command -v chromium >/dev/null \
@@ -67,6 +70,10 @@ $(WEB_STAMP): web/package.json web/package-lock.json $(NPM_STAMP)
 # the tests fail while they differ from what the renderer produces.
 envoy-configs: $(PIP_STAMP)
 	$(PY) -m services.mesh.deploy
+
+$(SOCKETIO_STAMP): bench/baselines/socketio/package.json bench/baselines/socketio/package-lock.json
+	cd bench/baselines/socketio && npm ci --no-audit --no-fund
+	touch $@
 
 # Type-checks (tsc --noEmit) and bundles; reruns only when a source changed.
 web/dist/index.html: $(WEB_STAMP) $(WEB_SOURCES)
@@ -117,6 +124,11 @@ test: install lint check-gen
 run: install
 	$(VENV)/bin/ridemesh up $(ARGS)
 
+# One benchmark scenario (bench/run.py lists them: smoke, streams-1000/5000/10000, compare,
+# nearby, track, ingest); JSON and plots go to docs/bench/.
+bench: install
+	$(PY) -m bench.run $(SCENARIO)
+
 # Runs the browser test and keeps its last screenshot as the README's picture.
 screenshot: install
 	RIDEMESH_SCREENSHOT=$(CURDIR)/docs/live-map.png $(PY) -m pytest -q tests/e2e/test_live_map.py
@@ -127,4 +139,5 @@ clean:
 	  -type d -name __pycache__ -exec rm -rf {} +
 
 distclean: clean
-	rm -rf $(VENV) node_modules web/node_modules web/dist .ridemesh
+	rm -rf $(VENV) node_modules web/node_modules web/dist bench/baselines/socketio/node_modules \
+	  .ridemesh

@@ -11,6 +11,7 @@ import argparse
 import json
 import multiprocessing
 import platform
+import subprocess
 import sys
 import tempfile
 import time
@@ -220,6 +221,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     add("--area-watchers", type=int, default=10, help="WatchArea streams, each ~5%% of drivers")
     add("--target", choices=("envoy", "direct", "echo"), default="envoy", help="where to connect")
     add("--samples", action="store_true", help="include the raw latencies in the JSON")
+    add("--profile", type=Path, help="py-spy each LocationService replica into this directory")
     args = parser.parse_args(argv)
     if args.target == "direct" and args.location_replicas != 1:
         parser.error("--target direct needs --location-replicas 1")
@@ -258,9 +260,46 @@ def _against_mesh(args: argparse.Namespace, run_dir: Path) -> tuple[LoadResult, 
         if args.target == "direct":
             address = f"127.0.0.1:{mesh.services['location'][0]}"
         roots = mesh_roots(mesh)
+        profilers = _profilers(args, roots)
         before = usage_of(roots)
-        load = run_load(args, address, mesh_token(mesh), lambda d: driver_token(mesh, d))
+        try:
+            load = run_load(args, address, mesh_token(mesh), lambda d: driver_token(mesh, d))
+        finally:
+            for profiler in profilers:
+                profiler.wait(timeout=args.duration + 120)
         return load, usage_report(before, usage_of(roots))
+
+
+def _profilers(args: argparse.Namespace, roots: list[tuple[str, int]]) -> list[Any]:
+    """py-spy sampling each LocationService replica through the load window (collapsed stacks,
+    for bench/profile.py), started now and ended by py-spy itself after the window."""
+    if args.profile is None:
+        return []
+    args.profile.mkdir(parents=True, exist_ok=True)
+    spy = Path(sys.executable).with_name("py-spy")
+    window = str(int(WORKER_WARMUP_S + args.duration))
+    return [
+        subprocess.Popen(
+            [
+                str(spy),
+                "record",
+                "--pid",
+                str(pid),
+                "--duration",
+                window,
+                "--rate",
+                "200",
+                "--format",
+                "raw",
+                "--output",
+                str(args.profile / f"{name.replace(':', '-')}.txt"),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        for name, pid in roots
+        if name.startswith("location")
+    ]
 
 
 def _against_echo(args: argparse.Namespace, run_dir: Path) -> tuple[LoadResult, dict[str, Any]]:

@@ -245,7 +245,12 @@ def _serve(args: argparse.Namespace) -> int:
     else:
         from services.geo.main import run
     try:
-        asyncio.run(run(settings, address, tracing=tracing))
+        if settings.uvloop:
+            import uvloop
+
+            uvloop.run(run(settings, address, tracing=tracing))
+        else:
+            asyncio.run(run(settings, address, tracing=tracing))
     finally:
         if tracing is not None:
             tracing.shutdown()  # exports the spans still buffered

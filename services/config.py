@@ -89,6 +89,8 @@ class Settings:
     metrics_port: int = 0
     # Service logs: "json" (one object per line, with trace ids) or "text".
     log_format: str = "json"
+    # Run the service's event loop on uvloop (libuv) instead of asyncio's own.
+    uvloop: bool = False
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Sequence
 from typing import Any
 
 from redis.asyncio import BlockingConnectionPool, Redis
+from redis.exceptions import NoScriptError
 
 from ridemesh.v1.common_pb2 import DriverAvailability, DriverLocation
 from services.geodesy import haversine_m
@@ -126,8 +128,40 @@ def cell_channel(cell: tuple[int, int]) -> str:
     return f"rm:ch:cell:{cell[0]}:{cell[1]}"
 
 
+# At most this many fixes share one ingest pipeline.
+INGEST_BATCH = 256
+
+
+def _ingest_arguments(
+    location: DriverLocation, payload: bytes, live_window_ms: int
+) -> tuple[list[str], list[Any]]:
+    """The ingest script's keys and arguments for one fix."""
+    lat, lng = location.position.latitude, location.position.longitude
+    recorded_ms = location.recorded_at.seconds * 1000 + location.recorded_at.nanos // 1_000_000
+    keys = [
+        GEO_KEY,
+        driver_key(location.driver_id),
+        INGEST_STREAM,
+        driver_channel(location.driver_id),
+        cell_channel(cell_of(lat, lng)),
+        POLAR_KEY,
+    ]
+    args: list[Any] = [
+        location.driver_id,
+        lng,
+        lat,
+        payload,
+        location.seq,
+        recorded_ms,
+        live_window_ms,
+        "1" if abs(lat) <= GEO_MAX_LAT else "0",
+    ]
+    return keys, args
+
+
 class LiveStore:
-    """Reads and writes the live state; every method is one Redis round trip."""
+    """Reads and writes the live state; every method is one Redis round trip (ingest shares
+    its round trip with the fixes accepted alongside)."""
 
     def __init__(self, redis: Redis, live_window_s: float) -> None:
         self._redis = redis
@@ -135,36 +169,55 @@ class LiveStore:
         self._ingest = redis.register_script(_INGEST_LUA)
         self._states = redis.register_script(_STATES_LUA)
         self._forget = redis.register_script(_FORGET_LUA)
-        self._forget = redis.register_script(_FORGET_LUA)
+        self._queued: list[tuple[DriverLocation, bytes, asyncio.Future[StreamId]]] = []
+        self._writer: asyncio.Task[None] | None = None
 
     @property
     def redis(self) -> Redis:
         return self._redis
 
     async def ingest(self, location: DriverLocation, payload: bytes) -> StreamId:
-        """Writes one accepted fix, serialised as `payload`; returns its ingest entry id."""
-        lat, lng = location.position.latitude, location.position.longitude
-        recorded_ms = location.recorded_at.seconds * 1000 + location.recorded_at.nanos // 1_000_000
-        keys = [
-            GEO_KEY,
-            driver_key(location.driver_id),
-            INGEST_STREAM,
-            driver_channel(location.driver_id),
-            cell_channel(cell_of(lat, lng)),
-            POLAR_KEY,
-        ]
-        args: list[Any] = [
-            location.driver_id,
-            lng,
-            lat,
-            payload,
-            location.seq,
-            recorded_ms,
-            self._live_window_ms,
-            "1" if abs(lat) <= GEO_MAX_LAT else "0",
-        ]
-        entry_id = await self._ingest(keys=keys, args=args)
-        return parse_stream_id(entry_id)
+        """Writes one accepted fix, serialised as `payload`; returns its ingest entry id.
+
+        Fixes accepted while a write is in flight wait for it and then go together, as one
+        pipeline: under load one round trip (one write, one read, one pool checkout) carries
+        many fixes, in the order they were accepted; alone, a fix goes at once."""
+        done: asyncio.Future[StreamId] = asyncio.get_running_loop().create_future()
+        self._queued.append((location, payload, done))
+        if self._writer is None or self._writer.done():
+            self._writer = asyncio.create_task(self._write_queued(), name="live-ingest")
+        return await done
+
+    async def _write_queued(self) -> None:
+        while self._queued:
+            batch = self._queued[:INGEST_BATCH]
+            del self._queued[:INGEST_BATCH]
+            try:
+                fixes = [(location, payload) for location, payload, _ in batch]
+                replies = await self._ingest_pipeline(fixes)
+                if any(isinstance(r, NoScriptError) for r in replies):
+                    # Redis lost its script cache (a restart): load it and send them again.
+                    await self._redis.script_load(_INGEST_LUA)
+                    replies = await self._ingest_pipeline(fixes)
+            except Exception as exc:  # the connection failed: no fix in it is taken
+                replies = [exc] * len(batch)
+            for (_, _, done), reply in zip(batch, replies, strict=True):
+                if done.done():  # its caller went away (the stream was cancelled)
+                    continue
+                if isinstance(reply, Exception):
+                    done.set_exception(reply)
+                else:
+                    done.set_result(parse_stream_id(reply))
+
+    async def _ingest_pipeline(self, fixes: list[tuple[DriverLocation, bytes]]) -> list[Any]:
+        """One EVALSHA per fix in one pipeline; replies (or errors) in order. EVALSHA directly,
+        not the Script in a pipeline, which would first ask SCRIPT EXISTS every time."""
+        pipe = self._redis.pipeline(transaction=False)
+        for location, payload in fixes:
+            keys, args = _ingest_arguments(location, payload, self._live_window_ms)
+            pipe.evalsha(self._ingest.sha, len(keys), *keys, *args)
+        replies: list[Any] = await pipe.execute(raise_on_error=False)
+        return replies
 
     async def last_state(self, driver_id: str) -> tuple[int, DriverAvailability.ValueType]:
         """The seq of the driver's live fix (0 when none) and their availability."""

@@ -1,0 +1,70 @@
+"""The ack ticker visits streams a slice at a time: each stream with news is acked once per
+interval, and never all of them in one burst."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any, cast
+
+from services.livestore import LiveStore
+from services.location.session import DriverSession, StreamId
+from services.location.streams import DriverStream, StreamRegistry
+from services.location.throttle import TokenBucket
+from services.location.validation import FixLimits
+
+
+class Watermark:
+    """Stands in for LiveStore's one call the ticker makes: everything below is committed."""
+
+    def __init__(self) -> None:
+        self.reads = 0
+
+    async def committed_below(self) -> StreamId:
+        self.reads += 1
+        return (2**62, 0)
+
+
+def _streams(count: int) -> list[DriverStream]:
+    made = []
+    for n in range(count):
+        stream = DriverStream(DriverSession(FixLimits(), TokenBucket(1.0, 1)))
+        stream.session.accepted(1, (1_000 + n, 0))
+        made.append(stream)
+    return made
+
+
+def _acked(stream: DriverStream) -> bool:
+    return any(m.WhichOneof("kind") == "ack" for m in stream.outgoing())
+
+
+async def test_one_interval_acks_every_stream_once_a_slice_at_a_time() -> None:
+    watermark = Watermark()
+    registry = StreamRegistry(cast(LiveStore, watermark), interval_s=0.2, slices=10)
+    streams = _streams(40)
+    for stream in streams:
+        registry.add(stream)
+    ticker = asyncio.create_task(registry.run())
+    try:
+        await asyncio.sleep(0.2 * 0.1 * 1.5)  # one slice's step, and a bit
+        first_slice = [s for s in streams if _acked(s)]
+        await asyncio.sleep(0.2 * 1.2)  # the rest of the interval
+        later = [s for s in streams if _acked(s)]
+    finally:
+        ticker.cancel()
+        await asyncio.gather(ticker, return_exceptions=True)
+    assert 1 <= len(first_slice) <= 8  # a slice (4 streams, maybe 2 slices), not all 40
+    assert len(first_slice) + len(later) == 40  # everyone acked, exactly once
+    assert all(s.session.durable_seq == 1 for s in streams)
+    assert watermark.reads >= 10  # one read per slice
+
+
+async def test_a_full_tick_and_discard_cover_every_slice() -> None:
+    registry = StreamRegistry(cast(Any, Watermark()), interval_s=1.0, slices=3)
+    streams = _streams(7)
+    for stream in streams:
+        registry.add(stream)
+    registry.discard(streams[0])
+    registry.discard(streams[0])  # twice is harmless
+    assert len(registry) == 6
+    await registry.tick()
+    assert [_acked(s) for s in streams] == [False] + [True] * 6

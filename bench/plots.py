@@ -47,7 +47,8 @@ def plot_compare(runs: Mapping[str, Mapping[str, Any]], path: Path) -> None:
     left.bar([p - 0.2 for p in positions], watch, width=0.4, label="fix → watcher p99")
     left.bar([p + 0.2 for p in positions], ack, width=0.4, label="ack p99")
     left.set_xticks(list(positions), labels)
-    left.set_ylabel("ms")
+    left.set_yscale("log")  # acks follow a 0.5 s ticker; watcher p99s are milliseconds
+    left.set_ylabel("ms (log scale)")
     left.legend(fontsize="small")
     left.set_title("latency p99")
     right.bar(list(positions), cpu, color="tab:orange")
@@ -76,11 +77,12 @@ def plot_scaling(directory: Path, path: Path) -> None:
     left.set_ylabel("fixes/s")
     left.set_title("throughput")
     left.grid(True, alpha=0.3)
-    names = sorted({n for r in points for n in r["processes"]})
-    for name in names:
-        peaks = [r["processes"].get(name, {}).get("peak_rss_mib") for r in points]
-        if any(peaks):
-            right.plot(drivers, [p or 0 for p in peaks], marker="o", label=name)
+    for role in sorted({_role(n) for r in points for n in r["processes"]}):
+        peaks = [
+            sum(p["peak_rss_mib"] for n, p in r["processes"].items() if _role(n) == role)
+            for r in points
+        ]
+        right.plot(drivers, peaks, marker="o", label=role)
     right.set_xlabel("driver streams held")
     right.set_ylabel("peak RSS (MiB)")
     right.set_title("memory")
@@ -89,3 +91,8 @@ def plot_scaling(directory: Path, path: Path) -> None:
     figure.tight_layout()
     figure.savefig(path, dpi=100)
     plt.close(figure)
+
+
+def _role(process: str) -> str:
+    """'location:41231' -> 'location': replicas of one role are summed."""
+    return process.split(":", 1)[0]

@@ -4,7 +4,6 @@ metrics twice a second apart for rates, and asks Envoy which replicas it routes 
 
 from __future__ import annotations
 
-import http.client
 import json
 import time
 from collections.abc import Mapping
@@ -14,6 +13,7 @@ from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
 
+from services.mesh.ports import http_get
 from services.mesh.supervisor import grpc_serving
 
 STATE_FILE = "mesh.json"
@@ -22,12 +22,7 @@ Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
 def scrape(port: int, timeout: float = 2.0) -> Samples:
     """Every sample on http://127.0.0.1:port/metrics, keyed by (name, sorted labels)."""
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
-    try:
-        conn.request("GET", "/metrics")
-        text = conn.getresponse().read().decode()
-    finally:
-        conn.close()
+    text = http_get(port, "/metrics", timeout=timeout)[1].decode()
     samples: Samples = {}
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
@@ -112,14 +107,8 @@ def replica_statuses(
 
 def envoy_health(admin_url: str) -> dict[str, tuple[int, int]]:
     """Per cluster, (healthy hosts, all hosts) as Envoy's admin /clusters reports them."""
-    host_port = admin_url.removeprefix("http://")
-    host, _, port = host_port.partition(":")
-    conn = http.client.HTTPConnection(host, int(port), timeout=2.0)
-    try:
-        conn.request("GET", "/clusters")
-        text = conn.getresponse().read().decode()
-    finally:
-        conn.close()
+    host, _, port = admin_url.removeprefix("http://").partition(":")
+    text = http_get(int(port), "/clusters", host=host, timeout=2.0)[1].decode()
     counts: dict[str, list[int]] = {}
     for line in text.splitlines():
         parts = line.split("::")

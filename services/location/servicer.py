@@ -126,11 +126,9 @@ class LocationServicer(pb_grpc.LocationServiceServicer):
             location = _location(update, now, stream.availability)
             entry_id = await self._live.ingest(location, location.SerializeToString())
         except DomainError as error:
-            FIXES_REJECTED.labels(error.code.name.lower()).inc()
             stream.reject(update.seq, update.driver_id, error)
             return
         except (OSError, ConnectionError) as exc:
-            FIXES_REJECTED.labels("unavailable").inc()
             stream.reject(
                 update.seq, update.driver_id, Unavailable(f"live store unavailable: {exc}")
             )

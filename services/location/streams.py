@@ -16,6 +16,7 @@ from ridemesh.v1.location_service_pb2 import (
 from services.errors import DomainError
 from services.livestore import LiveStore
 from services.location.session import DriverSession
+from services.observability.metrics import FIXES_REJECTED
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +55,7 @@ class DriverStream:
         self.closing = False
 
     def reject(self, seq: int, driver_id: str, error: DomainError) -> None:
+        FIXES_REJECTED.labels(error.code.name.lower()).inc()
         rejected = LocationRejected(
             seq=seq, code=error.code.value[0], message=str(error), driver_id=driver_id
         )

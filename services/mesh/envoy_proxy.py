@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import http.client
 import json
 import subprocess
 from collections.abc import Mapping, Sequence
@@ -13,7 +12,7 @@ from typing import Self
 
 from ridemesh.v1 import geo_query_service_pb2, location_service_pb2, ride_service_pb2
 from services.mesh.binaries import find_binary
-from services.mesh.ports import free_port
+from services.mesh.ports import free_port, http_ok
 from services.mesh.process import ManagedProcess, ProcessError, ServerProcess
 
 TEMPLATE = Path(__file__).resolve().parents[2] / "envoy" / "envoy.yaml.tmpl"
@@ -343,14 +342,7 @@ def validate_config(path: Path) -> None:
 
 def admin_ready(admin_port: int) -> bool:
     """True when Envoy's admin /ready answers 200 (all clusters and listeners initialised)."""
-    conn = http.client.HTTPConnection("127.0.0.1", admin_port, timeout=1.0)
-    try:
-        conn.request("GET", "/ready")
-        return conn.getresponse().status == 200
-    except OSError:
-        return False
-    finally:
-        conn.close()
+    return http_ok(admin_port, "/ready")
 
 
 class EnvoyProxy(ServerProcess):

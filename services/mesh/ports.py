@@ -1,5 +1,6 @@
-"""Free loopback TCP ports for throwaway servers."""
+"""Free loopback TCP ports for throwaway servers, and the small HTTP checks run against them."""
 
+import http.client
 import socket
 
 
@@ -16,5 +17,26 @@ def port_open(port: int, host: str = "127.0.0.1", timeout: float = 0.2) -> bool:
     try:
         with socket.create_connection((host, port), timeout=timeout):
             return True
+    except OSError:
+        return False
+
+
+def http_get(
+    port: int, path: str, host: str = "127.0.0.1", timeout: float = 1.0
+) -> tuple[int, bytes]:
+    """GET http://host:port/path: the status and the body. Raises OSError when nothing answers."""
+    conn = http.client.HTTPConnection(host, port, timeout=timeout)
+    try:
+        conn.request("GET", path)
+        response = conn.getresponse()
+        return response.status, response.read()
+    finally:
+        conn.close()
+
+
+def http_ok(port: int, path: str, timeout: float = 1.0) -> bool:
+    """True when GET http://127.0.0.1:port/path answers 200 (a readiness check)."""
+    try:
+        return http_get(port, path, timeout=timeout)[0] == 200
     except OSError:
         return False

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import http.client
 import os
 import sys
 from collections.abc import Callable, Mapping
@@ -25,7 +24,7 @@ from services.auth.keys import (
 )
 from services.config import UnsafeSetting
 from services.mesh.envoy_proxy import CLUSTERS, EnvoyJwt, EnvoyProxy, EnvoyTls
-from services.mesh.ports import free_port
+from services.mesh.ports import free_port, http_ok
 from services.mesh.postgres_server import PostgresServer
 from services.mesh.process import ManagedProcess
 from services.mesh.redis_server import RedisServer
@@ -241,18 +240,6 @@ def _start_all(
         web_port=mesh.web_port,
     )
     mesh.envoy = mesh.start(envoy)
-
-
-def http_ok(port: int, path: str) -> bool:
-    """True when GET http://127.0.0.1:port/path answers 200."""
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=0.5)
-    try:
-        conn.request("GET", path)
-        return conn.getresponse().status == 200
-    except OSError:
-        return False
-    finally:
-        conn.close()
 
 
 def start_web(mesh: Mesh, settings: MeshSettings) -> int:

@@ -66,9 +66,6 @@ def serve_metrics(host: str, port: int) -> int:
     return int(server.server_port)
 
 
-_NAMES = {c.value[0]: c.name for c in grpc.StatusCode}
-
-
 def _split(full_method: str) -> tuple[str, str]:
     """'/ridemesh.v1.LocationService/StreamLocations' -> ('ridemesh.v1.LocationService', ...)."""
     service, _, method = full_method.lstrip("/").rpartition("/")
@@ -77,11 +74,9 @@ def _split(full_method: str) -> tuple[str, str]:
 
 def _code(context: aio.ServicerContext[Any, Any], error: BaseException | None) -> str:
     """The status the call ended with: what the handler set, else what its ending implies."""
-    code: object = context.code()
-    if isinstance(code, grpc.StatusCode):
+    code: grpc.StatusCode | None = context.code()  # None until a status is set (stubs omit it)
+    if code is not None:
         return code.name
-    if isinstance(code, int) and not isinstance(code, bool):  # grpc.aio may hold the number
-        return _NAMES.get(code, "UNKNOWN")
     if error is None:
         return "OK"
     if isinstance(error, (GeneratorExit, asyncio.CancelledError)):

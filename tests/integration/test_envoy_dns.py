@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import dataclasses
-import http.client
 from collections.abc import Iterator
 from concurrent import futures
 from pathlib import Path
@@ -14,7 +13,7 @@ import pytest
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from services.mesh.envoy_proxy import EnvoyProxy
-from services.mesh.ports import free_port
+from services.mesh.ports import free_port, http_get
 
 pytestmark = pytest.mark.integration
 
@@ -32,16 +31,6 @@ def health_server() -> Iterator[int]:
     server.stop(None)
 
 
-def _get(port: int, path: str) -> tuple[int, bytes]:
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
-    try:
-        conn.request("GET", path)
-        response = conn.getresponse()
-        return response.status, response.read()
-    finally:
-        conn.close()
-
-
 def test_a_dns_cluster_reaches_its_replicas_and_stats_are_scraped(
     tmp_path: Path, health_server: int
 ) -> None:
@@ -57,8 +46,8 @@ def test_a_dns_cluster_reaches_its_replicas_and_stats_are_scraped(
                 health_pb2.HealthCheckRequest(), timeout=5
             )
         assert reply.status == health_pb2.HealthCheckResponse.SERVING
-        status, body = _get(stats_port, "/stats/prometheus")
+        status, body = http_get(stats_port, "/stats/prometheus")
         assert status == 200
         assert b"envoy_cluster_upstream_rq_total" in body
         # Nothing else of the admin is reachable there.
-        assert _get(stats_port, "/clusters")[0] == 404
+        assert http_get(stats_port, "/clusters")[0] == 404

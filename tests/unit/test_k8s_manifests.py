@@ -37,7 +37,7 @@ Object = dict[str, Any]
 def _kustomize(path: Path) -> list[Object]:
     kubectl = shutil.which("kubectl")
     if kubectl is None:
-        pytest.skip("no kubectl on PATH: `apt-get install kubernetes-client` renders kustomize")
+        pytest.fail("no kubectl on PATH: `make install` (kubernetes-client) renders kustomize")
     result = subprocess.run(
         [kubectl, "kustomize", str(path)], capture_output=True, text=True, check=False
     )

@@ -217,9 +217,7 @@ def _serve_web(args: argparse.Namespace) -> int:
     )
     server = make_server(args.host, args.port, args.dist or WEB_DIST, page)
     # serve_forever runs in a thread; SIGTERM/SIGINT end it and the process exits 0.
-    stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
+    stop = _stop_on_signals()
     thread = threading.Thread(target=server.serve_forever, name="web", daemon=True)
     thread.start()
     stop.wait()
@@ -336,9 +334,7 @@ def _up(args: argparse.Namespace) -> int:
         assert mesh.database_url is not None
         run_migrations(mesh.database_url)
 
-    stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
+    stop = _stop_on_signals()
     mesh = start_mesh(settings, before_services=migrate)
     state_file = settings.run_dir / STATE_FILE
     try:
@@ -370,6 +366,14 @@ def _start_demo(mesh: Mesh, settings: MeshSettings, args: argparse.Namespace) ->
     log = mesh.run_dir / "logs" / "simulator.log"
     mesh.start(ManagedProcess("simulator", argv, log))
     return f"{args.demo_drivers} drivers, {args.demo_ride_rate:g} rides/min (log: {log})"
+
+
+def _stop_on_signals() -> threading.Event:
+    """An event SIGINT (Ctrl-C) or SIGTERM sets, for a process whose main thread waits on it."""
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    return stop
 
 
 def _port_or_free(preferred: int) -> int:

@@ -16,12 +16,12 @@ from grpc import aio
 from ridemesh.v1 import ride_service_pb2 as pb
 from ridemesh.v1 import ride_service_pb2_grpc as ride_grpc
 from ridemesh.v1.common_pb2 import LatLng
+from services.ride.states import TERMINAL
 from services.simulator.city import Grid
 from services.simulator.settings import SimSettings
 from services.simulator.stats import Stats
 
 log = logging.getLogger(__name__)
-TERMINAL = frozenset({pb.RIDE_STATE_COMPLETED, pb.RIDE_STATE_CANCELLED, pb.RIDE_STATE_EXPIRED})
 Metadata = tuple[tuple[str, str], ...]
 
 

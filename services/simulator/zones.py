@@ -14,9 +14,9 @@ from grpc import aio
 from ridemesh.v1 import geo_query_service_pb2 as pb
 from ridemesh.v1 import geo_query_service_pb2_grpc as geo_grpc
 from services.simulator.city import Grid
+from services.simulator.driver import Metadata
 
 log = logging.getLogger(__name__)
-Metadata = tuple[tuple[str, str], ...]
 SOURCE_LABEL = ("source", "simulator")
 
 

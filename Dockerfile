@@ -21,15 +21,25 @@ COPY protos protos
 COPY web web
 RUN npm --prefix web run build
 
-# --- 2. The Python package (services* and the generated ridemesh* from gen/) in a virtualenv.
+# --- 2. The Python package (services* and the generated ridemesh* from gen/) in a virtualenv, with
+# the runtime packages of uv.lock only (exact versions and hashes; no dev group: no code generator,
+# Envoy wheel, mypy, Playwright or benchmark tools). uv itself comes from requirements-uv.txt.
 FROM python:3.11-slim-bookworm AS python
-ENV PIP_DISABLE_PIP_VERSION_CHECK=1
-RUN python -m venv /opt/ridemesh
+ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    UV_PROJECT_ENVIRONMENT=/opt/ridemesh \
+    UV_PYTHON_DOWNLOADS=never \
+    UV_LINK_MODE=copy \
+    UV_COMPILE_BYTECODE=1 \
+    UV_NO_CACHE=1
 WORKDIR /src
-COPY pyproject.toml ./
+COPY requirements-uv.txt ./
+RUN pip install --no-cache-dir --no-deps --require-hashes -r requirements-uv.txt
+# Dependencies first (a layer that changes only with the lock), then the project itself.
+COPY pyproject.toml uv.lock ./
+RUN uv sync --frozen --no-dev --no-install-project
 COPY gen gen
 COPY services services
-RUN /opt/ridemesh/bin/pip install --no-cache-dir .
+RUN uv sync --frozen --no-dev --no-editable
 
 # --- 3. The runtime: the virtualenv and the page, run as an unprivileged user.
 FROM python:3.11-slim-bookworm

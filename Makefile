@@ -6,7 +6,15 @@ SHELL := bash
 
 VENV := .venv
 PY := $(VENV)/bin/python
-PIP_STAMP := $(VENV)/.installed
+# Python packages come from uv.lock only (exact versions and hashes, runtime and dev). uv itself
+# is bootstrapped from requirements-uv.txt (hashed, the version uv.lock pins) and then keeps the
+# venv equal to the lock. uv uses this machine's Python, never a downloaded one.
+UV := $(VENV)/bin/uv
+export UV_PYTHON_DOWNLOADS := never
+export UV_PROJECT_ENVIRONMENT := $(VENV)
+# The uv version uv.lock pins (make lock writes it, hashed, to requirements-uv.txt).
+export LOCKED_UV := import tomllib; lock = tomllib.load(open("uv.lock", "rb")); \
+	print(next(p["version"] for p in lock["package"] if p["name"] == "uv"))
 NPM_STAMP := node_modules/.installed
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 PG_BIN := /usr/lib/postgresql/15/bin
@@ -31,10 +39,10 @@ SCENARIO ?= compare
 PYTEST_ARGS ?= -q --durations=10
 ARGS ?=
 
-.PHONY: install system-packages web gen check-gen envoy-configs lint test run screenshot bench \
-	clean distclean
+.PHONY: install python check-lock lock system-packages web gen check-gen envoy-configs lint test \
+	run screenshot bench clean distclean
 
-install: system-packages $(PIP_STAMP) $(NPM_STAMP) web $(SOCKETIO_STAMP)
+install: system-packages python $(NPM_STAMP) web $(SOCKETIO_STAMP)
 
 system-packages:
 	@if command -v redis-server >/dev/null && command -v chromium >/dev/null \
@@ -50,12 +58,30 @@ system-packages:
 	@command -v kubectl >/dev/null || { $(SUDO) apt-get update; \
 	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y kubernetes-client; }
 
-$(PY):
+$(UV):
 	python3 -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet --no-deps --require-hashes -r requirements-uv.txt
 
-$(PIP_STAMP): pyproject.toml | $(PY)
-	$(PY) -m pip install -e '.[dev]'
-	touch $@
+# Exactly what uv.lock says, every time (uv takes a second when nothing changed): packages
+# installed by hand are removed, missing ones added. --frozen: never re-resolve here.
+python: $(UV)
+	$(UV) sync --frozen --quiet
+
+# Fails when pyproject.toml asks for something uv.lock does not hold, or the venv is not the lock.
+check-lock: python
+	@$(UV) lock --check --offline --quiet 2>/dev/null || { echo "uv.lock does not match \
+	pyproject.toml: run 'make lock', review the diff of uv.lock and commit both" >&2; exit 1; }
+	@$(UV) sync --frozen --check --quiet 2>/dev/null || { echo "the venv differs from \
+	uv.lock: run 'make install'" >&2; exit 1; }
+	@echo "uv.lock matches pyproject.toml and the venv"
+
+# Re-resolves on purpose: `make lock` keeps every version it can, `make lock ARGS=--upgrade`
+# (or ARGS='--upgrade-package redis') moves them. Review `git diff uv.lock`, then commit.
+lock: $(UV)
+	$(UV) lock $(ARGS)
+	echo "uv==$$($(PY) -c "$$LOCKED_UV")" | $(UV) pip compile - --quiet \
+	  --generate-hashes --no-header --output-file requirements-uv.txt
+	$(UV) sync --frozen
 
 $(NPM_STAMP): package.json $(wildcard package-lock.json)
 	if [ -f package-lock.json ]; then npm ci --no-audit --no-fund; \
@@ -68,7 +94,7 @@ $(WEB_STAMP): web/package.json web/package-lock.json $(NPM_STAMP)
 
 # Rewrites the committed deploy-time Envoy configs (deploy/compose, k8s/base/config) from envoy/;
 # the tests fail while they differ from what the renderer produces.
-envoy-configs: $(PIP_STAMP)
+envoy-configs: python
 	$(PY) -m services.mesh.deploy
 
 $(SOCKETIO_STAMP): bench/baselines/socketio/package.json bench/baselines/socketio/package-lock.json
@@ -81,12 +107,12 @@ web/dist/index.html: $(WEB_STAMP) $(WEB_SOURCES)
 
 web: web/dist/index.html
 
-gen: $(PIP_STAMP) $(WEB_STAMP)
+gen: python $(WEB_STAMP)
 	$(call GENERATED,gen) -delete
 	$(call PROTOC,gen)
 	$(WEB_GEN)
 
-check-gen: $(PIP_STAMP) $(WEB_STAMP)
+check-gen: python $(WEB_STAMP)
 	@tmp=$$(mktemp -d); trap 'rm -rf "$$tmp"' EXIT; \
 	cp -r gen/. "$$tmp"; \
 	$(call GENERATED,"$$tmp") -delete; \
@@ -100,7 +126,7 @@ check-gen: $(PIP_STAMP) $(WEB_STAMP)
 	fi; \
 	echo "gen/ and web/src/gen are up to date"
 
-lint: $(PIP_STAMP) $(NPM_STAMP)
+lint: python $(NPM_STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
@@ -114,7 +140,7 @@ lint: $(PIP_STAMP) $(NPM_STAMP)
 
 # Each run gets its own base temp directory: pytest's shared /tmp/pytest-of-$USER keeps only the
 # three newest runs, so a second run at the same time would delete this one's server data.
-test: install lint check-gen
+test: install check-lock lint check-gen
 	@tmp=$$(mktemp -d /tmp/ridemesh-test.XXXXXX); rc=0; \
 	$(PY) -m pytest $(PYTEST_ARGS) --basetemp="$$tmp/pytest" || rc=$$?; \
 	rm -rf "$$tmp"; exit $$rc

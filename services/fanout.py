@@ -45,7 +45,7 @@ class Hub(Generic[T]):
             self._reader.cancel()
             await asyncio.gather(self._reader, return_exceptions=True)
         if self._pubsub:
-            await self._pubsub.aclose()  # type: ignore[no-untyped-call]
+            await self._pubsub.aclose()
 
     async def add(self, channel: str, sink: Sink[T], *, pattern: bool = False) -> None:
         """Delivers `channel` (or a glob pattern) to `sink`; subscribes on the first sink."""

@@ -67,7 +67,7 @@ class ZoneCache:
         try:
             await self.refresh()
         except BaseException:
-            await self._pubsub.aclose()  # type: ignore[no-untyped-call]
+            await self._pubsub.aclose()
             self._pubsub = None
             raise
         self._tasks = [
@@ -81,7 +81,7 @@ class ZoneCache:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks = []
         if self._pubsub is not None:
-            await self._pubsub.aclose()  # type: ignore[no-untyped-call]
+            await self._pubsub.aclose()
             self._pubsub = None
 
     async def refresh(self) -> None:

@@ -128,7 +128,7 @@ class Listener:
         if self._task:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
-        await self._pubsub.aclose()  # type: ignore[no-untyped-call]
+        await self._pubsub.aclose()
 
     async def _read(self) -> None:
         async for message in self._pubsub.listen():

@@ -147,7 +147,7 @@ async def test_crud_round_trip(store: GeofenceStore, redis: Redis, pg: Any) -> N
         await rpc.delete_geofence(
             store, redis, pb.DeleteGeofenceRequest(geofence_id=created.geofence_id)
         )
-    await pubsub.aclose()  # type: ignore[no-untyped-call]
+    await pubsub.aclose()
 
 
 async def _next_message(pubsub: Any) -> str:

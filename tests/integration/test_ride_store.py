@@ -672,7 +672,7 @@ async def test_publish_ride_sends_the_ride_on_its_channel(redis: Redis) -> None:
         if message is not None:
             received = message
             break
-    await pubsub.aclose()  # type: ignore[no-untyped-call]
+    await pubsub.aclose()
     assert received is not None
     assert received["channel"] == b"rm:ch:ride:r-pub"
     assert pb.Ride.FromString(received["data"]) == ride

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from services.auth.identity import Role
 from services.auth.keys import DEFAULT_KEYS_DIR, ensure_dev_keys, mint_token
-from services.config import MissingSetting, Settings
+from services.config import MissingSetting, Settings, normalise_store_urls
 from services.history import HistoryStore, create_engine
 from services.maintenance import MaintenanceReport, maintain, utc_today
 from services.mesh.envoy_proxy import EnvoyTls
@@ -26,6 +26,7 @@ from services.mesh.process import ManagedProcess
 from services.mesh.supervisor import Mesh, MeshSettings, start_mesh
 from services.migrate import run_migrations
 from services.status import STATE_FILE
+from services.urls import DATABASE_URL_FORMS, REDIS_URL_FORMS
 
 SERVICES = ("location", "ride", "geo")
 DEFAULT_REDIS_PORT = 16379
@@ -101,7 +102,7 @@ def _parser() -> argparse.ArgumentParser:
         "maintain",
         help="create history partitions ahead; archive, then drop, those past the retention",
     )
-    maintain.add_argument("--database-url", help="postgresql+asyncpg://...; $RIDEMESH_DATABASE_URL")
+    maintain.add_argument("--database-url", help=f"{DATABASE_URL_FORMS}; $RIDEMESH_DATABASE_URL")
     maintain.add_argument(
         "--retention-days", type=int, help="keep this many days; $RIDEMESH_RETENTION_DAYS or 30"
     )
@@ -189,8 +190,8 @@ def _simulate(args: argparse.Namespace) -> int:
 
 
 def _add_store_urls(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--redis-url", help="default: $RIDEMESH_REDIS_URL")
-    parser.add_argument("--database-url", help="postgresql+asyncpg://...; $RIDEMESH_DATABASE_URL")
+    parser.add_argument("--redis-url", help=f"{REDIS_URL_FORMS}; $RIDEMESH_REDIS_URL")
+    parser.add_argument("--database-url", help=f"{DATABASE_URL_FORMS}; $RIDEMESH_DATABASE_URL")
 
 
 def _add_tiles(parser: argparse._ArgumentGroup | argparse.ArgumentParser) -> None:
@@ -256,7 +257,7 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _migrate(args: argparse.Namespace) -> int:
-    settings = Settings.from_env(redis_url=args.redis_url or "-", database_url=args.database_url)
+    settings = Settings.from_env(required=("database_url",), database_url=args.database_url)
     run_migrations(settings.database_url)
     print("schema is up to date")
     return 0
@@ -264,7 +265,7 @@ def _migrate(args: argparse.Namespace) -> int:
 
 def _maintain(args: argparse.Namespace) -> int:
     settings = Settings.from_env(
-        redis_url="-",  # maintenance never touches Redis
+        required=("database_url",),  # maintenance never touches Redis
         database_url=args.database_url,
         retention_days=args.retention_days,
         archive_dir=args.archive_dir,
@@ -307,8 +308,12 @@ def _token(args: argparse.Namespace) -> int:
 
 
 def _up(args: argparse.Namespace) -> int:
-    redis_url = args.redis_url or os.environ.get("RIDEMESH_REDIS_URL")
-    database_url = args.database_url or os.environ.get("RIDEMESH_DATABASE_URL")
+    stores = normalise_store_urls(
+        {
+            "redis_url": args.redis_url or os.environ.get("RIDEMESH_REDIS_URL"),
+            "database_url": args.database_url or os.environ.get("RIDEMESH_DATABASE_URL"),
+        }
+    )
     if (args.tls_cert is None) != (args.tls_key is None):
         print("ridemesh: --tls-cert and --tls-key go together", file=sys.stderr)
         return 2
@@ -321,8 +326,8 @@ def _up(args: argparse.Namespace) -> int:
         redis_port=_port_or_free(DEFAULT_REDIS_PORT),
         postgres_port=_port_or_free(DEFAULT_POSTGRES_PORT),
         durable=True,
-        redis_url=redis_url,
-        database_url=database_url,
+        redis_url=stores["redis_url"] or None,
+        database_url=stores["database_url"] or None,
         production=args.production,
         tls=tls,
         web=True,

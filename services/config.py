@@ -7,9 +7,15 @@ from collections.abc import Mapping
 from dataclasses import dataclass, fields, replace
 from typing import Any
 
+from services.urls import InvalidUrl, database_url, redis_url
+
 
 class MissingSetting(RuntimeError):
     """A required setting has no value; the message names its environment key."""
+
+
+class InvalidSetting(MissingSetting):
+    """A setting whose value cannot be used; the message names the key and what it accepts."""
 
 
 class UnsafeSetting(MissingSetting):
@@ -20,6 +26,7 @@ class UnsafeSetting(MissingSetting):
 class Settings:
     """Everything a service process needs to know; built in the wiring and passed in."""
 
+    # Empty only in commands that never touch that store (migrate, maintain).
     redis_url: str
     database_url: str
     # A driver with no fix for this long is not live (GetDriverLocation answers NOT_FOUND).
@@ -93,8 +100,15 @@ class Settings:
     uvloop: bool = False
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
-        """Reads RIDEMESH_<FIELD> for each field; non-None `overrides` win over the environment."""
+    def from_env(
+        cls,
+        env: Mapping[str, str] | None = None,
+        required: tuple[str, ...] = ("redis_url", "database_url"),
+        **overrides: Any,
+    ) -> Settings:
+        """Reads RIDEMESH_<FIELD> for each field; non-None `overrides` win over the environment.
+        Store URLs are normalised (postgres:// works as well as postgresql+asyncpg://); a store
+        not in `required` may be left unset by commands that never touch it."""
         env = os.environ if env is None else env
         values: dict[str, Any] = {}
         for field in fields(cls):
@@ -104,17 +118,32 @@ class Settings:
                 continue
             kind = type(field.default) if field.default is not field.default_factory else str
             values[field.name] = raw if isinstance(raw, kind) else _convert(field.name, raw, kind)
-        for required in ("redis_url", "database_url"):
-            if not values.get(required):
+        for name in required:
+            if not values.get(name):
                 raise MissingSetting(
-                    f"setting RIDEMESH_{required.upper()} is required "
-                    f"(or pass --{required.replace('_', '-')})"
+                    f"setting RIDEMESH_{name.upper()} is required "
+                    f"(or pass --{name.replace('_', '-')})"
                 )
-        return cls(**values)
+        return cls(**normalise_store_urls(values))
 
     def with_overrides(self, **changes: Any) -> Settings:
         """A copy with some fields changed (tests use it for short intervals)."""
         return replace(self, **changes)
+
+
+def normalise_store_urls(values: dict[str, Any]) -> dict[str, Any]:
+    """`values` with redis_url and database_url (set or empty) in the forms the drivers take;
+    InvalidSetting names the key and the forms accepted."""
+    normalise = {"redis_url": redis_url, "database_url": database_url}
+    values.setdefault("redis_url", "")
+    values.setdefault("database_url", "")
+    try:
+        for name, normal in normalise.items():
+            if values[name]:
+                values[name] = normal(values[name], _setting_name(name))
+    except InvalidUrl as exc:
+        raise InvalidSetting(str(exc)) from None
+    return values
 
 
 _TRUE = frozenset({"1", "true", "yes", "on"})
@@ -139,3 +168,7 @@ def _convert(name: str, raw: object, kind: type) -> object:
         raise MissingSetting(
             f"setting RIDEMESH_{name.upper()} must be a {kind.__name__}, got {raw!r}"
         ) from exc
+
+
+def _setting_name(name: str) -> str:
+    return f"RIDEMESH_{name.upper()} (--{name.replace('_', '-')})"

@@ -96,7 +96,10 @@ def test_none_overrides_fall_back_to_the_environment() -> None:
 
 def test_overrides_can_supply_the_required_urls() -> None:
     settings = Settings.from_env({}, redis_url="redis://r/0", database_url="postgresql://d")
-    assert (settings.redis_url, settings.database_url) == ("redis://r/0", "postgresql://d")
+    assert (settings.redis_url, settings.database_url) == (
+        "redis://r/0",
+        "postgresql+asyncpg://d",
+    )
 
 
 def test_string_overrides_are_converted_too() -> None:

@@ -69,7 +69,7 @@ def test_the_runtime_set_holds_no_development_tool() -> None:
         for line in exported.splitlines()
         if line and not line.startswith((" ", "#"))
     }
-    assert RUNTIME <= names
+    assert names >= RUNTIME
     assert not DEV_ONLY & names, DEV_ONLY & names
 
 

@@ -38,7 +38,7 @@ def test_libpq_sslmode_becomes_asyncpgs_ssl() -> None:
 
 
 def test_an_unknown_sslmode_is_refused_naming_the_values() -> None:
-    with pytest.raises(InvalidUrl, match="sslmode='always' is not one of .*verify-full"):
+    with pytest.raises(InvalidUrl, match=r"sslmode='always' is not one of .*verify-full"):
         database_url("postgresql://u@db/r?sslmode=always")
 
 

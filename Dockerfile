@@ -2,7 +2,7 @@
 # Ridemesh's one image: the three services, the live map's static server and the migrations.
 # The command picks the process: `ridemesh serve location|ride|geo --host 0.0.0.0 --port 50051`,
 # `ridemesh serve web --host 0.0.0.0 --port 8081`, `ridemesh migrate`. Settings come from
-# RIDEMESH_* environment variables (services/config.py). Build: `docker build -t ridemesh .`
+# RIDEMESH_* environment variables (services/server/config.py). Build: `docker build -t ridemesh .`
 #
 # Base images are pinned to a major/minor line, never `latest`; for reproducible production
 # builds pin them by digest too (`python:3.11-slim-bookworm@sha256:...`).
@@ -55,7 +55,7 @@ RUN groupadd --system --gid 10001 ridemesh \
     && install -d -o ridemesh -g ridemesh -m 0755 \
        /var/lib/ridemesh /var/lib/ridemesh/keys /var/lib/ridemesh/archive
 COPY --from=python /opt/ridemesh /opt/ridemesh
-# services/webapp.py serves WEB_DIST = <the directory holding the `services` package>/web/dist,
+# services/ops/webapp.py serves WEB_DIST = <the directory holding the `services` package>/web/dist,
 # which for this installed package is site-packages/web/dist.
 COPY --from=web /src/web/dist /opt/ridemesh/lib/python3.11/site-packages/web/dist
 WORKDIR /var/lib/ridemesh

@@ -95,7 +95,7 @@ $(WEB_STAMP): web/package.json web/package-lock.json $(NPM_STAMP)
 # Rewrites the committed deploy-time Envoy configs (deploy/compose, k8s/base/config) from envoy/;
 # the tests fail while they differ from what the renderer produces.
 envoy-configs: python
-	$(PY) -m services.mesh.deploy
+	$(PY) -m services.ops.mesh.deploy
 
 $(SOCKETIO_STAMP): bench/baselines/socketio/package.json bench/baselines/socketio/package-lock.json
 	cd bench/baselines/socketio && npm ci --no-audit --no-fund

@@ -13,9 +13,9 @@ from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from services.history import FixRow, HistoryStore, create_engine
-from services.mesh.postgres_server import PostgresServer
-from services.migrate import run_migrations
+from services.history.migrate import run_migrations
+from services.history.store import FixRow, HistoryStore, create_engine
+from services.ops.mesh.postgres_server import PostgresServer
 
 # Two UTC days, so every run writes into two daily partitions.
 DAY_ONE = datetime(2024, 3, 1, tzinfo=UTC)

@@ -23,9 +23,9 @@ from ridemesh.v1 import geo_query_service_pb2 as pb
 from ridemesh.v1 import geo_query_service_pb2_grpc as geo_grpc
 from ridemesh.v1.common_pb2 import DriverAvailability, DriverLocation, LatLng
 from services.auth.tokens import bearer_channel
-from services.livestore import GEO_KEY, LiveStore, driver_key, redis_client
+from services.live.store import GEO_KEY, LiveStore, driver_key, redis_client
 from services.location.session import StreamId
-from services.mesh.supervisor import Mesh, MeshSettings, start_mesh
+from services.ops.mesh.supervisor import Mesh, MeshSettings, start_mesh
 
 CENTRE = (12.9716, 77.5946)  # Bengaluru
 METRES_PER_DEGREE = 111_320.0

@@ -20,10 +20,10 @@ from typing import Any
 
 from bench.procstat import usage_of
 from bench.stream import percentiles, usage_report
-from services.mesh.binaries import BinaryNotFound, find_binary
-from services.mesh.ports import free_port, port_open
-from services.mesh.process import ManagedProcess
-from services.mesh.redis_server import RedisServer
+from services.ops.mesh.binaries import BinaryNotFound, find_binary
+from services.ops.mesh.ports import free_port, port_open
+from services.ops.mesh.process import ManagedProcess
+from services.ops.mesh.redis_server import RedisServer
 
 BASELINE_DIR = Path(__file__).resolve().parent / "baselines" / "socketio"
 # Workers need a moment to start node and load socket.io-client before the shared start time.

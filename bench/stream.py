@@ -27,10 +27,10 @@ from bench.loadgen import DRAIN_S, LoadPlan, LoadResult, area_boxes, driver_id, 
 from bench.procstat import TreeUsage, usage_of
 from services.auth.identity import Role
 from services.auth.keys import mint_token
-from services.mesh.ports import free_port, port_open
-from services.mesh.process import ManagedProcess
-from services.mesh.supervisor import Mesh, MeshSettings, start_mesh
-from services.migrate import run_migrations
+from services.history.migrate import run_migrations
+from services.ops.mesh.ports import free_port, port_open
+from services.ops.mesh.process import ManagedProcess
+from services.ops.mesh.supervisor import Mesh, MeshSettings, start_mesh
 
 # Beyond the load window and the drain, the whole run is cut off after this much slack.
 HARD_STOP_SLACK_S = 60.0

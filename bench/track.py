@@ -24,8 +24,8 @@ from bench.stream import mesh_roots, mesh_token, migrate, percentiles, usage_rep
 from ridemesh.v1 import geo_query_service_pb2 as pb
 from ridemesh.v1 import geo_query_service_pb2_grpc as geo_grpc
 from services.auth.tokens import bearer_channel
-from services.history import PARENT_TABLE, HistoryStore, create_engine
-from services.mesh.supervisor import Mesh, MeshSettings, start_mesh
+from services.history.store import PARENT_TABLE, HistoryStore, create_engine
+from services.ops.mesh.supervisor import Mesh, MeshSettings, start_mesh
 
 CENTRE = (12.9716, 77.5946)  # Bengaluru
 CALL_TIMEOUT_S = 30.0

@@ -12,9 +12,9 @@ from sqlalchemy.engine import make_url
 
 from services.auth.identity import Role
 from services.auth.keys import DevKeys
-from services.mesh.postgres_server import PostgresServer
-from services.mesh.redis_server import RedisServer
-from services.migrate import run_migrations
+from services.history.migrate import run_migrations
+from services.ops.mesh.postgres_server import PostgresServer
+from services.ops.mesh.redis_server import RedisServer
 from tests.tokens import Metadata, bearer, make_keys
 from tests.tokens import token as mint
 

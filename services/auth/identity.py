@@ -11,7 +11,7 @@ import jwt
 from cryptography.hazmat.primitives.asymmetric.ec import EllipticCurvePublicKey
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
 
-from services.errors import Unauthenticated
+from services.domain.errors import Unauthenticated
 
 VerifyingKey = EllipticCurvePublicKey | RSAPublicKey
 # Key id -> public key; the token's `kid` header picks one.

@@ -11,8 +11,8 @@ import grpc
 from grpc import aio
 
 from services.auth.identity import Identity
-from services.errors import Unauthenticated
-from services.handlers import Handler, rewrap
+from services.domain.errors import Unauthenticated
+from services.server.handlers import Handler, rewrap
 
 # Entries ending in "/" or "." are prefixes (a whole service or package); others are exact names.
 HEALTH_METHODS = "/grpc.health.v1.Health/"

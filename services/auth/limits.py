@@ -12,9 +12,9 @@ from grpc import aio
 
 from services.auth.identity import Identity, Role
 from services.auth.interceptor import current_identity
-from services.config import Settings
-from services.errors import Unauthenticated
-from services.handlers import Handler, rewrap, stream_responses
+from services.domain.errors import Unauthenticated
+from services.server.config import Settings
+from services.server.handlers import Handler, rewrap, stream_responses
 
 API_PREFIX = "/ridemesh.v1."
 STREAMS = "streams"

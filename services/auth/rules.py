@@ -14,8 +14,8 @@ import math
 from ridemesh.v1 import geo_query_service_pb2 as geo_pb
 from ridemesh.v1 import ride_service_pb2 as ride_pb
 from services.auth.identity import Identity, Role
-from services.errors import PermissionDenied
-from services.geodesy import EARTH_RADIUS_M, normalize_lng
+from services.domain.errors import PermissionDenied
+from services.domain.geodesy import EARTH_RADIUS_M, normalize_lng
 from services.ride.chat import Participant
 
 STAFF: frozenset[Role] = frozenset({Role.OPS, Role.SERVICE})

@@ -11,7 +11,7 @@ from grpc import aio
 
 from services.auth.identity import Role
 from services.auth.keys import PRIVATE_FILE, ensure_dev_keys, mint_token
-from services.config import MissingSetting, Settings
+from services.server.config import MissingSetting, Settings
 
 SERVICE_SUB = "ride-service"
 SERVICE_TTL_S = 3600

@@ -7,7 +7,7 @@ from pathlib import Path
 from services.auth.identity import PublicKeys, TokenVerifier
 from services.auth.interceptor import HEALTH_METHODS, REFLECTION_METHODS, AuthInterceptor
 from services.auth.keys import JWKS_FILE, has_development_key, load_jwks
-from services.config import MissingSetting, Settings, UnsafeSetting
+from services.server.config import MissingSetting, Settings, UnsafeSetting
 
 
 def load_keys(settings: Settings) -> PublicKeys:

@@ -12,12 +12,12 @@ from typing import Protocol
 
 from ridemesh.v1 import geo_query_service_pb2 as pb
 from ridemesh.v1.geo_query_service_pb2 import EtaMethod
-from services.config import Settings
-from services.errors import InvalidArgument, NotFound
-from services.geo.points import check_point
-from services.geodesy import haversine_m
-from services.livestore import LiveStore
-from services.location.validation import validate_id
+from services.domain.errors import InvalidArgument, NotFound
+from services.domain.geodesy import haversine_m
+from services.domain.points import check_point
+from services.domain.validation import validate_id
+from services.live.store import LiveStore
+from services.server.config import Settings
 
 # A driver's reported speed is used only inside this range: below it they are stopped (at a light,
 # at pickup), above it the fix is a GPS glitch rather than a car; either way the default is better.

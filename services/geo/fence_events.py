@@ -14,11 +14,11 @@ from redis.asyncio import Redis
 
 from ridemesh.v1 import geo_query_service_pb2 as pb
 from ridemesh.v1.common_pb2 import DriverLocation
-from services.errors import InvalidArgument, NotFound
-from services.fanout import Hub, KeyedLatest, Latest
+from services.domain.errors import InvalidArgument, NotFound
 from services.geo.zone_index import Zone, ZoneIndex
 from services.geo.zones import validate_labels
-from services.livestore import CELL_PATTERN
+from services.live.fanout import Hub, KeyedLatest, Latest
+from services.live.store import CELL_PATTERN
 
 log = logging.getLogger(__name__)
 

@@ -15,7 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.geo.zone_index import Zone
 from services.geo.zones import ParsedGeofence
-from services.history import raw_connection
+from services.history.store import raw_connection
 
 _COLUMNS = "geofence_id, display_name, geojson, labels::text, create_time"
 

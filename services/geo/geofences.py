@@ -14,11 +14,11 @@ from redis.exceptions import RedisError
 
 from ridemesh.v1 import common_pb2
 from ridemesh.v1 import geo_query_service_pb2 as pb
-from services.errors import InvalidArgument, NotFound
+from services.domain.errors import InvalidArgument, NotFound
+from services.domain.validation import validate_id
 from services.geo.geofence_store import Cursor, GeofenceStore, StoredGeofence
 from services.geo.zone_cache import announce_change
 from services.geo.zones import MAX_LABEL_VALUE, parse_geofence, validate_label_key
-from services.location.validation import validate_id
 
 log = logging.getLogger(__name__)
 

@@ -11,11 +11,11 @@ import h3
 
 from ridemesh.v1 import geo_query_service_pb2 as pb
 from ridemesh.v1.common_pb2 import LatLng
-from services.errors import InvalidArgument
+from services.domain.area import Box
+from services.domain.errors import InvalidArgument
+from services.domain.geodesy import EARTH_RADIUS_M
 from services.geo.nearby import AVAILABLE, index_circle
-from services.geodesy import EARTH_RADIUS_M
-from services.livestore import GEO_KEY, GEO_MAX_LAT, OPEN_REQUESTS_KEY, LiveStore
-from services.location.area import Box
+from services.live.store import GEO_KEY, GEO_MAX_LAT, OPEN_REQUESTS_KEY, LiveStore
 
 MAX_RESOLUTION = 10
 # One answer covers at most about this many cells (estimated from the box's area), so a single

@@ -11,17 +11,17 @@ from opentelemetry.sdk.trace import TracerProvider
 from ridemesh.v1 import geo_query_service_pb2_grpc as pb_grpc
 from ridemesh.v1.common_pb2 import DriverLocation
 from services.auth.wiring import auth_interceptor
-from services.config import Settings
-from services.fanout import Hub
 from services.geo.eta import GreatCircleRouter
 from services.geo.fence_events import EventBatch, FenceTracker, decode_event_message
 from services.geo.geofence_store import GeofenceStore
 from services.geo.servicer import GeoQueryServicer
 from services.geo.zone_cache import ZoneCache
-from services.history import HistoryStore, create_engine
-from services.livestore import LiveStore, redis_client
-from services.maintenance import run_forever
-from services.runtime import serve
+from services.history.maintenance import run_forever
+from services.history.store import HistoryStore, create_engine
+from services.live.fanout import Hub
+from services.live.store import LiveStore, redis_client
+from services.server.config import Settings
+from services.server.runtime import serve
 
 
 async def run(

@@ -8,10 +8,10 @@ from dataclasses import dataclass
 
 from ridemesh.v1 import geo_query_service_pb2 as pb
 from ridemesh.v1.common_pb2 import DriverAvailability, DriverLocation
-from services.errors import InvalidArgument
-from services.geo.points import check_point
-from services.geodesy import EARTH_RADIUS_M, haversine_m
-from services.livestore import GEO_KEY, GEO_MAX_LAT, LiveStore
+from services.domain.errors import InvalidArgument
+from services.domain.geodesy import EARTH_RADIUS_M, haversine_m
+from services.domain.points import check_point
+from services.live.store import GEO_KEY, GEO_MAX_LAT, LiveStore
 
 MAX_RADIUS_M = 50_000.0
 DEFAULT_MAX_RESULTS = 20

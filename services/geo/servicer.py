@@ -13,7 +13,6 @@ from ridemesh.v1 import geo_query_service_pb2 as pb
 from ridemesh.v1 import geo_query_service_pb2_grpc as pb_grpc
 from services.auth import rules
 from services.auth.interceptor import current_identity
-from services.fanout import Hub
 from services.geo import geofences
 from services.geo.eta import Router, estimate_eta
 from services.geo.fence_events import EventBatch, watch_geofence_events
@@ -22,8 +21,9 @@ from services.geo.heatmap import supply_heatmap
 from services.geo.nearby import search_nearby_drivers
 from services.geo.track import get_driver_track
 from services.geo.zone_cache import ZoneCache
-from services.history import HistoryStore
-from services.livestore import LiveStore
+from services.history.store import HistoryStore
+from services.live.fanout import Hub
+from services.live.store import LiveStore
 
 Context = aio.ServicerContext[Any, Any]
 

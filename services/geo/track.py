@@ -29,10 +29,10 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from ridemesh.v1 import common_pb2
 from ridemesh.v1 import geo_query_service_pb2 as pb
-from services.errors import InvalidArgument
-from services.geodesy import haversine_m
-from services.history import FixRow, HistoryStore
-from services.location.validation import validate_id
+from services.domain.errors import InvalidArgument
+from services.domain.geodesy import haversine_m
+from services.domain.validation import validate_id
+from services.history.store import FixRow, HistoryStore
 
 DEFAULT_PAGE_SIZE = 1_000
 MAX_PAGE_SIZE = 10_000

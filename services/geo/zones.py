@@ -13,7 +13,7 @@ from typing import Any
 from shapely.geometry import MultiPolygon, Polygon
 from shapely.validation import explain_validity
 
-from services.errors import InvalidArgument
+from services.domain.errors import InvalidArgument
 
 MAX_VERTICES = 10_000
 MAX_DISPLAY_NAME = 200

@@ -13,14 +13,14 @@ from ridemesh.v1 import location_service_pb2_grpc as pb_grpc
 from ridemesh.v1.common_pb2 import DriverLocation
 from ridemesh.v1.location_service_pb2 import StreamLocationsResponse
 from services.auth.wiring import auth_interceptor
-from services.config import Settings
-from services.fanout import Hub
-from services.history import HistoryStore, create_engine
-from services.livestore import LiveStore, redis_client
+from services.history.persister import Persister
+from services.history.store import HistoryStore, create_engine
+from services.live.fanout import Hub
+from services.live.store import LiveStore, redis_client
 from services.location.servicer import LocationServicer
 from services.location.streams import StreamRegistry
-from services.persister import Persister
-from services.runtime import serve
+from services.server.config import Settings
+from services.server.runtime import serve
 
 PARTITION_CHECK_S = 3600.0
 

@@ -16,19 +16,19 @@ from ridemesh.v1.common_pb2 import DriverAvailability, DriverLocation
 from services.auth import rules
 from services.auth.identity import Identity, Role
 from services.auth.interceptor import current_identity
-from services.config import Settings
-from services.errors import DomainError, InvalidArgument, NotFound, Unavailable
-from services.fanout import Hub, KeyedLatest, Latest
-from services.history import FixRow, HistoryStore
-from services.livestore import CELL_PATTERN, LiveStore, cell_channel, driver_channel
-from services.location.area import Box, cells_for_box
+from services.domain.area import Box, cells_for_box
+from services.domain.errors import DomainError, InvalidArgument, NotFound, Unavailable
+from services.domain.validation import FixLimits, validate_id, validate_update
+from services.history.persister import fix_row
+from services.history.store import FixRow, HistoryStore
+from services.live.fanout import Hub, KeyedLatest, Latest
+from services.live.names import control_channel
+from services.live.store import CELL_PATTERN, LiveStore, cell_channel, driver_channel
 from services.location.session import DriverSession
 from services.location.streams import DriverStream, StreamRegistry
 from services.location.throttle import TokenBucket
-from services.location.validation import FixLimits, validate_id, validate_update
 from services.observability.metrics import FIXES_ACCEPTED, FIXES_REJECTED
-from services.persister import fix_row
-from services.ride.channels import control_channel
+from services.server.config import Settings
 
 # An area touching more grid cells than this listens on the all-cells pattern instead.
 MAX_AREA_CELLS = 64

@@ -5,9 +5,9 @@ from __future__ import annotations
 from collections import deque
 
 from ridemesh.v1.location_service_pb2 import LocationUpdate
-from services.errors import FailedPrecondition, InvalidArgument, ResourceExhausted
+from services.domain.errors import FailedPrecondition, InvalidArgument, ResourceExhausted
+from services.domain.validation import FixLimits, validate_update
 from services.location.throttle import TokenBucket
-from services.location.validation import FixLimits, validate_update
 
 # A Redis stream entry id "1700000000000-3" as (milliseconds, sequence), so ids compare in order.
 StreamId = tuple[int, int]

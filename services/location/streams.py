@@ -13,8 +13,8 @@ from ridemesh.v1.location_service_pb2 import (
     LocationRejected,
     StreamLocationsResponse,
 )
-from services.errors import DomainError
-from services.livestore import LiveStore
+from services.domain.errors import DomainError
+from services.live.store import LiveStore
 from services.location.session import DriverSession
 from services.observability.metrics import FIXES_REJECTED
 

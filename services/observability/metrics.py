@@ -15,7 +15,7 @@ import grpc
 from grpc import aio
 from prometheus_client import Counter, Gauge, Histogram, start_http_server
 
-from services.handlers import Handler, rewrap, stream_responses
+from services.server.handlers import Handler, rewrap, stream_responses
 
 RPC_LABELS = ("grpc_service", "grpc_method", "grpc_code")
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)

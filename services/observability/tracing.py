@@ -17,7 +17,7 @@ from opentelemetry.sdk.resources import SERVICE_NAME, Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter, SpanExporter
 
-from services.config import MissingSetting
+from services.server.config import MissingSetting
 
 
 def exporter_names(env: Mapping[str, str]) -> list[str]:

@@ -13,10 +13,10 @@ from typing import Protocol
 from redis.asyncio import Redis
 
 from ridemesh.v1 import ride_service_pb2 as pb
-from services.errors import FailedPrecondition, InvalidArgument, NotFound, PermissionDenied
-from services.fanout import Hub
-from services.location.validation import validate_id
-from services.ride.channels import chat_channel
+from services.domain.errors import FailedPrecondition, InvalidArgument, NotFound, PermissionDenied
+from services.domain.validation import validate_id
+from services.live.fanout import Hub
+from services.live.names import chat_channel
 from services.ride.states import TERMINAL, state_name
 
 Party = pb.Party

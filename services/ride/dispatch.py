@@ -21,13 +21,13 @@ from ridemesh.v1.location_service_pb2 import (
     RideOfferWithdrawn,
     StreamLocationsResponse,
 )
-from services.config import Settings
-from services.errors import FailedPrecondition
-from services.geodesy import haversine_m
-from services.livestore import GEO_MAX_LAT, OPEN_REQUESTS_KEY, LiveStore, assigned_key
+from services.domain.errors import FailedPrecondition
+from services.domain.geodesy import haversine_m
+from services.live.names import control_channel, publish_ride
+from services.live.store import GEO_MAX_LAT, OPEN_REQUESTS_KEY, LiveStore, assigned_key
 from services.ride.availability import set_availability
-from services.ride.channels import control_channel, publish_ride
 from services.ride.states import state_name
+from services.server.config import Settings
 
 log = logging.getLogger(__name__)
 

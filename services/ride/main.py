@@ -14,16 +14,16 @@ from ridemesh.v1 import ride_service_pb2_grpc as pb_grpc
 from ridemesh.v1.common_pb2 import DriverLocation
 from services.auth.tokens import bearer_channel, service_tokens
 from services.auth.wiring import auth_interceptor
-from services.config import MissingSetting, Settings
-from services.fanout import Hub
 from services.geo.eta import GreatCircleRouter
-from services.history import create_engine
-from services.livestore import LiveStore, redis_client
+from services.history.store import create_engine
+from services.live.fanout import Hub
+from services.live.store import LiveStore, redis_client
 from services.observability.tracing import client_interceptors
 from services.ride.dispatch import Dispatcher
 from services.ride.servicer import RideServicer
 from services.ride.store import RideStore
-from services.runtime import serve
+from services.server.config import MissingSetting, Settings
+from services.server.runtime import serve
 
 
 async def run(

@@ -9,7 +9,7 @@ from typing import Any
 
 from ridemesh.v1 import ride_service_pb2 as pb
 from ridemesh.v1.common_pb2 import LatLng
-from services.errors import FailedPrecondition
+from services.domain.errors import FailedPrecondition
 from services.ride import states
 from services.ride.states import Party, RideState
 

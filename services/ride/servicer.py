@@ -12,16 +12,16 @@ from redis.asyncio import Redis
 from ridemesh.v1 import ride_service_pb2 as pb
 from ridemesh.v1 import ride_service_pb2_grpc as pb_grpc
 from ridemesh.v1.common_pb2 import DriverLocation, LatLng
-from services import pagetoken
 from services.auth import rules
 from services.auth.interceptor import current_identity
-from services.errors import InvalidArgument, NotFound
-from services.fanout import Hub
+from services.domain import pagetoken
+from services.domain.errors import InvalidArgument, NotFound
+from services.domain.points import check_point
+from services.domain.validation import validate_id
 from services.geo.eta import Router
-from services.geo.points import check_point
-from services.livestore import LiveStore
-from services.location.validation import validate_id
-from services.ride.channels import publish_ride
+from services.live.fanout import Hub
+from services.live.names import publish_ride
+from services.live.store import LiveStore
 from services.ride.chat import chat, redis_publisher
 from services.ride.dispatch import Dispatcher
 from services.ride.store import RideStore

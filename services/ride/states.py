@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from typing import TypeAlias
 
 from ridemesh.v1 import ride_service_pb2 as pb
-from services.errors import FailedPrecondition, InvalidArgument, PermissionDenied
+from services.domain.errors import FailedPrecondition, InvalidArgument, PermissionDenied
 
 RideState: TypeAlias = pb.RideState.ValueType
 Party: TypeAlias = pb.Party.ValueType

@@ -10,12 +10,12 @@ from typing import Protocol
 
 from ridemesh.v1 import ride_service_pb2 as pb
 from ridemesh.v1.common_pb2 import DriverLocation, LatLng
-from services.errors import InvalidArgument, NotFound
-from services.fanout import Hub
+from services.domain.errors import InvalidArgument, NotFound
+from services.domain.validation import validate_id
 from services.geo.eta import Router
-from services.livestore import LiveStore, driver_channel
-from services.location.validation import validate_id
-from services.ride.channels import ride_channel
+from services.live.fanout import Hub
+from services.live.names import ride_channel
+from services.live.store import LiveStore, driver_channel
 from services.ride.states import ACTIVE, TERMINAL
 
 log = logging.getLogger(__name__)

@@ -13,9 +13,9 @@ from ridemesh.v1 import geo_query_service_pb2_grpc as geo_grpc
 from ridemesh.v1 import location_service_pb2_grpc as location_grpc
 from ridemesh.v1 import ride_service_pb2_grpc as ride_grpc
 from services.auth.keys import DevKeys
-from services.history import HistoryStore, create_engine
-from services.mesh.redis_server import RedisServer
-from services.mesh.supervisor import Mesh, MeshSettings, start_mesh
+from services.history.store import HistoryStore, create_engine
+from services.ops.mesh.redis_server import RedisServer
+from services.ops.mesh.supervisor import Mesh, MeshSettings, start_mesh
 from tests.tokens import ops_channel
 
 # Short intervals so tests do not wait on production-sized batches; a generous per-driver rate

@@ -7,9 +7,9 @@ import sys
 from pathlib import Path
 
 from services.auth.keys import DevKeys
-from services.mesh.ports import free_port
-from services.mesh.process import ManagedProcess
-from services.mesh.supervisor import grpc_serving
+from services.ops.mesh.ports import free_port
+from services.ops.mesh.process import ManagedProcess
+from services.ops.mesh.supervisor import grpc_serving
 from tests.tokens import auth_env
 
 
@@ -19,7 +19,7 @@ def start_location(
     """One `ridemesh serve location` process on a free port, verifying tokens signed with `keys`,
     ready when its health says so."""
     port = free_port()
-    argv = [sys.executable, "-m", "services.cli", "serve", "location", "--port", str(port)]
+    argv = [sys.executable, "-m", "services.ops.cli", "serve", "location", "--port", str(port)]
     argv += ["--redis-url", redis_url, "--database-url", database_url]
     log = log_dir / f"location-{port}.log"
     process = ManagedProcess(

@@ -20,7 +20,7 @@ from ridemesh.v1 import location_service_pb2 as pb
 from ridemesh.v1 import location_service_pb2_grpc as location_grpc
 from services.auth.identity import Role
 from services.auth.keys import DevKeys, ensure_dev_keys, mint_token
-from services.mesh.supervisor import Mesh
+from services.ops.mesh.supervisor import Mesh
 from tests.e2e.clients import new_driver_id
 from tests.tokens import bearer
 
@@ -115,7 +115,7 @@ async def test_the_ridemesh_token_command_mints_a_token_envoy_accepts(
     envoy_address: str, keys: DevKeys
 ) -> None:
     process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "services.cli", "token", "--sub", "ops-1", "--role", "ops",
+        sys.executable, "-m", "services.ops.cli", "token", "--sub", "ops-1", "--role", "ops",
         "--keys-dir", str(keys.directory),
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,

@@ -17,7 +17,7 @@ from ridemesh.v1 import geo_query_service_pb2 as pb
 from ridemesh.v1 import geo_query_service_pb2_grpc as geo_grpc
 from ridemesh.v1 import location_service_pb2_grpc as location_grpc
 from ridemesh.v1.common_pb2 import BoundingBox, LatLng
-from services.geodesy import haversine_m
+from services.domain.geodesy import haversine_m
 from tests.e2e.clients import DriverStream, collect, fix, new_driver_id
 from tests.e2e.conftest import status_of
 from tests.tokens import Metadata

@@ -3,7 +3,7 @@ every process of the mesh survives.
 
 Statuses observed (and asserted) here:
 - malformed protobuf bytes as a request: INVALID_ARGUMENT, "the request is not a valid protobuf
-  message of this method" (services/errors.py decodes single requests itself, since grpc.aio
+  message of this method" (services/domain/errors.py decodes single requests itself, since grpc.aio
   would report the failure as UNKNOWN);
 - a truncated gRPC-Web frame (body shorter than its frame header says): nothing answers until the
   caller's deadline, then it ends with DEADLINE_EXCEEDED from the replica or, when Envoy still
@@ -44,7 +44,7 @@ from ridemesh.v1 import ride_service_pb2_grpc as ride_grpc
 from ridemesh.v1.common_pb2 import BoundingBox, LatLng
 from services.auth.identity import Role
 from services.auth.keys import DevKeys, mint_token
-from services.mesh.supervisor import Mesh
+from services.ops.mesh.supervisor import Mesh
 from tests.e2e.clients import DriverStream, collect, fix, grpc_web_frame, new_driver_id
 from tests.tokens import bearer
 

@@ -15,8 +15,8 @@ from ridemesh.v1 import location_service_pb2_grpc as location_grpc
 from ridemesh.v1.common_pb2 import BoundingBox, LatLng
 from services.auth.identity import Role
 from services.auth.keys import DevKeys
-from services.mesh.process import ManagedProcess
-from services.mesh.redis_server import RedisServer
+from services.ops.mesh.process import ManagedProcess
+from services.ops.mesh.redis_server import RedisServer
 from tests.e2e.processes import start_location
 from tests.tokens import bearer, ops_channel
 

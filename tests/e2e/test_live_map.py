@@ -15,11 +15,11 @@ import pytest
 from playwright.async_api import Browser, Page, async_playwright
 
 from services.auth.keys import DevKeys
-from services.geodesy import haversine_m
-from services.mesh.supervisor import Mesh
-from services.simulator.run import Simulation
-from services.simulator.settings import SimSettings
-from services.webapp import WEB_DIST
+from services.domain.geodesy import haversine_m
+from services.ops.mesh.supervisor import Mesh
+from services.ops.simulator.run import Simulation
+from services.ops.simulator.settings import SimSettings
+from services.ops.webapp import WEB_DIST
 
 pytestmark = pytest.mark.e2e
 

@@ -17,8 +17,8 @@ from ridemesh.v1 import location_service_pb2_grpc as location_grpc
 from ridemesh.v1.common_pb2 import DriverLocation
 from services.auth.identity import Role
 from services.auth.keys import DevKeys
-from services.history import HistoryStore
-from services.mesh.supervisor import Mesh
+from services.history.store import HistoryStore
+from services.ops.mesh.supervisor import Mesh
 from tests.e2e.clients import (
     DriverStream,
     collect,

@@ -16,9 +16,9 @@ from ridemesh.v1 import location_service_pb2 as pb
 from ridemesh.v1 import location_service_pb2_grpc as location_grpc
 from services.auth.identity import Role
 from services.auth.keys import DevKeys
-from services.mesh.ports import free_port
-from services.mesh.redis_server import RedisServer
-from services.status import Samples, histogram_quantile, scrape, total
+from services.ops.mesh.ports import free_port
+from services.ops.mesh.redis_server import RedisServer
+from services.ops.status import Samples, histogram_quantile, scrape, total
 from tests.e2e.clients import DriverStream, fix, new_driver_id
 from tests.e2e.processes import start_location
 from tests.tokens import bearer, ops_channel, token

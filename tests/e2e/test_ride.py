@@ -16,8 +16,8 @@ from ridemesh.v1 import ride_service_pb2 as pb
 from ridemesh.v1 import ride_service_pb2_grpc as ride_grpc
 from ridemesh.v1.common_pb2 import LatLng
 from services.auth.keys import DevKeys
-from services.history import create_engine
-from services.mesh.supervisor import Mesh
+from services.history.store import create_engine
+from services.ops.mesh.supervisor import Mesh
 from services.ride.store import RideStore
 from tests.e2e.clients import DriverStream, collect, fix, new_driver_id, read_to_end
 from tests.e2e.conftest import status_of

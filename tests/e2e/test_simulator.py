@@ -19,10 +19,10 @@ from ridemesh.v1 import location_service_pb2_grpc as location_grpc
 from ridemesh.v1 import ride_service_pb2 as ride_pb
 from ridemesh.v1 import ride_service_pb2_grpc as ride_grpc
 from services.auth.keys import DevKeys
-from services.geodesy import haversine_m
-from services.simulator.run import Simulation
-from services.simulator.settings import SimSettings
-from services.simulator.zones import DEMO_ZONES
+from services.domain.geodesy import haversine_m
+from services.ops.simulator.run import Simulation
+from services.ops.simulator.settings import SimSettings
+from services.ops.simulator.zones import DEMO_ZONES
 
 pytestmark = pytest.mark.e2e
 

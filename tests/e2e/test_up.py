@@ -20,10 +20,10 @@ from ridemesh.v1 import geo_query_service_pb2_grpc as geo_grpc
 from ridemesh.v1 import location_service_pb2 as pb
 from ridemesh.v1 import location_service_pb2_grpc as location_grpc
 from ridemesh.v1.common_pb2 import BoundingBox, LatLng
-from services.cli import _parser
-from services.mesh.ports import free_port
-from services.mesh.redis_server import RedisServer
-from services.simulator.zones import DEMO_ZONES
+from services.ops.cli import _parser
+from services.ops.mesh.ports import free_port
+from services.ops.mesh.redis_server import RedisServer
+from services.ops.simulator.zones import DEMO_ZONES
 
 pytestmark = pytest.mark.e2e
 
@@ -78,7 +78,7 @@ async def test_up_serves_the_live_map_and_a_simulated_city_then_stops_cleanly(
     database_url = await asyncio.to_thread(make_database)
     port, admin = free_port(), free_port()
     argv = [
-        sys.executable, "-m", "services.cli", "up", "--port", str(port),
+        sys.executable, "-m", "services.ops.cli", "up", "--port", str(port),
         "--admin-port", str(admin), "--data-dir", str(tmp_path / "data"),
         "--redis-url", f"redis://127.0.0.1:{redis_server.port}/{REDIS_DB}",
         "--database-url", database_url, "--demo-drivers", "12", "--demo-ride-rate", "30",
@@ -133,7 +133,7 @@ async def test_up_serves_the_live_map_and_a_simulated_city_then_stops_cleanly(
 
 
 async def _status(data_dir: Path) -> subprocess.CompletedProcess[str]:
-    argv = [sys.executable, "-m", "services.cli", "status", "--data-dir", str(data_dir)]
+    argv = [sys.executable, "-m", "services.ops.cli", "status", "--data-dir", str(data_dir)]
     return await asyncio.to_thread(
         subprocess.run, [*argv, "--window", "3"], capture_output=True, text=True, timeout=60
     )

@@ -14,8 +14,8 @@ from ridemesh.v1 import location_service_pb2 as pb
 from ridemesh.v1 import location_service_pb2_grpc as pb_grpc
 from services.auth.identity import Identity, TokenVerifier
 from services.auth.interceptor import AuthInterceptor, current_identity
-from services.errors import DomainErrorInterceptor
-from services.grpcserver import add_health
+from services.domain.errors import DomainErrorInterceptor
+from services.server.builder import add_health
 
 WHOAMI = "ridemesh.test.WhoAmI"
 WATCH_STEPS = 3

@@ -22,10 +22,10 @@ from services.auth.keys import DevKeys
 from services.auth.limits import LimitInterceptor, Limits
 from services.auth.tokens import SERVICE_SUB, bearer_channel
 from services.geo.nearby import search_nearby_drivers
-from services.grpcserver import create_server
-from services.livestore import LiveStore
-from services.mesh.redis_server import RedisServer
-from services.ride.channels import control_channel, ride_channel
+from services.live.names import control_channel, ride_channel
+from services.live.store import LiveStore
+from services.ops.mesh.redis_server import RedisServer
+from services.server.builder import create_server
 from tests.integration.geo_drivers import destination, ingest
 from tests.tokens import server_auth, token
 

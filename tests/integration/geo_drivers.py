@@ -10,9 +10,9 @@ from contextlib import asynccontextmanager
 from redis.asyncio import Redis
 
 from ridemesh.v1.common_pb2 import DriverAvailability, DriverLocation, LatLng
-from services.geodesy import EARTH_RADIUS_M, normalize_lng
-from services.livestore import LiveStore, driver_key
-from services.mesh.redis_server import RedisServer
+from services.domain.geodesy import EARTH_RADIUS_M, normalize_lng
+from services.live.store import LiveStore, driver_key
+from services.ops.mesh.redis_server import RedisServer
 
 REDIS_DB = 5
 LIVE_WINDOW_S = 300.0

@@ -12,10 +12,10 @@ from redis.asyncio import Redis
 
 from ridemesh.v1 import ride_service_pb2 as pb
 from ridemesh.v1.common_pb2 import LatLng
-from services.errors import FailedPrecondition, InvalidArgument, NotFound, PermissionDenied
-from services.fanout import Hub
-from services.history import create_engine
-from services.mesh.redis_server import RedisServer
+from services.domain.errors import FailedPrecondition, InvalidArgument, NotFound, PermissionDenied
+from services.history.store import create_engine
+from services.live.fanout import Hub
+from services.ops.mesh.redis_server import RedisServer
 from services.ride.chat import Publish, chat, redis_publisher
 from services.ride.store import RideStore
 

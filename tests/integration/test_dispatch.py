@@ -12,15 +12,15 @@ from redis.asyncio import Redis
 from ridemesh.v1 import ride_service_pb2 as pb
 from ridemesh.v1.common_pb2 import DriverAvailability, LatLng
 from services.auth.keys import DevKeys
-from services.config import Settings
-from services.errors import FailedPrecondition
-from services.history import create_engine
-from services.livestore import OPEN_REQUESTS_KEY, LiveStore, driver_key
-from services.mesh.redis_server import RedisServer
+from services.domain.errors import FailedPrecondition
+from services.history.store import create_engine
+from services.live.store import OPEN_REQUESTS_KEY, LiveStore, driver_key
+from services.ops.mesh.redis_server import RedisServer
 from services.ride import states
 from services.ride.availability import set_availability
 from services.ride.dispatch import SEARCH_RETRY_KEY, SEARCH_RETRY_S, Dispatcher
 from services.ride.store import RideStore
+from services.server.config import Settings
 from tests.integration.dispatch_harness import (
     DROPOFF,
     Clock,

@@ -12,8 +12,8 @@ import grpc
 import pytest
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from services.mesh.envoy_proxy import EnvoyProxy
-from services.mesh.ports import free_port, http_get
+from services.ops.mesh.envoy_proxy import EnvoyProxy
+from services.ops.mesh.ports import free_port, http_get
 
 pytestmark = pytest.mark.integration
 

@@ -13,8 +13,8 @@ from shapely.geometry import box
 
 from ridemesh.v1 import geo_query_service_pb2 as pb
 from ridemesh.v1.common_pb2 import DriverLocation, LatLng
-from services.errors import NotFound
-from services.fanout import Hub
+from services.domain.area import cell_of
+from services.domain.errors import NotFound
 from services.geo.fence_events import (
     EVENTS_CHANNEL,
     WATCH_DEPTH,
@@ -27,9 +27,9 @@ from services.geo.fence_events import (
     zone_entry,
 )
 from services.geo.zone_index import Zone, ZoneIndex
-from services.livestore import cell_channel
-from services.location.area import cell_of
-from services.mesh.redis_server import RedisServer
+from services.live.fanout import Hub
+from services.live.store import cell_channel
+from services.ops.mesh.redis_server import RedisServer
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio]
 

@@ -14,13 +14,13 @@ from sqlalchemy.engine import make_url
 
 from ridemesh.v1 import common_pb2
 from ridemesh.v1 import geo_query_service_pb2 as pb
-from services.errors import InvalidArgument, NotFound
+from services.domain.errors import InvalidArgument, NotFound
 from services.geo import geofences as rpc
 from services.geo.geofence_store import GeofenceStore
 from services.geo.zone_cache import CHANGES_CHANNEL
 from services.geo.zones import parse_geofence
-from services.history import create_engine
-from services.mesh.redis_server import RedisServer
+from services.history.store import create_engine
+from services.ops.mesh.redis_server import RedisServer
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio]
 

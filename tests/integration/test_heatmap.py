@@ -13,11 +13,11 @@ from redis.asyncio import Redis
 
 from ridemesh.v1 import geo_query_service_pb2 as pb
 from ridemesh.v1.common_pb2 import BoundingBox, DriverAvailability, LatLng
-from services.errors import InvalidArgument
+from services.domain.area import Box
+from services.domain.errors import InvalidArgument
 from services.geo.heatmap import supply_heatmap
-from services.livestore import GEO_KEY, OPEN_REQUESTS_KEY, LiveStore, driver_key
-from services.location.area import Box
-from services.mesh.redis_server import RedisServer
+from services.live.store import GEO_KEY, OPEN_REQUESTS_KEY, LiveStore, driver_key
+from services.ops.mesh.redis_server import RedisServer
 from tests.integration.geo_drivers import (
     LIVE_WINDOW_S,
     flushed_redis,

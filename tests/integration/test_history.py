@@ -13,14 +13,14 @@ import pytest
 from alembic.script import ScriptDirectory
 from sqlalchemy.engine import make_url
 
-from services.history import (
+from services.history.migrate import alembic_config, run_migrations_async
+from services.history.store import (
     FixRow,
     HistoryStore,
     create_engine,
     partition_bounds,
     partition_name,
 )
-from services.migrate import alembic_config, run_migrations_async
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio]
 

@@ -13,9 +13,9 @@ from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from ridemesh.v1.common_pb2 import DriverLocation
-from services.livestore import GEO_KEY, INGEST_BATCH, INGEST_STREAM, LiveStore, redis_client
-from services.mesh.ports import free_port
-from services.mesh.redis_server import RedisServer
+from services.live.store import GEO_KEY, INGEST_BATCH, INGEST_STREAM, LiveStore, redis_client
+from services.ops.mesh.ports import free_port
+from services.ops.mesh.redis_server import RedisServer
 from tests.integration.geo_drivers import flushed_redis, location
 
 pytestmark = pytest.mark.integration

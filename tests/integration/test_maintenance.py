@@ -18,9 +18,7 @@ import asyncpg
 import pytest
 from sqlalchemy.engine import make_url
 
-from services.config import Settings
-from services.history import FixRow, HistoryStore, create_engine, partition_name
-from services.maintenance import (
+from services.history.maintenance import (
     ARCHIVE_COLUMNS,
     MAINTENANCE_LOCK_KEY,
     MaintenanceReport,
@@ -29,6 +27,8 @@ from services.maintenance import (
     run_forever,
     utc_today,
 )
+from services.history.store import FixRow, HistoryStore, create_engine, partition_name
+from services.server.config import Settings
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio]
 
@@ -332,7 +332,7 @@ async def test_run_forever_survives_a_failed_run(
         maintenance_interval_s=0.05,
         partitions_ahead_days=AHEAD,
     )
-    caplog.set_level(logging.INFO, logger="services.maintenance")
+    caplog.set_level(logging.INFO, logger="services.history.maintenance")
     task = asyncio.create_task(run_forever(db.store, settings, today=lambda: TODAY))
     try:
         await _logged(caplog, "history maintenance failed")
@@ -363,7 +363,7 @@ async def test_cli_maintain_prints_what_it_did(db: Db, tmp_path: Path) -> None:
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
-        "services.cli",
+        "services.ops.cli",
         "maintain",
         "--database-url",
         db.url,

@@ -10,11 +10,11 @@ import asyncpg
 import httpx
 import pytest
 
-from services.mesh.envoy_proxy import EnvoyProxy, validate_config
-from services.mesh.postgres_server import PostgresServer
-from services.mesh.process import ManagedProcess
-from services.mesh.redis_server import RedisServer, redis_ping
-from services.mesh.supervisor import Mesh
+from services.ops.mesh.envoy_proxy import EnvoyProxy, validate_config
+from services.ops.mesh.postgres_server import PostgresServer
+from services.ops.mesh.process import ManagedProcess
+from services.ops.mesh.redis_server import RedisServer, redis_ping
+from services.ops.mesh.supervisor import Mesh
 
 pytestmark = pytest.mark.integration
 

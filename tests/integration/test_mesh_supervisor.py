@@ -8,12 +8,12 @@ from pathlib import Path
 
 import pytest
 
-from services.mesh import supervisor
-from services.mesh.supervisor import Mesh, MeshSettings, grpc_serving, start_mesh
+from services.ops.mesh import supervisor
+from services.ops.mesh.supervisor import Mesh, MeshSettings, grpc_serving, start_mesh
 
 pytestmark = pytest.mark.integration
 
-# A replica stand-in that serves only grpc.health.v1, so this test does not depend on services.cli.
+# A replica stand-in that serves only grpc.health.v1, so this test does not depend on the CLI.
 HEALTH_ONLY = """
 import sys
 from concurrent import futures
@@ -42,7 +42,7 @@ def _alive(pid: int) -> bool:
 def test_service_argv_names_the_cli_and_its_settings() -> None:
     argv = supervisor.service_argv("ride", 50061, "redis://r", "postgresql+asyncpg://p")
     assert argv[1:] == [
-        "-m", "services.cli", "serve", "ride", "--port", "50061",
+        "-m", "services.ops.cli", "serve", "ride", "--port", "50061",
         "--redis-url", "redis://r", "--database-url", "postgresql+asyncpg://p",
     ]  # fmt: skip
 

@@ -12,11 +12,11 @@ from redis.asyncio import Redis
 
 from ridemesh.v1 import geo_query_service_pb2 as pb
 from ridemesh.v1.common_pb2 import DriverAvailability, LatLng
-from services.errors import InvalidArgument
+from services.domain.errors import InvalidArgument
+from services.domain.geodesy import haversine_m
 from services.geo.nearby import search_nearby_drivers
-from services.geodesy import haversine_m
-from services.livestore import GEO_KEY, GEO_MAX_LAT, POLAR_KEY, LiveStore, driver_key
-from services.mesh.redis_server import RedisServer
+from services.live.store import GEO_KEY, GEO_MAX_LAT, POLAR_KEY, LiveStore, driver_key
+from services.ops.mesh.redis_server import RedisServer
 from tests.integration.geo_drivers import (
     LIVE_WINDOW_S,
     destination,

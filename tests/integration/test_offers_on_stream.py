@@ -18,15 +18,15 @@ from ridemesh.v1 import ride_service_pb2 as pb
 from ridemesh.v1.common_pb2 import DriverAvailability, LatLng
 from services.auth.identity import Role
 from services.auth.keys import DevKeys
-from services.config import Settings
-from services.history import create_engine
-from services.livestore import LiveStore
-from services.mesh.redis_server import RedisServer
+from services.history.store import create_engine
+from services.live.names import control_channel
+from services.live.store import LiveStore
+from services.ops.mesh.redis_server import RedisServer
 from services.ride import states
 from services.ride.availability import set_availability
-from services.ride.channels import control_channel
 from services.ride.dispatch import Dispatcher
 from services.ride.store import RideStore
+from services.server.config import Settings
 from tests.e2e.processes import start_location
 from tests.integration.dispatch_harness import (
     DROPOFF,

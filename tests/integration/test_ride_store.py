@@ -17,12 +17,12 @@ from sqlalchemy.engine import make_url
 
 from ridemesh.v1 import ride_service_pb2 as pb
 from ridemesh.v1.common_pb2 import LatLng
-from services.errors import DomainError, FailedPrecondition, NotFound, PermissionDenied
-from services.history import create_engine
-from services.mesh.redis_server import RedisServer
-from services.migrate import alembic_config, run_migrations_async
+from services.domain.errors import DomainError, FailedPrecondition, NotFound, PermissionDenied
+from services.history.migrate import alembic_config, run_migrations_async
+from services.history.store import create_engine
+from services.live.names import publish_ride, ride_channel
+from services.ops.mesh.redis_server import RedisServer
 from services.ride import states
-from services.ride.channels import publish_ride, ride_channel
 from services.ride.states import RideState
 from services.ride.store import RideStore
 

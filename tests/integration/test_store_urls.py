@@ -12,7 +12,7 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from services.mesh.postgres_server import PostgresServer
+from services.ops.mesh.postgres_server import PostgresServer
 
 pytestmark = pytest.mark.integration
 RIDEMESH = str(Path(sys.executable).parent / "ridemesh")

@@ -20,14 +20,14 @@ from ridemesh.v1 import ride_service_pb2_grpc as ride_grpc
 from ridemesh.v1.common_pb2 import LatLng
 from services.auth.identity import Role
 from services.auth.keys import DEV_AUDIENCE, DEV_ISSUER, DevKeys
-from services.config import MissingSetting, Settings
 from services.geo import main as geo_main
-from services.mesh.envoy_proxy import EnvoyJwt, EnvoyProxy
-from services.mesh.ports import free_port
-from services.mesh.redis_server import RedisServer
-from services.mesh.supervisor import grpc_serving
 from services.observability.tracing import configure_tracing, exporter_names
+from services.ops.mesh.envoy_proxy import EnvoyJwt, EnvoyProxy
+from services.ops.mesh.ports import free_port
+from services.ops.mesh.redis_server import RedisServer
+from services.ops.mesh.supervisor import grpc_serving
 from services.ride import main as ride_main
+from services.server.config import MissingSetting, Settings
 from tests.tokens import bearer, token
 
 pytestmark = pytest.mark.integration

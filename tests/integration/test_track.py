@@ -16,9 +16,9 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from sqlalchemy.engine import make_url
 
 from ridemesh.v1 import geo_query_service_pb2 as pb
-from services.errors import InvalidArgument
+from services.domain.errors import InvalidArgument
 from services.geo.track import get_driver_track
-from services.history import (
+from services.history.store import (
     SELECT_FIXES_PAGE,
     SELECT_FIXES_PAGE_AFTER,
     FixRow,

@@ -14,13 +14,13 @@ from redis.asyncio import Redis
 
 from ridemesh.v1 import ride_service_pb2 as pb
 from ridemesh.v1.common_pb2 import DriverLocation, LatLng
-from services.errors import InvalidArgument, NotFound
-from services.fanout import Hub
+from services.domain.errors import InvalidArgument, NotFound
 from services.geo.eta import GreatCircleRouter
-from services.history import create_engine
-from services.livestore import LiveStore, driver_channel
-from services.mesh.redis_server import RedisServer
-from services.ride.channels import publish_ride, ride_channel
+from services.history.store import create_engine
+from services.live.fanout import Hub
+from services.live.names import publish_ride, ride_channel
+from services.live.store import LiveStore, driver_channel
+from services.ops.mesh.redis_server import RedisServer
 from services.ride.store import RideStore
 from services.ride.watch import watch_ride
 from tests.integration.geo_drivers import destination

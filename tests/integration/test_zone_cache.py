@@ -19,8 +19,8 @@ from services.geo.geofence_store import GeofenceStore
 from services.geo.zone_cache import ZoneCache, announce_change
 from services.geo.zone_index import Zone
 from services.geo.zones import parse_geofence
-from services.history import create_engine
-from services.mesh.redis_server import RedisServer
+from services.history.store import create_engine
+from services.ops.mesh.redis_server import RedisServer
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio]
 

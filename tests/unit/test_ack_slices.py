@@ -6,11 +6,11 @@ from __future__ import annotations
 import asyncio
 from typing import Any, cast
 
-from services.livestore import LiveStore
+from services.domain.validation import FixLimits
+from services.live.store import LiveStore
 from services.location.session import DriverSession, StreamId
 from services.location.streams import DriverStream, StreamRegistry
 from services.location.throttle import TokenBucket
-from services.location.validation import FixLimits
 
 
 class Watermark:

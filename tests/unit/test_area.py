@@ -10,9 +10,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from ridemesh.v1.common_pb2 import BoundingBox, LatLng
-from services.errors import InvalidArgument
-from services.geodesy import haversine_m
-from services.location.area import Box, cell_of, cells_for_box
+from services.domain.area import Box, cell_of, cells_for_box
+from services.domain.errors import InvalidArgument
+from services.domain.geodesy import haversine_m
 
 HALF_CIRCUMFERENCE_M = math.pi * 6_371_008.8
 

@@ -23,7 +23,7 @@ from services.auth.identity import (
     verify_token,
 )
 from services.auth.keys import DevKeys, ensure_dev_keys, load_jwks, mint_token
-from services.errors import Unauthenticated
+from services.domain.errors import Unauthenticated
 
 ISSUER = "ridemesh-test"
 AUDIENCE = "ridemesh"

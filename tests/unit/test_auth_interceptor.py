@@ -10,7 +10,7 @@ from services.auth.interceptor import (
     current_identity,
     is_open,
 )
-from services.errors import Unauthenticated
+from services.domain.errors import Unauthenticated
 
 
 @pytest.mark.parametrize(

@@ -38,8 +38,8 @@ from services.auth.rules import (
     nearby_view,
     snap_to_cell,
 )
-from services.errors import PermissionDenied
-from services.geodesy import haversine_m
+from services.domain.errors import PermissionDenied
+from services.domain.geodesy import haversine_m
 from services.ride.chat import Participant, authorize
 
 RIDER = Identity("r-1", Role.RIDER)

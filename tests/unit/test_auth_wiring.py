@@ -11,7 +11,7 @@ from services.auth.interceptor import HEALTH_METHODS, REFLECTION_METHODS
 from services.auth.keys import ensure_dev_keys, load_jwks
 from services.auth.tokens import SERVICE_SUB, TokenSource, service_tokens
 from services.auth.wiring import auth_interceptor, load_keys, open_methods
-from services.config import MissingSetting, Settings, UnsafeSetting
+from services.server.config import MissingSetting, Settings, UnsafeSetting
 
 
 def _settings(keys_dir: Path, **changes: object) -> Settings:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from services.config import MissingSetting, Settings
+from services.server.config import MissingSetting, Settings
 
 REQUIRED = {
     "RIDEMESH_REDIS_URL": "redis://127.0.0.1:6379/0",

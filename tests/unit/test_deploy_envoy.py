@@ -10,8 +10,8 @@ import yaml
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from services.auth.keys import jwks_json
-from services.mesh import deploy
-from services.mesh.envoy_proxy import (
+from services.ops.mesh import deploy
+from services.ops.mesh.envoy_proxy import (
     STATS_CLUSTER,
     EnvoyConfig,
     EnvoyJwt,
@@ -54,7 +54,7 @@ def _needs_token(rules: list[dict[str, Any]], path: str, method: str = "POST") -
 
 
 def test_committed_files_equal_what_the_renderer_produces_now() -> None:
-    assert deploy.stale() == [], "run `python -m services.mesh.deploy` and commit the result"
+    assert deploy.stale() == [], "run `python -m services.ops.mesh.deploy` and commit the result"
     assert deploy.main(["--check"]) == 0
 
 

@@ -12,13 +12,13 @@ from ridemesh.v1.location_service_pb2 import (
     RideOfferWithdrawn,
     StreamLocationsResponse,
 )
-from services.config import Settings
-from services.geodesy import haversine_m
+from services.domain.geodesy import haversine_m
+from services.domain.validation import FixLimits
 from services.location.session import DriverSession
 from services.location.streams import MAX_QUEUED_CONTROL, DriverStream
 from services.location.throttle import TokenBucket
-from services.location.validation import FixLimits
 from services.ride.dispatch import indexable, offer_message, search_request, withdrawn_message
+from services.server.config import Settings
 
 BUSY = DriverAvailability.DRIVER_AVAILABILITY_BUSY
 AVAILABLE = DriverAvailability.DRIVER_AVAILABILITY_AVAILABLE

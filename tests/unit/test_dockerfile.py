@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 import services
-from services.webapp import WEB_DIST
+from services.ops.webapp import WEB_DIST
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCKERFILE = ROOT / "Dockerfile"

@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from services.auth.keys import ensure_dev_keys
-from services.mesh.envoy_proxy import (
+from services.ops.mesh.envoy_proxy import (
     DEFAULT_RATE_LIMIT,
     EnvoyConfig,
     EnvoyJwt,

@@ -9,7 +9,7 @@ from shapely.geometry import box
 
 from ridemesh.v1 import geo_query_service_pb2 as pb
 from ridemesh.v1.common_pb2 import DriverLocation, LatLng
-from services.errors import InvalidArgument, NotFound
+from services.domain.errors import InvalidArgument, NotFound
 from services.geo.fence_events import (
     EVENTS_CHANNEL,
     MAX_WATCH_IDS,

@@ -9,11 +9,11 @@ from redis.asyncio import Redis
 
 from ridemesh.v1 import geo_query_service_pb2 as pb
 from ridemesh.v1.common_pb2 import LatLng
-from services.config import Settings
-from services.errors import InvalidArgument
+from services.domain.errors import InvalidArgument
+from services.domain.geodesy import EARTH_RADIUS_M
 from services.geo.eta import GreatCircleRouter, LatLngLike, Route, estimate_eta
-from services.geodesy import EARTH_RADIUS_M
-from services.livestore import LiveStore
+from services.live.store import LiveStore
+from services.server.config import Settings
 
 ROUTER = GreatCircleRouter(detour_factor=1.5, default_speed_mps=10.0)
 # One degree of longitude along the equator on our sphere.

@@ -11,7 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from ridemesh.v1 import common_pb2
-from services.errors import InvalidArgument
+from services.domain.errors import InvalidArgument
 from services.geo.geofence_store import Cursor
 from services.geo.geofences import (
     DEFAULT_PAGE_SIZE,

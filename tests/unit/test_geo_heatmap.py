@@ -11,7 +11,9 @@ from hypothesis import strategies as st
 
 from ridemesh.v1 import geo_query_service_pb2 as pb
 from ridemesh.v1.common_pb2 import BoundingBox, LatLng
-from services.errors import InvalidArgument
+from services.domain.area import Box
+from services.domain.errors import InvalidArgument
+from services.domain.geodesy import EARTH_RADIUS_M, haversine_m
 from services.geo.heatmap import (
     MAX_CELLS,
     box_area_m2,
@@ -19,8 +21,6 @@ from services.geo.heatmap import (
     covering_radius_m,
     estimated_cells,
 )
-from services.geodesy import EARTH_RADIUS_M, haversine_m
-from services.location.area import Box
 
 WORLD = Box(-90.0, -180.0, 90.0, 180.0)
 

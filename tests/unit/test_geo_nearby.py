@@ -9,7 +9,8 @@ from hypothesis import example, given
 from hypothesis import strategies as st
 
 from ridemesh.v1.common_pb2 import DriverLocation
-from services.errors import InvalidArgument
+from services.domain.errors import InvalidArgument
+from services.domain.geodesy import EARTH_RADIUS_M, haversine_m
 from services.geo.nearby import (
     DEFAULT_MAX_RESULTS,
     INDEX_SLACK_M,
@@ -23,8 +24,7 @@ from services.geo.nearby import (
     index_circle,
     reaches_polar,
 )
-from services.geodesy import EARTH_RADIUS_M, haversine_m
-from services.livestore import GEO_MAX_LAT
+from services.live.store import GEO_MAX_LAT
 
 latitudes = st.floats(-90.0, 90.0)
 longitudes = st.floats(-180.0, 180.0)

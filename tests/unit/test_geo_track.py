@@ -11,7 +11,7 @@ import pytest
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from ridemesh.v1 import geo_query_service_pb2 as pb
-from services.errors import InvalidArgument
+from services.domain.errors import InvalidArgument
 from services.geo.track import (
     DEFAULT_PAGE_SIZE,
     MAX_PAGE_SIZE,
@@ -25,7 +25,7 @@ from services.geo.track import (
     request_fingerprint,
     time_range,
 )
-from services.history import FixRow
+from services.history.store import FixRow
 
 START = datetime(2026, 3, 1, 23, 0, tzinfo=UTC)
 END = datetime(2026, 3, 2, 1, 0, tzinfo=UTC)

@@ -11,7 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from shapely.geometry import MultiPolygon, Point
 
-from services.errors import InvalidArgument
+from services.domain.errors import InvalidArgument
 from services.geo.zones import (
     MAX_DISPLAY_NAME,
     MAX_LABEL_VALUE,

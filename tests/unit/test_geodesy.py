@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from services.geodesy import EARTH_RADIUS_M, haversine_m, normalize_lng
+from services.domain.geodesy import EARTH_RADIUS_M, haversine_m, normalize_lng
 
 LATS = st.floats(-90, 90)
 LNGS = st.floats(-180, 180)

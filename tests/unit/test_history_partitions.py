@@ -6,7 +6,7 @@ from datetime import UTC, date, datetime, timedelta, timezone
 
 import pytest
 
-from services.history import FixRow, days_spanned, partition_bounds, partition_name
+from services.history.store import FixRow, days_spanned, partition_bounds, partition_name
 
 
 def _fix(recorded_at: datetime, seq: int = 1) -> FixRow:

@@ -15,8 +15,8 @@ import kubernetes_validate  # type: ignore[import-untyped]
 import pytest
 import yaml
 
-from services.mesh import deploy
-from services.mesh.binaries import find_binary
+from services.ops.mesh import deploy
+from services.ops.mesh.binaries import find_binary
 
 K8S = deploy.ROOT / "k8s"
 OVERLAY = K8S / "overlays" / "example"

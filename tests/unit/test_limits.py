@@ -11,7 +11,7 @@ from services.auth.limits import (
     Limits,
     OpenCalls,
 )
-from services.config import Settings
+from services.server.config import Settings
 
 
 class FakeClock:

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from services.livestore import PERSIST_GROUP, watermark
+from services.live.store import PERSIST_GROUP, watermark
 
 NOTHING_PENDING: dict[str, Any] = {"pending": 0, "min": None, "max": None, "consumers": []}
 

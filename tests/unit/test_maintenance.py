@@ -8,8 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from services.history import partition_name
-from services.maintenance import (
+from services.history.maintenance import (
     ARCHIVE_COLUMNS,
     ArchivedPartition,
     MaintenanceReport,
@@ -19,6 +18,7 @@ from services.maintenance import (
     maintain,
     partition_day,
 )
+from services.history.store import partition_name
 
 
 def test_partition_day_parses_our_names_only() -> None:

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from services.auth.keys import JWKS_FILE, ensure_dev_keys
-from services.config import UnsafeSetting
-from services.mesh.supervisor import MeshSettings, auth_env, edge_jwt, prepare_keys
+from services.ops.mesh.supervisor import MeshSettings, auth_env, edge_jwt, prepare_keys
+from services.server.config import UnsafeSetting
 
 
 def test_development_keys_are_made_once_and_reused(tmp_path: Path) -> None:

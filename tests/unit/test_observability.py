@@ -11,7 +11,7 @@ import pytest
 from opentelemetry.sdk.trace import TracerProvider
 
 from services.observability.logs import TraceJsonFormatter, configure_logging
-from services.status import Samples, histogram_quantile, total
+from services.ops.status import Samples, histogram_quantile, total
 
 
 def _json_line(record_logger: logging.Logger, stream: io.StringIO) -> dict[str, object]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from ridemesh.v1 import ride_service_pb2 as pb
-from services.errors import FailedPrecondition, InvalidArgument, PermissionDenied
+from services.domain.errors import FailedPrecondition, InvalidArgument, PermissionDenied
 from services.ride.chat import (
     ChatInbox,
     Participant,

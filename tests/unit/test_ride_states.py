@@ -7,7 +7,12 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from ridemesh.v1 import ride_service_pb2 as pb
-from services.errors import DomainError, FailedPrecondition, InvalidArgument, PermissionDenied
+from services.domain.errors import (
+    DomainError,
+    FailedPrecondition,
+    InvalidArgument,
+    PermissionDenied,
+)
 from services.ride import states
 from services.ride.states import (
     ACTIVE,

@@ -6,10 +6,10 @@ import pytest
 
 from ridemesh.v1.common_pb2 import LatLng
 from ridemesh.v1.location_service_pb2 import LocationUpdate
-from services.errors import FailedPrecondition, InvalidArgument, ResourceExhausted
+from services.domain.errors import FailedPrecondition, InvalidArgument, ResourceExhausted
+from services.domain.validation import FixLimits
 from services.location.session import DriverSession, parse_stream_id
 from services.location.throttle import TokenBucket
-from services.location.validation import FixLimits
 
 NOW = 1_800_000_000.0
 

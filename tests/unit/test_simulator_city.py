@@ -8,8 +8,8 @@ import random
 
 import pytest
 
-from services.geodesy import haversine_m
-from services.simulator.city import (
+from services.domain.geodesy import haversine_m
+from services.ops.simulator.city import (
     Car,
     Grid,
     drive_to,

@@ -8,9 +8,9 @@ import json
 import pytest
 from shapely.geometry import Point, shape
 
-from services.geodesy import haversine_m
-from services.simulator.city import Grid
-from services.simulator.zones import DEMO_ZONES
+from services.domain.geodesy import haversine_m
+from services.ops.simulator.city import Grid
+from services.ops.simulator.zones import DEMO_ZONES
 
 BENGALURU = Grid(12.9716, 77.5946, 150.0, 3000.0)
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from services.cli import main
-from services.config import InvalidSetting, Settings
-from services.urls import InvalidUrl, database_url, redis_url
+from services.ops.cli import main
+from services.server.config import InvalidSetting, Settings
+from services.server.urls import InvalidUrl, database_url, redis_url
 
 ASYNCPG = "postgresql+asyncpg://postgres@127.0.0.1:5432/ridemesh"
 

@@ -10,8 +10,8 @@ from hypothesis import strategies as st
 
 from ridemesh.v1.common_pb2 import LatLng
 from ridemesh.v1.location_service_pb2 import LocationUpdate
-from services.errors import InvalidArgument
-from services.location.validation import FixLimits, validate_id, validate_update
+from services.domain.errors import InvalidArgument
+from services.domain.validation import FixLimits, validate_id, validate_update
 
 NOW = 1_800_000_000.0
 LIMITS = FixLimits(max_future_skew_s=300.0, max_age_s=7 * 86400.0)

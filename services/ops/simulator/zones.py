@@ -13,8 +13,8 @@ from grpc import aio
 
 from ridemesh.v1 import geo_query_service_pb2 as pb
 from ridemesh.v1 import geo_query_service_pb2_grpc as geo_grpc
-from services.simulator.city import Grid
-from services.simulator.driver import Metadata
+from services.ops.simulator.city import Grid
+from services.ops.simulator.driver import Metadata
 
 log = logging.getLogger(__name__)
 SOURCE_LABEL = ("source", "simulator")

@@ -30,8 +30,8 @@ from typing import IO, Any
 import asyncpg
 from sqlalchemy.exc import SQLAlchemyError
 
-from services.config import Settings
-from services.history import FIX_COLUMNS, PARENT_TABLE, HistoryStore
+from services.history.store import FIX_COLUMNS, PARENT_TABLE, HistoryStore
+from services.server.config import Settings
 
 log = logging.getLogger(__name__)
 

@@ -18,10 +18,10 @@ from ridemesh.v1 import location_service_pb2_grpc as location_grpc
 from ridemesh.v1 import ride_service_pb2 as ride_pb
 from ridemesh.v1 import ride_service_pb2_grpc as ride_grpc
 from ridemesh.v1.common_pb2 import LatLng
-from services.simulator.city import Grid, drive_to, gps_fix, roam, snap_to_street
-from services.simulator.pacing import Pacer
-from services.simulator.settings import SimSettings
-from services.simulator.stats import Stats
+from services.ops.simulator.city import Grid, drive_to, gps_fix, roam, snap_to_street
+from services.ops.simulator.pacing import Pacer
+from services.ops.simulator.settings import SimSettings
+from services.ops.simulator.stats import Stats
 
 log = logging.getLogger(__name__)
 Metadata = tuple[tuple[str, str], ...]

@@ -12,10 +12,10 @@ from opentelemetry.sdk.trace import TracerProvider
 
 from services.auth.interceptor import AuthInterceptor
 from services.auth.limits import LimitInterceptor, Limits
-from services.config import Settings
-from services.grpcserver import add_health, add_reflection, create_server, set_serving
 from services.observability.metrics import MetricsInterceptor, serve_metrics
 from services.observability.tracing import server_interceptors
+from services.server.builder import add_health, add_reflection, create_server, set_serving
+from services.server.config import Settings
 
 log = logging.getLogger(__name__)
 

@@ -14,8 +14,8 @@ from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
 from ridemesh.v1.common_pb2 import DriverLocation
-from services.history import FixRow, HistoryStore
-from services.livestore import INGEST_STREAM, PERSIST_GROUP, LiveStore
+from services.history.store import FixRow, HistoryStore
+from services.live.store import INGEST_STREAM, PERSIST_GROUP, LiveStore
 from services.observability.metrics import PERSIST_BATCH_ROWS, PERSIST_LAG, PERSIST_ROWS
 
 log = logging.getLogger(__name__)

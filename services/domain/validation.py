@@ -7,7 +7,7 @@ import re
 from dataclasses import dataclass
 
 from ridemesh.v1.location_service_pb2 import LocationUpdate
-from services.errors import InvalidArgument
+from services.domain.errors import InvalidArgument
 
 # Ids end up in Redis keys and channel names: keep them to a safe, printable alphabet.
 _ID_PATTERN = re.compile(r"[A-Za-z0-9._~:@-]{1,128}")

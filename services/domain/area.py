@@ -6,8 +6,8 @@ import math
 from dataclasses import dataclass
 
 from ridemesh.v1.common_pb2 import BoundingBox
-from services.errors import InvalidArgument
-from services.geodesy import EARTH_RADIUS_M, haversine_m, normalize_lng
+from services.domain.errors import InvalidArgument
+from services.domain.geodesy import EARTH_RADIUS_M, haversine_m, normalize_lng
 
 # Fixes are also published on the channel of their 1°×1° cell, so an area watcher subscribes
 # to the few cells its box touches instead of to every driver.

@@ -16,13 +16,13 @@ from grpc import aio
 from ridemesh.v1.geo_query_service_pb2 import Geofence
 from services.auth.identity import Role
 from services.auth.keys import DevKeys, ensure_dev_keys, mint_token
-from services.simulator.city import Grid
-from services.simulator.driver import Metadata, SimulatedDriver
-from services.simulator.pacing import Pacer
-from services.simulator.rider import Riders
-from services.simulator.settings import SimSettings
-from services.simulator.stats import Stats
-from services.simulator.zones import ensure_demo_zones
+from services.ops.simulator.city import Grid
+from services.ops.simulator.driver import Metadata, SimulatedDriver
+from services.ops.simulator.pacing import Pacer
+from services.ops.simulator.rider import Riders
+from services.ops.simulator.settings import SimSettings
+from services.ops.simulator.stats import Stats
+from services.ops.simulator.zones import ensure_demo_zones
 
 log = logging.getLogger(__name__)
 

@@ -12,9 +12,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Self
 
-from services.mesh.binaries import PG_BIN, BinaryNotFound
-from services.mesh.ports import free_port
-from services.mesh.process import ManagedProcess, ProcessError, ServerProcess, primary_group
+from services.ops.mesh.binaries import PG_BIN, BinaryNotFound
+from services.ops.mesh.ports import free_port
+from services.ops.mesh.process import ManagedProcess, ProcessError, ServerProcess, primary_group
 
 DATABASE = "ridemesh"
 SUPERUSER = "postgres"

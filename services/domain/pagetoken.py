@@ -8,7 +8,7 @@ import hashlib
 import json
 from typing import Any
 
-from services.errors import InvalidArgument
+from services.domain.errors import InvalidArgument
 
 DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 500

@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, fields, replace
 from typing import Any
 
-from services.urls import InvalidUrl, database_url, redis_url
+from services.server.urls import InvalidUrl, database_url, redis_url
 
 
 class MissingSetting(RuntimeError):

@@ -16,10 +16,10 @@ from grpc import aio
 from ridemesh.v1 import ride_service_pb2 as pb
 from ridemesh.v1 import ride_service_pb2_grpc as ride_grpc
 from ridemesh.v1.common_pb2 import LatLng
+from services.ops.simulator.city import Grid
+from services.ops.simulator.settings import SimSettings
+from services.ops.simulator.stats import Stats
 from services.ride.states import TERMINAL
-from services.simulator.city import Grid
-from services.simulator.settings import SimSettings
-from services.simulator.stats import Stats
 
 log = logging.getLogger(__name__)
 Metadata = tuple[tuple[str, str], ...]

@@ -11,11 +11,11 @@ from string import Template
 from typing import Self
 
 from ridemesh.v1 import geo_query_service_pb2, location_service_pb2, ride_service_pb2
-from services.mesh.binaries import find_binary
-from services.mesh.ports import free_port, http_ok
-from services.mesh.process import ManagedProcess, ProcessError, ServerProcess
+from services.ops.mesh.binaries import find_binary
+from services.ops.mesh.ports import free_port, http_ok
+from services.ops.mesh.process import ManagedProcess, ProcessError, ServerProcess
 
-TEMPLATE = Path(__file__).resolve().parents[2] / "envoy" / "envoy.yaml.tmpl"
+TEMPLATE = Path(__file__).resolve().parents[3] / "envoy" / "envoy.yaml.tmpl"
 CLUSTERS = ("location", "ride", "geo")
 WEB_CLUSTER = "web"
 STATS_CLUSTER = "envoy_admin"

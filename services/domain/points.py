@@ -6,7 +6,7 @@ import math
 
 from google.protobuf.message import Message
 
-from services.errors import InvalidArgument
+from services.domain.errors import InvalidArgument
 
 
 def check_point(message: Message, field: str) -> tuple[float, float]:

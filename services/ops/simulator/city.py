@@ -6,7 +6,7 @@ import math
 import random
 from dataclasses import dataclass
 
-from services.geodesy import EARTH_RADIUS_M
+from services.domain.geodesy import EARTH_RADIUS_M
 
 # East, north, west, south as unit steps on the grid, with the compass heading of each.
 DIRECTIONS: tuple[tuple[int, int], ...] = ((1, 0), (0, 1), (-1, 0), (0, -1))

@@ -16,7 +16,7 @@ from typing import Any
 from services.auth.identity import Role
 from services.auth.keys import ensure_dev_keys, mint_token
 
-WEB_DIST = Path(__file__).resolve().parents[1] / "web" / "dist"
+WEB_DIST = Path(__file__).resolve().parents[2] / "web" / "dist"
 DEFAULT_CENTER = (12.9716, 77.5946)
 PAGE_USER = "ops-live-map"
 log = logging.getLogger(__name__)

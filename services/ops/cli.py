@@ -17,16 +17,16 @@ from pathlib import Path
 
 from services.auth.identity import Role
 from services.auth.keys import DEFAULT_KEYS_DIR, ensure_dev_keys, mint_token
-from services.config import MissingSetting, Settings, normalise_store_urls
-from services.history import HistoryStore, create_engine
-from services.maintenance import MaintenanceReport, maintain, utc_today
-from services.mesh.envoy_proxy import EnvoyTls
-from services.mesh.ports import free_port, port_open
-from services.mesh.process import ManagedProcess
-from services.mesh.supervisor import Mesh, MeshSettings, start_mesh
-from services.migrate import run_migrations
-from services.status import STATE_FILE
-from services.urls import DATABASE_URL_FORMS, REDIS_URL_FORMS
+from services.history.maintenance import MaintenanceReport, maintain, utc_today
+from services.history.migrate import run_migrations
+from services.history.store import HistoryStore, create_engine
+from services.ops.mesh.envoy_proxy import EnvoyTls
+from services.ops.mesh.ports import free_port, port_open
+from services.ops.mesh.process import ManagedProcess
+from services.ops.mesh.supervisor import Mesh, MeshSettings, start_mesh
+from services.ops.status import STATE_FILE
+from services.server.config import MissingSetting, Settings, normalise_store_urls
+from services.server.urls import DATABASE_URL_FORMS, REDIS_URL_FORMS
 
 SERVICES = ("location", "ride", "geo")
 DEFAULT_REDIS_PORT = 16379
@@ -130,7 +130,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _status(args: argparse.Namespace) -> int:
-    from services.status import STATE_FILE, load_state, report
+    from services.ops.status import STATE_FILE, load_state, report
 
     try:
         state = load_state(args.data_dir)
@@ -163,8 +163,8 @@ def _add_simulate(commands: argparse._SubParsersAction[argparse.ArgumentParser])
 
 
 def _simulate(args: argparse.Namespace) -> int:
-    from services.simulator.run import simulate
-    from services.simulator.settings import SimSettings
+    from services.ops.simulator.run import simulate
+    from services.ops.simulator.settings import SimSettings
 
     try:
         lat, lng = (float(part) for part in args.center.split(","))
@@ -209,7 +209,7 @@ def _add_tiles(parser: argparse._ArgumentGroup | argparse.ArgumentParser) -> Non
 
 
 def _serve_web(args: argparse.Namespace) -> int:
-    from services.webapp import WEB_DIST, PageConfig, make_server
+    from services.ops.webapp import WEB_DIST, PageConfig, make_server
 
     page = PageConfig(
         keys_dir=args.dev_keys_dir,
@@ -364,7 +364,7 @@ def _start_demo(mesh: Mesh, settings: MeshSettings, args: argparse.Namespace) ->
         return "off: the simulator uses development tokens over plaintext"
     assert mesh.envoy is not None
     argv = [
-        sys.executable, "-m", "services.cli", "simulate",
+        sys.executable, "-m", "services.ops.cli", "simulate",
         "--target", mesh.envoy.address, "--keys-dir", str(settings.keys_path),
         "--drivers", str(args.demo_drivers), "--ride-rate", str(args.demo_ride_rate),
     ]  # fmt: skip

@@ -6,9 +6,9 @@ import socket
 from pathlib import Path
 from typing import Self
 
-from services.mesh.binaries import find_binary
-from services.mesh.ports import free_port
-from services.mesh.process import ManagedProcess, ServerProcess
+from services.ops.mesh.binaries import find_binary
+from services.ops.mesh.ports import free_port
+from services.ops.mesh.process import ManagedProcess, ServerProcess
 
 
 def redis_ping(port: int, host: str = "127.0.0.1") -> bool:

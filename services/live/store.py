@@ -11,8 +11,8 @@ from redis.asyncio import BlockingConnectionPool, Redis
 from redis.exceptions import NoScriptError
 
 from ridemesh.v1.common_pb2 import DriverAvailability, DriverLocation
-from services.geodesy import haversine_m
-from services.location.area import Box, cell_of
+from services.domain.area import Box, cell_of
+from services.domain.geodesy import haversine_m
 from services.location.session import StreamId, parse_stream_id
 
 GEO_KEY = "rm:geo"

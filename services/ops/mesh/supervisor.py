@@ -22,12 +22,12 @@ from services.auth.keys import (
     has_development_key,
     load_jwks,
 )
-from services.config import UnsafeSetting
-from services.mesh.envoy_proxy import CLUSTERS, EnvoyJwt, EnvoyProxy, EnvoyTls
-from services.mesh.ports import free_port, http_ok
-from services.mesh.postgres_server import PostgresServer
-from services.mesh.process import ManagedProcess
-from services.mesh.redis_server import RedisServer
+from services.ops.mesh.envoy_proxy import CLUSTERS, EnvoyJwt, EnvoyProxy, EnvoyTls
+from services.ops.mesh.ports import free_port, http_ok
+from services.ops.mesh.postgres_server import PostgresServer
+from services.ops.mesh.process import ManagedProcess
+from services.ops.mesh.redis_server import RedisServer
+from services.server.config import UnsafeSetting
 
 
 class Part(Protocol):
@@ -58,7 +58,7 @@ def grpc_serving(port: int, service: str = "", timeout: float = 0.5) -> bool:
 def service_argv(service: str, port: int, redis_url: str, database_url: str) -> list[str]:
     """The command line of one service replica."""
     return [
-        sys.executable, "-m", "services.cli", "serve", service, "--port", str(port),
+        sys.executable, "-m", "services.ops.cli", "serve", service, "--port", str(port),
         "--redis-url", redis_url, "--database-url", database_url,
     ]  # fmt: skip
 
@@ -245,7 +245,7 @@ def _start_all(
 def start_web(mesh: Mesh, settings: MeshSettings) -> int:
     """Start the live map's static upstream; outside production it hands the page an ops token."""
     port = free_port()
-    argv = [sys.executable, "-m", "services.cli", "serve", "web", "--port", str(port)]
+    argv = [sys.executable, "-m", "services.ops.cli", "serve", "web", "--port", str(port)]
     if settings.web_dist is not None:
         argv += ["--dist", str(settings.web_dist)]
     if not settings.production:

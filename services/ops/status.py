@@ -13,8 +13,8 @@ from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from services.mesh.ports import http_get
-from services.mesh.supervisor import grpc_serving
+from services.ops.mesh.ports import http_get
+from services.ops.mesh.supervisor import grpc_serving
 
 STATE_FILE = "mesh.json"
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]

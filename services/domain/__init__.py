@@ -1,0 +1,1 @@
+"""Pure shared logic, no I/O: domain errors, geodesy, boxes and cells, validation, page tokens."""

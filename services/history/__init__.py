@@ -1,0 +1,1 @@
+"""PostgreSQL + PostGIS: the history store, the write-behind persister, maintenance, migrations."""

@@ -1,0 +1,1 @@
+"""Alembic migrations for Ridemesh's PostgreSQL schema (run through services.history.migrate)."""

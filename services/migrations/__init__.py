@@ -1,1 +1,0 @@
-"""Alembic migrations for Ridemesh's PostgreSQL schema (run through services.migrate)."""

@@ -1,0 +1,1 @@
+"""A service process: settings, the gRPC server, its interceptors, the bootstrap, error mapping."""

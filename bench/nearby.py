@@ -23,8 +23,10 @@ from ridemesh.v1 import geo_query_service_pb2 as pb
 from ridemesh.v1 import geo_query_service_pb2_grpc as geo_grpc
 from ridemesh.v1.common_pb2 import DriverAvailability, DriverLocation, LatLng
 from services.auth.tokens import bearer_channel
-from services.live.store import GEO_KEY, LiveStore, driver_key, redis_client
-from services.location.session import StreamId
+from services.live.client import redis_client
+from services.live.ingest import IngestLog, StreamId
+from services.live.names import GEO_KEY, driver_key
+from services.live.store import LiveStore
 from services.ops.mesh.supervisor import Mesh, MeshSettings, start_mesh
 
 CENTRE = (12.9716, 77.5946)  # Bengaluru
@@ -102,7 +104,7 @@ async def wait_persisted(live: LiveStore, last: StreamId, timeout_s: float) -> f
     """Seconds until the persister committed every fix up to `last` (None: not within timeout)."""
     start = time.perf_counter()
     while time.perf_counter() - start < timeout_s:
-        below = await live.committed_below()
+        below = await IngestLog(live.redis).committed_below()
         if below is not None and below > last:
             return time.perf_counter() - start
         await asyncio.sleep(0.2)

@@ -18,11 +18,11 @@ from services.domain.errors import InvalidArgument, NotFound
 from services.geo.zone_index import Zone, ZoneIndex
 from services.geo.zones import validate_labels
 from services.live.fanout import Hub, KeyedLatest, Latest
-from services.live.store import CELL_PATTERN
+from services.live.names import CELL_PATTERN, FENCE_EVENTS_CHANNEL, fence_state_key
+from services.live.replies import text
 
 log = logging.getLogger(__name__)
 
-EVENTS_CHANNEL = "rm:ch:gfevents"
 # A driver's zone state is kept this long after their last fix, so idle drivers do not pile up.
 STATE_TTL_S = 86400
 # A watcher this many events behind loses the oldest: events cannot be conflated like positions.
@@ -81,10 +81,6 @@ return 1
 """
 
 
-def fence_state_key(driver_id: str) -> str:
-    return f"rm:gf:{driver_id}"
-
-
 class HasZoneIndex(Protocol):
     """Anything holding the current zone index (the zone cache); read per use, never kept."""
 
@@ -140,7 +136,7 @@ def fix_json(location: DriverLocation) -> str:
     )
 
 
-def script_args(pending: PendingFix, channel: str = EVENTS_CHANNEL) -> list[Any]:
+def script_args(pending: PendingFix, channel: str = FENCE_EVENTS_CHANNEL) -> list[Any]:
     """ARGV of the apply script for one fix (pure)."""
     location = pending.location
     args: list[Any] = [
@@ -255,7 +251,7 @@ class FenceTracker:
             retry = []
             for item, result in zip(pending, results, strict=True):
                 if isinstance(result, list):
-                    self._describe(item, [_text(r) for r in result])
+                    self._describe(item, [text(r) for r in result])
                     retry.append(item)
                 else:
                     self._settled(item, applied=result == 1, now=now)
@@ -397,15 +393,11 @@ async def watch_geofence_events(
             if wanted.accepts(event):
                 mailbox.put(event.response)
 
-    await events_hub.add(EVENTS_CHANNEL, sink)
+    await events_hub.add(FENCE_EVENTS_CHANNEL, sink)
     try:
         while True:
             yield await mailbox.get()
     finally:
-        await events_hub.remove(EVENTS_CHANNEL, sink)
+        await events_hub.remove(FENCE_EVENTS_CHANNEL, sink)
         if mailbox.dropped:
             log.warning("a slow geofence watcher lost %d events", mailbox.dropped)
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value

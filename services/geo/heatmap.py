@@ -15,7 +15,8 @@ from services.domain.area import Box
 from services.domain.errors import InvalidArgument
 from services.domain.geodesy import EARTH_RADIUS_M
 from services.geo.nearby import AVAILABLE, index_circle
-from services.live.store import GEO_KEY, GEO_MAX_LAT, OPEN_REQUESTS_KEY, LiveStore
+from services.live.names import GEO_KEY, OPEN_REQUESTS_KEY
+from services.live.store import GEO_MAX_LAT, LiveStore
 
 MAX_RESOLUTION = 10
 # One answer covers at most about this many cells (estimated from the box's area), so a single

@@ -18,8 +18,9 @@ from services.geo.servicer import GeoQueryServicer
 from services.geo.zone_cache import ZoneCache
 from services.history.maintenance import run_forever
 from services.history.store import HistoryStore, create_engine
+from services.live.client import redis_client
 from services.live.fanout import Hub
-from services.live.store import LiveStore, redis_client
+from services.live.store import LiveStore
 from services.server.config import Settings
 from services.server.runtime import serve
 

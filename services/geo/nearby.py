@@ -11,7 +11,8 @@ from ridemesh.v1.common_pb2 import DriverAvailability, DriverLocation
 from services.domain.errors import InvalidArgument
 from services.domain.geodesy import EARTH_RADIUS_M, haversine_m
 from services.domain.points import check_point
-from services.live.store import GEO_KEY, GEO_MAX_LAT, LiveStore
+from services.live.names import GEO_KEY
+from services.live.store import GEO_MAX_LAT, LiveStore
 
 MAX_RADIUS_M = 50_000.0
 DEFAULT_MAX_RESULTS = 20

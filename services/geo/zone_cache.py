@@ -13,10 +13,10 @@ from redis.asyncio.client import PubSub
 from redis.exceptions import RedisError
 
 from services.geo.zone_index import Zone, ZoneIndex
+from services.live.names import ZONE_CHANGES_CHANNEL
 
 log = logging.getLogger(__name__)
 
-CHANGES_CHANNEL = "rm:ch:geofences"
 # How long the listener waits for a message before looping (and noticing a stop).
 _LISTEN_TIMEOUT_S = 1.0
 _RECONNECT_DELAY_S = 0.5
@@ -32,7 +32,7 @@ class ZoneSource(Protocol):
 
 async def announce_change(redis: Redis) -> None:
     """Tells every replica that zones changed (call after the change is committed)."""
-    await redis.publish(CHANGES_CHANNEL, b"1")
+    await redis.publish(ZONE_CHANGES_CHANNEL, b"1")
 
 
 class ZoneCache:
@@ -63,7 +63,7 @@ class ZoneCache:
         """Loads the zones and keeps them in step until stop(); a failed first load raises."""
         # Subscribe before loading, so a change committed during the load is not missed.
         self._pubsub = self._redis.pubsub()
-        await self._pubsub.subscribe(CHANGES_CHANNEL)
+        await self._pubsub.subscribe(ZONE_CHANGES_CHANNEL)
         try:
             await self.refresh()
         except BaseException:

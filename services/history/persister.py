@@ -11,11 +11,11 @@ from datetime import UTC, datetime
 from typing import Any
 
 from redis.asyncio import Redis
-from redis.exceptions import ResponseError
 
 from ridemesh.v1.common_pb2 import DriverLocation
 from services.history.store import FixRow, HistoryStore
-from services.live.store import INGEST_STREAM, PERSIST_GROUP, LiveStore
+from services.live.ingest import IngestLog
+from services.live.names import INGEST_STREAM, PERSIST_GROUP
 from services.observability.metrics import PERSIST_BATCH_ROWS, PERSIST_LAG, PERSIST_ROWS
 
 log = logging.getLogger(__name__)
@@ -47,15 +47,15 @@ class Persister:
 
     def __init__(
         self,
-        live: LiveStore,
+        ingest: IngestLog,
         history: HistoryStore,
         *,
         batch_size: int,
         max_age_s: float,
         claim_idle_s: float,
     ) -> None:
-        self._redis: Redis = live.redis
-        self._live = live
+        self._redis: Redis = ingest.redis
+        self._ingest = ingest
         self._history = history
         self._batch_size = batch_size
         self._max_age_s = max_age_s
@@ -67,16 +67,9 @@ class Persister:
         self.committed_rows = 0
         self.last_lag_s = 0.0
 
-    async def ensure_group(self) -> None:
-        try:
-            await self._redis.xgroup_create(INGEST_STREAM, PERSIST_GROUP, id="0", mkstream=True)
-        except ResponseError as exc:
-            if "BUSYGROUP" not in str(exc):
-                raise
-
     async def run(self) -> None:
         """Consumes until stop(); then drains what is left in the log and flushes."""
-        await self.ensure_group()
+        await self._ingest.ensure_group()
         await self._take(await self._read("0"))  # our own unacknowledged entries, after a restart
         next_claim = 0.0
         while not self._stopping.is_set():
@@ -154,9 +147,9 @@ class Persister:
         PERSIST_BATCH_ROWS.observe(len(locations))
         self.last_lag_s = now - min(accepted)
         self._batch = []
-        below = await self._live.committed_below()
+        below = await self._ingest.committed_below()
         if below is not None:
-            await self._live.trim(below)
+            await self._ingest.trim(below)
 
     async def _drain(self) -> None:
         """Reads until the log has nothing new for us, flushing as batches fill."""

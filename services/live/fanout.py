@@ -12,15 +12,13 @@ from redis.asyncio import Redis
 from redis.asyncio.client import PubSub
 from redis.exceptions import ConnectionError as RedisConnectionError
 
+from services.live.names import HUB_KEEPALIVE_CHANNEL
 from services.observability.metrics import DROPPED_KEYED, DROPPED_LATEST
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 Sink = Callable[[T], None]
-
-# Subscribed for the life of the hub so the pub/sub connection always exists for the reader.
-_KEEPALIVE_CHANNEL = "rm:ch:hub"
 
 
 class Hub(Generic[T]):
@@ -37,7 +35,7 @@ class Hub(Generic[T]):
 
     async def start(self) -> None:
         self._pubsub = self._redis.pubsub()
-        await self._pubsub.subscribe(_KEEPALIVE_CHANNEL)
+        await self._pubsub.subscribe(HUB_KEEPALIVE_CHANNEL)
         self._reader = asyncio.create_task(self._read(), name="fanout-reader")
 
     async def stop(self) -> None:

@@ -1,10 +1,54 @@
-"""Redis pub/sub channel names shared by every part of RideService, and the ride publisher."""
+"""Every Redis key and channel name Ridemesh uses: the real contract between its services.
+
+No other module spells a name (a test checks it); Lua scripts get every key in KEYS.
+"""
 
 from __future__ import annotations
 
-from typing import Any
+# --- Live positions (LocationService writes; GeoQueryService and RideService read) ------------
 
-from ridemesh.v1 import ride_service_pb2 as pb
+# The live geo index: member driver_id at its last live position.
+GEO_KEY = "rm:geo"
+# Drivers beyond the geo index's latitude limit, scored by fix time (searched by brute force).
+POLAR_KEY = "rm:geo:polar"
+# Ride requests waiting for a driver: a geo set, member ride_id at the pickup (kept by RideService).
+OPEN_REQUESTS_KEY = "rm:geo:requests"
+
+
+def driver_key(driver_id: str) -> str:
+    """The driver's last live fix (`p`), its time (`t`), seq (`s`) and availability (`a`)."""
+    return f"rm:driver:{driver_id}"
+
+
+def assigned_key(driver_id: str) -> str:
+    """The rider whose active ride the driver is assigned to (kept by RideService's dispatcher,
+    read by LocationService to let that rider watch the driver)."""
+    return f"rm:assigned:{driver_id}"
+
+
+# --- The ingest log (LocationService appends; the persisters consume) --------------------------
+
+INGEST_STREAM = "rm:ingest"
+PERSIST_GROUP = "persisters"
+
+
+# --- Fan-out channels --------------------------------------------------------------------------
+
+
+def driver_channel(driver_id: str) -> str:
+    """DriverLocation bytes of every live fix of one driver."""
+    return f"rm:ch:driver:{driver_id}"
+
+
+def cell_channel(cell: tuple[int, int]) -> str:
+    """DriverLocation bytes of every live fix inside one grid cell (domain.area.cell_of)."""
+    return f"rm:ch:cell:{cell[0]}:{cell[1]}"
+
+
+# Every cell channel at once (GeoQueryService's zone tracking, WatchArea over huge boxes).
+CELL_PATTERN = "rm:ch:cell:*"
+# Subscribed for the life of each fan-out hub, so its pub/sub connection always exists.
+HUB_KEEPALIVE_CHANNEL = "rm:ch:hub"
 
 
 def ride_channel(ride_id: str) -> str:
@@ -22,6 +66,25 @@ def chat_channel(ride_id: str) -> str:
     return f"rm:ch:chat:{ride_id}"
 
 
-async def publish_ride(redis: Any, ride: pb.Ride) -> None:
-    """Announces a committed change of `ride` to its watchers."""
-    await redis.publish(ride_channel(ride.ride_id), ride.SerializeToString())
+# --- Geofences (GeoQueryService) ---------------------------------------------------------------
+
+# Announces that a zone changed, so every GeoQuery replica reloads its index.
+ZONE_CHANGES_CHANNEL = "rm:ch:geofences"
+# Geofence ENTER/EXIT transitions, as batches, for every WatchGeofenceEvents watcher.
+FENCE_EVENTS_CHANNEL = "rm:ch:gfevents"
+
+
+def fence_state_key(driver_id: str) -> str:
+    """The zones a driver is inside and the (time, seq) of the fix that said so."""
+    return f"rm:gf:{driver_id}"
+
+
+# --- Dispatch (RideService) --------------------------------------------------------------------
+
+# Rides waiting to search for drivers again, scored by when.
+SEARCH_RETRY_KEY = "rm:dispatch:search-retry"
+
+
+def offer_key(ride_id: str) -> str:
+    """The driver a ride is offered to now, and until when."""
+    return f"rm:dispatch:offer:{ride_id}"

@@ -1,4 +1,4 @@
-"""The live store in Redis: geo index, last fix per driver, fan-out channels, the ingest log."""
+"""The live store in Redis: the geo index, each driver's last fix, and one round trip per fix."""
 
 from __future__ import annotations
 
@@ -7,22 +7,23 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio import Redis
 from redis.exceptions import NoScriptError
 
 from ridemesh.v1.common_pb2 import DriverAvailability, DriverLocation
 from services.domain.area import Box, cell_of
 from services.domain.geodesy import haversine_m
-from services.location.session import StreamId, parse_stream_id
-
-GEO_KEY = "rm:geo"
-# Drivers beyond the geo index's latitude limit, scored by fix time (searched by brute force).
-POLAR_KEY = "rm:geo:polar"
-# Ride requests waiting for a driver: a geo set, member ride_id at the pickup (kept by RideService).
-OPEN_REQUESTS_KEY = "rm:geo:requests"
-INGEST_STREAM = "rm:ingest"
-PERSIST_GROUP = "persisters"
-CELL_PATTERN = "rm:ch:cell:*"
+from services.live.ingest import StreamId, parse_stream_id
+from services.live.names import (
+    GEO_KEY,
+    INGEST_STREAM,
+    POLAR_KEY,
+    assigned_key,
+    cell_channel,
+    driver_channel,
+    driver_key,
+)
+from services.live.replies import text
 
 # Redis's geo index cannot hold points beyond ±85.05112878° latitude; such drivers go to a small
 # sorted set instead, which searches near the poles scan.
@@ -64,19 +65,6 @@ return removed
 """
 
 
-# Reads `p` and `a` of many drivers' hashes (KEYS) as one flat reply. One script per chunk
-# costs a fraction of one HMGET per driver on the client, and a chunk keeps each script short.
-_STATES_LUA = """
-local out = {}
-for i = 1, #KEYS do
-  local v = redis.call('HMGET', KEYS[i], 'p', 'a')
-  out[2 * i - 1] = v[1]
-  out[2 * i] = v[2]
-end
-return out
-"""
-STATES_CHUNK = 1000
-
 # Last fix and availability of many drivers (KEYS = their hashes); false becomes a nil reply.
 _STATES_LUA = """
 local out = {}
@@ -87,45 +75,7 @@ for i, key in ipairs(KEYS) do
 end
 return out
 """
-_STATES_CHUNK = 1000
-
-# Drops geo-index members whose last fix is gone or older than ARGV[1] (ms), re-checked here so
-# a fix that arrived after the caller looked is never lost. Keys are derived from member ids, so
-# under Redis Cluster this needs the region hash tag the ingest keys will carry.
-_FORGET_LUA = """
-local removed = 0
-for i = 2, #ARGV do
-  local t = redis.call('HGET', 'rm:driver:' .. ARGV[i], 't')
-  if (not t) or tonumber(t) < tonumber(ARGV[1]) then
-    removed = removed + redis.call('ZREM', KEYS[1], ARGV[i])
-  end
-end
-return removed
-"""
-
-
-def redis_client(url: str) -> Redis:
-    """A pooled client; callers beyond the pool size wait rather than open more sockets."""
-    pool = BlockingConnectionPool.from_url(url, max_connections=64, timeout=10)
-    return Redis.from_pool(pool)  # aclose() closes the pool and its connections too
-
-
-def driver_key(driver_id: str) -> str:
-    return f"rm:driver:{driver_id}"
-
-
-def assigned_key(driver_id: str) -> str:
-    """The rider whose active ride the driver is assigned to (kept by RideService's dispatcher,
-    read by LocationService to let that rider watch the driver)."""
-    return f"rm:assigned:{driver_id}"
-
-
-def driver_channel(driver_id: str) -> str:
-    return f"rm:ch:driver:{driver_id}"
-
-
-def cell_channel(cell: tuple[int, int]) -> str:
-    return f"rm:ch:cell:{cell[0]}:{cell[1]}"
+STATES_CHUNK = 1000
 
 
 # At most this many fixes share one ingest pipeline.
@@ -265,7 +215,7 @@ class LiveStore:
             count=count,
             withdist=True,
         )
-        return [(_text(member), float(dist)) for member, dist in hits]
+        return [(text(member), float(dist)) for member, dist in hits]
 
     async def geo_within(
         self, key: str, lat: float, lng: float, radius_m: float
@@ -275,7 +225,7 @@ class LiveStore:
         hits: list[list[Any]] = await self._redis.geosearch(  # type: ignore[assignment]
             key, longitude=lng, latitude=lat, radius=radius_m, unit="m", withcoord=True
         )
-        return [(_text(member), float(pos[1]), float(pos[0])) for member, pos in hits]
+        return [(text(member), float(pos[1]), float(pos[0])) for member, pos in hits]
 
     async def driver_states(
         self, driver_ids: Sequence[str]
@@ -285,8 +235,8 @@ class LiveStore:
         if not driver_ids:
             return []
         pipe = self._redis.pipeline(transaction=False)
-        for start in range(0, len(driver_ids), _STATES_CHUNK):
-            chunk = driver_ids[start : start + _STATES_CHUNK]
+        for start in range(0, len(driver_ids), STATES_CHUNK):
+            chunk = driver_ids[start : start + STATES_CHUNK]
             await self._states(keys=[driver_key(d) for d in chunk], client=pipe)
         flat: list[Any] = [value for reply in await pipe.execute() for value in reply]
         states = []
@@ -304,7 +254,7 @@ class LiveStore:
         pipe.zremrangebyscore(POLAR_KEY, "-inf", f"({oldest_live_ms}")
         pipe.zrangebyscore(POLAR_KEY, oldest_live_ms, "+inf")
         _, members = await pipe.execute()
-        return [_text(member) for member in members]
+        return [text(member) for member in members]
 
     async def forget_dead(self, driver_ids: Sequence[str], now_s: float) -> int:
         """Removes drivers with no live fix from the geo index; returns how many. Each is checked
@@ -312,7 +262,8 @@ class LiveStore:
         if not driver_ids:
             return 0
         oldest_live_ms = int(now_s * 1000) - self._live_window_ms
-        removed = await self._forget(keys=[GEO_KEY], args=[oldest_live_ms, *driver_ids])
+        keys = [GEO_KEY, *(driver_key(d) for d in driver_ids)]
+        removed = await self._forget(keys=keys, args=[oldest_live_ms, *driver_ids])
         return int(removed)
 
     async def locations_in_box(self, box: Box, limit: int) -> list[DriverLocation]:
@@ -338,40 +289,8 @@ class LiveStore:
                 found.append(location)
         return found[:limit]
 
-    async def committed_below(self) -> StreamId | None:
-        """The ingest watermark: every entry with a smaller id is committed to PostgreSQL."""
-        pipe = self._redis.pipeline(transaction=False)
-        pipe.xinfo_groups(INGEST_STREAM)
-        pipe.xpending(INGEST_STREAM, PERSIST_GROUP)
-        try:
-            groups, pending = await pipe.execute(raise_on_error=True)
-        except Exception as exc:  # no stream or group yet: nothing is committed
-            if "no such key" in str(exc).lower() or "NOGROUP" in str(exc):
-                return None
-            raise
-        return watermark(groups, pending)
-
-    async def trim(self, below: StreamId) -> None:
-        """Drops ingest entries that are committed, so the log stays small."""
-        await self._redis.xtrim(INGEST_STREAM, minid=f"{below[0]}-{below[1]}", approximate=True)
-
-
-def watermark(groups: list[dict[str, Any]], pending: dict[str, Any]) -> StreamId | None:
-    """From XINFO GROUPS and XPENDING: the lowest id not known to be committed (pure)."""
-    group = next((g for g in groups if _text(g.get("name")) == PERSIST_GROUP), None)
-    if group is None:
-        return None
-    if pending.get("pending"):
-        return parse_stream_id(pending["min"])
-    last_ms, last_n = parse_stream_id(group["last-delivered-id"])
-    return last_ms, last_n + 1
-
 
 def _availability(raw: bytes | str | None) -> DriverAvailability.ValueType:
     if not raw:
         return DriverAvailability.DRIVER_AVAILABILITY_AVAILABLE
     return DriverAvailability.ValueType(int(raw))
-
-
-def _text(value: object) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)

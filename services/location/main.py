@@ -15,8 +15,10 @@ from ridemesh.v1.location_service_pb2 import StreamLocationsResponse
 from services.auth.wiring import auth_interceptor
 from services.history.persister import Persister
 from services.history.store import HistoryStore, create_engine
+from services.live.client import redis_client
 from services.live.fanout import Hub
-from services.live.store import LiveStore, redis_client
+from services.live.ingest import IngestLog
+from services.live.store import LiveStore
 from services.location.servicer import LocationServicer
 from services.location.streams import StreamRegistry
 from services.server.config import Settings
@@ -38,9 +40,10 @@ async def run(
     live = LiveStore(redis, settings.live_window_s)
     hub: Hub[DriverLocation] = Hub(redis, DriverLocation.FromString)
     control: Hub[StreamLocationsResponse] = Hub(redis, StreamLocationsResponse.FromString)
-    streams = StreamRegistry(live, settings.ack_interval_s)
+    ingest = IngestLog(redis)
+    streams = StreamRegistry(ingest, settings.ack_interval_s)
     persister = Persister(
-        live,
+        ingest,
         history,
         batch_size=settings.persist_batch_size,
         max_age_s=settings.persist_max_age_s,

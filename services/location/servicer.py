@@ -22,8 +22,8 @@ from services.domain.validation import FixLimits, validate_id, validate_update
 from services.history.persister import fix_row
 from services.history.store import FixRow, HistoryStore
 from services.live.fanout import Hub, KeyedLatest, Latest
-from services.live.names import control_channel
-from services.live.store import CELL_PATTERN, LiveStore, cell_channel, driver_channel
+from services.live.names import CELL_PATTERN, cell_channel, control_channel, driver_channel
+from services.live.store import LiveStore
 from services.location.session import DriverSession
 from services.location.streams import DriverStream, StreamRegistry
 from services.location.throttle import TokenBucket

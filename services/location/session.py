@@ -7,16 +7,8 @@ from collections import deque
 from ridemesh.v1.location_service_pb2 import LocationUpdate
 from services.domain.errors import FailedPrecondition, InvalidArgument, ResourceExhausted
 from services.domain.validation import FixLimits, validate_update
+from services.live.ingest import StreamId
 from services.location.throttle import TokenBucket
-
-# A Redis stream entry id "1700000000000-3" as (milliseconds, sequence), so ids compare in order.
-StreamId = tuple[int, int]
-
-
-def parse_stream_id(raw: bytes | str) -> StreamId:
-    text = raw.decode() if isinstance(raw, bytes) else raw
-    ms, _, n = text.partition("-")
-    return int(ms), int(n or 0)
 
 
 class DriverSession:

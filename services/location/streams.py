@@ -14,7 +14,7 @@ from ridemesh.v1.location_service_pb2 import (
     StreamLocationsResponse,
 )
 from services.domain.errors import DomainError
-from services.live.store import LiveStore
+from services.live.ingest import IngestLog
 from services.location.session import DriverSession
 from services.observability.metrics import FIXES_REJECTED
 
@@ -110,8 +110,8 @@ ACK_SLICES = 10
 class StreamRegistry:
     """Tracks this process's driver streams and, every tick, tells each how far its fixes got."""
 
-    def __init__(self, live: LiveStore, interval_s: float, slices: int = ACK_SLICES) -> None:
-        self._live = live
+    def __init__(self, ingest: IngestLog, interval_s: float, slices: int = ACK_SLICES) -> None:
+        self._ingest = ingest
         self._interval_s = interval_s
         self._slices: list[set[DriverStream]] = [set() for _ in range(max(1, slices))]
         self._slice_of: dict[DriverStream, int] = {}
@@ -155,7 +155,7 @@ class StreamRegistry:
         """Reads the persistence watermark once, then acks each of `streams` with news."""
         if not streams:
             return
-        below = await self._live.committed_below()
+        below = await self._ingest.committed_below()
         for stream in list(streams):
             session = stream.session
             session.advance(below)

@@ -6,8 +6,7 @@ from redis.asyncio import Redis
 
 from ridemesh.v1.common_pb2 import DriverAvailability
 from ridemesh.v1.location_service_pb2 import StreamLocationsResponse
-from services.live.names import control_channel
-from services.live.store import driver_key
+from services.live.names import control_channel, driver_key
 
 # One round trip: write `a`, give a hash this created the live window's TTL (a hash that already
 # exists keeps its own, which every fix renews), and tell the driver's stream. The stream stamps

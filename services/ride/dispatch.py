@@ -23,9 +23,16 @@ from ridemesh.v1.location_service_pb2 import (
 )
 from services.domain.errors import FailedPrecondition
 from services.domain.geodesy import haversine_m
-from services.live.names import control_channel, publish_ride
-from services.live.store import GEO_MAX_LAT, OPEN_REQUESTS_KEY, LiveStore, assigned_key
+from services.live.names import (
+    OPEN_REQUESTS_KEY,
+    SEARCH_RETRY_KEY,
+    assigned_key,
+    control_channel,
+    offer_key,
+)
+from services.live.store import GEO_MAX_LAT, LiveStore
 from services.ride.availability import set_availability
+from services.ride.publish import publish_ride
 from services.ride.states import state_name
 from services.server.config import Settings
 
@@ -34,7 +41,6 @@ log = logging.getLogger(__name__)
 # The inter-service search must answer quickly: RequestRide waits for it.
 SEARCH_TIMEOUT_S = 2.0
 # Rides whose driver search failed, scored by when to search again (any replica may claim one).
-SEARCH_RETRY_KEY = "rm:dispatch:search-retry"
 SEARCH_RETRY_S = 2.0
 # Lapsed offers advanced per sweep; the rest wait for the next one.
 SWEEP_BATCH = 100
@@ -45,10 +51,6 @@ SWEEP_BATCH = 100
 OFFER_RECORD_SLACK_MS = 60_000
 # The assignment record outlives a ride that never reached `finished` (a replica died) this long.
 ASSIGNMENT_TTL_S = 24 * 3600
-
-
-def offer_record_key(ride_id: str) -> str:
-    return f"rm:dispatch:offer:{ride_id}"
 
 
 AVAILABLE = DriverAvailability.DRIVER_AVAILABILITY_AVAILABLE
@@ -184,7 +186,7 @@ class Dispatcher:
             reason = ride.end_reason or f"the ride is {state_name(ride.state)}"
             await self._withdraw(ride.ride_id, ride.offered_driver_id, reason)
         await self._redis.zrem(OPEN_REQUESTS_KEY, ride.ride_id)
-        await self._redis.delete(offer_record_key(ride.ride_id))
+        await self._redis.delete(offer_key(ride.ride_id))
 
     async def sweep_forever(self) -> None:
         """Advances lapsed offers and retries failed searches, every dispatch_sweep_s."""
@@ -274,7 +276,7 @@ class Dispatcher:
             expire_ms = round((now + timeout) * 1000)
             record_ttl_ms = round(timeout * 1000) + OFFER_RECORD_SLACK_MS
             record = f"{driver_id} {expire_ms}"
-            await self._redis.set(offer_record_key(ride_id), record, px=record_ttl_ms)
+            await self._redis.set(offer_key(ride_id), record, px=record_ttl_ms)
             location = await self._live.get_location(driver_id)
             message = offer_message(ride, location, now + timeout)
             await self._redis.publish(control_channel(driver_id), message.SerializeToString())
@@ -284,7 +286,7 @@ class Dispatcher:
 
     async def _offer_lapsed(self, ride_id: str, driver_id: str) -> bool:
         """Whether the offer of the ride to this driver has lapsed by dispatch's clock."""
-        record = await self._redis.get(offer_record_key(ride_id))
+        record = await self._redis.get(offer_key(ride_id))
         if record is None:
             return True  # the record outlives its offer by a minute: this offer is long gone
         text = record.decode() if isinstance(record, bytes) else record

@@ -16,8 +16,9 @@ from services.auth.tokens import bearer_channel, service_tokens
 from services.auth.wiring import auth_interceptor
 from services.geo.eta import GreatCircleRouter
 from services.history.store import create_engine
+from services.live.client import redis_client
 from services.live.fanout import Hub
-from services.live.store import LiveStore, redis_client
+from services.live.store import LiveStore
 from services.observability.tracing import client_interceptors
 from services.ride.dispatch import Dispatcher
 from services.ride.servicer import RideServicer

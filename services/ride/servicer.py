@@ -20,10 +20,10 @@ from services.domain.points import check_point
 from services.domain.validation import validate_id
 from services.geo.eta import Router
 from services.live.fanout import Hub
-from services.live.names import publish_ride
 from services.live.store import LiveStore
 from services.ride.chat import chat, redis_publisher
 from services.ride.dispatch import Dispatcher
+from services.ride.publish import publish_ride
 from services.ride.store import RideStore
 from services.ride.watch import watch_ride
 

@@ -14,8 +14,8 @@ from ridemesh.v1 import ride_service_pb2 as pb
 from ridemesh.v1.common_pb2 import LatLng
 from services.domain.errors import FailedPrecondition, NotFound, PermissionDenied
 from services.history.store import raw_connection
-from services.live.names import publish_ride
 from services.ride import rows, states
+from services.ride.publish import publish_ride
 from services.ride.rows import Moment, RideEvent
 from services.ride.states import Party, RideState
 

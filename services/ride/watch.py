@@ -14,8 +14,8 @@ from services.domain.errors import InvalidArgument, NotFound
 from services.domain.validation import validate_id
 from services.geo.eta import Router
 from services.live.fanout import Hub
-from services.live.names import ride_channel
-from services.live.store import LiveStore, driver_channel
+from services.live.names import driver_channel, ride_channel
+from services.live.store import LiveStore
 from services.ride.states import ACTIVE, TERMINAL
 
 log = logging.getLogger(__name__)

@@ -18,7 +18,7 @@ from ridemesh.v1 import location_service_pb2_grpc as location_grpc
 from services.auth.identity import Role
 from services.auth.keys import DevKeys
 from services.history.store import HistoryStore, create_engine
-from services.live.store import INGEST_STREAM, PERSIST_GROUP
+from services.live.names import INGEST_STREAM, PERSIST_GROUP
 from services.ops.mesh.redis_server import RedisServer
 from tests.e2e.clients import DriverStream, fix, new_driver_id
 from tests.e2e.processes import start_location

@@ -11,7 +11,8 @@ from redis.asyncio import Redis
 
 from ridemesh.v1.common_pb2 import DriverAvailability, DriverLocation, LatLng
 from services.domain.geodesy import EARTH_RADIUS_M, normalize_lng
-from services.live.store import LiveStore, driver_key
+from services.live.names import driver_key
+from services.live.store import LiveStore
 from services.ops.mesh.redis_server import RedisServer
 
 REDIS_DB = 5

@@ -14,11 +14,12 @@ from ridemesh.v1.common_pb2 import DriverAvailability, LatLng
 from services.auth.keys import DevKeys
 from services.domain.errors import FailedPrecondition
 from services.history.store import create_engine
-from services.live.store import OPEN_REQUESTS_KEY, LiveStore, driver_key
+from services.live.names import OPEN_REQUESTS_KEY, SEARCH_RETRY_KEY, driver_key
+from services.live.store import LiveStore
 from services.ops.mesh.redis_server import RedisServer
 from services.ride import states
 from services.ride.availability import set_availability
-from services.ride.dispatch import SEARCH_RETRY_KEY, SEARCH_RETRY_S, Dispatcher
+from services.ride.dispatch import SEARCH_RETRY_S, Dispatcher
 from services.ride.store import RideStore
 from services.server.config import Settings
 from tests.integration.dispatch_harness import (

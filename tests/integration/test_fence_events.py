@@ -16,19 +16,17 @@ from ridemesh.v1.common_pb2 import DriverLocation, LatLng
 from services.domain.area import cell_of
 from services.domain.errors import NotFound
 from services.geo.fence_events import (
-    EVENTS_CHANNEL,
     WATCH_DEPTH,
     EventBatch,
     FenceTracker,
     decode_event_message,
-    fence_state_key,
     fix_json,
     watch_geofence_events,
     zone_entry,
 )
 from services.geo.zone_index import Zone, ZoneIndex
 from services.live.fanout import Hub
-from services.live.store import cell_channel
+from services.live.names import FENCE_EVENTS_CHANNEL, cell_channel, fence_state_key
 from services.ops.mesh.redis_server import RedisServer
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio]
@@ -135,7 +133,7 @@ def enter_message(location: DriverLocation, zone: Zone) -> str:
 async def publish_sentinel(publisher: Redis, zone: Zone) -> str:
     """An ENTER of `zone` by a made-up driver, published straight on the events channel."""
     driver_id = f"sentinel-{uuid.uuid4().hex[:8]}"
-    await publisher.publish(EVENTS_CHANNEL, enter_message(fix(driver_id, 1, INSIDE), zone))
+    await publisher.publish(FENCE_EVENTS_CHANNEL, enter_message(fix(driver_id, 1, INSIDE), zone))
     return driver_id
 
 
@@ -480,7 +478,9 @@ async def test_a_slow_watcher_keeps_only_the_newest_events(
             await asyncio.wait([first], timeout=0.1)
     total = WATCH_DEPTH + 100
     for seq in range(1, total + 1):  # the slow watcher reads none of these for now
-        await publisher.publish(EVENTS_CHANNEL, enter_message(fix("slow", seq, INSIDE), SQUARE))
+        await publisher.publish(
+            FENCE_EVENTS_CHANNEL, enter_message(fix("slow", seq, INSIDE), SQUARE)
+        )
     await collect(reader, publisher, SQUARE)  # the hub has handed every message to both sinks
 
     kept = [(await anext(slow)).event for _ in range(WATCH_DEPTH)]

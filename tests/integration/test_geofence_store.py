@@ -17,9 +17,9 @@ from ridemesh.v1 import geo_query_service_pb2 as pb
 from services.domain.errors import InvalidArgument, NotFound
 from services.geo import geofences as rpc
 from services.geo.geofence_store import GeofenceStore
-from services.geo.zone_cache import CHANGES_CHANNEL
 from services.geo.zones import parse_geofence
 from services.history.store import create_engine
+from services.live.names import ZONE_CHANGES_CHANNEL
 from services.ops.mesh.redis_server import RedisServer
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio]
@@ -115,7 +115,7 @@ async def test_crud_round_trip(store: GeofenceStore, redis: Redis, pg: Any) -> N
         {"type": "Polygon", "coordinates": [square(13.38, 52.46, 13.42, 52.48)]}, indent=2
     )
     pubsub = redis.pubsub()
-    await pubsub.subscribe(CHANGES_CHANNEL)
+    await pubsub.subscribe(ZONE_CHANGES_CHANNEL)
     created = (
         await rpc.create_geofence(store, redis, create_request("Tempelhof", sent, {"kind": "park"}))
     ).geofence
@@ -126,7 +126,7 @@ async def test_crud_round_trip(store: GeofenceStore, redis: Redis, pg: Any) -> N
     assert "\n" not in created.geojson  # canonical, compact
     age = datetime.now(UTC) - created.create_time.ToDatetime(tzinfo=UTC)
     assert timedelta(0) <= age < timedelta(minutes=1)
-    assert await _next_message(pubsub) == CHANGES_CHANNEL  # every replica is told
+    assert await _next_message(pubsub) == ZONE_CHANGES_CHANNEL  # every replica is told
 
     got = (
         await rpc.get_geofence(store, pb.GetGeofenceRequest(geofence_id=created.geofence_id))
@@ -140,7 +140,7 @@ async def test_crud_round_trip(store: GeofenceStore, redis: Redis, pg: Any) -> N
     await rpc.delete_geofence(
         store, redis, pb.DeleteGeofenceRequest(geofence_id=created.geofence_id)
     )
-    assert await _next_message(pubsub) == CHANGES_CHANNEL
+    assert await _next_message(pubsub) == ZONE_CHANGES_CHANNEL
     with pytest.raises(NotFound, match=created.geofence_id):
         await rpc.get_geofence(store, pb.GetGeofenceRequest(geofence_id=created.geofence_id))
     with pytest.raises(NotFound):

@@ -16,7 +16,8 @@ from ridemesh.v1.common_pb2 import BoundingBox, DriverAvailability, LatLng
 from services.domain.area import Box
 from services.domain.errors import InvalidArgument
 from services.geo.heatmap import supply_heatmap
-from services.live.store import GEO_KEY, OPEN_REQUESTS_KEY, LiveStore, driver_key
+from services.live.names import GEO_KEY, OPEN_REQUESTS_KEY, driver_key
+from services.live.store import LiveStore
 from services.ops.mesh.redis_server import RedisServer
 from tests.integration.geo_drivers import (
     LIVE_WINDOW_S,

@@ -13,7 +13,9 @@ from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from ridemesh.v1.common_pb2 import DriverLocation
-from services.live.store import GEO_KEY, INGEST_BATCH, INGEST_STREAM, LiveStore, redis_client
+from services.live.client import redis_client
+from services.live.names import GEO_KEY, INGEST_STREAM
+from services.live.store import INGEST_BATCH, LiveStore
 from services.ops.mesh.ports import free_port
 from services.ops.mesh.redis_server import RedisServer
 from tests.integration.geo_drivers import flushed_redis, location

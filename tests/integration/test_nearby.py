@@ -15,7 +15,8 @@ from ridemesh.v1.common_pb2 import DriverAvailability, LatLng
 from services.domain.errors import InvalidArgument
 from services.domain.geodesy import haversine_m
 from services.geo.nearby import search_nearby_drivers
-from services.live.store import GEO_KEY, GEO_MAX_LAT, POLAR_KEY, LiveStore, driver_key
+from services.live.names import GEO_KEY, POLAR_KEY, driver_key
+from services.live.store import GEO_MAX_LAT, LiveStore
 from services.ops.mesh.redis_server import RedisServer
 from tests.integration.geo_drivers import (
     LIVE_WINDOW_S,

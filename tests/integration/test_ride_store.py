@@ -20,9 +20,10 @@ from ridemesh.v1.common_pb2 import LatLng
 from services.domain.errors import DomainError, FailedPrecondition, NotFound, PermissionDenied
 from services.history.migrate import alembic_config, run_migrations_async
 from services.history.store import create_engine
-from services.live.names import publish_ride, ride_channel
+from services.live.names import ride_channel
 from services.ops.mesh.redis_server import RedisServer
 from services.ride import states
+from services.ride.publish import publish_ride
 from services.ride.states import RideState
 from services.ride.store import RideStore
 

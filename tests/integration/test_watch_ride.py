@@ -18,9 +18,10 @@ from services.domain.errors import InvalidArgument, NotFound
 from services.geo.eta import GreatCircleRouter
 from services.history.store import create_engine
 from services.live.fanout import Hub
-from services.live.names import publish_ride, ride_channel
-from services.live.store import LiveStore, driver_channel
+from services.live.names import driver_channel, ride_channel
+from services.live.store import LiveStore
 from services.ops.mesh.redis_server import RedisServer
+from services.ride.publish import publish_ride
 from services.ride.store import RideStore
 from services.ride.watch import watch_ride
 from tests.integration.geo_drivers import destination

@@ -7,8 +7,8 @@ import asyncio
 from typing import Any, cast
 
 from services.domain.validation import FixLimits
-from services.live.store import LiveStore
-from services.location.session import DriverSession, StreamId
+from services.live.ingest import IngestLog, StreamId
+from services.location.session import DriverSession
 from services.location.streams import DriverStream, StreamRegistry
 from services.location.throttle import TokenBucket
 
@@ -39,7 +39,7 @@ def _acked(stream: DriverStream) -> bool:
 
 async def test_one_interval_acks_every_stream_once_a_slice_at_a_time() -> None:
     watermark = Watermark()
-    registry = StreamRegistry(cast(LiveStore, watermark), interval_s=0.2, slices=10)
+    registry = StreamRegistry(cast(IngestLog, watermark), interval_s=0.2, slices=10)
     streams = _streams(40)
     for stream in streams:
         registry.add(stream)

@@ -8,7 +8,8 @@ from ridemesh.v1.common_pb2 import LatLng
 from ridemesh.v1.location_service_pb2 import LocationUpdate
 from services.domain.errors import FailedPrecondition, InvalidArgument, ResourceExhausted
 from services.domain.validation import FixLimits
-from services.location.session import DriverSession, parse_stream_id
+from services.live.ingest import parse_stream_id
+from services.location.session import DriverSession
 from services.location.throttle import TokenBucket
 
 NOW = 1_800_000_000.0

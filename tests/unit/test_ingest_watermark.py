@@ -6,7 +6,8 @@ from typing import Any
 
 import pytest
 
-from services.live.store import PERSIST_GROUP, watermark
+from services.live.ingest import watermark
+from services.live.names import PERSIST_GROUP
 
 NOTHING_PENDING: dict[str, Any] = {"pending": 0, "min": None, "max": None, "consumers": []}
 

@@ -17,7 +17,7 @@ from ridemesh.v1 import (
 )
 from services.auth.interceptor import AuthInterceptor
 from services.auth.limits import LimitInterceptor
-from services.domain.errors import DomainErrorInterceptor
+from services.server.errors import DomainErrorInterceptor
 
 # Every replica answers reflection for all three services, so `grpcurl ... list` through Envoy
 # shows the whole API whichever replica it reaches.

@@ -14,8 +14,8 @@ from ridemesh.v1 import location_service_pb2 as pb
 from ridemesh.v1 import location_service_pb2_grpc as pb_grpc
 from services.auth.identity import Identity, TokenVerifier
 from services.auth.interceptor import AuthInterceptor, current_identity
-from services.domain.errors import DomainErrorInterceptor
 from services.server.builder import add_health
+from services.server.errors import DomainErrorInterceptor
 
 WHOAMI = "ridemesh.test.WhoAmI"
 WATCH_STEPS = 3

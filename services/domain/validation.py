@@ -6,6 +6,7 @@ import math
 import re
 from dataclasses import dataclass
 
+from ridemesh.v1.common_pb2 import DriverLocation
 from ridemesh.v1.location_service_pb2 import LocationUpdate
 from services.domain.errors import InvalidArgument
 
@@ -29,6 +30,18 @@ def validate_id(value: str, what: str = "driver_id") -> str:
             f"{what} {shown!r} is not valid: use 1 to 128 characters from A-Z a-z 0-9 . _ ~ : @ -"
         )
     return value
+
+
+def required_id(value: str, what: str = "driver_id") -> str:
+    """Like validate_id, for a request field that must be set: an empty one is named as missing."""
+    if not value:
+        raise InvalidArgument(f"{what} is required")
+    return validate_id(value, what)
+
+
+def fix_order(location: DriverLocation) -> tuple[int, int]:
+    """Fixes of one driver in the order they were taken: by recorded time, then seq."""
+    return location.recorded_at.ToNanoseconds(), location.seq
 
 
 def validate_update(update: LocationUpdate, now_s: float, limits: FixLimits) -> float:

@@ -15,7 +15,7 @@ from redis.exceptions import RedisError
 from ridemesh.v1 import common_pb2
 from ridemesh.v1 import geo_query_service_pb2 as pb
 from services.domain.errors import InvalidArgument, NotFound
-from services.domain.validation import validate_id
+from services.domain.validation import required_id
 from services.geo.geofence_store import Cursor, GeofenceStore, StoredGeofence
 from services.geo.zone_cache import announce_change
 from services.geo.zones import MAX_LABEL_VALUE, parse_geofence, validate_label_key
@@ -46,7 +46,7 @@ async def create_geofence(
 async def get_geofence(
     store: GeofenceStore, request: pb.GetGeofenceRequest
 ) -> pb.GetGeofenceResponse:
-    stored = await store.get(_required_id(request.geofence_id))
+    stored = await store.get(required_id(request.geofence_id, "geofence_id"))
     if stored is None:
         raise NotFound(f"geofence {request.geofence_id!r} does not exist")
     return pb.GetGeofenceResponse(geofence=to_message(stored))
@@ -68,7 +68,7 @@ async def list_geofences(
 async def delete_geofence(
     store: GeofenceStore, redis: Redis, request: pb.DeleteGeofenceRequest
 ) -> pb.DeleteGeofenceResponse:
-    if not await store.delete(_required_id(request.geofence_id)):
+    if not await store.delete(required_id(request.geofence_id, "geofence_id")):
         raise NotFound(f"geofence {request.geofence_id!r} does not exist")
     await _announce(redis)
     return pb.DeleteGeofenceResponse()
@@ -172,13 +172,6 @@ def _page_size(requested: int) -> int:
         return DEFAULT_PAGE_SIZE
     # AIP-158: a page size above the maximum is coerced down, not refused.
     return min(requested, MAX_PAGE_SIZE)
-
-
-def _required_id(geofence_id: str) -> str:
-    if not geofence_id:
-        raise InvalidArgument("geofence_id is required")
-    # Ids are server-made UUIDs: anything outside the id alphabet is refused before any query.
-    return validate_id(geofence_id, "geofence_id")
 
 
 async def _announce(redis: Redis) -> None:

@@ -31,7 +31,7 @@ from ridemesh.v1 import common_pb2
 from ridemesh.v1 import geo_query_service_pb2 as pb
 from services.domain.errors import InvalidArgument
 from services.domain.geodesy import haversine_m
-from services.domain.validation import validate_id
+from services.domain.validation import required_id
 from services.history.store import FixRow, HistoryStore
 
 DEFAULT_PAGE_SIZE = 1_000
@@ -64,7 +64,7 @@ async def get_driver_track(
     history: HistoryStore, request: pb.GetDriverTrackRequest
 ) -> pb.GetDriverTrackResponse:
     """One page of a driver's track; raises InvalidArgument naming the field that is wrong."""
-    driver_id = _driver_id(request.driver_id)
+    driver_id = required_id(request.driver_id)
     start, end = time_range(request)
     page_size = page_size_of(request.page_size)
     fingerprint = request_fingerprint(driver_id, start, end)
@@ -87,12 +87,6 @@ async def get_driver_track(
             fingerprint, Cursor(last.recorded_at, last.seq, last.latitude, last.longitude)
         )
     return response
-
-
-def _driver_id(value: str) -> str:
-    if not value:
-        raise InvalidArgument("driver_id is required")
-    return validate_id(value)
 
 
 def time_range(request: pb.GetDriverTrackRequest) -> tuple[datetime, datetime]:

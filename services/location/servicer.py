@@ -18,16 +18,22 @@ from services.auth.identity import Identity, Role
 from services.auth.interceptor import current_identity
 from services.domain.area import Box, cells_for_box
 from services.domain.errors import DomainError, InvalidArgument, NotFound, Unavailable
-from services.domain.validation import FixLimits, validate_id, validate_update
+from services.domain.validation import (
+    FixLimits,
+    fix_order,
+    required_id,
+    validate_id,
+    validate_update,
+)
 from services.history.persister import fix_row
 from services.history.store import FixRow, HistoryStore
 from services.live.fanout import Hub, KeyedLatest, Latest
 from services.live.names import CELL_PATTERN, cell_channel, control_channel, driver_channel
 from services.live.store import LiveStore
 from services.location.session import DriverSession
-from services.location.streams import DriverStream, StreamRegistry
+from services.location.streams import DriverStream, StreamRegistry, rejection
 from services.location.throttle import TokenBucket
-from services.observability.metrics import FIXES_ACCEPTED, FIXES_REJECTED
+from services.observability.metrics import FIXES_ACCEPTED
 from services.server.config import Settings
 
 # An area touching more grid cells than this listens on the all-cells pattern instead.
@@ -166,15 +172,7 @@ class LocationServicer(pb_grpc.LocationServiceServicer):
             try:
                 validate_update(update, now, self._limits)
             except InvalidArgument as error:
-                FIXES_REJECTED.labels(error.code.name.lower()).inc()
-                rejected.append(
-                    pb.LocationRejected(
-                        seq=update.seq,
-                        code=error.code.value[0],
-                        message=str(error),
-                        driver_id=update.driver_id[:128],
-                    )
-                )
+                rejected.append(rejection(update.seq, update.driver_id, error))
                 continue
             rows.append(fix_row(_location(update, now)))
             durable[update.driver_id] = max(durable.get(update.driver_id, 0), update.seq)
@@ -191,7 +189,7 @@ class LocationServicer(pb_grpc.LocationServiceServicer):
     async def GetDriverLocation(
         self, request: pb.GetDriverLocationRequest, context: aio.ServicerContext[Any, Any]
     ) -> pb.GetDriverLocationResponse:
-        driver_id = _required_id(request.driver_id)
+        driver_id = required_id(request.driver_id)
         await self._may_read_driver(current_identity(), driver_id)
         location = await self._live.get_location(driver_id)
         if location is None:
@@ -204,7 +202,7 @@ class LocationServicer(pb_grpc.LocationServiceServicer):
     async def WatchDriver(
         self, request: pb.WatchDriverRequest, context: aio.ServicerContext[Any, Any]
     ) -> AsyncIterator[pb.WatchDriverResponse]:
-        driver_id = _required_id(request.driver_id)
+        driver_id = required_id(request.driver_id)
         who = current_identity()
         await self._may_read_driver(who, driver_id)
         channel = driver_channel(driver_id)
@@ -214,7 +212,7 @@ class LocationServicer(pb_grpc.LocationServiceServicer):
             last = (0, 0)
             current = await self._live.get_location(driver_id)
             if current is not None:
-                last = _order(current)
+                last = fix_order(current)
                 yield pb.WatchDriverResponse(location=current)
             while True:
                 location = await mailbox.get()
@@ -222,8 +220,8 @@ class LocationServicer(pb_grpc.LocationServiceServicer):
                     # A rider's view ends with the ride: the next fix after it ends is refused.
                     await self._may_read_driver(who, driver_id)
                 # The first screen may already show a fix that was also published meanwhile.
-                if _order(location) > last:
-                    last = _order(location)
+                if fix_order(location) > last:
+                    last = fix_order(location)
                     yield pb.WatchDriverResponse(location=location)
         finally:
             await self._hub.remove(channel, mailbox.put)
@@ -290,16 +288,6 @@ def _location(
     )
     location.received_at.FromNanoseconds(int(now * 1e9))
     return location
-
-
-def _order(location: DriverLocation) -> tuple[int, int]:
-    return location.recorded_at.ToNanoseconds(), location.seq
-
-
-def _required_id(driver_id: str) -> str:
-    if not driver_id:
-        raise InvalidArgument("driver_id is required")
-    return validate_id(driver_id)
 
 
 def _close(stream: DriverStream, reader: asyncio.Task[None]) -> None:

@@ -27,6 +27,14 @@ MAX_QUEUED_REJECTIONS = 64
 MAX_QUEUED_CONTROL = 32
 
 
+def rejection(seq: int, driver_id: str, error: DomainError) -> LocationRejected:
+    """A fix refused, as the app is told (in-band on its stream, or in an upload's answer)."""
+    FIXES_REJECTED.labels(error.code.name.lower()).inc()
+    return LocationRejected(
+        seq=seq, code=error.code.value[0], message=str(error), driver_id=driver_id[:128]
+    )
+
+
 class DriverStream:
     """One StreamLocations call: the session plus what is waiting to be written to the app."""
 
@@ -55,11 +63,7 @@ class DriverStream:
         self.closing = False
 
     def reject(self, seq: int, driver_id: str, error: DomainError) -> None:
-        FIXES_REJECTED.labels(error.code.name.lower()).inc()
-        rejected = LocationRejected(
-            seq=seq, code=error.code.value[0], message=str(error), driver_id=driver_id
-        )
-        self._rejections.append(StreamLocationsResponse(rejected=rejected))
+        self._rejections.append(StreamLocationsResponse(rejected=rejection(seq, driver_id, error)))
         self.wake.set()
 
     def control(self, message: StreamLocationsResponse) -> None:

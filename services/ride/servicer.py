@@ -17,7 +17,7 @@ from services.auth.interceptor import current_identity
 from services.domain import pagetoken
 from services.domain.errors import InvalidArgument, NotFound
 from services.domain.points import check_point
-from services.domain.validation import validate_id
+from services.domain.validation import required_id, validate_id
 from services.geo.eta import Router
 from services.live.fanout import Hub
 from services.live.store import LiveStore
@@ -113,7 +113,7 @@ class RideServicer(pb_grpc.RideServiceServicer):
     async def AcceptRide(
         self, request: pb.AcceptRideRequest, context: Context
     ) -> pb.AcceptRideResponse:
-        ride_id, driver_id = _id(request.ride_id, "ride_id"), _driver(request)
+        ride_id, driver_id = required_id(request.ride_id, "ride_id"), _driver(request)
         rules.may_answer_offer(current_identity(), ride_id, driver_id)
         ride = await self._store.accept(ride_id, driver_id)
         await publish_ride(self._redis, ride)
@@ -123,7 +123,7 @@ class RideServicer(pb_grpc.RideServiceServicer):
     async def DeclineRide(
         self, request: pb.DeclineRideRequest, context: Context
     ) -> pb.DeclineRideResponse:
-        ride_id, driver_id = _id(request.ride_id, "ride_id"), _driver(request)
+        ride_id, driver_id = required_id(request.ride_id, "ride_id"), _driver(request)
         rules.may_answer_offer(current_identity(), ride_id, driver_id)
         ride = await self._dispatcher.declined(ride_id, driver_id, request.reason[:500])
         if ride.state == pb.RIDE_STATE_EXPIRED:
@@ -151,11 +151,11 @@ class RideServicer(pb_grpc.RideServiceServicer):
     async def CancelRide(
         self, request: pb.CancelRideRequest, context: Context
     ) -> pb.CancelRideResponse:
-        ride_id = _id(request.ride_id, "ride_id")
+        ride_id = required_id(request.ride_id, "ride_id")
         if request.cancelled_by not in (pb.PARTY_RIDER, pb.PARTY_DRIVER, pb.PARTY_SYSTEM):
             raise InvalidArgument("cancelled_by must be PARTY_RIDER, PARTY_DRIVER or PARTY_SYSTEM")
         if request.cancelled_by != pb.PARTY_SYSTEM:
-            _id(request.actor_id, "actor_id")
+            required_id(request.actor_id, "actor_id")
         rules.may_cancel(
             current_identity(), await self._ride(ride_id), request.cancelled_by, request.actor_id
         )
@@ -196,7 +196,7 @@ class RideServicer(pb_grpc.RideServiceServicer):
             yield response
 
     async def _ride(self, ride_id: str) -> pb.Ride:
-        ride = await self._store.get(_id(ride_id, "ride_id"))
+        ride = await self._store.get(required_id(ride_id, "ride_id"))
         if ride is None:
             raise NotFound(f"no ride with id {ride_id!r}")
         return ride
@@ -207,16 +207,10 @@ class RideServicer(pb_grpc.RideServiceServicer):
         rules.may_move_ride(current_identity(), driver_id)
         location = await self._live.get_location(driver_id)
         position = location.position if location is not None else None
-        ride = await step(_id(request.ride_id, "ride_id"), driver_id, position)
+        ride = await step(required_id(request.ride_id, "ride_id"), driver_id, position)
         await publish_ride(self._redis, ride)
         return ride
 
 
-def _id(value: str, field: str) -> str:
-    if not value:
-        raise InvalidArgument(f"{field} is required")
-    return validate_id(value, field)
-
-
 def _driver(request: Any) -> str:
-    return _id(request.driver_id, "driver_id")
+    return required_id(request.driver_id, "driver_id")

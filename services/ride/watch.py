@@ -10,8 +10,8 @@ from typing import Protocol
 
 from ridemesh.v1 import ride_service_pb2 as pb
 from ridemesh.v1.common_pb2 import DriverLocation, LatLng
-from services.domain.errors import InvalidArgument, NotFound
-from services.domain.validation import validate_id
+from services.domain.errors import NotFound
+from services.domain.validation import fix_order, required_id
 from services.geo.eta import Router
 from services.live.fanout import Hub
 from services.live.names import driver_channel, ride_channel
@@ -44,10 +44,6 @@ class RideReader(Protocol):
 def ride_order(ride: pb.Ride) -> tuple[int, int]:
     """Sorts snapshots of one ride oldest first: by lifecycle rank, then by update time."""
     return _RANK.get(ride.state, 0), ride.update_time.ToNanoseconds()
-
-
-def location_order(location: DriverLocation) -> tuple[int, int]:
-    return location.recorded_at.ToNanoseconds(), location.seq
 
 
 def eta_target(ride: pb.Ride) -> LatLng | None:
@@ -167,7 +163,7 @@ class _RideWatch:
             self._location = await self._live.get_location(driver_id)
 
     def _is_newer_fix(self, location: DriverLocation) -> bool:
-        return self._location is None or location_order(location) > location_order(self._location)
+        return self._location is None or fix_order(location) > fix_order(self._location)
 
     async def _response(self) -> pb.WatchRideResponse:
         assert self.ride is not None
@@ -197,7 +193,7 @@ async def watch_ride(
 ) -> AsyncIterator[pb.WatchRideResponse]:
     """The ride now, then every transition and every move of its driver; ends after an end state.
     `authorize` sees the ride as first read and raises when the caller may not watch it."""
-    ride_id = _ride_id(request.ride_id)
+    ride_id = required_id(request.ride_id, "ride_id")
     watch = _RideWatch(locations_hub, live, router)
     channel = ride_channel(ride_id)
     # Subscribed before the read: a transition committed in between is then in the mailbox.
@@ -220,9 +216,3 @@ async def watch_ride(
     finally:
         await rides_hub.remove(channel, watch.mailbox.put_ride)
         await watch.close()
-
-
-def _ride_id(value: str) -> str:
-    if not value:
-        raise InvalidArgument("ride_id is required")
-    return validate_id(value, "ride_id")

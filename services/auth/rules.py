@@ -16,7 +16,7 @@ from ridemesh.v1 import ride_service_pb2 as ride_pb
 from services.auth.identity import Identity, Role
 from services.domain.errors import PermissionDenied
 from services.domain.geodesy import EARTH_RADIUS_M, normalize_lng
-from services.ride.chat import Participant
+from services.domain.parties import Participant
 
 STAFF: frozenset[Role] = frozenset({Role.OPS, Role.SERVICE})
 # Ids are echoed in messages; a hostile megabyte-long id must not become a megabyte-long status.

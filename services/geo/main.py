@@ -11,7 +11,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from ridemesh.v1 import geo_query_service_pb2_grpc as pb_grpc
 from ridemesh.v1.common_pb2 import DriverLocation
 from services.auth.wiring import auth_interceptor
-from services.geo.eta import GreatCircleRouter
+from services.domain.routing import GreatCircleRouter
 from services.geo.fence_events import EventBatch, FenceTracker, decode_event_message
 from services.geo.geofence_store import GeofenceStore
 from services.geo.servicer import GeoQueryServicer

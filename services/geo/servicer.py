@@ -13,8 +13,9 @@ from ridemesh.v1 import geo_query_service_pb2 as pb
 from ridemesh.v1 import geo_query_service_pb2_grpc as pb_grpc
 from services.auth import rules
 from services.auth.interceptor import current_identity
+from services.domain.routing import Router
 from services.geo import geofences
-from services.geo.eta import Router, estimate_eta
+from services.geo.eta import estimate_eta
 from services.geo.fence_events import EventBatch, watch_geofence_events
 from services.geo.geofence_store import GeofenceStore
 from services.geo.heatmap import supply_heatmap

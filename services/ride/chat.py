@@ -7,13 +7,13 @@ import contextlib
 import enum
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
 from typing import Protocol
 
 from redis.asyncio import Redis
 
 from ridemesh.v1 import ride_service_pb2 as pb
 from services.domain.errors import FailedPrecondition, InvalidArgument, NotFound, PermissionDenied
+from services.domain.parties import Participant
 from services.domain.validation import validate_id
 from services.live.fanout import Hub
 from services.live.names import chat_channel
@@ -30,15 +30,6 @@ FILL_PAGE = 200
 INBOX_DEPTH = 64
 # A live message lost by pub/sub (a Redis reconnect) would otherwise wait for the next one.
 RESYNC_S = 15.0
-
-
-@dataclass(frozen=True, slots=True)
-class Participant:
-    """Who is on a chat stream. The servicer builds it from the verified token
-    (services.auth.rules.chat_participant, passed as `identify`)."""
-
-    party: pb.Party.ValueType
-    participant_id: str
 
 
 # Turns a join into the caller's identity, raising when the join cannot be trusted.

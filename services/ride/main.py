@@ -14,7 +14,7 @@ from ridemesh.v1 import ride_service_pb2_grpc as pb_grpc
 from ridemesh.v1.common_pb2 import DriverLocation
 from services.auth.tokens import bearer_channel, service_tokens
 from services.auth.wiring import auth_interceptor
-from services.geo.eta import GreatCircleRouter
+from services.domain.routing import GreatCircleRouter
 from services.history.store import create_engine
 from services.live.client import redis_client
 from services.live.fanout import Hub

@@ -17,8 +17,8 @@ from services.auth.interceptor import current_identity
 from services.domain import pagetoken
 from services.domain.errors import InvalidArgument, NotFound
 from services.domain.points import check_point
+from services.domain.routing import Router
 from services.domain.validation import required_id, validate_id
-from services.geo.eta import Router
 from services.live.fanout import Hub
 from services.live.store import LiveStore
 from services.ride.chat import chat, redis_publisher

@@ -11,8 +11,8 @@ from typing import Protocol
 from ridemesh.v1 import ride_service_pb2 as pb
 from ridemesh.v1.common_pb2 import DriverLocation, LatLng
 from services.domain.errors import NotFound
+from services.domain.routing import Router
 from services.domain.validation import fix_order, required_id
-from services.geo.eta import Router
 from services.live.fanout import Hub
 from services.live.names import driver_channel, ride_channel
 from services.live.store import LiveStore

@@ -11,7 +11,8 @@ from ridemesh.v1 import geo_query_service_pb2 as pb
 from ridemesh.v1.common_pb2 import LatLng
 from services.domain.errors import InvalidArgument, NotFound
 from services.domain.geodesy import haversine_m
-from services.geo.eta import GreatCircleRouter, estimate_eta
+from services.domain.routing import GreatCircleRouter
+from services.geo.eta import estimate_eta
 from services.live.store import LiveStore
 from services.ops.mesh.redis_server import RedisServer
 from tests.integration.geo_drivers import LIVE_WINDOW_S, flushed_redis, ingest

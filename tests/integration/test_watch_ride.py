@@ -15,7 +15,7 @@ from redis.asyncio import Redis
 from ridemesh.v1 import ride_service_pb2 as pb
 from ridemesh.v1.common_pb2 import DriverLocation, LatLng
 from services.domain.errors import InvalidArgument, NotFound
-from services.geo.eta import GreatCircleRouter
+from services.domain.routing import GreatCircleRouter
 from services.history.store import create_engine
 from services.live.fanout import Hub
 from services.live.names import driver_channel, ride_channel

@@ -40,7 +40,8 @@ from services.auth.rules import (
 )
 from services.domain.errors import PermissionDenied
 from services.domain.geodesy import haversine_m
-from services.ride.chat import Participant, authorize
+from services.domain.parties import Participant
+from services.ride.chat import authorize
 
 RIDER = Identity("r-1", Role.RIDER)
 DRIVER = Identity("d-1", Role.DRIVER)

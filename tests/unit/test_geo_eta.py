@@ -11,7 +11,8 @@ from ridemesh.v1 import geo_query_service_pb2 as pb
 from ridemesh.v1.common_pb2 import LatLng
 from services.domain.errors import InvalidArgument
 from services.domain.geodesy import EARTH_RADIUS_M
-from services.geo.eta import GreatCircleRouter, LatLngLike, Route, estimate_eta
+from services.domain.routing import GreatCircleRouter, LatLngLike, Route
+from services.geo.eta import estimate_eta
 from services.live.store import LiveStore
 from services.server.config import Settings
 

@@ -6,9 +6,9 @@ import pytest
 
 from ridemesh.v1 import ride_service_pb2 as pb
 from services.domain.errors import FailedPrecondition, InvalidArgument, PermissionDenied
+from services.domain.parties import Participant
 from services.ride.chat import (
     ChatInbox,
-    Participant,
     Step,
     authorize,
     check_open,

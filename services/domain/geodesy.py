@@ -19,4 +19,6 @@ def haversine_m(lat1: float, lng1: float, lat2: float, lng2: float) -> float:
 
 def normalize_lng(lng: float) -> float:
     """Wraps a longitude into [-180, 180)."""
-    return (lng + 180.0) % 360.0 - 180.0
+    wrapped = (lng + 180.0) % 360.0 - 180.0
+    # A hair below -180 wraps to a hair below 360 before the shift, which rounds up to 360.0.
+    return -180.0 if wrapped >= 180.0 else wrapped

@@ -84,3 +84,10 @@ def test_normalize_lng_lands_in_range_and_keeps_the_meridian(lng: float) -> None
     wrapped = normalize_lng(lng)
     assert -180.0 <= wrapped < 180.0
     assert haversine_m(0, lng, 0, wrapped) == pytest.approx(0, abs=1e-3)
+
+
+def test_a_longitude_a_hair_below_minus_180_wraps_into_range() -> None:
+    # round(-180 / step) * step can land a hair below -180; the modulo then rounds to 360.0.
+    wrapped = normalize_lng(-180.00000000000003)
+    assert -180.0 <= wrapped < 180.0
+    assert wrapped == -180.0

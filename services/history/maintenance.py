@@ -21,7 +21,7 @@ import logging
 import os
 import re
 import secrets
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
@@ -267,24 +267,44 @@ def utc_today() -> date:
 async def run_forever(
     history: HistoryStore, settings: Settings, today: Callable[[], date] = utc_today
 ) -> None:
-    """Runs maintenance now and then every `maintenance_interval_s`, until cancelled.
+    """Runs maintenance (partitions ahead, then retention) now and every
+    `maintenance_interval_s`, until cancelled (GeoQueryService runs it)."""
 
-    A failed run is logged and retried on the next tick: a database restart or a full disk must
-    not take the GeoQuery process down with it."""
+    async def once() -> list[str]:
+        report = await maintain(
+            history,
+            today=today(),
+            retention_days=settings.retention_days,
+            archive_dir=Path(settings.archive_dir),
+            days_ahead=settings.partitions_ahead_days,
+        )
+        return report.lines()
+
+    await _repeat(once, settings.maintenance_interval_s)
+
+
+async def keep_partitions_ahead(
+    history: HistoryStore, settings: Settings, today: Callable[[], date] = utc_today
+) -> None:
+    """Creates the coming days' history partitions every `maintenance_interval_s`, until
+    cancelled (LocationService runs it, so its persister never meets a missing day)."""
+
+    async def once() -> list[str]:
+        await history.ensure_partitions_ahead(today(), settings.partitions_ahead_days)
+        return []
+
+    await _repeat(once, settings.maintenance_interval_s)
+
+
+async def _repeat(once: Callable[[], Awaitable[list[str]]], interval_s: float) -> None:
+    """A failed run is logged and retried on the next tick: a database restart or a full disk must
+    not take the service down with it."""
     while True:
         try:
-            report = await maintain(
-                history,
-                today=today(),
-                retention_days=settings.retention_days,
-                archive_dir=Path(settings.archive_dir),
-                days_ahead=settings.partitions_ahead_days,
-            )
+            lines = await once()
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, SQLAlchemyError):
-            log.exception(
-                "history maintenance failed; retrying in %g s", settings.maintenance_interval_s
-            )
+            log.exception("history maintenance failed; retrying in %g s", interval_s)
         else:
-            for line in report.lines():
+            for line in lines:
                 log.info("history maintenance: %s", line)
-        await asyncio.sleep(settings.maintenance_interval_s)
+        await asyncio.sleep(interval_s)

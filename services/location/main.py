@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
-from datetime import UTC, date, datetime
 
 from grpc import aio
 from opentelemetry.sdk.trace import TracerProvider
@@ -12,19 +10,15 @@ from opentelemetry.sdk.trace import TracerProvider
 from ridemesh.v1 import location_service_pb2_grpc as pb_grpc
 from ridemesh.v1.common_pb2 import DriverLocation
 from ridemesh.v1.location_service_pb2 import StreamLocationsResponse
-from services.auth.wiring import auth_interceptor
+from services.history.maintenance import keep_partitions_ahead, utc_today
 from services.history.persister import Persister
-from services.history.store import HistoryStore, create_engine
-from services.live.client import redis_client
-from services.live.fanout import Hub
+from services.history.store import HistoryStore
 from services.live.ingest import IngestLog
 from services.live.store import LiveStore
 from services.location.servicer import LocationServicer
 from services.location.streams import StreamRegistry
+from services.server.bootstrap import Parts, Service, run_service
 from services.server.config import Settings
-from services.server.runtime import serve
-
-PARTITION_CHECK_S = 3600.0
 
 
 async def run(
@@ -33,14 +27,17 @@ async def run(
     stop: asyncio.Event | None = None,
     tracing: TracerProvider | None = None,
 ) -> None:
-    auth = auth_interceptor(settings)  # first: a missing or refused key stops startup here
-    redis = redis_client(settings.redis_url)
-    engine = create_engine(settings.database_url)
-    history = HistoryStore(engine)
+    await run_service("location", build, settings, address, stop=stop, tracing=tracing)
+
+
+async def build(parts: Parts) -> Service:
+    settings = parts.settings
+    redis = parts.redis()
+    history = HistoryStore(parts.engine())
     live = LiveStore(redis, settings.live_window_s)
-    hub: Hub[DriverLocation] = Hub(redis, DriverLocation.FromString)
-    control: Hub[StreamLocationsResponse] = Hub(redis, StreamLocationsResponse.FromString)
     ingest = IngestLog(redis)
+    hub = await parts.hub(DriverLocation.FromString)
+    control = await parts.hub(StreamLocationsResponse.FromString)
     streams = StreamRegistry(ingest, settings.ack_interval_s)
     persister = Persister(
         ingest,
@@ -50,52 +47,20 @@ async def run(
         claim_idle_s=settings.persist_claim_idle_s,
     )
     servicer = LocationServicer(settings, live, history, hub, streams, control)
-    await history.ensure_partitions_ahead(_today(), settings.partitions_ahead_days)
-    await hub.start()
-    await control.start()
-    background = [
-        asyncio.create_task(persister.run(), name="persister"),
-        asyncio.create_task(streams.run(), name="acks"),
-        asyncio.create_task(_keep_partitions(history, settings), name="partitions"),
-    ]
+    # The persister needs today's partition (and the next days') before its first COPY.
+    await history.ensure_partitions_ahead(utc_today(), settings.partitions_ahead_days)
+    persisting = parts.background(persister.run(), "persister")
+    parts.background(streams.run(), "acks")
+    parts.background(keep_partitions_ahead(history, settings), "partitions")
 
     async def drain() -> None:
         # Stop taking fixes, commit everything accepted, tell the apps, then let streams end.
         streams.start_draining()
         await persister.stop()
-        await background[0]
+        await persisting
         await streams.wait_finished(settings.shutdown_grace_s)
 
     def register(server: aio.Server) -> None:
         pb_grpc.add_LocationServiceServicer_to_server(servicer, server)
 
-    try:
-        await serve(
-            "location",
-            address,
-            register,
-            settings,
-            drain=drain,
-            auth=auth,
-            stop=stop,
-            tracing=tracing,
-        )
-    finally:
-        for task in background:
-            task.cancel()
-        await asyncio.gather(*background, return_exceptions=True)
-        await control.stop()
-        await hub.stop()
-        with contextlib.suppress(Exception):
-            await redis.aclose()
-        await history.dispose()
-
-
-async def _keep_partitions(history: HistoryStore, settings: Settings) -> None:
-    while True:
-        await asyncio.sleep(PARTITION_CHECK_S)
-        await history.ensure_partitions_ahead(_today(), settings.partitions_ahead_days)
-
-
-def _today() -> date:
-    return datetime.now(UTC).date()
+    return Service(register, drain)

@@ -133,18 +133,18 @@ class Dispatcher:
         self,
         store: DispatchStore,
         geo: geo_grpc.GeoQueryServiceAsyncStub,
-        redis: Redis,
+        live: LiveStore,
         settings: Settings,
         clock: Callable[[], float] = time.time,
         search_timeout_s: float = SEARCH_TIMEOUT_S,
     ) -> None:
         self._store = store
         self._geo = geo
-        self._redis = redis
+        self._redis: Redis = live.redis
         self._settings = settings
         self._clock = clock
         self._search_timeout_s = search_timeout_s
-        self._live = LiveStore(redis, settings.live_window_s)
+        self._live = live
 
     async def dispatch(self, ride: pb.Ride) -> pb.Ride:
         """Searches drivers for a new REQUESTED ride and offers it to the nearest.

@@ -55,7 +55,8 @@ class World:
 
     def replica(self) -> Dispatcher:
         """Another RideService replica's dispatcher: same stores, same search service."""
-        return Dispatcher(self.store, self.dispatcher._geo, self.redis, self.settings, self.clock)
+        live = LiveStore(self.redis, self.settings.live_window_s)
+        return Dispatcher(self.store, self.dispatcher._geo, live, self.settings, self.clock)
 
     async def request(self) -> pb.Ride:
         rider = new_id("rider")
@@ -90,7 +91,8 @@ async def world(
     await listener.start()
     clock = Clock()
     async with geo_service(live, keys) as (geo, stub):
-        dispatcher = Dispatcher(store, stub, redis, settings, clock, search_timeout_s=0.5)
+        live = LiveStore(redis, settings.live_window_s)
+        dispatcher = Dispatcher(store, stub, live, settings, clock, search_timeout_s=0.5)
         yield World(redis, live, store, geo, clock, listener, dispatcher, settings, new_pickup())
     await listener.stop()
     await store.dispose()

@@ -169,7 +169,9 @@ async def world(
         geo_service(LiveStore(redis, settings.live_window_s), keys) as (_, geo),
         ops_channel(keys, f"127.0.0.1:{location_port}") as channel,
     ):
-        dispatcher = Dispatcher(store, geo, redis, settings, Clock())
+        dispatcher = Dispatcher(
+            store, geo, LiveStore(redis, settings.live_window_s), settings, Clock()
+        )
         yield World(
             redis,
             location_grpc.LocationServiceStub(channel),

@@ -148,6 +148,13 @@ async def raw_connection(engine: AsyncEngine) -> AsyncIterator[Any]:
         yield raw.driver_connection
 
 
+@asynccontextmanager
+async def transaction(engine: AsyncEngine) -> AsyncIterator[Any]:
+    """raw_connection inside one transaction, committed when the block ends without error."""
+    async with raw_connection(engine) as apg, apg.transaction():
+        yield apg
+
+
 def _is_lost_creation_race(exc: asyncpg.PostgresError) -> bool:
     """True for the errors a concurrent creator of the same partition makes us see."""
     if isinstance(exc, asyncpg.DuplicateTableError):

@@ -37,10 +37,14 @@ Identify = Callable[[pb.ChatJoin], Participant]
 Publish = Callable[[pb.ChatMessage], Awaitable[None]]
 
 
-class ChatStore(Protocol):
-    """The part of the ride store the chat uses."""
+class RideReader(Protocol):
+    """The part of the ride store the chat uses (services.ride.store.RideStore)."""
 
     async def get(self, ride_id: str) -> pb.Ride | None: ...
+
+
+class ChatLog(Protocol):
+    """Where messages are kept (services.ride.chat_store.ChatMessages)."""
 
     async def add_chat_message(
         self,
@@ -162,7 +166,8 @@ class ChatInbox:
 
 
 async def chat(
-    store: ChatStore,
+    rides: RideReader,
+    messages: ChatLog,
     chat_hub: Hub[pb.ChatMessage],
     publish: Publish,
     requests: AsyncIterator[pb.ChatRequest],
@@ -182,7 +187,7 @@ async def chat(
             f"join.after_sequence must not be negative, got {join.after_sequence}"
         )
     who = identify(join)
-    ride = await store.get(ride_id)
+    ride = await rides.get(ride_id)
     if ride is None:
         raise NotFound(f"no ride with id {ride_id!r}")
     authorize(ride, who)
@@ -190,13 +195,13 @@ async def chat(
     channel = chat_channel(ride_id)
     # Subscribed before the replay: a message stored in between arrives live, not lost.
     await chat_hub.add(channel, inbox.put)
-    sender = asyncio.create_task(_send_all(store, publish, ride_id, who, requests, inbox))
+    sender = asyncio.create_task(_send_all(rides, messages, publish, ride_id, who, requests, inbox))
     try:
         last = join.after_sequence
         step = Step.FILL
         while True:
             if step is Step.FILL:
-                async for message in _missed(store, ride_id, last):
+                async for message in _missed(messages, ride_id, last):
                     last = message.sequence
                     yield pb.ChatResponse(message=message)
             live = await inbox.get(resync_s)
@@ -212,10 +217,10 @@ async def chat(
         await chat_hub.remove(channel, inbox.put)
 
 
-async def _missed(store: ChatStore, ride_id: str, after: int) -> AsyncIterator[pb.ChatMessage]:
+async def _missed(messages: ChatLog, ride_id: str, after: int) -> AsyncIterator[pb.ChatMessage]:
     """Every stored message after `after`, in order, a page at a time."""
     while True:
-        page = await store.chat_messages_after(ride_id, after, FILL_PAGE)
+        page = await messages.chat_messages_after(ride_id, after, FILL_PAGE)
         for message in page:
             after = message.sequence
             yield message
@@ -231,7 +236,8 @@ async def _join(requests: AsyncIterator[pb.ChatRequest]) -> pb.ChatJoin:
 
 
 async def _send_all(
-    store: ChatStore,
+    rides: RideReader,
+    messages: ChatLog,
     publish: Publish,
     ride_id: str,
     who: Participant,
@@ -243,7 +249,7 @@ async def _send_all(
         async for request in requests:
             if request.WhichOneof("kind") != "send":
                 raise InvalidArgument("`join` may only be sent once, as the first message")
-            message = await _send(store, publish, ride_id, who, request.send)
+            message = await _send(rides, messages, publish, ride_id, who, request.send)
             # The sender's own copy takes the ordered path too, so it is never shown early.
             inbox.put(message)
     except Exception as exc:  # handed to the delivering side, which raises it to the caller
@@ -251,14 +257,19 @@ async def _send_all(
 
 
 async def _send(
-    store: ChatStore, publish: Publish, ride_id: str, who: Participant, send: pb.ChatSend
+    rides: RideReader,
+    messages: ChatLog,
+    publish: Publish,
+    ride_id: str,
+    who: Participant,
+    send: pb.ChatSend,
 ) -> pb.ChatMessage:
     validate_send(send)
-    ride = await store.get(ride_id)
+    ride = await rides.get(ride_id)
     if ride is None:
         raise NotFound(f"no ride with id {ride_id!r}")
     check_open(ride)
-    message = await store.add_chat_message(
+    message = await messages.add_chat_message(
         ride_id, who.party, who.participant_id, send.text, send.client_message_id
     )
     # Published again on a resend too: heals a first attempt that stored but never published.

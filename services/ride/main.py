@@ -15,6 +15,7 @@ from services.auth.tokens import bearer_channel, service_tokens
 from services.domain.routing import GreatCircleRouter
 from services.live.store import LiveStore
 from services.observability.tracing import client_interceptors
+from services.ride.chat_store import ChatMessages
 from services.ride.dispatch import Dispatcher
 from services.ride.servicer import RideServicer
 from services.ride.store import RideStore
@@ -40,6 +41,7 @@ async def build(parts: Parts) -> Service:
     settings = parts.settings
     redis = parts.redis()
     store = RideStore(parts.engine())
+    messages = ChatMessages(parts.engine())
     live = LiveStore(redis, settings.live_window_s)
     # Dispatch asks GeoQueryService through the mesh, like any other client would: with a token.
     tokens = service_tokens(settings)
@@ -50,7 +52,9 @@ async def build(parts: Parts) -> Service:
     locations = await parts.hub(DriverLocation.FromString)
     chats = await parts.hub(pb.ChatMessage.FromString)
     router = GreatCircleRouter.from_settings(settings)
-    servicer = RideServicer(store, dispatcher, live, rides, locations, chats, router, redis)
+    servicer = RideServicer(
+        store, messages, dispatcher, live, rides, locations, chats, router, redis
+    )
     parts.background(dispatcher.sweep_forever(), "dispatch-sweeper")
 
     def register(server: aio.Server) -> None:

@@ -22,6 +22,7 @@ from services.domain.validation import required_id, validate_id
 from services.live.fanout import Hub
 from services.live.store import LiveStore
 from services.ride.chat import chat, redis_publisher
+from services.ride.chat_store import ChatMessages
 from services.ride.dispatch import Dispatcher
 from services.ride.publish import publish_ride
 from services.ride.store import RideStore
@@ -39,6 +40,7 @@ class RideServicer(pb_grpc.RideServiceServicer):
     def __init__(
         self,
         store: RideStore,
+        messages: ChatMessages,
         dispatcher: Dispatcher,
         live: LiveStore,
         rides: Hub[pb.Ride],
@@ -48,6 +50,7 @@ class RideServicer(pb_grpc.RideServiceServicer):
         redis: Redis,
     ) -> None:
         self._store = store
+        self._messages = messages
         self._dispatcher = dispatcher
         self._live = live
         self._rides = rides
@@ -188,6 +191,7 @@ class RideServicer(pb_grpc.RideServiceServicer):
         publish = redis_publisher(self._redis)
         async for response in chat(
             self._store,
+            self._messages,
             self._chats,
             publish,
             request_iterator,

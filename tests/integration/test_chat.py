@@ -17,6 +17,7 @@ from services.history.store import create_engine
 from services.live.fanout import Hub
 from services.ops.mesh.redis_server import RedisServer
 from services.ride.chat import Publish, chat, redis_publisher
+from services.ride.chat_store import ChatMessages
 from services.ride.store import RideStore
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio]
@@ -39,7 +40,9 @@ class Replica:
     def __init__(self, redis_url: str, database_url: str) -> None:
         self.redis = Redis.from_url(redis_url)
         self.hub: Hub[pb.ChatMessage] = Hub(self.redis, pb.ChatMessage.FromString)
-        self.store = RideStore(create_engine(database_url))
+        engine = create_engine(database_url)
+        self.store = RideStore(engine)
+        self.messages = ChatMessages(engine)
 
     async def start(self) -> Replica:
         await self.hub.start()
@@ -68,9 +71,13 @@ class Client:
         self._arrived = asyncio.Condition()
         self.received: list[pb.ChatMessage] = []
         self._stream = chat(
-            replica.store, replica.hub, publish or redis_publisher(replica.redis), self._requests(),
+            replica.store,
+            replica.messages,
+            replica.hub,
+            publish or redis_publisher(replica.redis),
+            self._requests(),
             resync_s=resync_s,
-        )  # fmt: skip
+        )
         self._pump = asyncio.create_task(self._read())
 
     async def _requests(self) -> AsyncIterator[pb.ChatRequest]:
@@ -181,7 +188,7 @@ async def test_both_sides_on_two_replicas_get_all_messages_in_order(
     for party, name in ((pb.PARTY_RIDER, "rider"), (pb.PARTY_DRIVER, "driver")):
         texts = [m.text for m in seen_by_rider if m.sender == party]
         assert texts == [f"{name} {i}" for i in range(50)]
-    stored = await a.store.chat_messages_after(ride.ride_id, 0, 500)
+    stored = await a.messages.chat_messages_after(ride.ride_id, 0, 500)
     assert stored == seen_by_rider
     await asyncio.sleep(SETTLE_S)
     assert len(rider.received) == len(driver.received) == 100  # and nothing twice
@@ -241,7 +248,7 @@ async def test_a_message_published_late_by_another_replica_is_delivered_in_order
     driver = Client(b, driver_join(ride))
     await asyncio.sleep(SETTLE_S)  # both joined and subscribed
     # Replica B stores message 1 but its publish is still in flight when message 2 is published.
-    late = await b.store.add_chat_message(
+    late = await b.messages.add_chat_message(
         ride.ride_id, pb.PARTY_DRIVER, ride.driver_id, "slow publish", "late-1"
     )
     driver.send("fast publish")
@@ -260,7 +267,7 @@ async def test_a_message_whose_publish_was_lost_arrives_on_the_next_resync(
     a, b = replicas
     rider = Client(a, rider_join(ride), resync_s=0.2)
     await asyncio.sleep(SETTLE_S)
-    await b.store.add_chat_message(ride.ride_id, pb.PARTY_DRIVER, ride.driver_id, "lost", "l1")
+    await b.messages.add_chat_message(ride.ride_id, pb.PARTY_DRIVER, ride.driver_id, "lost", "l1")
     assert [m.text for m in await rider.wait_for(1)] == ["lost"]
     await rider.close()
 
@@ -298,7 +305,7 @@ async def test_a_resent_client_message_id_is_stored_once(
     assert [(m.sequence, m.text) for m in received] == [(1, "hello"), (2, "next")]
     await asyncio.sleep(SETTLE_S)
     assert len(phone.received) == 2
-    stored = await a.store.chat_messages_after(ride.ride_id, 0, 10)
+    stored = await a.messages.chat_messages_after(ride.ride_id, 0, 10)
     assert [m.client_message_id for m in stored] == ["same-id", "other-id"]
     await phone.close()
     await tablet.close()
@@ -360,7 +367,7 @@ async def test_the_first_message_must_be_join(
     assert isinstance(error, InvalidArgument)
     assert "join" in str(error)
     await client.close()
-    assert await replicas[0].store.chat_messages_after(ride.ride_id, 0, 10) == []
+    assert await replicas[0].messages.chat_messages_after(ride.ride_id, 0, 10) == []
 
 
 async def test_a_second_join_ends_the_stream(
@@ -383,7 +390,7 @@ async def test_a_bad_send_is_invalid_and_stores_nothing(
     client.request(pb.ChatRequest(send=pb.ChatSend(text=text, client_message_id=client_message_id)))
     assert isinstance(await client.error(), InvalidArgument)
     await client.close()
-    assert await replicas[0].store.chat_messages_after(ride.ride_id, 0, 10) == []
+    assert await replicas[0].messages.chat_messages_after(ride.ride_id, 0, 10) == []
 
 
 async def test_an_ended_ride_takes_no_more_messages_but_its_history_can_be_read(
@@ -403,7 +410,7 @@ async def test_an_ended_ride_takes_no_more_messages_but_its_history_can_be_read(
     assert isinstance(error, FailedPrecondition)
     assert "CANCELLED" in str(error)
     await reader.close()
-    assert len(await a.store.chat_messages_after(ride.ride_id, 0, 10)) == 1
+    assert len(await a.messages.chat_messages_after(ride.ride_id, 0, 10)) == 1
 
 
 async def test_a_stream_leaves_no_subscription_behind(

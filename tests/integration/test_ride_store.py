@@ -23,6 +23,7 @@ from services.history.store import create_engine
 from services.live.names import ride_channel
 from services.ops.mesh.redis_server import RedisServer
 from services.ride import states
+from services.ride.chat_store import ChatMessages
 from services.ride.publish import publish_ride
 from services.ride.states import RideState
 from services.ride.store import RideStore
@@ -44,6 +45,13 @@ async def store(database_url: str) -> AsyncIterator[RideStore]:
     rides = RideStore(create_engine(database_url))
     yield rides
     await rides.dispose()
+
+
+@pytest.fixture(scope="module")
+async def messages(database_url: str) -> AsyncIterator[ChatMessages]:
+    engine = create_engine(database_url)
+    yield ChatMessages(engine)
+    await engine.dispose()
 
 
 @pytest.fixture
@@ -255,7 +263,9 @@ async def test_every_action_is_allowed_exactly_where_the_lifecycle_says(
         assert await store.get(ride.ride_id) == ride, name
 
 
-async def test_actions_on_an_unknown_ride_are_not_found(store: RideStore) -> None:
+async def test_actions_on_an_unknown_ride_are_not_found(
+    messages: ChatMessages, store: RideStore
+) -> None:
     ride = pb.Ride(ride_id="r-unknown", rider_id="someone")
     for name, action in ACTIONS.items():
         with pytest.raises(NotFound, match="ride r-unknown does not exist"):
@@ -266,7 +276,7 @@ async def test_actions_on_an_unknown_ride_are_not_found(store: RideStore) -> Non
     with pytest.raises(NotFound):
         await store.set_candidates("r-unknown", ["d"], datetime.now(UTC))
     with pytest.raises(NotFound):
-        await store.add_chat_message("r-unknown", states.RIDER, "someone", "hi", "c1")
+        await messages.add_chat_message("r-unknown", states.RIDER, "someone", "hi", "c1")
 
 
 async def test_only_the_assigned_driver_moves_the_ride(store: RideStore) -> None:
@@ -586,29 +596,33 @@ async def test_list_every_ride_pages_newest_first_across_riders_and_filters_open
 # Chat.
 
 
-async def test_twenty_concurrent_sends_get_gap_free_sequences(store: RideStore) -> None:
+async def test_twenty_concurrent_sends_get_gap_free_sequences(
+    messages: ChatMessages, store: RideStore
+) -> None:
     ride = await assigned(store)
     senders = [(states.RIDER, ride.rider_id), (states.DRIVER, ride.driver_id)]
-    messages = await asyncio.gather(
+    sent = await asyncio.gather(
         *(
-            store.add_chat_message(ride.ride_id, *senders[i % 2], f"message {i}", f"c{i}")
+            messages.add_chat_message(ride.ride_id, *senders[i % 2], f"message {i}", f"c{i}")
             for i in range(20)
         )
     )
-    assert sorted(m.sequence for m in messages) == list(range(1, 21))
-    stored = await store.chat_messages_after(ride.ride_id, 0, 100)
+    assert sorted(m.sequence for m in sent) == list(range(1, 21))
+    stored = await messages.chat_messages_after(ride.ride_id, 0, 100)
     assert [m.sequence for m in stored] == list(range(1, 21))
     assert {m.text for m in stored} == {f"message {i}" for i in range(20)}
-    assert sorted(stored, key=lambda m: m.sequence) == sorted(messages, key=lambda m: m.sequence)
-    tail = await store.chat_messages_after(ride.ride_id, 15, 100)
+    assert sorted(stored, key=lambda m: m.sequence) == sorted(sent, key=lambda m: m.sequence)
+    tail = await messages.chat_messages_after(ride.ride_id, 15, 100)
     assert [m.sequence for m in tail] == [16, 17, 18, 19, 20]
-    assert [m.sequence for m in await store.chat_messages_after(ride.ride_id, 0, 3)] == [1, 2, 3]
+    assert [m.sequence for m in await messages.chat_messages_after(ride.ride_id, 0, 3)] == [1, 2, 3]
 
 
-async def test_a_resent_client_message_id_is_stored_once(store: RideStore, pg: Any) -> None:
+async def test_a_resent_client_message_id_is_stored_once(
+    messages: ChatMessages, store: RideStore, pg: Any
+) -> None:
     ride = await assigned(store)
-    first = await store.add_chat_message(ride.ride_id, states.RIDER, ride.rider_id, "hi", "m-1")
-    again = await store.add_chat_message(ride.ride_id, states.RIDER, ride.rider_id, "hi", "m-1")
+    first = await messages.add_chat_message(ride.ride_id, states.RIDER, ride.rider_id, "hi", "m-1")
+    again = await messages.add_chat_message(ride.ride_id, states.RIDER, ride.rider_id, "hi", "m-1")
     assert again == first
     assert first.sequence == 1
     assert first.client_message_id == "m-1"
@@ -616,15 +630,19 @@ async def test_a_resent_client_message_id_is_stored_once(store: RideStore, pg: A
     # Resent concurrently: still one message, and no sequence is used up.
     burst = await asyncio.gather(
         *(
-            store.add_chat_message(ride.ride_id, states.DRIVER, ride.driver_id, "on my way", "m-2")
+            messages.add_chat_message(
+                ride.ride_id, states.DRIVER, ride.driver_id, "on my way", "m-2"
+            )
             for _ in range(5)
         )
     )
     assert {m.sequence for m in burst} == {2}
     # The same client id from the other party is another message; no id never deduplicates.
-    other = await store.add_chat_message(ride.ride_id, states.DRIVER, ride.driver_id, "ok", "m-1")
+    other = await messages.add_chat_message(
+        ride.ride_id, states.DRIVER, ride.driver_id, "ok", "m-1"
+    )
     blank = [
-        await store.add_chat_message(ride.ride_id, states.RIDER, ride.rider_id, "x", "")
+        await messages.add_chat_message(ride.ride_id, states.RIDER, ride.rider_id, "x", "")
         for _ in range(2)
     ]
     assert [other.sequence, *(m.sequence for m in blank)] == [3, 4, 5]
@@ -632,16 +650,20 @@ async def test_a_resent_client_message_id_is_stored_once(store: RideStore, pg: A
     assert await pg.fetchval("SELECT chat_seq FROM rides WHERE ride_id = $1", ride.ride_id) == 5
 
 
-async def test_only_the_rides_rider_and_driver_may_chat(store: RideStore) -> None:
+async def test_only_the_rides_rider_and_driver_may_chat(
+    messages: ChatMessages, store: RideStore
+) -> None:
     ride = await offered(store, uid("driver"))
     with pytest.raises(PermissionDenied, match="is not in the chat"):
-        await store.add_chat_message(ride.ride_id, states.RIDER, uid("rider"), "hi", "a")
+        await messages.add_chat_message(ride.ride_id, states.RIDER, uid("rider"), "hi", "a")
     # Offered is not assigned: the driver joins the chat once they hold the ride.
     with pytest.raises(PermissionDenied, match="is not in the chat"):
-        await store.add_chat_message(ride.ride_id, states.DRIVER, ride.offered_driver_id, "hi", "b")
+        await messages.add_chat_message(
+            ride.ride_id, states.DRIVER, ride.offered_driver_id, "hi", "b"
+        )
     with pytest.raises(PermissionDenied):
-        await store.add_chat_message(ride.ride_id, states.SYSTEM, "ops", "hi", "c")
-    assert await store.chat_messages_after(ride.ride_id, 0, 10) == []
+        await messages.add_chat_message(ride.ride_id, states.SYSTEM, "ops", "hi", "c")
+    assert await messages.chat_messages_after(ride.ride_id, 0, 10) == []
 
 
 # Schema guards and publishing.
@@ -702,17 +724,18 @@ async def test_migration_0003_downgrades_and_upgrades_again(
 
 
 async def test_a_finished_ride_takes_no_new_chat_message_but_answers_a_resend(
+    messages: ChatMessages,
     store: RideStore,
 ) -> None:
     ride = await assigned(store)
-    first = await store.add_chat_message(
+    first = await messages.add_chat_message(
         ride.ride_id, states.RIDER, ride.rider_id, "on my way", "m-1"
     )
     await store.cancel(ride.ride_id, states.RIDER, ride.rider_id, "plans changed")
     with pytest.raises(FailedPrecondition, match="CANCELLED; its chat is closed"):
-        await store.add_chat_message(ride.ride_id, states.RIDER, ride.rider_id, "late", "m-2")
-    again = await store.add_chat_message(
+        await messages.add_chat_message(ride.ride_id, states.RIDER, ride.rider_id, "late", "m-2")
+    again = await messages.add_chat_message(
         ride.ride_id, states.RIDER, ride.rider_id, "on my way", "m-1"
     )
     assert again.sequence == first.sequence
-    assert await store.chat_messages_after(ride.ride_id, 0) == [first]
+    assert await messages.chat_messages_after(ride.ride_id, 0) == [first]

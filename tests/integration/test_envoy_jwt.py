@@ -28,7 +28,8 @@ from services.auth.keys import (
     load_jwks,
     mint_token,
 )
-from services.ops.mesh.envoy_proxy import EnvoyJwt, EnvoyProxy, EnvoyTls
+from services.ops.mesh.envoy_config import EnvoyJwt, EnvoyTls
+from services.ops.mesh.envoy_proxy import EnvoyProxy
 from tests.certs import ServerCert, make_server_cert
 from tests.integration.auth_servers import WATCH_STEPS, start_echo_server
 

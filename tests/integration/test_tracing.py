@@ -22,7 +22,8 @@ from services.auth.identity import Role
 from services.auth.keys import DEV_AUDIENCE, DEV_ISSUER, DevKeys
 from services.geo import main as geo_main
 from services.observability.tracing import configure_tracing, exporter_names
-from services.ops.mesh.envoy_proxy import EnvoyJwt, EnvoyProxy
+from services.ops.mesh.envoy_config import EnvoyJwt
+from services.ops.mesh.envoy_proxy import EnvoyProxy
 from services.ops.mesh.ports import free_port
 from services.ops.mesh.redis_server import RedisServer
 from services.ops.mesh.supervisor import grpc_serving

@@ -21,7 +21,8 @@ from ridemesh.v1 import location_service_pb2 as pb
 from ridemesh.v1 import location_service_pb2_grpc as pb_grpc
 from services.auth.identity import Role, TokenVerifier
 from services.auth.keys import DEV_AUDIENCE, DEV_ISSUER, DevKeys, ensure_dev_keys, load_jwks
-from services.ops.mesh.envoy_proxy import EnvoyJwt, EnvoyProxy
+from services.ops.mesh.envoy_config import EnvoyJwt
+from services.ops.mesh.envoy_proxy import EnvoyProxy
 from services.ops.mesh.ports import free_port
 from services.ops.webapp import PageConfig, make_server
 from tests.integration.auth_servers import start_echo_server

@@ -11,13 +11,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from services.auth.keys import jwks_json
 from services.ops.mesh import deploy
-from services.ops.mesh.envoy_proxy import (
-    STATS_CLUSTER,
-    EnvoyConfig,
-    EnvoyJwt,
-    render_config,
-    validate_config,
-)
+from services.ops.mesh.envoy_config import STATS_CLUSTER, EnvoyConfig, EnvoyJwt, render_config
+from services.ops.mesh.envoy_proxy import validate_config
 
 TARGETS = {target.path.parts[0]: target for target in deploy.targets()}
 JWT_AUTHN = "envoy.filters.http.jwt_authn"

@@ -9,13 +9,8 @@ import pytest
 import yaml
 
 from services.auth.keys import ensure_dev_keys
-from services.ops.mesh.envoy_proxy import (
-    EnvoyConfig,
-    EnvoyJwt,
-    EnvoyTls,
-    render_config,
-    validate_config,
-)
+from services.ops.mesh.envoy_config import EnvoyConfig, EnvoyJwt, EnvoyTls, render_config
+from services.ops.mesh.envoy_proxy import validate_config
 from tests.certs import make_server_cert
 
 HCM = "envoy.filters.network.http_connection_manager"

@@ -9,15 +9,14 @@ import pytest
 import yaml
 
 from services.auth.keys import ensure_dev_keys
-from services.ops.mesh.envoy_proxy import (
+from services.ops.mesh.envoy_config import (
     DEFAULT_RATE_LIMIT,
     EnvoyConfig,
     EnvoyJwt,
-    EnvoyProxy,
     EnvoyRateLimit,
     render_config,
-    validate_config,
 )
+from services.ops.mesh.envoy_proxy import EnvoyProxy, validate_config
 
 UPSTREAMS = {"location": [50051], "ride": [50061], "geo": [50071]}
 RATE_LIMIT = "envoy.filters.http.local_ratelimit"

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from services.auth.keys import DEV_AUDIENCE, DEV_ISSUER, JWKS_FILE
-from services.ops.mesh.envoy_proxy import (
+from services.ops.mesh.envoy_config import (
     CLUSTERS,
     DEFAULT_RATE_LIMIT,
     LOCAL_ORIGINS,

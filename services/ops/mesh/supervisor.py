@@ -22,7 +22,8 @@ from services.auth.keys import (
     has_development_key,
     load_jwks,
 )
-from services.ops.mesh.envoy_proxy import CLUSTERS, EnvoyJwt, EnvoyProxy, EnvoyTls
+from services.ops.mesh.envoy_config import CLUSTERS, EnvoyJwt, EnvoyTls
+from services.ops.mesh.envoy_proxy import EnvoyProxy
 from services.ops.mesh.ports import free_port, http_ok
 from services.ops.mesh.postgres_server import PostgresServer
 from services.ops.mesh.process import ManagedProcess

@@ -130,6 +130,7 @@ lint: python $(NPM_STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports --no-cache
 	npx --no-install buf lint
 	@if git rev-parse --verify --quiet main >/dev/null \
 	    && git cat-file -e main:protos 2>/dev/null; then \

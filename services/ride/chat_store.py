@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-from contextlib import AbstractAsyncContextManager
-from typing import Any
-
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ridemesh.v1 import ride_service_pb2 as pb
@@ -21,18 +18,12 @@ class ChatMessages:
     def __init__(self, engine: AsyncEngine) -> None:
         self._engine = engine
 
-    def _connection(self) -> AbstractAsyncContextManager[Any]:
-        return raw_connection(self._engine)
-
-    def _transaction(self) -> AbstractAsyncContextManager[Any]:
-        return transaction(self._engine)
-
     async def add_chat_message(
         self, ride_id: str, sender: Party, sender_id: str, text: str, client_message_id: str
     ) -> pb.ChatMessage:
         """Stores a message from the ride's rider or driver with the next gap-free sequence. The
         same non-empty client_message_id from the same sender returns the stored message."""
-        async with self._transaction() as apg:
+        async with transaction(self._engine) as apg:
             # The ride row lock orders concurrent senders; a rolled-back send leaves no gap.
             ride = await apg.fetchrow(
                 "SELECT rider_id, driver_id, state FROM rides WHERE ride_id = $1 FOR NO KEY UPDATE",
@@ -82,7 +73,7 @@ class ChatMessages:
         self, ride_id: str, after_sequence: int, limit: int = 500
     ) -> list[pb.ChatMessage]:
         """Up to `limit` of the ride's messages with a sequence above `after_sequence`, in order."""
-        async with self._connection() as apg:
+        async with raw_connection(self._engine) as apg:
             records = await apg.fetch(
                 f"SELECT {rows.CHAT_COLUMNS} FROM chat_messages "
                 "WHERE ride_id = $1 AND sequence > $2 ORDER BY sequence LIMIT $3",

@@ -393,7 +393,7 @@ async def watch_geofence_events(
             if wanted.accepts(event):
                 mailbox.put(event.response)
 
-    await events_hub.add(FENCE_EVENTS_CHANNEL, sink)
+    await events_hub.add(FENCE_EVENTS_CHANNEL, sink, on_lost=mailbox.fail)
     try:
         while True:
             yield await mailbox.get()

@@ -30,6 +30,8 @@ def assigned_key(driver_id: str) -> str:
 
 INGEST_STREAM = "rm:ingest"
 PERSIST_GROUP = "persisters"
+# Entries the persisters could never store (undecodable, or refused by PostgreSQL), with why.
+INGEST_DEAD_LETTERS = "rm:ingest:dead"
 
 
 # --- Fan-out channels --------------------------------------------------------------------------

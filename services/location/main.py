@@ -45,6 +45,7 @@ async def build(parts: Parts) -> Service:
         batch_size=settings.persist_batch_size,
         max_age_s=settings.persist_max_age_s,
         claim_idle_s=settings.persist_claim_idle_s,
+        drain_timeout_s=settings.shutdown_grace_s,
     )
     servicer = LocationServicer(settings, live, history, hub, streams, control)
     # The persister needs today's partition (and the next days') before its first COPY.

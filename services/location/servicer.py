@@ -35,6 +35,7 @@ from services.location.streams import DriverStream, StreamRegistry, rejection
 from services.location.throttle import TokenBucket
 from services.observability.metrics import FIXES_ACCEPTED
 from services.server.config import Settings
+from services.server.failures import unavailable
 
 # An area touching more grid cells than this listens on the all-cells pattern instead.
 MAX_AREA_CELLS = 64
@@ -134,10 +135,12 @@ class LocationServicer(pb_grpc.LocationServiceServicer):
         except DomainError as error:
             stream.reject(update.seq, update.driver_id, error)
             return
-        except (OSError, ConnectionError) as exc:
-            stream.reject(
-                update.seq, update.driver_id, Unavailable(f"live store unavailable: {exc}")
-            )
+        except Exception as exc:
+            # Redis away: this fix is refused in-band (the app keeps it); the stream goes on.
+            failure = unavailable(exc)
+            if failure is None:
+                raise
+            stream.reject(update.seq, update.driver_id, failure)
             return
         FIXES_ACCEPTED.inc()
         session.accepted(update.seq, entry_id)
@@ -207,7 +210,7 @@ class LocationServicer(pb_grpc.LocationServiceServicer):
         await self._may_read_driver(who, driver_id)
         channel = driver_channel(driver_id)
         mailbox: Latest[DriverLocation] = Latest(WATCH_DEPTH)
-        await self._hub.add(channel, mailbox.put)
+        await self._hub.add(channel, mailbox.put, on_lost=mailbox.fail)
         try:
             last = (0, 0)
             current = await self._live.get_location(driver_id)
@@ -249,7 +252,7 @@ class LocationServicer(pb_grpc.LocationServiceServicer):
         cells = cells_for_box(box, MAX_AREA_CELLS)
         channels = [CELL_PATTERN] if cells is None else [cell_channel(c) for c in cells]
         for channel in channels:
-            await self._hub.add(channel, sink, pattern=cells is None)
+            await self._hub.add(channel, sink, pattern=cells is None, on_lost=mailbox.fail)
         try:
             for location in await self._live.locations_in_box(box, AREA_SNAPSHOT_LIMIT):
                 inside.add(location.driver_id)

@@ -55,6 +55,10 @@ PERSIST_BATCH_ROWS = Histogram(
     buckets=(1, 10, 50, 100, 250, 500, 1000, 2500, 5000),
 )
 PERSIST_ROWS = Counter("ridemesh_persist_rows_total", "Fix rows committed to PostgreSQL.")
+PERSIST_DEAD_LETTERS = Counter(
+    "ridemesh_persist_dead_letters_total",
+    "Ingest entries that could never be stored, moved to the dead-letter stream.",
+)
 
 DROPPED_LATEST = FANOUT_DROPPED.labels("latest")
 DROPPED_KEYED = FANOUT_DROPPED.labels("keyed")

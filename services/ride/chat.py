@@ -194,7 +194,7 @@ async def chat(
     inbox = ChatInbox()
     channel = chat_channel(ride_id)
     # Subscribed before the replay: a message stored in between arrives live, not lost.
-    await chat_hub.add(channel, inbox.put)
+    await chat_hub.add(channel, inbox.put, on_lost=inbox.fail)
     sender = asyncio.create_task(_send_all(rides, messages, publish, ride_id, who, requests, inbox))
     try:
         last = join.after_sequence

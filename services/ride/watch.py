@@ -71,13 +71,19 @@ class WatchMailbox:
     one supersedes it), and stale ones are dropped on arrival: the FIFO holds at most one entry
     per lifecycle rank, so it is bounded without ever dropping a transition."""
 
-    __slots__ = ("_location", "_ready", "_rides", "dropped_locations")
+    __slots__ = ("_location", "_ready", "_rides", "_failure", "dropped_locations")
 
     def __init__(self) -> None:
         self._rides: deque[pb.Ride] = deque()
         self._location: DriverLocation | None = None
         self._ready = asyncio.Event()
+        self._failure: Exception | None = None
         self.dropped_locations = 0
+
+    def fail(self, error: Exception) -> None:
+        """Makes the watcher's next get() raise `error` (the hub lost its connection)."""
+        self._failure = error
+        self._ready.set()
 
     def put_ride(self, ride: pb.Ride) -> None:
         # Runs in the hub's reader: constant work per message.
@@ -100,6 +106,8 @@ class WatchMailbox:
     async def get(self) -> pb.Ride | DriverLocation:
         """The next thing to send; ride snapshots go before a waiting position."""
         await self._ready.wait()
+        if self._failure is not None:
+            raise self._failure
         item: pb.Ride | DriverLocation
         if self._rides:
             item = self._rides.popleft()
@@ -159,7 +167,9 @@ class _RideWatch:
         self._driver_id, self._location = driver_id, None
         if driver_id:
             # Subscribed before reading the last fix, so no move falls between the two.
-            await self._locations_hub.add(driver_channel(driver_id), sink)
+            await self._locations_hub.add(
+                driver_channel(driver_id), sink, on_lost=self.mailbox.fail
+            )
             self._location = await self._live.get_location(driver_id)
 
     def _is_newer_fix(self, location: DriverLocation) -> bool:
@@ -197,7 +207,7 @@ async def watch_ride(
     watch = _RideWatch(locations_hub, live, router)
     channel = ride_channel(ride_id)
     # Subscribed before the read: a transition committed in between is then in the mailbox.
-    await rides_hub.add(channel, watch.mailbox.put_ride)
+    await rides_hub.add(channel, watch.mailbox.put_ride, on_lost=watch.mailbox.fail)
     try:
         current = await store.get(ride_id)
         if current is None:

@@ -54,6 +54,12 @@ def fix_row(location: DriverLocation) -> FixRow:
     )
 
 
+def fix_key(location: DriverLocation) -> tuple[str, datetime, int]:
+    """The key of the row `fix_row(location)` makes: (driver_id, recorded_at, seq)."""
+    recorded_at = _datetime(location.recorded_at.seconds, location.recorded_at.nanos)
+    return location.driver_id, recorded_at, location.seq
+
+
 def _datetime(seconds: int, nanos: int) -> datetime:
     return datetime.fromtimestamp(seconds + nanos / 1e9, tz=UTC)
 

@@ -69,6 +69,16 @@ ORDER BY recorded_at, seq
 # is one index range scan however deep it is. The recorded_at bounds are separate predicates so
 # the planner (or the executor, for a generic plan) prunes partitions outside the range. Optional
 # columns are coalesced so a FixRow never holds None.
+# Which of the given (driver_id, recorded_at, seq) keys are stored: primary-key probes, with the
+# time range bounding the partitions searched.
+_STORED_KEYS = f"""
+SELECT l.driver_id, l.recorded_at, l.seq
+FROM {PARENT_TABLE} AS l
+JOIN unnest($1::text[], $2::timestamptz[], $3::bigint[]) AS k(driver_id, recorded_at, seq)
+  ON l.driver_id = k.driver_id AND l.recorded_at = k.recorded_at AND l.seq = k.seq
+WHERE l.recorded_at BETWEEN $4 AND $5
+"""
+
 _PAGE_COLUMNS = """driver_id, ST_Y(location::geometry), ST_X(location::geometry),
        coalesce(heading_deg, 0), coalesce(speed_mps, 0), coalesce(accuracy_m, 0),
        recorded_at, seq, received_at"""
@@ -220,6 +230,20 @@ class HistoryStore:
             status: str = await apg.execute(_MERGE_STAGE)
         # Status is "INSERT 0 <n>"; n excludes rows skipped by ON CONFLICT DO NOTHING.
         return int(status.rsplit(" ", 1)[1])
+
+    async def stored_keys(
+        self, keys: Sequence[tuple[str, datetime, int]]
+    ) -> set[tuple[str, datetime, int]]:
+        """Which of `keys` (driver_id, recorded_at, seq) are committed: the durability check
+        behind every ack."""
+        if not keys:
+            return set()
+        drivers, times, seqs = zip(*keys, strict=True)
+        async with self._driver_connection() as apg:
+            records = await apg.fetch(
+                _STORED_KEYS, list(drivers), list(times), list(seqs), min(times), max(times)
+            )
+        return {(r["driver_id"], r["recorded_at"], r["seq"]) for r in records}
 
     async def count_fixes(self, driver_id: str) -> int:
         """Number of stored fixes for a driver."""

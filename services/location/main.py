@@ -38,7 +38,9 @@ async def build(parts: Parts) -> Service:
     ingest = IngestLog(redis)
     hub = await parts.hub(DriverLocation.FromString)
     control = await parts.hub(StreamLocationsResponse.FromString)
-    streams = StreamRegistry(ingest, settings.ack_interval_s)
+    streams = StreamRegistry(
+        ingest, history, settings.ack_interval_s, lost_after_s=settings.fix_lost_after_s
+    )
     persister = Persister(
         ingest,
         history,

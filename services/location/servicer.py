@@ -25,7 +25,7 @@ from services.domain.validation import (
     validate_id,
     validate_update,
 )
-from services.history.persister import fix_row
+from services.history.persister import fix_key, fix_row
 from services.history.store import FixRow, HistoryStore
 from services.live.fanout import Hub, KeyedLatest, Latest
 from services.live.names import CELL_PATTERN, cell_channel, control_channel, driver_channel
@@ -94,6 +94,8 @@ class LocationServicer(pb_grpc.LocationServiceServicer):
                 stream.wake.clear()
                 for message in stream.outgoing():
                     yield message
+            if stream.failure is not None:
+                raise stream.failure
         finally:
             reader.cancel()
             self._streams.discard(stream)
@@ -143,7 +145,7 @@ class LocationServicer(pb_grpc.LocationServiceServicer):
             stream.reject(update.seq, update.driver_id, failure)
             return
         FIXES_ACCEPTED.inc()
-        session.accepted(update.seq, entry_id)
+        session.accepted(update.seq, entry_id, fix_key(location), time.monotonic())
 
     async def _bind(self, stream: DriverStream, driver_id: str) -> None:
         """Ties the stream to its driver: control messages first, then the stored state, so an

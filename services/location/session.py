@@ -3,12 +3,28 @@
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Collection
+from dataclasses import dataclass
+from datetime import datetime
 
 from ridemesh.v1.location_service_pb2 import LocationUpdate
 from services.domain.errors import FailedPrecondition, InvalidArgument, ResourceExhausted
 from services.domain.validation import FixLimits, validate_update
 from services.live.ingest import StreamId
 from services.location.throttle import TokenBucket
+
+# A history row's key: (driver_id, recorded_at, seq), as the persister writes it.
+FixKey = tuple[str, datetime, int]
+
+
+@dataclass(frozen=True, slots=True)
+class InFlight:
+    """An accepted fix not yet known to be in PostgreSQL."""
+
+    entry_id: StreamId
+    seq: int
+    key: FixKey
+    accepted_s: float  # monotonic clock
 
 
 class DriverSession:
@@ -33,8 +49,8 @@ class DriverSession:
         self.ack_due = False
         self._bucket = bucket
         self._limits = limits
-        # Accepted fixes not yet known to be committed, oldest first: (ingest entry id, seq).
-        self._in_flight: deque[tuple[StreamId, int]] = deque()
+        # Accepted fixes not yet known to be committed, oldest first.
+        self._in_flight: deque[InFlight] = deque()
 
     def bind(self, driver_id: str, last_stored_seq: int) -> None:
         """Fixes the stream's driver at its first fix, continuing from the seq stored live."""
@@ -61,22 +77,50 @@ class DriverSession:
             )
         return recorded_s
 
-    def accepted(self, seq: int, entry_id: StreamId) -> None:
+    def accepted(self, seq: int, entry_id: StreamId, key: FixKey, mono_s: float) -> None:
         """Records a fix that is now in the live state and the ingest log."""
         self.last_seq = seq
         self.accepted_seq = seq
-        self._in_flight.append((entry_id, seq))
+        self._in_flight.append(InFlight(entry_id, seq, key, mono_s))
         self.ack_due = True
 
-    def advance(self, committed_below: StreamId | None) -> None:
-        """Moves durable_seq past every in-flight fix whose entry id is below the watermark."""
-        if committed_below is None:
-            return
-        while self._in_flight and self._in_flight[0][0] < committed_below:
-            _, seq = self._in_flight.popleft()
-            self.durable_seq = seq
-            self.ack_due = True
+    def due(self, below: StreamId | None, mono_s: float, lost_after_s: float) -> list[FixKey]:
+        """Keys of the in-flight fixes PostgreSQL should hold by now: those whose ingest entry is
+        below the persisters' watermark, and any accepted `lost_after_s` ago."""
+        return [f.key for f in self._in_flight if _is_due(f, below, mono_s, lost_after_s)]
+
+    def settle(
+        self,
+        stored: Collection[FixKey],
+        below: StreamId | None,
+        mono_s: float,
+        lost_after_s: float,
+    ) -> InFlight | None:
+        """Moves durable_seq past the oldest in-flight fixes that PostgreSQL holds (`stored`,
+        read after `below`), and returns the first fix that is lost: due, yet not stored.
+
+        durable_seq never passes a fix missing from PostgreSQL, whatever Redis says: the ingest
+        watermark only decides which fixes must be there by now. A fix below it and not stored
+        was lost with Redis's data (an empty restart, an AOF missing its last second, a failover
+        to a replica that lagged), because the persisters acknowledge an entry only after its
+        commit."""
+        while self._in_flight:
+            head = self._in_flight[0]
+            if head.key in stored:
+                self._in_flight.popleft()
+                self.durable_seq = head.seq
+                self.ack_due = True
+                continue
+            if _is_due(head, below, mono_s, lost_after_s):
+                return head
+            break
+        return None
 
     @property
     def fully_durable(self) -> bool:
         return not self._in_flight
+
+
+def _is_due(fix: InFlight, below: StreamId | None, mono_s: float, lost_after_s: float) -> bool:
+    below_watermark = below is not None and fix.entry_id < below
+    return below_watermark or mono_s - fix.accepted_s >= lost_after_s

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import deque
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
+from typing import Protocol
 
 from ridemesh.v1.common_pb2 import DriverAvailability
 from ridemesh.v1.location_service_pb2 import (
@@ -13,10 +15,10 @@ from ridemesh.v1.location_service_pb2 import (
     LocationRejected,
     StreamLocationsResponse,
 )
-from services.domain.errors import DomainError
+from services.domain.errors import DomainError, Unavailable
 from services.live.ingest import IngestLog
-from services.location.session import DriverSession
-from services.observability.metrics import FIXES_REJECTED
+from services.location.session import DriverSession, FixKey, InFlight
+from services.observability.metrics import FIXES_LOST, FIXES_REJECTED
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +49,7 @@ class DriverStream:
         "_control",
         "_ack_pending",
         "closing",
+        "failure",
     )
 
     def __init__(self, session: DriverSession) -> None:
@@ -61,6 +64,8 @@ class DriverStream:
         self._ack_pending = False
         # Set when the stream should end once its fixes are durable (client done or draining).
         self.closing = False
+        # Set when the stream must end with this error after its last messages (a fix was lost).
+        self.failure: DomainError | None = None
 
     def reject(self, seq: int, driver_id: str, error: DomainError) -> None:
         self._rejections.append(StreamLocationsResponse(rejected=rejection(seq, driver_id, error)))
@@ -82,6 +87,25 @@ class DriverStream:
         self._control.append(message)
         self.wake.set()
 
+    def lost(self, fix: InFlight) -> None:
+        """A fix this stream accepted will never be stored: the stream ends, after a last ack
+        whose durable_seq stops below it, telling the app what to send again."""
+        durable = self.session.durable_seq
+        self.failure = Unavailable(
+            f"fix seq {fix.seq} was accepted but lost before it was stored (the live store, "
+            f"Redis, lost data); send every fix after durable_seq {durable} again with "
+            "UploadLocations, then reconnect"
+        )
+        log.warning(
+            "driver %s: fix seq %d lost before it was stored; the stream ends at durable_seq %d",
+            self.session.driver_id,
+            fix.seq,
+            durable,
+            extra={"driver_id": self.session.driver_id},
+        )
+        FIXES_LOST.inc()
+        self.request_ack()
+
     def request_ack(self) -> None:
         self._ack_pending = True
         self.wake.set()
@@ -102,7 +126,20 @@ class DriverStream:
 
     @property
     def finished(self) -> bool:
+        if self.failure is not None:
+            return not self._ack_pending
         return self.closing and self.session.fully_durable and not self._ack_pending
+
+
+# An accepted fix not found in PostgreSQL this long after it was accepted is given up as lost,
+# even when the ingest watermark never passed it (a Redis whose clock went back).
+LOST_AFTER_S = 120.0
+
+
+class StoredKeys(Protocol):
+    """Which fixes PostgreSQL holds (services.history.store.HistoryStore)."""
+
+    async def stored_keys(self, keys: Sequence[FixKey]) -> set[FixKey]: ...
 
 
 # The ack ticker visits the streams in this many slices spread over each interval, so their acks
@@ -114,8 +151,18 @@ ACK_SLICES = 10
 class StreamRegistry:
     """Tracks this process's driver streams and, every tick, tells each how far its fixes got."""
 
-    def __init__(self, ingest: IngestLog, interval_s: float, slices: int = ACK_SLICES) -> None:
+    def __init__(
+        self,
+        ingest: IngestLog,
+        history: StoredKeys,
+        interval_s: float,
+        *,
+        lost_after_s: float = LOST_AFTER_S,
+        slices: int = ACK_SLICES,
+    ) -> None:
         self._ingest = ingest
+        self._history = history
+        self._lost_after_s = lost_after_s
         self._interval_s = interval_s
         self._slices: list[set[DriverStream]] = [set() for _ in range(max(1, slices))]
         self._slice_of: dict[DriverStream, int] = {}
@@ -156,14 +203,21 @@ class StreamRegistry:
         await self._tick(self._slice_of)
 
     async def _tick(self, streams: Collection[DriverStream]) -> None:
-        """Reads the persistence watermark once, then acks each of `streams` with news."""
+        """Reads the persistence watermark, asks PostgreSQL which of the fixes due by it are
+        stored, then acks each of `streams` with news (or ends one whose fix was lost)."""
         if not streams:
             return
+        streams = list(streams)
         below = await self._ingest.committed_below()
-        for stream in list(streams):
+        now = time.monotonic()
+        due = [k for s in streams for k in s.session.due(below, now, self._lost_after_s)]
+        stored = await self._history.stored_keys(due) if due else set()
+        for stream in streams:
             session = stream.session
-            session.advance(below)
-            if session.ack_due:
+            lost = session.settle(stored, below, now, self._lost_after_s)
+            if lost is not None and stream.failure is None:
+                stream.lost(lost)
+            elif session.ack_due:
                 session.ack_due = False
                 stream.request_ack()
             elif stream.finished:

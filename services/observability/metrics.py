@@ -38,6 +38,11 @@ FIXES_REJECTED = Counter(
     "Driver fixes rejected, by reason (the status code sent back in-band).",
     ("reason",),
 )
+FIXES_LOST = Counter(
+    "ridemesh_fixes_lost_total",
+    "Accepted fixes found missing from PostgreSQL after Redis lost them; each ends its stream "
+    "so the app sends them again.",
+)
 FANOUT_DROPPED = Counter(
     "ridemesh_fanout_dropped_total",
     "Messages a slow watcher's mailbox dropped for newer ones (latest: WatchDriver and friends; "

@@ -45,6 +45,9 @@ class Settings:
     persist_max_age_s: float = 1.0
     # Entries pending in a crashed persister for this long are claimed by another.
     persist_claim_idle_s: float = 30.0
+    # An accepted fix not in PostgreSQL this long after it was accepted is given up as lost (its
+    # stream ends and the app sends it again), even if the ingest watermark never passed it.
+    fix_lost_after_s: float = 120.0
     # Daily history partitions are created this many days ahead.
     partitions_ahead_days: int = 3
     # On SIGTERM: how long streams get to finish after the final flush.

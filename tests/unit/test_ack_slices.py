@@ -4,11 +4,13 @@ interval, and never all of them in one burst."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
+from datetime import UTC, datetime
 from typing import Any, cast
 
 from services.domain.validation import FixLimits
 from services.live.ingest import IngestLog, StreamId
-from services.location.session import DriverSession
+from services.location.session import DriverSession, FixKey
 from services.location.streams import DriverStream, StreamRegistry
 from services.location.throttle import TokenBucket
 
@@ -24,11 +26,21 @@ class Watermark:
         return (2**62, 0)
 
 
+class History:
+    """Stands in for PostgreSQL: every fix asked about is stored."""
+
+    async def stored_keys(self, keys: Sequence[FixKey]) -> set[FixKey]:
+        return set(keys)
+
+
+AT = datetime(2027, 1, 1, tzinfo=UTC)
+
+
 def _streams(count: int) -> list[DriverStream]:
     made = []
     for n in range(count):
         stream = DriverStream(DriverSession(FixLimits(), TokenBucket(1.0, 1)))
-        stream.session.accepted(1, (1_000 + n, 0))
+        stream.session.accepted(1, (1_000 + n, 0), (f"d{n}", AT, 1), 0.0)
         made.append(stream)
     return made
 
@@ -39,7 +51,7 @@ def _acked(stream: DriverStream) -> bool:
 
 async def test_one_interval_acks_every_stream_once_a_slice_at_a_time() -> None:
     watermark = Watermark()
-    registry = StreamRegistry(cast(IngestLog, watermark), interval_s=0.2, slices=10)
+    registry = StreamRegistry(cast(IngestLog, watermark), History(), interval_s=0.2, slices=10)
     streams = _streams(40)
     for stream in streams:
         registry.add(stream)
@@ -59,7 +71,7 @@ async def test_one_interval_acks_every_stream_once_a_slice_at_a_time() -> None:
 
 
 async def test_a_full_tick_and_discard_cover_every_slice() -> None:
-    registry = StreamRegistry(cast(Any, Watermark()), interval_s=1.0, slices=3)
+    registry = StreamRegistry(cast(Any, Watermark()), History(), interval_s=1.0, slices=3)
     streams = _streams(7)
     for stream in streams:
         registry.add(stream)

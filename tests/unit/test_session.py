@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 import pytest
 
 from ridemesh.v1.common_pb2 import LatLng
@@ -9,7 +11,7 @@ from ridemesh.v1.location_service_pb2 import LocationUpdate
 from services.domain.errors import FailedPrecondition, InvalidArgument, ResourceExhausted
 from services.domain.validation import FixLimits
 from services.live.ingest import parse_stream_id
-from services.location.session import DriverSession
+from services.location.session import DriverSession, FixKey
 from services.location.throttle import TokenBucket
 
 NOW = 1_800_000_000.0
@@ -83,7 +85,7 @@ def test_seq_above_the_stored_seq_is_admitted() -> None:
 def test_seq_must_increase_after_each_accepted_fix() -> None:
     session = _bound()
     session.admit(_fix(5), NOW, 0.0)
-    session.accepted(5, (1, 0))
+    _accept(session, 5, (1, 0))
     for seq in (5, 4):
         with pytest.raises(FailedPrecondition):
             session.admit(_fix(seq), NOW, 0.0)
@@ -101,7 +103,7 @@ def test_admit_alone_does_not_consume_the_seq() -> None:
 def test_a_throttled_fix_is_resource_exhausted_and_does_not_consume_its_seq() -> None:
     session = _bound(rate=1.0, burst=1)
     session.admit(_fix(1), NOW, 10.0)
-    session.accepted(1, (1, 0))
+    _accept(session, 1, (1, 0))
     with pytest.raises(ResourceExhausted, match=r"at most 1 per second .* seq 2 was dropped"):
         session.admit(_fix(2), NOW, 10.5)
     assert session.last_seq == 1
@@ -118,7 +120,7 @@ def test_a_rejected_seq_does_not_take_a_token() -> None:
 
 def test_accepted_moves_seqs_and_asks_for_an_ack() -> None:
     session = _bound()
-    session.accepted(7, (1000, 0))
+    _accept(session, 7, (1000, 0))
     assert (session.last_seq, session.accepted_seq, session.durable_seq) == (7, 7, 0)
     assert session.ack_due
     assert not session.fully_durable
@@ -129,57 +131,91 @@ def _durability(session: DriverSession) -> tuple[int, bool, bool]:
     return session.durable_seq, session.ack_due, session.fully_durable
 
 
-def test_advance_moves_durable_seq_only_past_entries_below_the_watermark() -> None:
+LOST_AFTER = 120.0
+
+
+def _key(seq: int) -> FixKey:
+    return ("d1", datetime(2027, 1, 1, tzinfo=UTC), seq)
+
+
+def _accept(session: DriverSession, seq: int, entry_id: tuple[int, int], at_s: float = 0.0) -> None:
+    session.accepted(seq, entry_id, _key(seq), at_s)
+
+
+def test_durable_seq_moves_only_past_fixes_postgresql_holds() -> None:
     session = _bound()
-    session.accepted(1, (1000, 0))
-    session.accepted(2, (1000, 1))
-    session.accepted(3, (1001, 0))
+    _accept(session, 1, (1000, 0))
+    _accept(session, 2, (1000, 1))
+    _accept(session, 3, (1001, 0))
     session.ack_due = False
 
-    session.advance((1000, 1))  # (1000, 1) itself is not yet committed
+    # The watermark says (1000, 0) must be stored; PostgreSQL confirms it.
+    assert session.due((1000, 1), 1.0, LOST_AFTER) == [_key(1)]
+    assert session.settle({_key(1)}, (1000, 1), 1.0, LOST_AFTER) is None
     assert _durability(session) == (1, True, False)
 
+    # Stored but not yet due: settled all the same (the check only reads what it is given).
     session.ack_due = False
-    session.advance((1000, 1))
-    assert _durability(session) == (1, False, False)
-
-    session.advance((1001, 0))
-    assert _durability(session) == (2, True, False)
-    session.advance((1001, 1))
+    assert session.settle({_key(2), _key(3)}, (1000, 1), 1.0, LOST_AFTER) is None
     assert _durability(session) == (3, True, True)
     assert session.accepted_seq == 3
 
 
-def test_advance_compares_ids_by_milliseconds_first() -> None:
+def test_the_watermark_alone_never_makes_a_fix_durable() -> None:
+    # Redis says everything below (2000, 0) is committed, but PostgreSQL holds none of it.
     session = _bound()
-    session.accepted(1, (999, 50))
-    session.advance((1000, 0))
+    _accept(session, 1, (1000, 0))
+    _accept(session, 2, (1001, 0))
+    session.ack_due = False
+    lost = session.settle(set(), (2000, 0), 1.0, LOST_AFTER)
+    assert lost is not None
+    assert lost.seq == 1
+    assert _durability(session) == (0, False, False)
+
+
+def test_a_lost_fix_stops_durable_seq_below_it() -> None:
+    # Seq 2 was lost with Redis's data; seq 3, accepted after Redis came back, is stored.
+    session = _bound()
+    _accept(session, 1, (1000, 0))
+    _accept(session, 2, (1000, 1))
+    _accept(session, 3, (5, 0))  # a fresh stream after an empty restart: smaller ids
+    lost = session.settle({_key(1), _key(3)}, (1000, 5), 1.0, LOST_AFTER)
+    assert lost is not None
+    assert lost.seq == 2
     assert session.durable_seq == 1
 
 
-def test_advance_below_every_entry_changes_nothing() -> None:
+def test_a_fix_not_yet_due_is_waited_for() -> None:
     session = _bound()
-    session.accepted(1, (1000, 0))
+    _accept(session, 1, (1000, 0))
     session.ack_due = False
-    session.advance((999, 9))
-    assert session.durable_seq == 0
-    assert not session.ack_due
-    assert not session.fully_durable
+    assert session.due((999, 9), 1.0, LOST_AFTER) == []
+    assert session.settle(set(), (999, 9), 1.0, LOST_AFTER) is None
+    assert session.settle(set(), None, 1.0, LOST_AFTER) is None
+    assert _durability(session) == (0, False, False)
 
 
-def test_advance_none_does_nothing() -> None:
+def test_an_overdue_fix_is_checked_and_given_up_even_without_a_watermark() -> None:
     session = _bound()
-    session.accepted(1, (1000, 0))
-    session.ack_due = False
-    session.advance(None)
-    assert session.durable_seq == 0
-    assert not session.ack_due
-    assert not session.fully_durable
+    _accept(session, 1, (1000, 0), at_s=10.0)
+    assert session.due(None, 10.0 + LOST_AFTER, LOST_AFTER) == [_key(1)]
+    lost = session.settle(set(), None, 10.0 + LOST_AFTER, LOST_AFTER)
+    assert lost is not None
+    assert lost.seq == 1
+    # Found stored after all (it was only slow): durable, not lost.
+    assert session.settle({_key(1)}, None, 10.0 + LOST_AFTER, LOST_AFTER) is None
+    assert session.durable_seq == 1
 
 
-def test_advance_on_an_empty_session_keeps_it_quiet() -> None:
+def test_ids_compare_by_milliseconds_first() -> None:
     session = _bound()
-    session.advance((10**13, 0))
+    _accept(session, 1, (999, 50))
+    assert session.due((1000, 0), 0.0, LOST_AFTER) == [_key(1)]
+
+
+def test_settling_an_empty_session_keeps_it_quiet() -> None:
+    session = _bound()
+    assert session.settle(set(), (10**13, 0), 0.0, LOST_AFTER) is None
     assert session.durable_seq == 0
     assert not session.ack_due
     assert session.fully_durable

@@ -120,6 +120,8 @@ class Persister:
         await self._take(await self._read("0"))  # our own unacknowledged entries
         next_claim = 0.0
         while not self._stopping.is_set():
+            if len(self._batch) >= self._batch_size:
+                await self._flush()  # a full batch first: memory stays bounded while it fails
             if time.monotonic() >= next_claim:
                 await self._take(await self._claim_stale())
                 next_claim = time.monotonic() + self._claim_idle_ms / 2000

@@ -6,8 +6,8 @@ import asyncio
 import logging
 import time
 from collections import deque
-from collections.abc import Collection, Sequence
-from typing import Protocol
+from collections.abc import Awaitable, Collection, Sequence
+from typing import Protocol, TypeVar
 
 from ridemesh.v1.common_pb2 import DriverAvailability
 from ridemesh.v1.location_service_pb2 import (
@@ -19,6 +19,9 @@ from services.domain.errors import DomainError, Unavailable
 from services.live.ingest import IngestLog
 from services.location.session import DriverSession, FixKey, InFlight
 from services.observability.metrics import FIXES_LOST, FIXES_REJECTED
+from services.server.failures import unavailable
+
+T = TypeVar("T")
 
 log = logging.getLogger(__name__)
 
@@ -204,17 +207,23 @@ class StreamRegistry:
 
     async def _tick(self, streams: Collection[DriverStream]) -> None:
         """Reads the persistence watermark, asks PostgreSQL which of the fixes due by it are
-        stored, then acks each of `streams` with news (or ends one whose fix was lost)."""
+        stored, then acks each of `streams` with news (or ends one whose fix was lost). With
+        Redis or PostgreSQL away, acks still carry the accepted seq; durable_seq waits."""
         if not streams:
             return
         streams = list(streams)
-        below = await self._ingest.committed_below()
+        below = await _or_none(self._ingest.committed_below(), "read the ingest watermark")
         now = time.monotonic()
         due = [k for s in streams for k in s.session.due(below, now, self._lost_after_s)]
-        stored = await self._history.stored_keys(due) if due else set()
+        stored = (
+            await _or_none(self._history.stored_keys(due), "check durability") if due else set()
+        )
         for stream in streams:
             session = stream.session
-            lost = session.settle(stored, below, now, self._lost_after_s)
+            # Without PostgreSQL's answer nothing is settled: a fix is never called lost unseen.
+            lost = (
+                None if stored is None else session.settle(stored, below, now, self._lost_after_s)
+            )
             if lost is not None and stream.failure is None:
                 stream.lost(lost)
             elif session.ack_due:
@@ -237,3 +246,15 @@ class StreamRegistry:
         while any(not s.finished for s in self._all()) and loop.time() < deadline:
             await self.tick()
             await asyncio.sleep(min(0.1, self._interval_s))
+
+
+async def _or_none(work: Awaitable[T], what: str) -> T | None:
+    """`work`'s answer, or None when a dependency is away (logged; the next tick tries again)."""
+    try:
+        return await work
+    except Exception as exc:
+        failure = unavailable(exc)
+        if failure is None:
+            raise
+        log.warning("acks wait: could not %s: %s", what, failure)
+        return None

@@ -36,6 +36,16 @@ def _run_as() -> str | None:
     return SUPERUSER if os.geteuid() == 0 else None
 
 
+def _as_user(user: str | None, argv: Sequence[str]) -> list[str]:
+    """`argv` run as `user` through setpriv, which changes ids and execs (the PID stays the
+    server's). Not subprocess's user=: that forks the whole Python process, and a fork of a
+    process running gRPC's threads can crash in gRPC's fork handlers before the exec."""
+    if user is None:
+        return list(argv)
+    group = primary_group(user)
+    return ["setpriv", f"--reuid={user}", f"--regid={group}", "--clear-groups", "--", *argv]
+
+
 def _give_to(user: str, directory: Path) -> None:
     """Make `directory` owned by `user` and reachable through every ancestor."""
     entry = pwd.getpwnam(user)
@@ -70,10 +80,9 @@ class PostgresServer(ServerProcess):
         self.user = _run_as()
         self.process = ManagedProcess(
             "postgres",
-            self._postgres_argv(),
+            _as_user(self.user, self._postgres_argv()),
             log_path or self.data_dir.parent / f"{self.data_dir.name}.log",
             env=self._env(),
-            user=self.user,
             stop_signal=signal.SIGINT,  # SIGINT is PostgreSQL's "fast" shutdown
         )
 
@@ -148,14 +157,11 @@ class PostgresServer(ServerProcess):
 
     def _run(self, argv: Sequence[str]) -> str:
         result = subprocess.run(
-            argv,
+            _as_user(self.user, argv),
             capture_output=True,
             text=True,
             check=False,
             env=self._env(),
-            user=self.user,
-            group=primary_group(self.user) if self.user else None,
-            extra_groups=[] if self.user else None,
             cwd="/",
         )
         if result.returncode != 0:

@@ -34,7 +34,6 @@ class ManagedProcess:
         env: Mapping[str, str] | None = None,
         cwd: Path | None = None,
         stop_signal: signal.Signals = signal.SIGTERM,
-        user: str | None = None,
     ) -> None:
         self.name = name
         self.argv = list(argv)
@@ -42,7 +41,6 @@ class ManagedProcess:
         self.env = dict(env) if env is not None else None
         self.cwd = cwd
         self.stop_signal = stop_signal
-        self.user = user  # run as this user (needs root); the PID is still the server's own
         self._popen: subprocess.Popen[bytes] | None = None
         self._log: IO[bytes] | None = None
 
@@ -75,9 +73,6 @@ class ManagedProcess:
             env=self.env,
             cwd=self.cwd,
             start_new_session=True,  # keep terminal Ctrl-C from reaching children twice
-            user=self.user,
-            group=primary_group(self.user) if self.user else None,
-            extra_groups=[] if self.user else None,
         )
         return self
 

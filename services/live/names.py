@@ -81,6 +81,11 @@ def fence_state_key(driver_id: str) -> str:
     return f"rm:gf:{driver_id}"
 
 
+# Set once by a RideService replica; missing means Redis lost its data (an empty restart), so
+# every ride in progress owes its live state again (services/ride/effects.py).
+LIVE_EPOCH_KEY = "rm:epoch"
+
+
 # --- Dispatch (RideService) --------------------------------------------------------------------
 
 # Rides waiting to search for drivers again, scored by when.

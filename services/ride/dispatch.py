@@ -15,10 +15,9 @@ from redis.asyncio import Redis
 from ridemesh.v1 import geo_query_service_pb2 as geo_pb
 from ridemesh.v1 import geo_query_service_pb2_grpc as geo_grpc
 from ridemesh.v1 import ride_service_pb2 as pb
-from ridemesh.v1.common_pb2 import DriverAvailability, DriverLocation, LatLng
+from ridemesh.v1.common_pb2 import DriverLocation, LatLng
 from ridemesh.v1.location_service_pb2 import (
     RideOffer,
-    RideOfferWithdrawn,
     StreamLocationsResponse,
 )
 from services.domain.errors import FailedPrecondition
@@ -26,14 +25,12 @@ from services.domain.geodesy import haversine_m
 from services.live.names import (
     OPEN_REQUESTS_KEY,
     SEARCH_RETRY_KEY,
-    assigned_key,
     control_channel,
     offer_key,
 )
 from services.live.store import GEO_MAX_LAT, LiveStore
-from services.ride.availability import set_availability
+from services.ride.effects import withdrawn_message
 from services.ride.publish import publish_ride
-from services.ride.states import state_name
 from services.server.config import Settings
 
 log = logging.getLogger(__name__)
@@ -49,12 +46,6 @@ SWEEP_BATCH = 100
 # fresh offer another replica made meanwhile (pb.Ride does not carry the offer's expiry, and
 # RideStore.decline(timed_out=True) does not check it). Kept a minute past the offer's expiry.
 OFFER_RECORD_SLACK_MS = 60_000
-# The assignment record outlives a ride that never reached `finished` (a replica died) this long.
-ASSIGNMENT_TTL_S = 24 * 3600
-
-
-AVAILABLE = DriverAvailability.DRIVER_AVAILABILITY_AVAILABLE
-BUSY = DriverAvailability.DRIVER_AVAILABILITY_BUSY
 
 
 class DispatchStore(Protocol):
@@ -111,12 +102,6 @@ def offer_message(
     return StreamLocationsResponse(offer=offer)
 
 
-def withdrawn_message(ride_id: str, reason: str) -> StreamLocationsResponse:
-    return StreamLocationsResponse(
-        offer_withdrawn=RideOfferWithdrawn(ride_id=ride_id, reason=reason)
-    )
-
-
 def indexable(point: LatLng) -> bool:
     """Whether Redis's geo index can hold the point (it stops at ±85.05°)."""
     return abs(point.latitude) <= GEO_MAX_LAT
@@ -165,28 +150,6 @@ class Dispatcher:
         ride = await self._store.decline(ride_id, driver_id, reason)
         await publish_ride(self._redis, ride)
         return await self._offer_next(ride_id)
-
-    async def accepted(self, ride: pb.Ride) -> None:
-        """After AcceptRide committed: the driver is busy, assigned to the ride's rider (who may
-        now watch them), and the request no longer open."""
-        await self._redis.set(assigned_key(ride.driver_id), ride.rider_id, ex=ASSIGNMENT_TTL_S)
-        await set_availability(self._redis, ride.driver_id, BUSY, self._settings.live_window_s)
-        await self._redis.zrem(OPEN_REQUESTS_KEY, ride.ride_id)
-
-    async def finished(self, ride: pb.Ride) -> None:
-        """After a ride completed, was cancelled or expired: its driver is free again, an
-        outstanding offer is withdrawn (RideStore.cancel names its driver in
-        `offered_driver_id`), and the request leaves the open set."""
-        if ride.driver_id:
-            await self._redis.delete(assigned_key(ride.driver_id))
-            await set_availability(
-                self._redis, ride.driver_id, AVAILABLE, self._settings.live_window_s
-            )
-        if ride.offered_driver_id:
-            reason = ride.end_reason or f"the ride is {state_name(ride.state)}"
-            await self._withdraw(ride.ride_id, ride.offered_driver_id, reason)
-        await self._redis.zrem(OPEN_REQUESTS_KEY, ride.ride_id)
-        await self._redis.delete(offer_key(ride.ride_id))
 
     async def sweep_forever(self) -> None:
         """Advances lapsed offers and retries failed searches, every dispatch_sweep_s."""

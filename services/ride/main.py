@@ -17,6 +17,7 @@ from services.live.store import LiveStore
 from services.observability.tracing import client_interceptors
 from services.ride.chat_store import ChatMessages
 from services.ride.dispatch import Dispatcher
+from services.ride.effects import RideEffects
 from services.ride.servicer import RideServicer
 from services.ride.store import RideStore
 from services.server.bootstrap import Parts, Service, run_service
@@ -48,14 +49,16 @@ async def build(parts: Parts) -> Service:
     mesh = bearer_channel(settings.mesh_target, tokens, more=client_interceptors(parts.tracing))
     parts.on_close(lambda: mesh.close(None))
     dispatcher = Dispatcher(store, geo_grpc.GeoQueryServiceStub(mesh), live, settings)
+    effects = RideEffects(store, redis, settings.live_window_s)
     rides = await parts.hub(pb.Ride.FromString)
     locations = await parts.hub(DriverLocation.FromString)
     chats = await parts.hub(pb.ChatMessage.FromString)
     router = GreatCircleRouter.from_settings(settings)
     servicer = RideServicer(
-        store, messages, dispatcher, live, rides, locations, chats, router, redis
+        store, messages, dispatcher, effects, live, rides, locations, chats, router, redis
     )
     parts.background(dispatcher.sweep_forever(), "dispatch-sweeper")
+    parts.background(effects.repair_forever(), "ride-effects")
 
     def register(server: aio.Server) -> None:
         pb_grpc.add_RideServiceServicer_to_server(servicer, server)

@@ -24,6 +24,7 @@ from services.live.store import LiveStore
 from services.ride.chat import chat, redis_publisher
 from services.ride.chat_store import ChatMessages
 from services.ride.dispatch import Dispatcher
+from services.ride.effects import RideEffects
 from services.ride.publish import publish_ride
 from services.ride.store import RideStore
 from services.ride.watch import watch_ride
@@ -42,6 +43,7 @@ class RideServicer(pb_grpc.RideServiceServicer):
         store: RideStore,
         messages: ChatMessages,
         dispatcher: Dispatcher,
+        effects: RideEffects,
         live: LiveStore,
         rides: Hub[pb.Ride],
         locations: Hub[DriverLocation],
@@ -52,6 +54,7 @@ class RideServicer(pb_grpc.RideServiceServicer):
         self._store = store
         self._messages = messages
         self._dispatcher = dispatcher
+        self._effects = effects
         self._live = live
         self._rides = rides
         self._locations = locations
@@ -119,8 +122,7 @@ class RideServicer(pb_grpc.RideServiceServicer):
         ride_id, driver_id = required_id(request.ride_id, "ride_id"), _driver(request)
         rules.may_answer_offer(current_identity(), ride_id, driver_id)
         ride = await self._store.accept(ride_id, driver_id)
-        await publish_ride(self._redis, ride)
-        await self._dispatcher.accepted(ride)
+        await self._effects.settle(ride)
         return pb.AcceptRideResponse(ride=ride)
 
     async def DeclineRide(
@@ -130,7 +132,7 @@ class RideServicer(pb_grpc.RideServiceServicer):
         rules.may_answer_offer(current_identity(), ride_id, driver_id)
         ride = await self._dispatcher.declined(ride_id, driver_id, request.reason[:500])
         if ride.state == pb.RIDE_STATE_EXPIRED:
-            await self._dispatcher.finished(ride)
+            await self._effects.settle(ride)
         return pb.DeclineRideResponse(ride=ride)
 
     async def MarkDriverArrived(
@@ -148,7 +150,6 @@ class RideServicer(pb_grpc.RideServiceServicer):
         self, request: pb.CompleteRideRequest, context: Context
     ) -> pb.CompleteRideResponse:
         ride = await self._driver_step(self._store.complete, request)
-        await self._dispatcher.finished(ride)
         return pb.CompleteRideResponse(ride=ride)
 
     async def CancelRide(
@@ -165,8 +166,7 @@ class RideServicer(pb_grpc.RideServiceServicer):
         ride = await self._store.cancel(
             ride_id, request.cancelled_by, request.actor_id, request.reason[:500]
         )
-        await publish_ride(self._redis, ride)
-        await self._dispatcher.finished(ride)
+        await self._effects.settle(ride)
         return pb.CancelRideResponse(ride=ride)
 
     async def WatchRide(
@@ -212,7 +212,7 @@ class RideServicer(pb_grpc.RideServiceServicer):
         location = await self._live.get_location(driver_id)
         position = location.position if location is not None else None
         ride = await step(required_id(request.ride_id, "ride_id"), driver_id, position)
-        await publish_ride(self._redis, ride)
+        await self._effects.settle(ride)
         return ride
 
 

@@ -17,7 +17,7 @@ from services.history.store import raw_connection, transaction
 from services.ride import rows, states
 from services.ride.publish import publish_ride
 from services.ride.rows import Moment, RideEvent
-from services.ride.states import Party, RideState
+from services.ride.states import ACTIVE, Party, RideState
 
 __all__ = ["Moment", "RideCursor", "RideEvent", "RideStore", "publish_ride"]
 
@@ -263,7 +263,8 @@ class RideStore:
         row = await apg.fetchrow(
             f"""
             UPDATE rides SET state = 'RIDE_STATE_EXPIRED', end_reason = $2, candidates = '{{}}',
-                offered_driver_id = NULL, offer_expire_time = NULL, update_time = now()
+                offered_driver_id = NULL, offer_expire_time = NULL, update_time = now(),
+                effects_due = true
             WHERE ride_id = $1 RETURNING {rows.COLUMNS}
             """,
             ride_id,
@@ -298,7 +299,7 @@ class RideStore:
                     f"""
                     UPDATE rides SET state = 'RIDE_STATE_DRIVER_ASSIGNED', driver_id = $2,
                         offered_driver_id = NULL, offer_expire_time = NULL, candidates = '{{}}',
-                        update_time = now()
+                        update_time = now(), effects_due = true
                     WHERE ride_id = $1 AND state = 'RIDE_STATE_REQUESTED'
                       AND offered_driver_id = $2
                     RETURNING {rows.COLUMNS}
@@ -376,7 +377,8 @@ class RideStore:
             if row["driver_id"] != driver_id:
                 raise PermissionDenied(f"driver {driver_id} is not the driver of ride {ride_id}")
             row = await apg.fetchrow(
-                f"UPDATE rides SET state = $2, update_time = now() WHERE ride_id = $1 "
+                "UPDATE rides SET state = $2, update_time = now(), effects_due = true "
+                f"WHERE ride_id = $1 "
                 f"RETURNING {rows.COLUMNS}",
                 ride_id,
                 rows.name(target),
@@ -413,7 +415,7 @@ class RideStore:
                 f"""
                 UPDATE rides SET state = 'RIDE_STATE_CANCELLED', cancelled_by = $2,
                     end_reason = $3, offered_driver_id = NULL, offer_expire_time = NULL,
-                    candidates = '{{}}', update_time = now()
+                    candidates = '{{}}', update_time = now(), effects_due = true
                 WHERE ride_id = $1 RETURNING {rows.COLUMNS}
                 """,
                 ride_id,
@@ -433,6 +435,41 @@ class RideStore:
         ride = rows.ride(row)
         ride.offered_driver_id = withdrawn
         return ride
+
+    # Side effects in Redis, owed by state changes (an outbox on the ride row).
+
+    async def effects_applied(self, ride: pb.Ride) -> None:
+        """The Redis side effects of `ride`'s latest change are applied (unless it changed
+        again since, whose effects are then still owed)."""
+        async with self._connection() as apg:
+            await apg.execute(
+                "UPDATE rides SET effects_due = false "
+                "WHERE ride_id = $1 AND effects_due AND update_time <= $2",
+                ride.ride_id,
+                ride.update_time.ToDatetime(tzinfo=UTC),
+            )
+
+    async def effects_owed(self, older_than_s: float, limit: int = 100) -> list[pb.Ride]:
+        """Rides whose last change's side effects were not applied within `older_than_s`."""
+        async with self._connection() as apg:
+            records = await apg.fetch(
+                f"SELECT {rows.COLUMNS} FROM rides WHERE effects_due "
+                "AND update_time < now() - make_interval(secs => $1) "
+                "ORDER BY update_time LIMIT $2",
+                older_than_s,
+                limit,
+            )
+        return [rows.ride(row) for row in records]
+
+    async def owe_effects_of_active_rides(self) -> int:
+        """Marks every ride in progress as owing its side effects again (Redis lost them)."""
+        async with self._connection() as apg:
+            status: str = await apg.execute(
+                "UPDATE rides SET effects_due = true WHERE state = ANY($1::text[]) "
+                "AND NOT effects_due",
+                [rows.name(state) for state in ACTIVE],
+            )
+        return int(status.rsplit(" ", 1)[1])
 
     # Shared steps.
 

@@ -20,6 +20,7 @@ from services.ops.mesh.redis_server import RedisServer
 from services.ride import states
 from services.ride.availability import set_availability
 from services.ride.dispatch import SEARCH_RETRY_S, Dispatcher
+from services.ride.effects import RideEffects
 from services.ride.store import RideStore
 from services.server.config import Settings
 from tests.integration.dispatch_harness import (
@@ -52,6 +53,10 @@ class World:
     dispatcher: Dispatcher
     settings: Settings
     pickup: LatLng
+
+    @property
+    def effects(self) -> RideEffects:
+        return RideEffects(self.store, self.redis, self.settings.live_window_s)
 
     def replica(self) -> Dispatcher:
         """Another RideService replica's dispatcher: same stores, same search service."""
@@ -203,7 +208,7 @@ async def test_accepting_makes_the_driver_busy_and_completing_available_again(
     (driver,) = await place_drivers(world.live, world.pickup, [150.0])
     ride = await world.dispatcher.dispatch(await world.request())
     ride = await world.store.accept(ride.ride_id, driver)
-    await world.dispatcher.accepted(ride)
+    await world.effects.settle(ride)
 
     assert await world.redis.hget(driver_key(driver), "a") == str(int(BUSY)).encode()
     assert (await world.live.last_state(driver))[1] == BUSY
@@ -218,7 +223,7 @@ async def test_accepting_makes_the_driver_busy_and_completing_available_again(
 
     for step in (world.store.mark_arrived, world.store.start, world.store.complete):
         ride = await step(ride.ride_id, driver)
-    await world.dispatcher.finished(ride)
+    await world.effects.settle(ride)
     assert (await world.live.last_state(driver))[1] == AVAILABLE
     assert await world.live.assigned_rider(driver) is None
     await world.listener.wait(lambda: world.listener.control[driver][-1].availability == AVAILABLE)
@@ -231,7 +236,7 @@ async def test_cancelling_withdraws_the_offer_and_frees_an_assigned_driver(world
     offered, assigned = await place_drivers(world.live, world.pickup, [100.0, 3000.0])
     ride = await world.dispatcher.dispatch(await world.request())
     ride = await world.store.cancel(ride.ride_id, states.RIDER, ride.rider_id, "changed my mind")
-    await world.dispatcher.finished(ride)
+    await world.effects.settle(ride)
     await world.listener.wait(lambda: world.listener.kinds(offered) == ["offer", "offer_withdrawn"])
     withdrawn = world.listener.control[offered][1].offer_withdrawn
     assert (withdrawn.ride_id, withdrawn.reason) == (ride.ride_id, "changed my mind")
@@ -240,9 +245,9 @@ async def test_cancelling_withdraws_the_offer_and_frees_an_assigned_driver(world
     await set_availability(world.redis, offered, BUSY)  # so the next ride goes to `assigned`
     held = await world.dispatcher.dispatch(await world.request())
     held = await world.store.accept(held.ride_id, assigned)
-    await world.dispatcher.accepted(held)
+    await world.effects.settle(held)
     held = await world.store.cancel(held.ride_id, states.DRIVER, assigned, "flat tyre")
-    await world.dispatcher.finished(held)
+    await world.effects.settle(held)
     assert (await world.live.last_state(assigned))[1] == AVAILABLE
     assert await world.live.assigned_rider(assigned) is None
     assert world.listener.kinds(assigned)[-2:] == ["availability", "availability"]

@@ -25,6 +25,7 @@ from services.ops.mesh.redis_server import RedisServer
 from services.ride import states
 from services.ride.availability import set_availability
 from services.ride.dispatch import Dispatcher
+from services.ride.effects import RideEffects
 from services.ride.store import RideStore
 from services.server.config import Settings
 from tests.e2e.processes import start_location
@@ -132,6 +133,10 @@ class World:
     pickup: LatLng
     keys: DevKeys
 
+    @property
+    def effects(self) -> RideEffects:
+        return RideEffects(self.store, self.redis, 300.0)
+
     async def driver(self, distance_m: float) -> Driver:
         """A driver streaming from `distance_m` north of the pickup, subscribed to its offers."""
         driver = Driver(self.location, self.keys, new_id("drv"))
@@ -208,7 +213,7 @@ async def test_availability_follows_the_ride_on_the_stream_and_in_its_fixes(worl
     ride = await world.request()
     await driver.wait(lambda: driver.kinds() == ["offer"])
     ride = await world.store.accept(ride.ride_id, driver.driver_id)
-    await world.dispatcher.accepted(ride)
+    await world.effects.settle(ride)
     await driver.wait(lambda: driver.kinds() == ["offer", "availability"])
     assert driver.control()[-1].availability == BUSY
     await driver.fix(world.pickup)
@@ -216,7 +221,7 @@ async def test_availability_follows_the_ride_on_the_stream_and_in_its_fixes(worl
 
     for step in (world.store.mark_arrived, world.store.start, world.store.complete):
         ride = await step(ride.ride_id, driver.driver_id)
-    await world.dispatcher.finished(ride)
+    await world.effects.settle(ride)
     await driver.wait(lambda: len(driver.kinds()) == 3)
     assert driver.control()[-1].availability == AVAILABLE
     await driver.fix(DROPOFF)
@@ -229,7 +234,7 @@ async def test_a_cancelled_rides_offer_is_withdrawn_on_the_stream(world: World) 
     ride = await world.request()
     await driver.wait(lambda: driver.kinds() == ["offer"])
     ride = await world.store.cancel(ride.ride_id, states.RIDER, ride.rider_id, "found a taxi")
-    await world.dispatcher.finished(ride)
+    await world.effects.settle(ride)
     await driver.wait(lambda: driver.kinds() == ["offer", "offer_withdrawn"])
     withdrawn = driver.control()[1].offer_withdrawn
     assert (withdrawn.ride_id, withdrawn.reason) == (ride.ride_id, "found a taxi")

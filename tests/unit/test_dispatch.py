@@ -17,7 +17,8 @@ from services.domain.validation import FixLimits
 from services.location.session import DriverSession
 from services.location.streams import MAX_QUEUED_CONTROL, DriverStream
 from services.location.throttle import TokenBucket
-from services.ride.dispatch import indexable, offer_message, search_request, withdrawn_message
+from services.ride.dispatch import indexable, offer_message, search_request
+from services.ride.effects import withdrawn_message
 from services.server.config import Settings
 
 BUSY = DriverAvailability.DRIVER_AVAILABILITY_BUSY

@@ -161,7 +161,9 @@ class LocationRejected(_message.Message):
     """The seq of the rejected fix."""
     code: _builtins.int
     """A google.rpc.Code value: 3 (INVALID_ARGUMENT) for a bad fix, 8 (RESOURCE_EXHAUSTED) when the
-    driver sends faster than the server accepts, 9 (FAILED_PRECONDITION) for a seq out of order.
+    driver sends faster than the server accepts, 9 (FAILED_PRECONDITION) for a seq out of order,
+    14 (UNAVAILABLE) when a store is away or the server is shutting down: keep that fix and send
+    it again (UploadLocations).
     """
     message: _builtins.str
     """What was wrong, for a person to read."""

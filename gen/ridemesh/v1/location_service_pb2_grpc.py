@@ -69,7 +69,11 @@ class LocationServiceServicer:
     def StreamLocations(self, request_iterator, context):
         """A driver app's live connection: fixes in; acks, ride offers and availability changes out.
         Every fix is answered: acks carry the highest accepted and the highest durable seq;
-        a bad fix is answered with `rejected` and the stream keeps serving.
+        a bad fix is answered with `rejected` and the stream keeps serving. While Redis is away each
+        fix is rejected with UNAVAILABLE (keep it and send it again); the stream goes on. If a fix
+        that was accepted is found lost before it was stored (Redis lost data), the stream ends with
+        UNAVAILABLE after a last ack: send every fix after its durable_seq again with
+        UploadLocations, then reconnect.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -36,7 +36,11 @@ class LocationServiceStub:
     StreamLocations: _grpc.StreamStreamMultiCallable[_location_service_pb2.StreamLocationsRequest, _location_service_pb2.StreamLocationsResponse]
     """A driver app's live connection: fixes in; acks, ride offers and availability changes out.
     Every fix is answered: acks carry the highest accepted and the highest durable seq;
-    a bad fix is answered with `rejected` and the stream keeps serving.
+    a bad fix is answered with `rejected` and the stream keeps serving. While Redis is away each
+    fix is rejected with UNAVAILABLE (keep it and send it again); the stream goes on. If a fix
+    that was accepted is found lost before it was stored (Redis lost data), the stream ends with
+    UNAVAILABLE after a last ack: send every fix after its durable_seq again with
+    UploadLocations, then reconnect.
     """
     UploadLocations: _grpc.UnaryUnaryMultiCallable[_location_service_pb2.UploadLocationsRequest, _location_service_pb2.UploadLocationsResponse]
     """Stores fixes an app buffered while offline. Idempotent: the same fix sent twice is stored once."""
@@ -57,7 +61,11 @@ class LocationServiceAsyncStub(LocationServiceStub):
     StreamLocations: _aio.StreamStreamMultiCallable[_location_service_pb2.StreamLocationsRequest, _location_service_pb2.StreamLocationsResponse]  # type: ignore[assignment]
     """A driver app's live connection: fixes in; acks, ride offers and availability changes out.
     Every fix is answered: acks carry the highest accepted and the highest durable seq;
-    a bad fix is answered with `rejected` and the stream keeps serving.
+    a bad fix is answered with `rejected` and the stream keeps serving. While Redis is away each
+    fix is rejected with UNAVAILABLE (keep it and send it again); the stream goes on. If a fix
+    that was accepted is found lost before it was stored (Redis lost data), the stream ends with
+    UNAVAILABLE after a last ack: send every fix after its durable_seq again with
+    UploadLocations, then reconnect.
     """
     UploadLocations: _aio.UnaryUnaryMultiCallable[_location_service_pb2.UploadLocationsRequest, _location_service_pb2.UploadLocationsResponse]  # type: ignore[assignment]
     """Stores fixes an app buffered while offline. Idempotent: the same fix sent twice is stored once."""
@@ -81,7 +89,11 @@ class LocationServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_abc.Iterator[_location_service_pb2.StreamLocationsResponse], _abc.AsyncIterator[_location_service_pb2.StreamLocationsResponse]]:
         """A driver app's live connection: fixes in; acks, ride offers and availability changes out.
         Every fix is answered: acks carry the highest accepted and the highest durable seq;
-        a bad fix is answered with `rejected` and the stream keeps serving.
+        a bad fix is answered with `rejected` and the stream keeps serving. While Redis is away each
+        fix is rejected with UNAVAILABLE (keep it and send it again); the stream goes on. If a fix
+        that was accepted is found lost before it was stored (Redis lost data), the stream ends with
+        UNAVAILABLE after a last ack: send every fix after its durable_seq again with
+        UploadLocations, then reconnect.
         """
 
     @_abc_1.abstractmethod

@@ -175,7 +175,9 @@ export type LocationRejected = Message<"ridemesh.v1.LocationRejected"> & {
 
   /**
    * A google.rpc.Code value: 3 (INVALID_ARGUMENT) for a bad fix, 8 (RESOURCE_EXHAUSTED) when the
-   * driver sends faster than the server accepts, 9 (FAILED_PRECONDITION) for a seq out of order.
+   * driver sends faster than the server accepts, 9 (FAILED_PRECONDITION) for a seq out of order,
+   * 14 (UNAVAILABLE) when a store is away or the server is shutting down: keep that fix and send
+   * it again (UploadLocations).
    *
    * @generated from field: int32 code = 2;
    */
@@ -576,7 +578,11 @@ export const LocationService: GenService<{
   /**
    * A driver app's live connection: fixes in; acks, ride offers and availability changes out.
    * Every fix is answered: acks carry the highest accepted and the highest durable seq;
-   * a bad fix is answered with `rejected` and the stream keeps serving.
+   * a bad fix is answered with `rejected` and the stream keeps serving. While Redis is away each
+   * fix is rejected with UNAVAILABLE (keep it and send it again); the stream goes on. If a fix
+   * that was accepted is found lost before it was stored (Redis lost data), the stream ends with
+   * UNAVAILABLE after a last ack: send every fix after its durable_seq again with
+   * UploadLocations, then reconnect.
    *
    * @generated from rpc ridemesh.v1.LocationService.StreamLocations
    */

@@ -34,7 +34,9 @@ Poisoned = tuple[bytes, dict[bytes, bytes], str]
 Decoded = list[tuple[bytes, DriverLocation]]
 
 RETRY_START_S = 0.2
-RETRY_MAX_S = 5.0
+# At most this long between tries while a store is away: healing is within about a second of
+# its return, at the cost of one failed try a second meanwhile.
+RETRY_MAX_S = 1.0
 # The dead-letter stream keeps about this many entries (the oldest go first).
 DEAD_LETTERS_KEPT = 10_000
 

@@ -12,7 +12,7 @@ import signal
 import time
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -22,8 +22,12 @@ import pytest
 from grpc import aio
 from redis.asyncio import Redis
 
+from ridemesh.v1 import geo_query_service_pb2 as gpb
+from ridemesh.v1 import geo_query_service_pb2_grpc as geo_grpc
 from ridemesh.v1 import location_service_pb2 as pb
 from ridemesh.v1 import location_service_pb2_grpc as location_grpc
+from ridemesh.v1 import ride_service_pb2 as rpb
+from ridemesh.v1 import ride_service_pb2_grpc as ride_grpc
 from ridemesh.v1.common_pb2 import DriverLocation
 from services.auth.identity import Role
 from services.auth.keys import DevKeys
@@ -51,6 +55,7 @@ ENV = {
 }
 PERIOD_S = 0.05  # each app sends a fix this often
 PG_OUTAGE_S = 20.0
+EVERY_SERVICE = {"location": 1, "ride": 1, "geo": 1}
 REDIS_OUTAGE_S = 3.0
 
 
@@ -92,12 +97,17 @@ def own_postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Postgres]
 
 @contextmanager
 def _mesh(
-    tmp_path: Path, redis: RedisServer, database_url: str, keys: DevKeys, **env: str
+    tmp_path: Path,
+    redis: RedisServer,
+    database_url: str,
+    keys: DevKeys,
+    replicas: dict[str, int] | None = None,
+    **env: str,
 ) -> Iterator[Mesh]:
     settings = MeshSettings(
         run_dir=tmp_path / "mesh",
         keys_dir=keys.directory,
-        replicas={"location": int(env.pop("replicas", "1"))},
+        replicas=replicas or {"location": 1},
         redis_url=redis.url,
         database_url=database_url,
         env={**ENV, **env},
@@ -179,6 +189,35 @@ def _assert_safe(message: str, names: str) -> None:
         assert leak not in message, message
 
 
+async def _assert_every_service_says(mesh: Mesh, keys: DevKeys, dependency: str) -> None:
+    """RideService and GeoQueryService answer UNAVAILABLE naming the dependency that is away,
+    through Envoy, like LocationService."""
+    assert mesh.envoy is not None
+    now = datetime.now(UTC)
+    async with ops_channel(keys, mesh.envoy.address) as channel:
+        rides = ride_grpc.RideServiceStub(channel)
+        geo = geo_grpc.GeoQueryServiceStub(channel)
+        calls: list[Any] = []
+        if dependency == "PostgreSQL":
+            track = gpb.GetDriverTrackRequest(driver_id="d-1")
+            track.start_time.FromDatetime(now - timedelta(hours=1))
+            track.end_time.FromDatetime(now)
+            calls += [
+                rides.GetRide(rpb.GetRideRequest(ride_id="r-missing"), timeout=30),
+                geo.GetDriverTrack(track, timeout=30),
+                geo.ListGeofences(gpb.ListGeofencesRequest(), timeout=30),
+            ]
+        else:
+            near = gpb.SearchNearbyDriversRequest(radius_m=1000, max_results=5)
+            near.center.latitude, near.center.longitude = 12.97, 77.59
+            calls += [geo.SearchNearbyDrivers(near, timeout=30)]
+        for call in calls:
+            with pytest.raises(aio.AioRpcError) as got:
+                await call
+            assert got.value.code() == grpc.StatusCode.UNAVAILABLE, got.value
+            _assert_safe(got.value.details() or "", dependency)
+
+
 def _unavailable_rejections(apps: Sequence[DriverApp]) -> list[pb.LocationRejected]:
     code = grpc.StatusCode.UNAVAILABLE.value[0]
     return [r for app in apps for s in app.streams for r in s.rejected if r.code == code]
@@ -211,7 +250,7 @@ async def test_redis_killed_mid_stream_costs_drivers_a_few_in_band_refusals(
     redis = RedisServer(tmp_path / "redis", persist=restart == "aof").start()
     again: RedisServer | None = None
     try:
-        with _mesh(tmp_path, redis, database_url, keys) as mesh:
+        with _mesh(tmp_path, redis, database_url, keys, EVERY_SERVICE) as mesh:
             async with _apps(mesh, keys, 3) as (apps, stub):
                 await _drive(
                     apps, stub, until=lambda: all(a.record.durable_seqs[-1:] > [3] for a in apps)
@@ -231,6 +270,7 @@ async def test_redis_killed_mid_stream_costs_drivers_a_few_in_band_refusals(
                 ended = await _end_of(watcher)
                 assert ended.code() == grpc.StatusCode.UNAVAILABLE
                 _assert_safe(ended.details() or "", "Redis")
+                await _assert_every_service_says(mesh, keys, "Redis")
                 await _drive(apps, stub, seconds=REDIS_OUTAGE_S - (time.monotonic() - killed_at))
 
                 again = await asyncio.to_thread(
@@ -347,7 +387,7 @@ async def test_postgresql_stopped_for_20_s_loses_nothing_and_catches_up(
     database_url = await own_postgres.new_database()
     redis = RedisServer(tmp_path / "redis").start()
     try:
-        with _mesh(tmp_path, redis, database_url, keys) as mesh:
+        with _mesh(tmp_path, redis, database_url, keys, EVERY_SERVICE) as mesh:
             async with _apps(mesh, keys, 3) as (apps, stub):
                 await _drive(
                     apps, stub, until=lambda: all(a.record.durable_seqs[-1:] > [3] for a in apps)
@@ -363,6 +403,7 @@ async def test_postgresql_stopped_for_20_s_loses_nothing_and_catches_up(
                     )
                 assert got.value.code() == grpc.StatusCode.UNAVAILABLE
                 _assert_safe(got.value.details() or "", "PostgreSQL")
+                await _assert_every_service_says(mesh, keys, "PostgreSQL")
                 await _drive(apps, stub, seconds=PG_OUTAGE_S - (time.monotonic() - stopped_at))
                 for app in apps:  # fixes kept flowing into the live state, none called durable
                     assert max(app.record.accepted_seqs) > durable_at_stop[app.driver_id] + 100
@@ -399,7 +440,7 @@ async def test_a_killed_location_service_costs_its_drivers_a_reconnect_and_nothi
     database_url = await asyncio.to_thread(make_database)
     redis = RedisServer(tmp_path / "redis").start()
     try:
-        with _mesh(tmp_path, redis, database_url, keys, replicas="2") as mesh:
+        with _mesh(tmp_path, redis, database_url, keys, {"location": 2}) as mesh:
             async with _apps(mesh, keys, 6) as (apps, stub):
                 await _drive(
                     apps, stub, until=lambda: all(a.record.durable_seqs[-1:] > [3] for a in apps)

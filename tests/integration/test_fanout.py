@@ -1,0 +1,138 @@
+"""The fan-out hub against a real Redis of its own that the tests kill and restart: a failed
+subscribe rolls back, a raising sink is isolated, and a lost connection ends watchers while
+internal consumers carry on."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+
+import pytest
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from services.domain.errors import Unavailable
+from services.live.fanout import Hub
+from services.ops.mesh.redis_server import RedisServer
+
+pytestmark = pytest.mark.integration
+
+
+class Restartable:
+    """A Redis on a fixed port that a test can kill and start again."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self.server = RedisServer(directory).start()
+
+    def kill(self) -> None:
+        os.kill(self.server.process.pid, signal.SIGKILL)
+        self.server.process.wait(timeout=10)
+        self.server.stop()  # closes its log; the process is already gone
+
+    def start(self) -> None:
+        self.server = RedisServer(self.directory, self.server.port).start()
+
+
+@pytest.fixture
+async def redis(tmp_path: Path) -> AsyncIterator[tuple[Restartable, Redis]]:
+    server = Restartable(tmp_path / "redis")
+    client = Redis.from_url(server.server.url)
+    yield server, client
+    await client.aclose()
+    server.server.stop()
+
+
+@pytest.fixture
+async def hub(redis: tuple[Restartable, Redis]) -> AsyncIterator[Hub[bytes]]:
+    made: Hub[bytes] = Hub(redis[1], bytes)
+    await made.start()
+    yield made
+    await made.stop()
+
+
+async def _until(condition: Callable[[], bool], timeout: float = 15.0) -> None:
+    """Polls `condition` (set by the hub's reader task) until it holds."""
+    async with asyncio.timeout(timeout):
+        while not condition():  # noqa: ASYNC110 - the condition is a plain list, not an event
+            await asyncio.sleep(0.02)
+
+
+async def _publish_until(client: Redis, channel: str, seen: list[bytes]) -> None:
+    """Publishes until a sink has seen a message (a subscription may still be on its way)."""
+    async with asyncio.timeout(15):
+        while not seen:
+            with contextlib.suppress(RedisError):  # Redis may still be starting
+                await client.publish(channel, b"hello")
+            await asyncio.sleep(0.05)
+
+
+async def test_a_subscribe_that_failed_is_rolled_back_so_the_next_watcher_subscribes(
+    redis: tuple[Restartable, Redis], hub: Hub[bytes]
+) -> None:
+    server, client = redis
+    told: list[Exception] = []
+    other: list[bytes] = []
+    await hub.add("ch:other", other.append, on_lost=told.append)
+    server.kill()
+    await _until(lambda: bool(told))  # the hub saw its connection go
+    first: list[bytes] = []
+    with pytest.raises(RedisError):
+        await hub.add("ch:a", first.append)
+    assert hub.subscribed_channels() == 0
+
+    server.start()
+    second: list[bytes] = []
+    async with asyncio.timeout(15):
+        while True:
+            try:
+                await hub.add("ch:a", second.append)
+                break
+            except RedisError:
+                await asyncio.sleep(0.1)  # the hub's connection is coming back
+    await _publish_until(client, "ch:a", second)
+    assert second[0] == b"hello"
+    assert first == []
+
+
+async def test_a_sink_that_raises_does_not_stop_the_others(
+    redis: tuple[Restartable, Redis], hub: Hub[bytes]
+) -> None:
+    _, client = redis
+
+    def broken(_: bytes) -> None:
+        raise ValueError("a bug in one watcher")
+
+    seen: list[bytes] = []
+    await hub.add("ch:b", broken)
+    await hub.add("ch:b", seen.append)
+    await _publish_until(client, "ch:b", seen)
+    await client.publish("ch:b", b"again")
+    await _until(lambda: b"again" in seen)
+
+
+async def test_a_lost_connection_ends_watchers_and_keeps_internal_consumers(
+    redis: tuple[Restartable, Redis], hub: Hub[bytes]
+) -> None:
+    server, client = redis
+    told: list[Exception] = []
+    watcher: list[bytes] = []
+    consumer: list[bytes] = []
+    await hub.add("ch:c", watcher.append, on_lost=told.append)
+    await hub.add("ch:c", consumer.append)
+    await _publish_until(client, "ch:c", consumer)
+
+    server.kill()
+    await _until(lambda: bool(told))
+    assert isinstance(told[0], Unavailable)
+    assert "Redis" in str(told[0])
+
+    server.start()
+    consumer.clear()
+    watcher.clear()
+    await _publish_until(client, "ch:c", consumer)  # redis-py subscribed again
+    assert watcher == []  # the watcher was dropped: its call ended and it reconnects

@@ -36,6 +36,8 @@ class DriverSession:
         "accepted_seq",
         "durable_seq",
         "ack_due",
+        "accepted_news",
+        "accepted_since_s",
         "_bucket",
         "_limits",
         "_in_flight",
@@ -46,7 +48,11 @@ class DriverSession:
         self.last_seq = 0
         self.accepted_seq = 0
         self.durable_seq = 0
+        # durable_seq moved: worth an ack at once.
         self.ack_due = False
+        # Fixes were accepted since the last ack: worth one only if durability is slow to come.
+        self.accepted_news = False
+        self.accepted_since_s = 0.0  # when the oldest fix no ack has mentioned was accepted
         self._bucket = bucket
         self._limits = limits
         # Accepted fixes not yet known to be committed, oldest first.
@@ -82,7 +88,9 @@ class DriverSession:
         self.last_seq = seq
         self.accepted_seq = seq
         self._in_flight.append(InFlight(entry_id, seq, key, mono_s))
-        self.ack_due = True
+        if not self.accepted_news:
+            self.accepted_news = True
+            self.accepted_since_s = mono_s
 
     def due(self, below: StreamId | None, mono_s: float, lost_after_s: float) -> list[FixKey]:
         """Keys of the in-flight fixes PostgreSQL should hold by now: those whose ingest entry is
@@ -115,6 +123,17 @@ class DriverSession:
                 return head
             break
         return None
+
+    def ack_wanted(self, mono_s: float, accepted_every_s: float) -> bool:
+        """Whether to ack now: durable_seq moved, or fixes were accepted and no ack went out for
+        `accepted_every_s` since the first of them (PostgreSQL slow or away). One ack carries both
+        seqs, so an app that sends every few seconds gets about one ack per fix rather than two."""
+        waited = mono_s - self.accepted_since_s
+        news = self.ack_due or (self.accepted_news and waited >= accepted_every_s)
+        if news:
+            self.ack_due = False
+            self.accepted_news = False
+        return news
 
     @property
     def fully_durable(self) -> bool:

@@ -134,6 +134,9 @@ class DriverStream:
         return self.closing and self.session.fully_durable and not self._ack_pending
 
 
+# Fixes accepted but not yet durable are acked (accepted seq only) at most this often; normally
+# the durable ack, a moment later, carries both seqs.
+ACCEPTED_ACK_S = 2.0
 # An accepted fix not found in PostgreSQL this long after it was accepted is given up as lost,
 # even when the ingest watermark never passed it (a Redis whose clock went back).
 LOST_AFTER_S = 120.0
@@ -226,8 +229,7 @@ class StreamRegistry:
             )
             if lost is not None and stream.failure is None:
                 stream.lost(lost)
-            elif session.ack_due:
-                session.ack_due = False
+            elif session.ack_wanted(now, ACCEPTED_ACK_S):
                 stream.request_ack()
             elif stream.finished:
                 stream.wake.set()

@@ -118,12 +118,25 @@ def test_a_rejected_seq_does_not_take_a_token() -> None:
     session.admit(_fix(6), NOW, 0.0)
 
 
-def test_accepted_moves_seqs_and_asks_for_an_ack() -> None:
+def test_accepted_moves_seqs_and_waits_for_durability_before_an_ack() -> None:
     session = _bound()
-    _accept(session, 7, (1000, 0))
+    _accept(session, 7, (1000, 0), at_s=0.0)
     assert (session.last_seq, session.accepted_seq, session.durable_seq) == (7, 7, 0)
-    assert session.ack_due
     assert not session.fully_durable
+    # Not at once: the durable ack, a moment later, will carry the accepted seq too.
+    assert not session.ack_wanted(0.5, accepted_every_s=2.0)
+    # Durability is slow: the accepted seq goes out alone, once per interval.
+    assert session.ack_wanted(2.0, accepted_every_s=2.0)
+    assert not session.ack_wanted(2.5, accepted_every_s=2.0)
+
+
+def test_a_durable_ack_goes_at_once_and_carries_the_accepted_news() -> None:
+    session = _bound()
+    _accept(session, 1, (1000, 0))
+    _accept(session, 2, (1000, 1))
+    session.settle({_key(1)}, (1000, 1), 0.1, LOST_AFTER)
+    assert session.ack_wanted(0.1, accepted_every_s=2.0)
+    assert not session.ack_wanted(0.2, accepted_every_s=2.0)  # nothing new since
 
 
 def _durability(session: DriverSession) -> tuple[int, bool, bool]:

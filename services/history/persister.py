@@ -127,7 +127,14 @@ class Persister:
             if time.monotonic() >= next_claim:
                 await self._take(await self._claim_stale())
                 next_claim = time.monotonic() + self._claim_idle_ms / 2000
-            await self._take(await self._read(">", block_ms=self._block_ms()))
+            if self._batch:
+                # A batch is open: let it fill until it is due, then take all that waits in one
+                # read (not one blocking read per fix, which cost a round trip each).
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stopping.wait(), self._block_ms() / 1000)
+                await self._take(await self._read(">"))
+            else:
+                await self._take(await self._read(">", block_ms=self._block_ms()))
             if self._due():
                 await self._flush()
 

@@ -29,25 +29,35 @@ from services.live.replies import text
 # sorted set instead, which searches near the poles scan.
 GEO_MAX_LAT = 85.05112878
 
-# One round trip per fix. The live state only moves forward in time (an older fix never
-# overwrites a newer one); every fix goes to the ingest log for persistence regardless.
+# Many fixes in one script call (one round trip, one script run). KEYS: the geo index, the ingest
+# stream, the polar set, then per fix its driver's hash, driver channel and cell channel. ARGV:
+# the live window (ms), then per fix: driver_id, lng, lat, payload, seq, recorded ms, indexable.
+# The live state only moves forward in time (an older fix never overwrites a newer one); every
+# fix goes to the ingest log for persistence regardless. Returns each fix's entry id, in order.
 _INGEST_LUA = """
-local t = redis.call('HGET', KEYS[2], 't')
-local live = (not t) or (tonumber(t) <= tonumber(ARGV[6]))
-if live then
-  if ARGV[8] == '1' then
-    redis.call('GEOADD', KEYS[1], ARGV[2], ARGV[3], ARGV[1])
-    redis.call('ZREM', KEYS[6], ARGV[1])
-  else
-    redis.call('ZREM', KEYS[1], ARGV[1])
-    redis.call('ZADD', KEYS[6], ARGV[6], ARGV[1])
+local ids = {}
+local window = ARGV[1]
+for i = 0, (#KEYS - 3) / 3 - 1 do
+  local hash, driver_ch, cell_ch = KEYS[4 + 3 * i], KEYS[5 + 3 * i], KEYS[6 + 3 * i]
+  local a = 1 + 7 * i
+  local member, payload, recorded = ARGV[a + 1], ARGV[a + 4], ARGV[a + 6]
+  local t = redis.call('HGET', hash, 't')
+  if (not t) or (tonumber(t) <= tonumber(recorded)) then
+    if ARGV[a + 7] == '1' then
+      redis.call('GEOADD', KEYS[1], ARGV[a + 2], ARGV[a + 3], member)
+      redis.call('ZREM', KEYS[3], member)
+    else
+      redis.call('ZREM', KEYS[1], member)
+      redis.call('ZADD', KEYS[3], recorded, member)
+    end
+    redis.call('HSET', hash, 'p', payload, 't', recorded, 's', ARGV[a + 5])
+    redis.call('PEXPIRE', hash, window)
+    redis.call('PUBLISH', driver_ch, payload)
+    redis.call('PUBLISH', cell_ch, payload)
   end
-  redis.call('HSET', KEYS[2], 'p', ARGV[4], 't', ARGV[6], 's', ARGV[5])
-  redis.call('PEXPIRE', KEYS[2], ARGV[7])
-  redis.call('PUBLISH', KEYS[4], ARGV[4])
-  redis.call('PUBLISH', KEYS[5], ARGV[4])
+  ids[i + 1] = redis.call('XADD', KEYS[2], '*', 'p', payload)
 end
-return redis.call('XADD', KEYS[3], '*', 'p', ARGV[4])
+return ids
 """
 
 # Drops geo-index members whose driver is no longer live (KEYS[1] the index, KEYS[i>1] the
@@ -83,29 +93,26 @@ INGEST_BATCH = 256
 
 
 def _ingest_arguments(
-    location: DriverLocation, payload: bytes, live_window_ms: int
+    fixes: list[tuple[DriverLocation, bytes]], live_window_ms: int
 ) -> tuple[list[str], list[Any]]:
-    """The ingest script's keys and arguments for one fix."""
-    lat, lng = location.position.latitude, location.position.longitude
-    recorded_ms = location.recorded_at.seconds * 1000 + location.recorded_at.nanos // 1_000_000
-    keys = [
-        GEO_KEY,
-        driver_key(location.driver_id),
-        INGEST_STREAM,
-        driver_channel(location.driver_id),
-        cell_channel(cell_of(lat, lng)),
-        POLAR_KEY,
-    ]
-    args: list[Any] = [
-        location.driver_id,
-        lng,
-        lat,
-        payload,
-        location.seq,
-        recorded_ms,
-        live_window_ms,
-        "1" if abs(lat) <= GEO_MAX_LAT else "0",
-    ]
+    """The ingest script's keys and arguments for a batch of fixes (the hot path: plain lists,
+    one pass)."""
+    keys = [GEO_KEY, INGEST_STREAM, POLAR_KEY]
+    args: list[Any] = [live_window_ms]
+    for location, payload in fixes:
+        lat, lng = location.position.latitude, location.position.longitude
+        recorded = location.recorded_at
+        driver_id = location.driver_id
+        keys += [driver_key(driver_id), driver_channel(driver_id), cell_channel(cell_of(lat, lng))]
+        args += [
+            driver_id,
+            lng,
+            lat,
+            payload,
+            location.seq,
+            recorded.seconds * 1000 + recorded.nanos // 1_000_000,
+            "1" if abs(lat) <= GEO_MAX_LAT else "0",
+        ]
     return keys, args
 
 
@@ -142,13 +149,9 @@ class LiveStore:
         while self._queued:
             batch = self._queued[:INGEST_BATCH]
             del self._queued[:INGEST_BATCH]
+            replies: list[Any]
             try:
-                fixes = [(location, payload) for location, payload, _ in batch]
-                replies = await self._ingest_pipeline(fixes)
-                if any(isinstance(r, NoScriptError) for r in replies):
-                    # Redis lost its script cache (a restart): load it and send them again.
-                    await self._redis.script_load(_INGEST_LUA)
-                    replies = await self._ingest_pipeline(fixes)
+                replies = await self._ingest_batch([(loc, payload) for loc, payload, _ in batch])
             except Exception as exc:  # the connection failed: no fix in it is taken
                 replies = [exc] * len(batch)
             for (_, _, done), reply in zip(batch, replies, strict=True):
@@ -159,14 +162,18 @@ class LiveStore:
                 else:
                     done.set_result(parse_stream_id(reply))
 
-    async def _ingest_pipeline(self, fixes: list[tuple[DriverLocation, bytes]]) -> list[Any]:
-        """One EVALSHA per fix in one pipeline; replies (or errors) in order. EVALSHA directly,
-        not the Script in a pipeline, which would first ask SCRIPT EXISTS every time."""
-        pipe = self._redis.pipeline(transaction=False)
-        for location, payload in fixes:
-            keys, args = _ingest_arguments(location, payload, self._live_window_ms)
-            pipe.evalsha(self._ingest.sha, len(keys), *keys, *args)
-        replies: list[Any] = await pipe.execute(raise_on_error=False)
+    async def _ingest_batch(self, fixes: list[tuple[DriverLocation, bytes]]) -> list[Any]:
+        """One EVALSHA for the whole batch; the entry ids in order. EVALSHA directly, not the
+        Script object, which would first ask SCRIPT EXISTS every time."""
+        keys, args = _ingest_arguments(fixes, self._live_window_ms)
+        try:
+            replies: list[Any] = await self._redis.evalsha(
+                self._ingest.sha, len(keys), *keys, *args
+            )
+        except NoScriptError:
+            # Redis lost its script cache (a restart): load it and send them again.
+            await self._redis.script_load(_INGEST_LUA)
+            replies = await self._redis.evalsha(self._ingest.sha, len(keys), *keys, *args)
         return replies
 
     async def last_state(self, driver_id: str) -> tuple[int, DriverAvailability.ValueType]:

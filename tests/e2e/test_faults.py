@@ -509,3 +509,38 @@ async def test_envoy_restarted_costs_every_driver_a_reconnect_and_nothing_else(
         if envoy2 is not None:
             envoy2.stop()
         redis.stop()
+
+
+async def test_a_replica_stopped_while_postgresql_is_away_exits_within_its_grace(
+    tmp_path: Path, own_postgres: Postgres, keys: DevKeys
+) -> None:
+    database_url = await own_postgres.new_database()
+    redis = RedisServer(tmp_path / "redis").start()
+    try:
+        with _mesh(tmp_path, redis, database_url, keys, {"location": 2}) as mesh:
+            async with _apps(mesh, keys, 4) as (apps, stub):
+                await _drive(apps, stub, until=_all_durable_past(apps, 3))
+                await asyncio.to_thread(own_postgres.stop)
+                await _drive(apps, stub, seconds=1.0)  # fixes accepted, none can be stored
+                replica = next(
+                    p
+                    for p in mesh.parts
+                    if isinstance(p, ManagedProcess) and p.name.startswith("location")
+                )
+                stopping_at = time.monotonic()
+                os.kill(replica.pid, signal.SIGTERM)
+                # The drain cannot commit anything: it gives up after the grace (2 s here)
+                # and the process exits, leaving its entries pending for another persister.
+                await asyncio.to_thread(replica.wait, 30)
+                exited_s = time.monotonic() - stopping_at
+                assert exited_s < 15, f"stopping took {exited_s:.1f} s"
+                own_postgres.start()  # on the loop's thread: see Postgres.start
+                made = max(len(a.made) for a in apps)
+                await _drive(apps, stub, until=_all_durable_past(apps, made))
+                await _finish(apps, stub)
+        assert any(len(a.streams) > 1 for a in apps), "some driver was on the stopped replica"
+        await _assert_stored_exactly_once(database_url, apps)
+        print(f"\nreplica stopped with PostgreSQL away: exited after {exited_s:.1f} s")
+    finally:
+        redis.stop()
+        own_postgres.start()

@@ -234,6 +234,12 @@ async def _end_of(call: Any, timeout: float = 30.0) -> aio.AioRpcError:
     raise AssertionError("the stream ended without an error")
 
 
+def _a_location_replica(mesh: Mesh) -> ManagedProcess:
+    return next(
+        p for p in mesh.parts if isinstance(p, ManagedProcess) and p.name.startswith("location")
+    )
+
+
 def _kill(process: ManagedProcess) -> None:
     os.kill(process.pid, signal.SIGKILL)
     process.wait(timeout=10)
@@ -445,11 +451,7 @@ async def test_a_killed_location_service_costs_its_drivers_a_reconnect_and_nothi
                 await _drive(
                     apps, stub, until=lambda: all(a.record.durable_seqs[-1:] > [3] for a in apps)
                 )
-                victim = next(
-                    p
-                    for p in mesh.parts
-                    if isinstance(p, ManagedProcess) and p.name.startswith("location")
-                )
+                victim = _a_location_replica(mesh)
                 await asyncio.to_thread(_kill, victim)
                 killed_at = time.monotonic()
                 await _drive(apps, stub, until=lambda: any(len(a.streams) > 1 for a in apps))
@@ -522,11 +524,7 @@ async def test_a_replica_stopped_while_postgresql_is_away_exits_within_its_grace
                 await _drive(apps, stub, until=_all_durable_past(apps, 3))
                 await asyncio.to_thread(own_postgres.stop)
                 await _drive(apps, stub, seconds=1.0)  # fixes accepted, none can be stored
-                replica = next(
-                    p
-                    for p in mesh.parts
-                    if isinstance(p, ManagedProcess) and p.name.startswith("location")
-                )
+                replica = _a_location_replica(mesh)
                 stopping_at = time.monotonic()
                 os.kill(replica.pid, signal.SIGTERM)
                 # The drain cannot commit anything: it gives up after the grace (2 s here)

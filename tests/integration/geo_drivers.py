@@ -20,9 +20,9 @@ LIVE_WINDOW_S = 300.0
 
 
 @asynccontextmanager
-async def flushed_redis(redis_server: RedisServer) -> AsyncIterator[Redis]:
-    """A client on this suite's own logical database, emptied first (the server is shared)."""
-    redis = Redis.from_url(f"redis://127.0.0.1:{redis_server.port}/{REDIS_DB}")
+async def flushed_redis(redis_server: RedisServer, db: int = REDIS_DB) -> AsyncIterator[Redis]:
+    """A client on a suite's own logical database, emptied first (the server is shared)."""
+    redis = Redis.from_url(f"redis://127.0.0.1:{redis_server.port}/{db}")
     await redis.flushdb()
     try:
         yield redis

@@ -21,6 +21,7 @@ from services.live.names import INGEST_DEAD_LETTERS, INGEST_STREAM, PERSIST_GROU
 from services.observability.metrics import PERSIST_DEAD_LETTERS
 from services.ops.mesh.redis_server import RedisServer
 from tests.integration.dispatch_harness import new_id
+from tests.integration.geo_drivers import flushed_redis
 
 pytestmark = pytest.mark.integration
 
@@ -29,10 +30,8 @@ REDIS_DB = 11
 
 @pytest.fixture
 async def redis(redis_server: RedisServer) -> AsyncIterator[Redis]:
-    client = Redis.from_url(f"redis://127.0.0.1:{redis_server.port}/{REDIS_DB}")
-    await client.flushdb()
-    yield client
-    await client.aclose()
+    async with flushed_redis(redis_server, REDIS_DB) as client:
+        yield client
 
 
 @pytest.fixture

@@ -20,6 +20,7 @@ from services.ops.mesh.redis_server import RedisServer
 from services.ride.effects import RideEffects
 from services.ride.store import RideStore
 from tests.integration.dispatch_harness import new_id
+from tests.integration.geo_drivers import flushed_redis
 
 pytestmark = pytest.mark.integration
 
@@ -32,10 +33,8 @@ DROPOFF = LatLng(latitude=48.8606, longitude=2.3376)
 
 @pytest.fixture
 async def redis(redis_server: RedisServer) -> AsyncIterator[Redis]:
-    client = Redis.from_url(f"redis://127.0.0.1:{redis_server.port}/{REDIS_DB}")
-    await client.flushdb()
-    yield client
-    await client.aclose()
+    async with flushed_redis(redis_server, REDIS_DB) as client:
+        yield client
 
 
 @pytest.fixture(scope="module")

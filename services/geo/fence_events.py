@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from redis.asyncio import Redis
+from redis.exceptions import NoScriptError
 
 from ridemesh.v1 import geo_query_service_pb2 as pb
 from ridemesh.v1.common_pb2 import DriverLocation
@@ -296,11 +297,25 @@ class FenceTracker:
                 item.entries[geofence_id] = self._entries.get(item.index, zone)
 
     async def _run(self, pending: Sequence[PendingFix]) -> list[Any]:
+        """One EVALSHA per fix in one pipeline. EVALSHA directly, not the Script in a pipeline,
+        which asks SCRIPT EXISTS first every time; a Redis that lost its scripts (a restart)
+        gets the script loaded and the batch sent again."""
+        replies = await self._pipeline(pending)
+        if any(isinstance(reply, NoScriptError) for reply in replies):
+            await self._redis.script_load(_APPLY_LUA)
+            replies = await self._pipeline(pending)
+        for reply in replies:
+            if isinstance(reply, Exception):
+                raise reply
+        return replies
+
+    async def _pipeline(self, pending: Sequence[PendingFix]) -> list[Any]:
         pipe = self._redis.pipeline(transaction=False)
         for item in pending:
             key = fence_state_key(item.location.driver_id)
-            await self._apply(keys=[key], args=script_args(item), client=pipe)
-        return await pipe.execute()
+            pipe.evalsha(self._apply.sha, 1, key, *script_args(item))
+        replies: list[Any] = await pipe.execute(raise_on_error=False)
+        return replies
 
 
 @dataclass(frozen=True, slots=True)

@@ -113,8 +113,11 @@ class Hub(Generic[T]):
         assert self._pubsub is not None
         while True:
             try:
+                # Blocking, with no timeout of its own per message: a timeout is an asyncio timer
+                # set up and torn down for every message, which cost more than the message.
+                # The connection's keepalive and Redis's own closing of it end a dead read.
                 message = await self._pubsub.get_message(
-                    ignore_subscribe_messages=True, timeout=1.0
+                    ignore_subscribe_messages=True, timeout=None
                 )
             except (RedisError, OSError) as exc:
                 # redis-py reconnects and subscribes again on the next read; keep the reader alive.

@@ -37,6 +37,9 @@ RETRY_START_S = 0.2
 # At most this long between tries while a store is away: healing is within about a second of
 # its return, at the cost of one failed try a second meanwhile.
 RETRY_MAX_S = 1.0
+# Keys of the fixes this process committed lately, so the acks of its own streams need not ask
+# PostgreSQL about them (the oldest are forgotten first).
+COMMITTED_KEPT = 100_000
 # The dead-letter stream keeps about this many entries (the oldest go first).
 DEAD_LETTERS_KEPT = 10_000
 
@@ -97,6 +100,8 @@ class Persister:
         self._batch_started = 0.0
         self._stopping = asyncio.Event()
         self.committed_rows = 0
+        # Fixes this persister committed lately (an ordered set): as good as PostgreSQL's word.
+        self.committed_here: dict[tuple[str, datetime, int], None] = {}
         self.dead_letters = 0
         self.last_lag_s = 0.0
 
@@ -237,6 +242,11 @@ class Persister:
         self.committed_rows += len(locations)
         if not locations:
             return
+        remembered = self.committed_here
+        for location in locations:
+            remembered[fix_key(location)] = None
+        while len(remembered) > COMMITTED_KEPT:
+            del remembered[next(iter(remembered))]
         now = time.time()
         accepted = [loc.received_at.seconds + loc.received_at.nanos / 1e9 for loc in locations]
         for at in accepted:

@@ -38,9 +38,6 @@ async def build(parts: Parts) -> Service:
     ingest = IngestLog(redis)
     hub = await parts.hub(DriverLocation.FromString)
     control = await parts.hub(StreamLocationsResponse.FromString)
-    streams = StreamRegistry(
-        ingest, history, settings.ack_interval_s, lost_after_s=settings.fix_lost_after_s
-    )
     persister = Persister(
         ingest,
         history,
@@ -48,6 +45,13 @@ async def build(parts: Parts) -> Service:
         max_age_s=settings.persist_max_age_s,
         claim_idle_s=settings.persist_claim_idle_s,
         drain_timeout_s=settings.shutdown_grace_s,
+    )
+    streams = StreamRegistry(
+        ingest,
+        history,
+        settings.ack_interval_s,
+        lost_after_s=settings.fix_lost_after_s,
+        committed_here=persister.committed_here,
     )
     servicer = LocationServicer(settings, live, history, hub, streams, control)
     # The persister needs today's partition (and the next days') before its first COPY.

@@ -6,7 +6,7 @@ import asyncio
 import logging
 import time
 from collections import deque
-from collections.abc import Awaitable, Collection, Sequence
+from collections.abc import Awaitable, Collection, Container, Sequence
 from typing import Protocol, TypeVar
 
 from ridemesh.v1.common_pb2 import DriverAvailability
@@ -165,9 +165,12 @@ class StreamRegistry:
         *,
         lost_after_s: float = LOST_AFTER_S,
         slices: int = ACK_SLICES,
+        committed_here: Container[FixKey] = frozenset(),
     ) -> None:
         self._ingest = ingest
         self._history = history
+        # Fixes this process's own persister committed: settled without asking PostgreSQL.
+        self._committed_here = committed_here
         self._lost_after_s = lost_after_s
         self._interval_s = interval_s
         self._slices: list[set[DriverStream]] = [set() for _ in range(max(1, slices))]
@@ -218,9 +221,7 @@ class StreamRegistry:
         below = await _or_none(self._ingest.committed_below(), "read the ingest watermark")
         now = time.monotonic()
         due = [k for s in streams for k in s.session.due(below, now, self._lost_after_s)]
-        stored = (
-            await _or_none(self._history.stored_keys(due), "check durability") if due else set()
-        )
+        stored = await self._stored(due)
         for stream in streams:
             session = stream.session
             # Without PostgreSQL's answer nothing is settled: a fix is never called lost unseen.
@@ -233,6 +234,18 @@ class StreamRegistry:
                 stream.request_ack()
             elif stream.finished:
                 stream.wake.set()
+
+    async def _stored(self, due: list[FixKey]) -> set[FixKey] | None:
+        """Which of `due` PostgreSQL holds: those this process committed itself, and the rest as
+        PostgreSQL answers; None when it cannot answer (then nothing may be settled)."""
+        here = self._committed_here
+        elsewhere = [key for key in due if key not in here]
+        if not elsewhere:
+            return set(due)
+        found = await _or_none(self._history.stored_keys(elsewhere), "check durability")
+        if found is None:
+            return None
+        return found.union(key for key in due if key in here)
 
     def start_draining(self) -> None:
         """Stops taking fixes; each stream ends once what it accepted is durable."""

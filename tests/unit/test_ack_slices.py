@@ -8,6 +8,8 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any, cast
 
+import asyncpg
+
 from services.domain.validation import FixLimits
 from services.live.ingest import IngestLog, StreamId
 from services.location.session import DriverSession, FixKey
@@ -80,3 +82,48 @@ async def test_a_full_tick_and_discard_cover_every_slice() -> None:
     assert len(registry) == 6
     await registry.tick()
     assert [_acked(s) for s in streams] == [False] + [True] * 6
+
+
+class CountingHistory(History):
+    """PostgreSQL that counts how often it is asked."""
+
+    def __init__(self) -> None:
+        self.asked: list[FixKey] = []
+
+    async def stored_keys(self, keys: Sequence[FixKey]) -> set[FixKey]:
+        self.asked += keys
+        return set(keys)
+
+
+async def test_fixes_this_process_committed_are_settled_without_asking_postgresql() -> None:
+    history = CountingHistory()
+    streams = _streams(4)
+    mine = {s.session.due((2**62, 0), 0.0, 120.0)[0] for s in streams[:3]}
+    registry = StreamRegistry(
+        cast(Any, Watermark()), history, interval_s=1.0, slices=1, committed_here=mine
+    )
+    for stream in streams:
+        registry.add(stream)
+    await registry.tick()
+    assert [s.session.durable_seq for s in streams] == [1, 1, 1, 1]
+    assert len(history.asked) == 1  # only the fix another persister committed
+
+
+class AwayHistory(History):
+    """PostgreSQL that is not there."""
+
+    async def stored_keys(self, keys: Sequence[FixKey]) -> set[FixKey]:
+        raise asyncpg.exceptions.CannotConnectNowError("the database system is starting up")
+
+
+async def test_without_postgresqls_answer_nothing_is_settled_or_called_lost() -> None:
+    streams = _streams(2)
+    mine = {streams[0].session.due((2**62, 0), 0.0, 120.0)[0]}
+    registry = StreamRegistry(
+        cast(Any, Watermark()), AwayHistory(), interval_s=1.0, slices=1, committed_here=mine
+    )
+    for stream in streams:
+        registry.add(stream)
+    await registry.tick()
+    assert [s.session.durable_seq for s in streams] == [0, 0]
+    assert all(s.failure is None for s in streams)

@@ -14,6 +14,7 @@ from redis.exceptions import RedisError
 
 from services.domain.errors import Unavailable
 from services.live.names import HUB_KEEPALIVE_CHANNEL
+from services.live.replies import text
 from services.observability.metrics import DROPPED_KEYED, DROPPED_LATEST
 from services.server.failures import Dependency, message
 
@@ -42,6 +43,8 @@ class Hub(Generic[T]):
         self._patterns: set[str] = set()
         self._reader: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()
+        # Set when the connection was lost: the next read unsubscribes what nobody watches now.
+        self._resync = False
 
     async def start(self) -> None:
         self._pubsub = self._redis.pubsub()
@@ -123,10 +126,32 @@ class Hub(Generic[T]):
                 # redis-py reconnects and subscribes again on the next read; keep the reader alive.
                 log.warning("fan-out subscription lost (%s); reconnecting", exc)
                 self._lost()
+                self._resync = True
                 await asyncio.sleep(0.5)
                 continue
+            if self._resync:  # the first read after a reconnect
+                await self._drop_unwatched()
             if message is not None:
                 self._deliver(message)
+
+    async def _drop_unwatched(self) -> None:
+        """redis-py subscribed again to every channel it knew, those whose watchers ended with
+        the lost connection included: unsubscribe those, or their messages would keep coming."""
+        assert self._pubsub is not None
+        async with self._lock:
+            known = set(self._sinks) | {HUB_KEEPALIVE_CHANNEL}
+            channels = [c for c in map(text, self._pubsub.channels) if c not in known]
+            patterns = [p for p in map(text, self._pubsub.patterns) if p not in known]
+            self._patterns &= set(self._sinks)
+            try:
+                if channels:
+                    await self._pubsub.unsubscribe(*channels)
+                if patterns:
+                    await self._pubsub.punsubscribe(*patterns)
+            except RedisError as exc:  # lost again: the next reconnect tries again
+                log.info("unsubscribing unwatched channels failed (%s)", exc)
+                return
+            self._resync = False
 
     def _lost(self) -> None:
         """Tells every watcher that messages may have been missed; their calls end."""

@@ -17,6 +17,7 @@ from redis.exceptions import RedisError
 
 from services.domain.errors import Unavailable
 from services.live.fanout import Hub
+from services.live.replies import text
 from services.ops.mesh.redis_server import RedisServer
 
 pytestmark = pytest.mark.integration
@@ -136,3 +137,29 @@ async def test_a_lost_connection_ends_watchers_and_keeps_internal_consumers(
     watcher.clear()
     await _publish_until(client, "ch:c", consumer)  # redis-py subscribed again
     assert watcher == []  # the watcher was dropped: its call ended and it reconnects
+
+
+async def test_channels_whose_watchers_ended_with_the_connection_are_not_subscribed_again(
+    redis: tuple[Restartable, Redis], hub: Hub[bytes]
+) -> None:
+    server, client = redis
+    told: list[Exception] = []
+    watched: list[bytes] = []
+    consumer: list[bytes] = []
+    await hub.add("ch:watched", watched.append, on_lost=told.append)
+    await hub.add("ch:kept", consumer.append)
+
+    server.kill()
+    await _until(lambda: bool(told))
+    server.start()
+    await _publish_until(client, "ch:kept", consumer)  # the hub is connected again
+
+    async def subscribers() -> dict[str, int]:
+        counts = await client.pubsub_numsub("ch:watched", "ch:kept")
+        return {text(name): count for name, count in counts}
+
+    async with asyncio.timeout(15):
+        while (await subscribers())["ch:watched"] != 0:  # noqa: ASYNC110 - a Redis query
+            await asyncio.sleep(0.05)
+    assert (await subscribers())["ch:kept"] == 1
+    assert hub.subscribed_channels() == 1

@@ -64,6 +64,12 @@ PERSIST_DEAD_LETTERS = Counter(
     "ridemesh_persist_dead_letters_total",
     "Ingest entries that could never be stored, moved to the dead-letter stream.",
 )
+GC_PAUSES = Histogram(
+    "ridemesh_gc_pause_seconds",
+    "How long each cyclic garbage collection stopped the process, by generation.",
+    ("generation",),
+    buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0),
+)
 
 DROPPED_LATEST = FANOUT_DROPPED.labels("latest")
 DROPPED_KEYED = FANOUT_DROPPED.labels("keyed")

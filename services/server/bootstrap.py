@@ -21,6 +21,7 @@ from services.auth.wiring import auth_interceptor
 from services.history.store import create_engine
 from services.live.client import redis_client
 from services.live.fanout import Hub
+from services.server import collector
 from services.server.config import Settings
 from services.server.runtime import Drain, Register, serve
 
@@ -98,6 +99,8 @@ async def run_service(
 ) -> None:
     """Builds the service, serves it until `stop` (or SIGTERM/SIGINT), drains, and tears down."""
     auth = auth_interceptor(settings)  # first: a missing or refused key stops startup here
+    collector.tune()
+    collector.observe_pauses()
     async with AsyncExitStack() as stack:
         service = await build(Parts(settings, stack, tracing))
         await serve(

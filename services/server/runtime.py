@@ -14,6 +14,7 @@ from services.auth.interceptor import AuthInterceptor
 from services.auth.limits import LimitInterceptor, Limits
 from services.observability.metrics import MetricsInterceptor, serve_metrics
 from services.observability.tracing import server_interceptors
+from services.server import collector
 from services.server.builder import add_health, add_reflection, create_server, set_serving
 from services.server.config import Settings
 
@@ -48,6 +49,7 @@ async def serve(
     health = add_health(server)
     add_reflection(server)
     await server.start()
+    collector.freeze_startup_heap()
     await set_serving(health, True)
     log.info("%s listening on %s:%d", name, host, port)
     stop = stop or _stop_on_signals()

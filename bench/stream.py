@@ -3,7 +3,11 @@ watcher latency, persistence lag, CPU and RSS of every process.
 
 `--target envoy` (the default) goes through Envoy, `direct` straight to the one LocationService
 replica, `echo` to a bare grpc.aio echo server (bench/echo.py) instead of the mesh: the same load
-shape against each, so their ratios mean something on a noisy machine."""
+shape against each, so their ratios mean something on a noisy machine.
+
+`--loadgen node` (the default) generates the load with bench/grpcjs/loadgen.js on @grpc/grpc-js,
+which costs less CPU than `--loadgen python` (bench/loadgen.py on grpc.aio), the same load kept
+as a cross-check; `loadgen_cpu_s` in the report is what the load generator itself used."""
 
 from __future__ import annotations
 
@@ -11,6 +15,7 @@ import argparse
 import json
 import multiprocessing
 import platform
+import resource
 import subprocess
 import sys
 import tempfile
@@ -23,6 +28,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from bench import nodeload
 from bench.loadgen import DRAIN_S, LoadPlan, LoadResult, area_boxes, driver_id, worker
 from bench.procstat import TreeUsage, usage_of
 from services.auth.identity import Role
@@ -117,20 +123,38 @@ def plans(
     ]
 
 
+def children_cpu_s() -> float:
+    """User plus system CPU seconds of this process's children that have exited and been reaped."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
 def run_load(
     args: argparse.Namespace, address: str, token: str, mint_driver: Callable[[str], str]
-) -> LoadResult:
-    """Runs the workers until they report or the hard stop passes; merges what they saw."""
+) -> tuple[LoadResult, float]:
+    """Runs the workers until they report or the hard stop passes; merges what they saw. Also
+    returns the workers' CPU seconds, start to exit: RUSAGE_CHILDREN before and after, as the
+    workers are the only children this process reaps meanwhile (the mesh's outlive the load)."""
+    start_at = time.time() + WORKER_WARMUP_S
+    worker_plans = plans(args, address, token, start_at, mint_driver)
+    deadline = start_at + args.duration + DRAIN_S + HARD_STOP_SLACK_S
+    cpu_before = children_cpu_s()
+    if args.loadgen == "node":
+        results = nodeload.run_workers(worker_plans, deadline)
+    else:
+        results = python_workers(worker_plans, deadline)
+    return merge(results), children_cpu_s() - cpu_before
+
+
+def python_workers(worker_plans: Sequence[LoadPlan], deadline: float) -> list[LoadResult]:
+    """bench/loadgen.py in one spawned process per plan; their results."""
     context = multiprocessing.get_context("spawn")
     queue = context.Queue()
-    start_at = time.time() + WORKER_WARMUP_S
     processes = [
-        context.Process(target=worker, args=(plan, queue), daemon=True)
-        for plan in plans(args, address, token, start_at, mint_driver)
+        context.Process(target=worker, args=(plan, queue), daemon=True) for plan in worker_plans
     ]
     for process in processes:
         process.start()
-    deadline = start_at + args.duration + DRAIN_S + HARD_STOP_SLACK_S
     results = []
     try:
         for _ in processes:
@@ -141,7 +165,7 @@ def run_load(
             if process.is_alive():
                 process.terminate()  # our own child, by its PID
                 process.join(5)
-    return merge(results)
+    return results
 
 
 def usage_report(before: dict[str, TreeUsage], after: dict[str, TreeUsage]) -> dict[str, Any]:
@@ -157,11 +181,14 @@ def usage_report(before: dict[str, TreeUsage], after: dict[str, TreeUsage]) -> d
     }
 
 
-def report(args: argparse.Namespace, load: LoadResult, usage: dict[str, Any]) -> dict[str, Any]:
+def report(
+    args: argparse.Namespace, load: LoadResult, usage: dict[str, Any], loadgen_cpu_s: float
+) -> dict[str, Any]:
     mesh_cpu_s = sum(part["cpu_s"] for part in usage.values())
     return {
         "bench": "stream",
         "target": args.target,
+        "loadgen": args.loadgen,
         "when": datetime.now(UTC).isoformat(timespec="seconds"),
         "python": platform.python_version(),
         "drivers": args.drivers,
@@ -192,6 +219,8 @@ def report(args: argparse.Namespace, load: LoadResult, usage: dict[str, Any]) ->
             round(mesh_cpu_s * 1000 / load.fixes_acked, 3) if load.fixes_acked else None
         ),
         "processes": usage,
+        # The load generator's own CPU (all its workers, start to exit), not part of mesh_cpu_s.
+        "loadgen_cpu_s": round(loadgen_cpu_s, 2),
     }
 
 
@@ -220,6 +249,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     add("--durable", action="store_true", help="PostgreSQL fsync and Redis AOF on (default off)")
     add("--area-watchers", type=int, default=10, help="WatchArea streams, each ~5%% of drivers")
     add("--target", choices=("envoy", "direct", "echo"), default="envoy", help="where to connect")
+    add("--loadgen", choices=("node", "python"), default="node", help="load generator (node)")
     add("--samples", action="store_true", help="include the raw latencies in the JSON")
     add("--profile", type=Path, help="py-spy each LocationService replica into this directory")
     args = parser.parse_args(argv)
@@ -235,16 +265,18 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="ridemesh-bench-stream-") as tmp:
         if args.target == "echo":
-            load, usage = _against_echo(args, Path(tmp))
+            load, usage, loadgen_cpu_s = _against_echo(args, Path(tmp))
         else:
-            load, usage = _against_mesh(args, Path(tmp))
-    result = report(args, load, usage)
+            load, usage, loadgen_cpu_s = _against_mesh(args, Path(tmp))
+    result = report(args, load, usage, loadgen_cpu_s)
     if args.samples:
         result["samples"] = samples(load)
     return result
 
 
-def _against_mesh(args: argparse.Namespace, run_dir: Path) -> tuple[LoadResult, dict[str, Any]]:
+def _against_mesh(
+    args: argparse.Namespace, run_dir: Path
+) -> tuple[LoadResult, dict[str, Any], float]:
     settings = MeshSettings(
         run_dir=run_dir,
         replicas={"location": args.location_replicas, "ride": 1, "geo": 1},
@@ -263,11 +295,13 @@ def _against_mesh(args: argparse.Namespace, run_dir: Path) -> tuple[LoadResult, 
         profilers = _profilers(args, roots)
         before = usage_of(roots)
         try:
-            load = run_load(args, address, mesh_token(mesh), lambda d: driver_token(mesh, d))
+            load, loadgen_cpu_s = run_load(
+                args, address, mesh_token(mesh), lambda d: driver_token(mesh, d)
+            )
         finally:
             for profiler in profilers:
                 profiler.wait(timeout=args.duration + 120)
-        return load, usage_report(before, usage_of(roots))
+        return load, usage_report(before, usage_of(roots)), loadgen_cpu_s
 
 
 def _profilers(args: argparse.Namespace, roots: list[tuple[str, int]]) -> list[Any]:
@@ -302,19 +336,25 @@ def _profilers(args: argparse.Namespace, roots: list[tuple[str, int]]) -> list[A
     ]
 
 
-def _against_echo(args: argparse.Namespace, run_dir: Path) -> tuple[LoadResult, dict[str, Any]]:
+def _against_echo(
+    args: argparse.Namespace, run_dir: Path
+) -> tuple[LoadResult, dict[str, Any], float]:
     port = free_port()
     argv = [sys.executable, "-m", "bench.echo", "--port", str(port)]
     with ManagedProcess("echo", argv, run_dir / "echo.log") as echo:
         echo.wait_ready(lambda: port_open(port), 30)
         roots = [("echo", echo.pid)]
         before = usage_of(roots)
-        load = run_load(args, f"127.0.0.1:{port}", "unused", lambda d: "unused")
-        return load, usage_report(before, usage_of(roots))
+        load, loadgen_cpu_s = run_load(args, f"127.0.0.1:{port}", "unused", lambda d: "unused")
+        return load, usage_report(before, usage_of(roots)), loadgen_cpu_s
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    print(json.dumps(run(argv)))
+    try:
+        result = run(argv)
+    except nodeload.LoadgenMissing as error:
+        raise SystemExit(f"bench.stream: {error}") from error
+    print(json.dumps(result))
 
 
 def migrate(mesh: Mesh) -> None:

@@ -35,6 +35,8 @@ WEB_GEN = PATH="$(CURDIR)/web/node_modules/.bin:$$PATH" node_modules/.bin/buf ge
 	--template web/buf.gen.yaml
 # The seed's design as a benchmark baseline: a Node.js Socket.io relay with the Redis adapter.
 SOCKETIO_STAMP := bench/baselines/socketio/node_modules/.installed
+# bench/stream.py's default load generator: Node.js on @grpc/grpc-js (bench/grpcjs/).
+GRPCJS_STAMP := bench/grpcjs/node_modules/.installed
 SCENARIO ?= compare
 PYTEST_ARGS ?= -q --durations=10
 ARGS ?=
@@ -42,7 +44,7 @@ ARGS ?=
 .PHONY: install python check-lock lock system-packages web gen check-gen envoy-configs lint test \
 	run screenshot bench clean distclean
 
-install: system-packages python $(NPM_STAMP) web $(SOCKETIO_STAMP)
+install: system-packages python $(NPM_STAMP) web $(SOCKETIO_STAMP) $(GRPCJS_STAMP)
 
 system-packages:
 	@if command -v redis-server >/dev/null && command -v chromium >/dev/null \
@@ -99,6 +101,10 @@ envoy-configs: python
 
 $(SOCKETIO_STAMP): bench/baselines/socketio/package.json bench/baselines/socketio/package-lock.json
 	cd bench/baselines/socketio && npm ci --no-audit --no-fund
+	touch $@
+
+$(GRPCJS_STAMP): bench/grpcjs/package.json bench/grpcjs/package-lock.json
+	cd bench/grpcjs && npm ci --no-audit --no-fund
 	touch $@
 
 # Type-checks (tsc --noEmit) and bundles; reruns only when a source changed.
@@ -167,4 +173,4 @@ clean:
 
 distclean: clean
 	rm -rf $(VENV) node_modules web/node_modules web/dist bench/baselines/socketio/node_modules \
-	  .ridemesh
+	  bench/grpcjs/node_modules .ridemesh

@@ -3,7 +3,8 @@ docs/bench/. Every run is its own subprocess (fresh servers, fresh memory), boun
 loopback only.
 
 Scenarios:
-  smoke            20 drivers, 3 s: the harness itself works (make test runs it)
+  smoke            20 drivers, 3 s: the harness itself works (make test runs it), through Envoy
+                   with the Node.js load generator and, as a cross-check, the Python one
   streams-1000     1,000 / 5,000 / 10,000 drivers through Envoy, a fix every 4 s,
   streams-5000     5% watched with WatchDriver, plus 10 WatchArea watchers, 60 s
   streams-10000
@@ -55,8 +56,10 @@ def _stream(label: str, drivers: int, duration: float, *extra: str) -> Run:
 def scenario_runs(name: str) -> list[Run]:
     """The runs a scenario is made of."""
     if name == "smoke":
+        quick = ("--interval", "0.5", "--area-watchers", "2")
         return [
-            _stream("envoy", 20, 3, "--interval", "0.5", "--area-watchers", "2"),
+            _stream("envoy", 20, 3, *quick),
+            _stream("envoy-python", 20, 3, *quick, "--loadgen", "python"),
             _stream("echo", 20, 3, "--interval", "0.5", "--target", "echo"),
         ]
     if name.startswith("streams-"):

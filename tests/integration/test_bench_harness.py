@@ -16,26 +16,33 @@ pytestmark = pytest.mark.integration
 PNG = b"\x89PNG\r\n\x1a\n"
 
 
-def test_the_smoke_scenario_measures_the_mesh_and_the_echo_ceiling(tmp_path: Path) -> None:
+def test_the_smoke_scenario_measures_the_mesh_with_both_loadgens_and_echo(tmp_path: Path) -> None:
     document = run_scenario("smoke", tmp_path)
     written = json.loads((tmp_path / "smoke.json").read_text())
     assert written["scenario"] == "smoke"
     assert written["machine"]["cpus"]
-    envoy, echo = written["runs"]["envoy"], written["runs"]["echo"]
-    for run in (envoy, echo):
+    runs = written["runs"]
+    envoy, envoy_python, echo = runs["envoy"], runs["envoy-python"], runs["echo"]
+    for run in (envoy, envoy_python, echo):
         assert run["fixes_sent"] > 50
         assert run["fixes_acked"] == run["fixes_sent"]
         assert run["errors"] == {}
         assert run["command"].startswith(".venv/bin/python -m bench.stream")
         assert run["ack_ms"]["p50"] > 0
+        assert run["loadgen_cpu_s"] > 0
+    # The Node.js load generator by default; the Python one as a cross-check of the same load.
+    assert envoy["loadgen"] == echo["loadgen"] == "node"
+    assert envoy_python["loadgen"] == "python"
     # Through the mesh: every fix durable, both kinds of watcher measured, every process costed.
-    assert envoy["target"] == "envoy"
-    assert envoy["fixes_durable"] == envoy["fixes_sent"]
-    assert envoy["watch_ms"]["n"] > 0
-    assert envoy["area_updates"] > 0
-    assert envoy["persistence_lag_ms"]["p99"] < 5000
-    assert {"envoy", "redis", "postgres"} <= {n.split(":")[0] for n in envoy["processes"]}
-    assert envoy["mesh_cpu_ms_per_acked_fix"] > 0
+    for run in (envoy, envoy_python):
+        assert run["target"] == "envoy"
+        assert run["streams_held"] == run["streams_opened"] == 20
+        assert run["fixes_durable"] == run["fixes_sent"]
+        assert run["watch_ms"]["n"] > 0
+        assert run["area_updates"] > 0
+        assert run["persistence_lag_ms"]["p99"] < 5000
+        assert {"envoy", "redis", "postgres"} <= {n.split(":")[0] for n in run["processes"]}
+        assert run["mesh_cpu_ms_per_acked_fix"] > 0
     assert echo["target"] == "echo"
     assert list(echo["processes"]) == ["echo"]
     assert document["ratios"]["location_vs_echo"]["service_cpu_ms_per_fix"][1] > 0

@@ -196,6 +196,7 @@ def report(
         "duration_s": args.duration,
         "workers": args.workers,
         "location_replicas": args.location_replicas,
+        "envoy_workers": args.envoy_workers,
         "streams_opened": load.streams_opened,
         "streams_held": load.streams_held,
         "watchers": load.watchers,
@@ -245,6 +246,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     add("--workers", type=int, default=2, help="load-generator processes (default 2)")
     add("--streams-per-channel", type=int, default=100, help="streams per HTTP/2 connection")
     add("--location-replicas", type=int, default=1, help="LocationService replicas (default 1)")
+    add("--envoy-workers", type=int, help="Envoy's --concurrency (default: one per CPU)")
     add("--fix-rate", type=float, default=1000.0, help="RIDEMESH_FIX_RATE_PER_S for the mesh")
     add("--durable", action="store_true", help="PostgreSQL fsync and Redis AOF on (default off)")
     add("--area-watchers", type=int, default=10, help="WatchArea streams, each ~5%% of drivers")
@@ -281,6 +283,7 @@ def _against_mesh(
         run_dir=run_dir,
         replicas={"location": args.location_replicas, "ride": 1, "geo": 1},
         durable=args.durable,
+        envoy_workers=args.envoy_workers,
         env={
             "RIDEMESH_FIX_RATE_PER_S": str(args.fix_rate),
             "RIDEMESH_FIX_BURST": str(int(args.fix_rate)),

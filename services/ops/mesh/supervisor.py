@@ -72,6 +72,8 @@ class MeshSettings:
     replicas: Mapping[str, int] = field(default_factory=lambda: dict.fromkeys(CLUSTERS, 1))
     envoy_port: int | None = None
     envoy_admin_port: int | None = None
+    # Envoy's worker threads (`--concurrency`); None: one per hardware thread, Envoy's default.
+    envoy_workers: int | None = None
     listen_address: str = "127.0.0.1"
     redis_port: int | None = None
     postgres_port: int | None = None
@@ -239,6 +241,7 @@ def _start_all(
         jwt=edge_jwt(settings) if settings.jwt else None,
         tls=settings.tls,
         web_port=mesh.web_port,
+        concurrency=settings.envoy_workers,
     )
     mesh.envoy = mesh.start(envoy)
 

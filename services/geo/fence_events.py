@@ -19,7 +19,8 @@ from services.domain.errors import InvalidArgument, NotFound
 from services.geo.zone_index import Zone, ZoneIndex
 from services.geo.zones import validate_labels
 from services.live.fanout import Hub, KeyedLatest, Latest
-from services.live.names import CELL_PATTERN, FENCE_EVENTS_CHANNEL, fence_state_key
+from services.live.ingest import IngestFollower
+from services.live.names import FENCE_EVENTS_CHANNEL, fence_state_key
 from services.live.replies import text
 
 log = logging.getLogger(__name__)
@@ -173,7 +174,10 @@ class _EntryCache:
 class FenceTracker:
     """Applies every fix in the world to its driver's zone state in Redis, publishing transitions.
 
-    Every replica runs one and sees every fix; the script lets exactly one of them apply each fix.
+    Every replica runs one and sees every fix (it follows the ingest log: one read per batch of
+    fixes, where a pattern subscription to the cell channels cost a message per fix); the script
+    lets exactly one of them apply each fix. Fixes older than the driver's state (late ones) are
+    in the log too, and the script ignores them.
 
     Most fixes are outside every zone, and a fix outside every zone for a driver whose state is
     empty changes nothing. So a replica that itself just wrote an empty state for a driver skips
@@ -190,12 +194,11 @@ class FenceTracker:
         self,
         redis: Redis,
         zones: HasZoneIndex,
-        hub: Hub[DriverLocation],
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._redis = redis
         self._zones = zones
-        self._hub = hub
+        self._follower = IngestFollower(redis)
         self._apply = redis.register_script(_APPLY_LUA)
         # Per driver only the newest unprocessed fix matters: zone state only moves forward.
         self._mailbox: KeyedLatest[DriverLocation] = KeyedLatest(
@@ -206,22 +209,32 @@ class FenceTracker:
         # Drivers whose state this replica itself last wrote empty, until when it trusts that.
         self._outside: dict[str, float] = {}
         self._prune_at = 0.0
-        self._worker: asyncio.Task[None] | None = None
+        self._tasks: list[asyncio.Task[None]] = []
         self.stats = FenceStats()
 
     async def start(self) -> None:
-        self._worker = asyncio.create_task(self._work(), name="fence-tracker")
-        await self._hub.add(CELL_PATTERN, self._on_fix, pattern=True)
+        """Returns once every fix entered from now on will be seen."""
+        await self._follower.start()
+        self._tasks = [
+            asyncio.create_task(self._follow(), name="fence-follow"),
+            asyncio.create_task(self._work(), name="fence-tracker"),
+        ]
 
     async def stop(self) -> None:
-        await self._hub.remove(CELL_PATTERN, self._on_fix)
-        if self._worker:
-            self._worker.cancel()
-            await asyncio.gather(self._worker, return_exceptions=True)
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
 
-    def _on_fix(self, location: DriverLocation) -> None:
-        # Runs in the hub's reader for every fix: one dict write, the work happens in _work.
-        self._mailbox.put(location.driver_id, location)
+    async def _follow(self) -> None:
+        # Only decoding here; the work happens in _work, on the newest fix per driver.
+        async for payloads in self._follower.batches():
+            for payload in payloads:
+                try:
+                    location = DriverLocation.FromString(payload)
+                except Exception:  # a foreign writer on the log must not stop tracking
+                    log.exception("undecodable ingest entry skipped")
+                    continue
+                self._mailbox.put(location.driver_id, location)
 
     async def _work(self) -> None:
         while True:

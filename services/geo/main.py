@@ -8,7 +8,6 @@ from grpc import aio
 from opentelemetry.sdk.trace import TracerProvider
 
 from ridemesh.v1 import geo_query_service_pb2_grpc as pb_grpc
-from ridemesh.v1.common_pb2 import DriverLocation
 from services.domain.routing import GreatCircleRouter
 from services.geo.fence_events import FenceTracker, decode_event_message
 from services.geo.geofence_store import GeofenceStore
@@ -39,9 +38,8 @@ async def build(parts: Parts) -> Service:
     fences = GeofenceStore(engine)
     zones = ZoneCache(fences, redis, settings.zone_refresh_s)
     await parts.started(zones.start, zones.stop)
-    fixes = await parts.hub(DriverLocation.FromString)
     events = await parts.hub(decode_event_message)
-    tracker = FenceTracker(redis, zones, fixes)
+    tracker = FenceTracker(redis, zones)
     await parts.started(tracker.start, tracker.stop)
     router = GreatCircleRouter.from_settings(settings)
     servicer = GeoQueryServicer(live, history, fences, zones, events, router, redis)

@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
-import signal
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
@@ -18,25 +16,9 @@ from redis.exceptions import RedisError
 from services.domain.errors import Unavailable
 from services.live.fanout import Hub
 from services.live.replies import text
-from services.ops.mesh.redis_server import RedisServer
+from tests.integration.restartable import Restartable
 
 pytestmark = pytest.mark.integration
-
-
-class Restartable:
-    """A Redis on a fixed port that a test can kill and start again."""
-
-    def __init__(self, directory: Path) -> None:
-        self.directory = directory
-        self.server = RedisServer(directory).start()
-
-    def kill(self) -> None:
-        os.kill(self.server.process.pid, signal.SIGKILL)
-        self.server.process.wait(timeout=10)
-        self.server.stop()  # closes its log; the process is already gone
-
-    def start(self) -> None:
-        self.server = RedisServer(self.directory, self.server.port).start()
 
 
 @pytest.fixture

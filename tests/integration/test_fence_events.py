@@ -13,7 +13,6 @@ from shapely.geometry import box
 
 from ridemesh.v1 import geo_query_service_pb2 as pb
 from ridemesh.v1.common_pb2 import DriverLocation, LatLng
-from services.domain.area import cell_of
 from services.domain.errors import NotFound
 from services.geo.fence_events import (
     WATCH_DEPTH,
@@ -26,7 +25,7 @@ from services.geo.fence_events import (
 )
 from services.geo.zone_index import Zone, ZoneIndex
 from services.live.fanout import Hub
-from services.live.names import FENCE_EVENTS_CHANNEL, cell_channel, fence_state_key
+from services.live.names import FENCE_EVENTS_CHANNEL, INGEST_STREAM, fence_state_key
 from services.ops.mesh.redis_server import RedisServer
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio]
@@ -57,12 +56,10 @@ class Replica:
 
     def __init__(self, url: str, zones: Zones) -> None:
         self.redis = Redis.from_url(url)
-        self.fixes: Hub[DriverLocation] = Hub(self.redis, DriverLocation.FromString)
         self.events: Hub[EventBatch] = Hub(self.redis, decode_event_message)
-        self.tracker = FenceTracker(self.redis, zones, self.fixes)
+        self.tracker = FenceTracker(self.redis, zones)
 
     async def start(self) -> Replica:
-        await self.fixes.start()
         await self.events.start()
         await self.tracker.start()
         return self
@@ -70,7 +67,6 @@ class Replica:
     async def stop(self) -> None:
         await self.tracker.stop()
         await self.events.stop()
-        await self.fixes.stop()
         await self.redis.aclose()
 
 
@@ -112,8 +108,8 @@ def fix(
 
 
 async def publish_fix(publisher: Redis, location: DriverLocation) -> None:
-    channel = cell_channel(cell_of(location.position.latitude, location.position.longitude))
-    await publisher.publish(channel, location.SerializeToString())
+    """Enters a fix in the ingest log, as LocationService does."""
+    await publisher.xadd(INGEST_STREAM, {"p": location.SerializeToString()})
 
 
 async def send(publisher: Redis, replicas: list[Replica], location: DriverLocation) -> None:

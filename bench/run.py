@@ -7,7 +7,7 @@ Scenarios:
                    with the Node.js load generator and, as a cross-check, the Python one
   streams-1000     1,000 / 5,000 / 10,000 drivers through Envoy, a fix every 4 s,
   streams-5000     5% watched with WatchDriver, plus 10 WatchArea watchers, 60 s
-  streams-10000
+  streams-10000    (10,000: two LocationService replicas)
   compare          one load shape (1,000 drivers, 4 s, 45 s) against: the mesh through Envoy,
                    LocationService directly, a bare grpc.aio echo server, and the seed's
                    Socket.io relay; writes the three ratios
@@ -64,7 +64,10 @@ def scenario_runs(name: str) -> list[Run]:
         ]
     if name.startswith("streams-"):
         drivers = int(name.removeprefix("streams-"))
-        return [_stream("envoy", drivers, 60)]
+        # One Python process works on one core: past about 6,000 drivers a second
+        # LocationService replica is what lets the mesh use the machine's other core.
+        replicas = 2 if drivers > 6_000 else 1
+        return [_stream("envoy", drivers, 60, "--location-replicas", str(replicas))]
     if name == "compare":
         shape = ("--interval", "4")
         socketio = ["bench.socketio", "--drivers", "1000", "--interval", "4", "--duration", "45"]

@@ -18,6 +18,7 @@ from ridemesh.v1.common_pb2 import DriverLocation
 from services.domain.errors import InvalidArgument, NotFound
 from services.geo.zone_index import Zone, ZoneIndex
 from services.geo.zones import validate_labels
+from services.live.client import raise_if_cancelling
 from services.live.fanout import Hub, KeyedLatest, Latest
 from services.live.ingest import IngestFollower
 from services.live.names import FENCE_EVENTS_CHANNEL, fence_state_key
@@ -243,7 +244,8 @@ class FenceTracker:
                 chunk = batch[start : start + _MAX_PIPELINE]
                 try:
                     await self._apply_batch(chunk)
-                except Exception:  # Redis away: these fixes are lost, the next ones repair state
+                except Exception as exc:  # Redis away: these fixes are lost, the next repair it
+                    raise_if_cancelling(exc)
                     self.stats.failed_batches += 1
                     log.exception("geofence state update failed for %d fixes", len(chunk))
                     await asyncio.sleep(1.0)

@@ -13,6 +13,7 @@ from redis.asyncio.client import PubSub
 from redis.exceptions import RedisError
 
 from services.geo.zone_index import Zone, ZoneIndex
+from services.live.client import raise_if_cancelling
 from services.live.names import ZONE_CHANGES_CHANNEL
 
 log = logging.getLogger(__name__)
@@ -102,7 +103,10 @@ class ZoneCache:
             self._dirty.clear()
             try:
                 await self._refresh_if_changed()
-            except Exception:  # the old index keeps serving; the next tick or message retries
+            except (
+                Exception
+            ) as exc:  # the old index keeps serving; the next tick or message retries
+                raise_if_cancelling(exc)
                 log.exception("zone index reload failed; keeping the previous index")
 
     async def _listen(self, pubsub: PubSub) -> None:
@@ -112,6 +116,7 @@ class ZoneCache:
                     ignore_subscribe_messages=True, timeout=_LISTEN_TIMEOUT_S
                 )
             except (RedisError, OSError) as exc:
+                raise_if_cancelling(exc)
                 # redis-py resubscribes on the next read; what was published meanwhile is lost,
                 # so check the revision as soon as the subscription is back.
                 log.warning("zone change subscription lost (%s); reconnecting", exc)

@@ -31,6 +31,7 @@ import asyncpg
 from sqlalchemy.exc import SQLAlchemyError
 
 from services.history.store import FIX_COLUMNS, PARENT_TABLE, HistoryStore
+from services.live.client import raise_if_cancelling
 from services.server.config import Settings
 
 log = logging.getLogger(__name__)
@@ -302,7 +303,8 @@ async def _repeat(once: Callable[[], Awaitable[list[str]]], interval_s: float) -
     while True:
         try:
             lines = await once()
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, SQLAlchemyError):
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, SQLAlchemyError) as exc:
+            raise_if_cancelling(exc)
             log.exception("history maintenance failed; retrying in %g s", interval_s)
         else:
             for line in lines:

@@ -13,6 +13,7 @@ from redis.asyncio.client import PubSub
 from redis.exceptions import RedisError
 
 from services.domain.errors import Unavailable
+from services.live.client import raise_if_cancelling
 from services.live.names import HUB_KEEPALIVE_CHANNEL
 from services.live.replies import text
 from services.observability.metrics import DROPPED_KEYED, DROPPED_LATEST
@@ -123,6 +124,7 @@ class Hub(Generic[T]):
                     ignore_subscribe_messages=True, timeout=None
                 )
             except (RedisError, OSError) as exc:
+                raise_if_cancelling(exc)  # stop() cancelled the read: end, do not reconnect
                 # redis-py reconnects and subscribes again on the next read; keep the reader alive.
                 log.warning("fan-out subscription lost (%s); reconnecting", exc)
                 self._lost()

@@ -12,6 +12,7 @@ from typing import Any
 from redis.asyncio import Redis
 from redis.exceptions import RedisError, ResponseError
 
+from services.live.client import raise_if_cancelling
 from services.live.names import INGEST_STREAM, PERSIST_GROUP
 from services.live.replies import text
 
@@ -112,10 +113,7 @@ class IngestFollower:
                     {INGEST_STREAM: self._last}, count=FOLLOW_COUNT, block=FOLLOW_BLOCK_MS
                 )
             except (RedisError, OSError) as exc:
-                task = asyncio.current_task()
-                if task is not None and task.cancelling():
-                    # redis-py turns a cancellation during a blocking read into a TimeoutError.
-                    raise asyncio.CancelledError from exc
+                raise_if_cancelling(exc)
                 log.warning("reading the ingest log failed (%s); retrying", type(exc).__name__)
                 self._last = None  # resume at the end: the gap is skipped
                 await asyncio.sleep(self._retry_s)

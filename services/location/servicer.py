@@ -27,6 +27,7 @@ from services.domain.validation import (
 )
 from services.history.persister import fix_key, fix_row
 from services.history.store import FixRow, HistoryStore
+from services.live.client import raise_if_cancelling
 from services.live.fanout import Hub, KeyedLatest, Latest
 from services.live.names import CELL_PATTERN, cell_channel, control_channel, driver_channel
 from services.live.store import LiveStore
@@ -138,6 +139,7 @@ class LocationServicer(pb_grpc.LocationServiceServicer):
             stream.reject(update.seq, update.driver_id, error)
             return
         except Exception as exc:
+            raise_if_cancelling(exc)
             # Redis away: this fix is refused in-band (the app keeps it); the stream goes on.
             failure = unavailable(exc)
             if failure is None:

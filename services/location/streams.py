@@ -16,6 +16,7 @@ from ridemesh.v1.location_service_pb2 import (
     StreamLocationsResponse,
 )
 from services.domain.errors import DomainError, Unavailable
+from services.live.client import raise_if_cancelling
 from services.live.ingest import IngestLog
 from services.location.session import DriverSession, FixKey, InFlight
 from services.observability.metrics import FIXES_LOST, FIXES_REJECTED
@@ -203,7 +204,8 @@ class StreamRegistry:
             await asyncio.sleep(step)
             try:
                 await self._tick(self._slices[index])
-            except Exception:  # Redis away for a moment: acks resume on a later tick
+            except Exception as exc:  # Redis away for a moment: acks resume on a later tick
+                raise_if_cancelling(exc)
                 log.exception("ack tick failed")
             index = (index + 1) % len(self._slices)
 
@@ -268,6 +270,7 @@ async def _or_none(work: Awaitable[T], what: str) -> T | None:
     try:
         return await work
     except Exception as exc:
+        raise_if_cancelling(exc)
         failure = unavailable(exc)
         if failure is None:
             raise

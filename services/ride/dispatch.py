@@ -22,6 +22,7 @@ from ridemesh.v1.location_service_pb2 import (
 )
 from services.domain.errors import FailedPrecondition
 from services.domain.geodesy import haversine_m
+from services.live.client import raise_if_cancelling
 from services.live.names import (
     OPEN_REQUESTS_KEY,
     SEARCH_RETRY_KEY,
@@ -157,7 +158,8 @@ class Dispatcher:
             await asyncio.sleep(self._settings.dispatch_sweep_s)
             try:
                 await self.sweep()
-            except Exception:  # PostgreSQL or Redis away for a moment: the next sweep retries
+            except Exception as exc:  # PostgreSQL or Redis away a moment: the next sweep retries
+                raise_if_cancelling(exc)
                 log.exception("dispatch sweep failed")
 
     async def sweep(self) -> None:

@@ -20,6 +20,7 @@ from redis.asyncio import Redis
 from ridemesh.v1 import ride_service_pb2 as pb
 from ridemesh.v1.common_pb2 import DriverAvailability
 from ridemesh.v1.location_service_pb2 import RideOfferWithdrawn, StreamLocationsResponse
+from services.live.client import raise_if_cancelling
 from services.live.names import (
     LIVE_EPOCH_KEY,
     OPEN_REQUESTS_KEY,
@@ -109,6 +110,7 @@ class RideEffects:
             try:
                 await self.repair()
             except Exception as exc:  # Redis or PostgreSQL away: the next round tries again
+                raise_if_cancelling(exc)
                 failure = unavailable(exc)
                 if failure is None:
                     log.exception("ride effects repair failed")

@@ -29,20 +29,32 @@ async def run(
     await run_service("geo", build, settings, address, stop=stop, tracing=tracing)
 
 
+# After a zone change is announced, a cache reading a replica waits this long for the replica
+# to replay it before leaving it to the next poll (zone_refresh_s).
+REPLICA_WAIT_S = 5.0
+
+
 async def build(parts: Parts) -> Service:
     settings = parts.settings
     redis = parts.redis()
     engine = parts.engine()
+    # Tracks, zone listings and the zone index's loads may read a replica (database_read_url);
+    # partition upkeep and zone writes use the primary.
+    replica = parts.read_engine()
     history = HistoryStore(engine)
     live = LiveStore(redis, settings.live_window_s)
     fences = GeofenceStore(engine)
-    zones = ZoneCache(fences, redis, settings.zone_refresh_s)
+    fence_reads = GeofenceStore(replica)
+    replica_wait_s = REPLICA_WAIT_S if settings.database_read_url else 0.0
+    zones = ZoneCache(fence_reads, redis, settings.zone_refresh_s, replica_wait_s)
     await parts.started(zones.start, zones.stop)
     events = await parts.hub(decode_event_message)
     tracker = FenceTracker(redis, zones)
     await parts.started(tracker.start, tracker.stop)
     router = GreatCircleRouter.from_settings(settings)
-    servicer = GeoQueryServicer(live, history, fences, zones, events, router, redis)
+    servicer = GeoQueryServicer(
+        live, HistoryStore(replica), fences, zones, events, router, redis, fence_reads
+    )
     parts.background(run_forever(history, settings), "maintenance")
 
     def register(server: aio.Server) -> None:

@@ -41,9 +41,12 @@ class GeoQueryServicer(pb_grpc.GeoQueryServiceServicer):
         events: Hub[EventBatch],
         router: Router,
         redis: Redis,
+        fence_listings: GeofenceStore | None = None,
     ) -> None:
         self._live = live
+        # Reads that may lag a moment (a replica, with database_read_url): tracks and listings.
         self._history = history
+        self._fence_listings = fence_listings or fences
         self._fences = fences
         self._zones = zones
         self._events = events
@@ -75,7 +78,7 @@ class GeoQueryServicer(pb_grpc.GeoQueryServiceServicer):
         self, request: pb.ListGeofencesRequest, context: Context
     ) -> pb.ListGeofencesResponse:
         rules.may_read_geofences(current_identity())
-        return await geofences.list_geofences(self._fences, request)
+        return await geofences.list_geofences(self._fence_listings, request)
 
     async def DeleteGeofence(
         self, request: pb.DeleteGeofenceRequest, context: Context

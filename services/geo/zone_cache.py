@@ -18,6 +18,9 @@ from services.live.names import ZONE_CHANGES_CHANNEL
 
 log = logging.getLogger(__name__)
 
+# How often a cache reading a replica asks for an announced change it has not seen yet.
+REPLICA_POLL_S = 0.05
+
 # How long the listener waits for a message before looping (and noticing a stop).
 _LISTEN_TIMEOUT_S = 1.0
 _RECONNECT_DELAY_S = 0.5
@@ -40,10 +43,15 @@ class ZoneCache:
     """`.index` is the current ZoneIndex; a reload builds a new one and swaps it in whole, so
     readers never see a half-built index and need no lock."""
 
-    def __init__(self, store: ZoneSource, redis: Redis, refresh_s: float) -> None:
+    def __init__(
+        self, store: ZoneSource, redis: Redis, refresh_s: float, replica_wait_s: float = 0.0
+    ) -> None:
         self._store = store
         self._redis = redis
         self._refresh_s = refresh_s
+        # When `store` reads a streaming replica: how long, after a change is announced, to
+        # keep asking for it while the replica has not replayed it yet (then the poll takes over).
+        self._replica_wait_s = replica_wait_s
         self._index = ZoneIndex()
         self._revision: int | None = None
         # Set by an announcement; many announcements in a burst cost one reload.
@@ -92,17 +100,34 @@ class ZoneCache:
         self._revision = revision
         log.info("zone index loaded: %d zones at revision %d", len(zones), revision)
 
-    async def _refresh_if_changed(self) -> None:
+    async def _refresh_if_changed(self) -> bool:
         if await self._store.revision() != self._revision:
             await self.refresh()
+            return True
+        return False
+
+    async def _refresh_once_changed(self) -> None:
+        """After an announcement: a replica may lag the primary that committed the change, so
+        the revision is asked again every REPLICA_POLL_S until it moves or the wait is over."""
+        loop = asyncio.get_running_loop()
+        until = loop.time() + self._replica_wait_s
+        while not await self._refresh_if_changed():
+            if loop.time() >= until:
+                return  # the periodic check will find it
+            await asyncio.sleep(REPLICA_POLL_S)
 
     async def _keep_in_step(self) -> None:
         while True:
+            announced = False
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._dirty.wait(), self._refresh_s)
+                announced = True
             self._dirty.clear()
             try:
-                await self._refresh_if_changed()
+                if announced and self._replica_wait_s > 0:
+                    await self._refresh_once_changed()
+                else:
+                    await self._refresh_if_changed()
             except (
                 Exception
             ) as exc:  # the old index keeps serving; the next tick or message retries

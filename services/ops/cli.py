@@ -58,6 +58,11 @@ def _add_up(subcommands: Commands) -> None:
     )
     up.add_argument("--tls-key", type=Path, help="the certificate's private key (PEM)")
     up.add_argument(
+        "--postgres-replica",
+        action="store_true",
+        help="also start a streaming replica of the PostgreSQL started here, for history reads",
+    )
+    up.add_argument(
         "--production",
         action="store_true",
         help="refuse the development key; health and reflection need tokens too",
@@ -85,6 +90,10 @@ def _add_serve(subcommands: Commands) -> None:
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, required=True)
     _add_store_urls(serve)
+    serve.add_argument(
+        "--database-read-url",
+        help="a streaming replica for history reads that may lag; $RIDEMESH_DATABASE_READ_URL",
+    )
     page = serve.add_argument_group("web only")
     page.add_argument("--dist", type=Path, help="the built page (default: web/dist)")
     page.add_argument(

@@ -98,7 +98,11 @@ def serve(args: argparse.Namespace) -> int:
 
     if args.service == "web":
         return _serve_web(args)
-    settings = Settings.from_env(redis_url=args.redis_url, database_url=args.database_url)
+    settings = Settings.from_env(
+        redis_url=args.redis_url,
+        database_url=args.database_url,
+        database_read_url=args.database_read_url,
+    )
     configure_logging(json_lines=settings.log_format == "json")
     tracing = configure_tracing(args.service)
     address = f"{args.host}:{args.port}"
@@ -182,6 +186,13 @@ def up(args: argparse.Namespace) -> int:
     if (args.tls_cert is None) != (args.tls_key is None):
         print("ridemesh: --tls-cert and --tls-key go together", file=sys.stderr)
         return 2
+    if args.postgres_replica and stores["database_url"]:
+        print(
+            "ridemesh: --postgres-replica replicates the PostgreSQL `up` starts; with your own "
+            "database, set RIDEMESH_DATABASE_READ_URL for the services instead",
+            file=sys.stderr,
+        )
+        return 2
     tls = EnvoyTls(args.tls_cert.resolve(), args.tls_key.resolve()) if args.tls_cert else None
     settings = MeshSettings(
         run_dir=args.data_dir.resolve(),
@@ -193,6 +204,7 @@ def up(args: argparse.Namespace) -> int:
         durable=True,
         redis_url=stores["redis_url"] or None,
         database_url=stores["database_url"] or None,
+        postgres_replica=args.postgres_replica,
         production=args.production,
         tls=tls,
         web=True,

@@ -54,8 +54,9 @@ async def build(parts: Parts) -> Service:
     locations = await parts.hub(DriverLocation.FromString)
     chats = await parts.hub(pb.ChatMessage.FromString)
     router = GreatCircleRouter.from_settings(settings)
+    listings = RideStore(parts.read_engine())
     servicer = RideServicer(
-        store, messages, dispatcher, effects, live, rides, locations, chats, router, redis
+        store, messages, dispatcher, effects, live, rides, locations, chats, router, redis, listings
     )
     parts.background(dispatcher.sweep_forever(), "dispatch-sweeper")
     parts.background(effects.repair_forever(), "ride-effects")

@@ -50,8 +50,12 @@ class RideServicer(pb_grpc.RideServiceServicer):
         chats: Hub[pb.ChatMessage],
         router: Router,
         redis: Redis,
+        listings: RideStore | None = None,
     ) -> None:
         self._store = store
+        # ListRides may read a replica that lags a moment (database_read_url); the rest must
+        # see this process's own writes, on the primary.
+        self._listings = listings or store
         self._messages = messages
         self._dispatcher = dispatcher
         self._effects = effects
@@ -104,7 +108,7 @@ class RideServicer(pb_grpc.RideServiceServicer):
         if request.page_token:
             position = pagetoken.decode(request.page_token, key)
             after = (datetime.fromisoformat(position["t"]), str(position["id"]))
-        rides, cursor = await self._store.list_rides(
+        rides, cursor = await self._listings.list_rides(
             rider_id=request.rider_id,
             driver_id=request.driver_id,
             states=list(request.states),

@@ -46,6 +46,7 @@ class Parts:
         self._stack = stack
         self._redis: Redis | None = None
         self._engine: AsyncEngine | None = None
+        self._read_engine: AsyncEngine | None = None
 
     def redis(self) -> Redis:
         """The process's one Redis client (pooled)."""
@@ -60,6 +61,16 @@ class Parts:
             self._engine = create_engine(self.settings.database_url)
             self._stack.push_async_callback(self._engine.dispose)
         return self._engine
+
+    def read_engine(self) -> AsyncEngine:
+        """The engine for reads that may lag a moment: the replica's when database_read_url is
+        set, else the primary's (the same engine)."""
+        if not self.settings.database_read_url:
+            return self.engine()
+        if self._read_engine is None:
+            self._read_engine = create_engine(self.settings.database_read_url)
+            self._stack.push_async_callback(self._read_engine.dispose)
+        return self._read_engine
 
     async def hub(self, decode: Callable[[bytes], T]) -> Hub[T]:
         """A started fan-out hub decoding its messages with `decode`."""

@@ -29,6 +29,10 @@ class Settings:
     # Empty only in commands that never touch that store (migrate, maintain).
     redis_url: str
     database_url: str
+    # A PostgreSQL streaming replica for history reads that may lag a moment (tracks, ride and
+    # zone listings); empty: every read goes to database_url. Writes, and reads that must see
+    # this process's own writes (durability checks, ride transitions), always use the primary.
+    database_read_url: str = ""
     # A driver with no fix for this long is not live (GetDriverLocation answers NOT_FOUND).
     live_window_s: float = 300.0
     # Fixes stamped further ahead of the server clock than this are rejected.
@@ -137,9 +141,14 @@ class Settings:
 def normalise_store_urls(values: dict[str, Any]) -> dict[str, Any]:
     """`values` with redis_url and database_url (set or empty) in the forms the drivers take;
     InvalidSetting names the key and the forms accepted."""
-    normalise = {"redis_url": redis_url, "database_url": database_url}
+    normalise = {
+        "redis_url": redis_url,
+        "database_url": database_url,
+        "database_read_url": database_url,
+    }
     values.setdefault("redis_url", "")
     values.setdefault("database_url", "")
+    values.setdefault("database_read_url", "")
     try:
         for name, normal in normalise.items():
             if values[name]:

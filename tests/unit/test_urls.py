@@ -117,3 +117,29 @@ def test_the_command_stops_with_one_line_naming_the_setting(
     assert err.count("\n") == 1, err
     assert err.startswith("ridemesh: setting RIDEMESH_DATABASE_URL (--database-url) must be a ")
     assert "got a mysql:// URL" in err
+
+
+def test_the_read_url_is_normalised_like_the_primary_one() -> None:
+    settings = Settings.from_env(
+        env={},
+        redis_url="redis://127.0.0.1:6379/0",
+        database_url="postgres://u@127.0.0.1/ridemesh",
+        database_read_url="postgres://u@127.0.0.1:5433/ridemesh?sslmode=require",
+    )
+    assert settings.database_read_url == (
+        "postgresql+asyncpg://u@127.0.0.1:5433/ridemesh?ssl=require"
+    )
+    with pytest.raises(InvalidSetting, match="RIDEMESH_DATABASE_READ_URL"):
+        Settings.from_env(
+            env={"RIDEMESH_DATABASE_READ_URL": "mysql://u@host/db"},
+            redis_url="redis://127.0.0.1:6379/0",
+            database_url="postgres://u@127.0.0.1/ridemesh",
+        )
+
+
+def test_up_refuses_a_replica_of_a_database_it_does_not_start(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    argv = ["up", "--postgres-replica", "--no-demo", "--database-url", "postgres://u@db/ridemesh"]
+    assert main(argv) == 2
+    assert "RIDEMESH_DATABASE_READ_URL" in capsys.readouterr().err

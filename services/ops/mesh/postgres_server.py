@@ -167,3 +167,43 @@ class PostgresServer(ServerProcess):
         if result.returncode != 0:
             raise ProcessError(f"{argv[0]} failed ({result.returncode}): {result.stderr.strip()}")
         return result.stdout
+
+
+class PostgresReplica(PostgresServer):
+    """A hot standby of `primary`: its data directory cloned with `pg_basebackup -R` (which
+    writes the standby signal and primary_conninfo), then streaming the primary's WAL. Read-only;
+    initdb's defaults on the primary (wal_level replica, trusted replication from 127.0.0.1)
+    are all it needs."""
+
+    def __init__(
+        self,
+        primary: PostgresServer,
+        data_dir: Path,
+        port: int | None = None,
+        fsync: bool = True,
+        log_path: Path | None = None,
+    ) -> None:
+        self.primary = primary
+        super().__init__(data_dir, port=port, fsync=fsync, log_path=log_path)
+
+    def start(self) -> Self:
+        self._initdb()
+        self.process.start()
+        self.process.wait_ready(self._accepting, self.ready_timeout)
+        return self
+
+    def replay_caught_up(self) -> bool:
+        """Whether this standby has replayed everything the primary had written when asked."""
+        written = self.primary.psql("SELECT pg_current_wal_lsn()")
+        return self.psql(f"SELECT pg_last_wal_replay_lsn() >= '{written}'::pg_lsn") == "t"
+
+    def _initdb(self) -> None:
+        if (self.data_dir / "PG_VERSION").is_file():
+            return
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        if self.user is not None:
+            _give_to(self.user, self.data_dir)
+        argv = [str(pg_binary("pg_basebackup")), "-D", str(self.data_dir), "-R", "-X", "stream"]
+        argv += ["--checkpoint=fast"]  # the default waits for a spread checkpoint: minutes
+        argv += ["-h", "127.0.0.1", "-p", str(self.primary.port), "-U", SUPERUSER, "--no-sync"]
+        self._run(argv)

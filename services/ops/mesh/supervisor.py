@@ -25,7 +25,7 @@ from services.auth.keys import (
 from services.ops.mesh.envoy_config import CLUSTERS, EnvoyJwt, EnvoyTls
 from services.ops.mesh.envoy_proxy import EnvoyProxy
 from services.ops.mesh.ports import free_port, http_ok
-from services.ops.mesh.postgres_server import PostgresServer
+from services.ops.mesh.postgres_server import PostgresReplica, PostgresServer
 from services.ops.mesh.process import ManagedProcess
 from services.ops.mesh.redis_server import RedisServer
 from services.server.config import UnsafeSetting
@@ -80,6 +80,9 @@ class MeshSettings:
     durable: bool = False  # keep data across restarts (Redis AOF, PostgreSQL fsync)
     redis_url: str | None = None  # use this Redis instead of starting one
     database_url: str | None = None  # use this PostgreSQL instead of starting one
+    # Also start a streaming replica of the PostgreSQL started here, for the services' history
+    # reads (RIDEMESH_DATABASE_READ_URL).
+    postgres_replica: bool = False
     env: Mapping[str, str] = field(default_factory=dict)
     ready_timeout: float = 60.0
     # Tokens: verified at Envoy (when `jwt`) and in every service against keys_dir/jwks.json;
@@ -111,6 +114,7 @@ class Mesh:
         self.parts: list[Part] = []
         self.redis: RedisServer | None = None
         self.postgres: PostgresServer | None = None
+        self.postgres_replica: PostgresReplica | None = None
         self.envoy: EnvoyProxy | None = None
         # The development key pair tokens are minted with; None in production.
         self.keys: DevKeys | None = None
@@ -121,6 +125,7 @@ class Mesh:
         # Set from the servers started here, or given when Redis/PostgreSQL run elsewhere.
         self.redis_url: str | None = None
         self.database_url: str | None = None
+        self.database_read_url: str | None = None
 
     def start(self, part: P) -> P:
         """Start `part` and take ownership of stopping it."""
@@ -220,6 +225,19 @@ def _start_all(
     mesh.database_url = settings.database_url or (mesh.postgres.url if mesh.postgres else None)
     if before_services is not None:
         before_services(mesh)
+    if settings.postgres_replica:
+        if mesh.postgres is None:
+            raise RuntimeError("postgres_replica needs the PostgreSQL started here")
+        # After the migrations (before_services), so the replica starts with the schema.
+        mesh.postgres_replica = mesh.start(
+            PostgresReplica(
+                mesh.postgres,
+                run_dir / "postgres-replica",
+                fsync=settings.durable,
+                log_path=run_dir / "logs" / "postgres-replica.log",
+            )
+        )
+        mesh.database_read_url = mesh.postgres_replica.url
     # Envoy's port is fixed first: services call each other through it (RIDEMESH_MESH_TARGET).
     envoy_port = settings.envoy_port or free_port()
     env = {
@@ -227,6 +245,8 @@ def _start_all(
         **auth_env(settings),
         **settings.env,
     }
+    if mesh.database_read_url is not None:
+        env["RIDEMESH_DATABASE_READ_URL"] = mesh.database_read_url
     for service, count in settings.replicas.items():
         for _ in range(count):
             mesh.start_service(service, free_port(), env, settings.ready_timeout)

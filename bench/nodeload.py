@@ -22,21 +22,21 @@ GRPCJS_DIR = Path(__file__).resolve().parent / "grpcjs"
 RESULT_FIELDS = frozenset(f.name for f in fields(LoadResult))
 
 
-class LoadgenMissing(RuntimeError):
-    """Node.js or bench/grpcjs's npm packages are not installed."""
+class NodePackagesMissing(RuntimeError):
+    """Node.js, or the npm packages of one of bench/'s Node.js programs, are not installed."""
 
 
-def require_node() -> Path:
-    """The `node` binary, once bench/grpcjs's node_modules is in place."""
-    if not (GRPCJS_DIR / "node_modules").is_dir():
-        raise LoadgenMissing(
-            f"{GRPCJS_DIR / 'node_modules'} is missing: "
-            f"run `make install` (or `cd {os.path.relpath(GRPCJS_DIR)} && npm ci`)"
+def require_node(package_dir: Path = GRPCJS_DIR) -> Path:
+    """The `node` binary, once `package_dir`'s node_modules is in place."""
+    if not (package_dir / "node_modules").is_dir():
+        raise NodePackagesMissing(
+            f"{package_dir / 'node_modules'} is missing: "
+            f"run `make install` (or `cd {os.path.relpath(package_dir)} && npm ci`)"
         )
     try:
         return find_binary("node")
     except BinaryNotFound as error:
-        raise LoadgenMissing("node is not on PATH (Node.js 20 or later)") from error
+        raise NodePackagesMissing("node is not on PATH (Node.js 20 or later)") from error
 
 
 def plan_json(plan: LoadPlan) -> str:

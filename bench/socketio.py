@@ -18,9 +18,9 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+from bench.nodeload import NodePackagesMissing, require_node
 from bench.procstat import usage_of
 from bench.stream import percentiles, usage_report
-from services.ops.mesh.binaries import BinaryNotFound, find_binary
 from services.ops.mesh.ports import free_port, port_open
 from services.ops.mesh.process import ManagedProcess
 from services.ops.mesh.redis_server import RedisServer
@@ -53,10 +53,6 @@ COUNT_KEYS = (
 )
 
 
-class BaselineMissing(RuntimeError):
-    """Node.js or the baseline's npm packages are not installed."""
-
-
 @dataclass(frozen=True)
 class Plan:
     """One run's load shape (the same knobs as bench/stream.py's)."""
@@ -69,19 +65,6 @@ class Plan:
     open_rate: float = 200.0
     watch_percent: float = 5.0
     samples: bool = False  # raw ack and watcher latencies in the report, for plots
-
-
-def require_baseline() -> Path:
-    """The `node` binary, once the baseline's node_modules is in place."""
-    if not (BASELINE_DIR / "node_modules").is_dir():
-        raise BaselineMissing(
-            f"{BASELINE_DIR / 'node_modules'} is missing: "
-            f"run `cd {os.path.relpath(BASELINE_DIR)} && npm ci`"
-        )
-    try:
-        return find_binary("node")
-    except BinaryNotFound as error:
-        raise BaselineMissing("node is not on PATH (Node.js 20 or later)") from error
 
 
 @dataclass(frozen=True)
@@ -210,7 +193,7 @@ def report(plan: Plan, load: dict[str, Any], usage: dict[str, Any], node: str) -
 
 def run_plan(plan: Plan) -> dict[str, Any]:
     """One baseline run on throwaway Redis and relay processes; the report as a dict."""
-    node = require_baseline()
+    node = require_node(BASELINE_DIR)
     with tempfile.TemporaryDirectory(prefix="ridemesh-bench-socketio-") as tmp:
         directory = Path(tmp)
         with RedisServer(directory / "redis") as redis:
@@ -278,7 +261,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     try:
         result = run_plan(plan)
-    except BaselineMissing as error:
+    except NodePackagesMissing as error:
         raise SystemExit(f"bench.socketio: {error}") from error
     print(json.dumps(result))
 

@@ -355,7 +355,7 @@ def _against_echo(
 def main(argv: Sequence[str] | None = None) -> None:
     try:
         result = run(argv)
-    except nodeload.LoadgenMissing as error:
+    except nodeload.NodePackagesMissing as error:
         raise SystemExit(f"bench.stream: {error}") from error
     print(json.dumps(result))
 

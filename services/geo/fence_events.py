@@ -18,11 +18,11 @@ from ridemesh.v1.common_pb2 import DriverLocation
 from services.domain.errors import InvalidArgument, NotFound
 from services.geo.zone_index import Zone, ZoneIndex
 from services.geo.zones import validate_labels
-from services.live.client import raise_if_cancelling
 from services.live.fanout import Hub, KeyedLatest, Latest
 from services.live.ingest import IngestFollower
 from services.live.names import FENCE_EVENTS_CHANNEL, fence_state_key
 from services.live.replies import text
+from services.server.failures import raise_if_cancelling
 
 log = logging.getLogger(__name__)
 

@@ -13,8 +13,8 @@ from redis.asyncio.client import PubSub
 from redis.exceptions import RedisError
 
 from services.geo.zone_index import Zone, ZoneIndex
-from services.live.client import raise_if_cancelling
 from services.live.names import ZONE_CHANGES_CHANNEL
+from services.server.failures import raise_if_cancelling
 
 log = logging.getLogger(__name__)
 

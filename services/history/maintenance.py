@@ -31,8 +31,8 @@ import asyncpg
 from sqlalchemy.exc import SQLAlchemyError
 
 from services.history.store import FIX_COLUMNS, PARENT_TABLE, HistoryStore
-from services.live.client import raise_if_cancelling
 from services.server.config import Settings
+from services.server.failures import raise_if_cancelling
 
 log = logging.getLogger(__name__)
 

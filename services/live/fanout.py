@@ -13,11 +13,10 @@ from redis.asyncio.client import PubSub
 from redis.exceptions import RedisError
 
 from services.domain.errors import Unavailable
-from services.live.client import raise_if_cancelling
 from services.live.names import HUB_KEEPALIVE_CHANNEL
 from services.live.replies import text
 from services.observability.metrics import DROPPED_KEYED, DROPPED_LATEST
-from services.server.failures import Dependency, message
+from services.server.failures import Dependency, message, raise_if_cancelling
 
 log = logging.getLogger(__name__)
 

@@ -12,9 +12,9 @@ from typing import Any
 from redis.asyncio import Redis
 from redis.exceptions import RedisError, ResponseError
 
-from services.live.client import raise_if_cancelling
 from services.live.names import INGEST_STREAM, PERSIST_GROUP
 from services.live.replies import text
+from services.server.failures import raise_if_cancelling
 
 log = logging.getLogger(__name__)
 
@@ -121,9 +121,8 @@ class IngestFollower:
             read_at = loop.time()
             payloads: list[bytes] = []
             for _stream, entries in reply or ():
-                for entry_id, fields in entries:
-                    payloads.append(fields[b"p"])
-                    self._last = text(entry_id)
+                payloads += [fields[b"p"] for _entry_id, fields in entries]
+                self._last = text(entries[-1][0])
             if payloads:
                 yield payloads
 

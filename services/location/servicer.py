@@ -27,7 +27,6 @@ from services.domain.validation import (
 )
 from services.history.persister import fix_key, fix_row
 from services.history.store import FixRow, HistoryStore
-from services.live.client import raise_if_cancelling
 from services.live.fanout import Hub, KeyedLatest, Latest
 from services.live.names import CELL_PATTERN, cell_channel, control_channel, driver_channel
 from services.live.store import LiveStore
@@ -36,7 +35,7 @@ from services.location.streams import DriverStream, StreamRegistry, rejection
 from services.location.throttle import TokenBucket
 from services.observability.metrics import FIXES_ACCEPTED
 from services.server.config import Settings
-from services.server.failures import unavailable
+from services.server.failures import raise_if_cancelling, unavailable
 
 # An area touching more grid cells than this listens on the all-cells pattern instead.
 MAX_AREA_CELLS = 64

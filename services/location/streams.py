@@ -16,11 +16,10 @@ from ridemesh.v1.location_service_pb2 import (
     StreamLocationsResponse,
 )
 from services.domain.errors import DomainError, Unavailable
-from services.live.client import raise_if_cancelling
 from services.live.ingest import IngestLog
 from services.location.session import DriverSession, FixKey, InFlight
 from services.observability.metrics import FIXES_LOST, FIXES_REJECTED
-from services.server.failures import unavailable
+from services.server.failures import raise_if_cancelling, unavailable
 
 T = TypeVar("T")
 

@@ -22,7 +22,6 @@ from ridemesh.v1.location_service_pb2 import (
 )
 from services.domain.errors import FailedPrecondition
 from services.domain.geodesy import haversine_m
-from services.live.client import raise_if_cancelling
 from services.live.names import (
     OPEN_REQUESTS_KEY,
     SEARCH_RETRY_KEY,
@@ -33,6 +32,7 @@ from services.live.store import GEO_MAX_LAT, LiveStore
 from services.ride.effects import withdrawn_message
 from services.ride.publish import publish_ride
 from services.server.config import Settings
+from services.server.failures import raise_if_cancelling
 
 log = logging.getLogger(__name__)
 

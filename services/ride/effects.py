@@ -20,7 +20,6 @@ from redis.asyncio import Redis
 from ridemesh.v1 import ride_service_pb2 as pb
 from ridemesh.v1.common_pb2 import DriverAvailability
 from ridemesh.v1.location_service_pb2 import RideOfferWithdrawn, StreamLocationsResponse
-from services.live.client import raise_if_cancelling
 from services.live.names import (
     LIVE_EPOCH_KEY,
     OPEN_REQUESTS_KEY,
@@ -31,7 +30,7 @@ from services.live.names import (
 from services.ride.availability import set_availability
 from services.ride.publish import publish_ride
 from services.ride.states import ACTIVE, TERMINAL, state_name
-from services.server.failures import unavailable
+from services.server.failures import raise_if_cancelling, unavailable
 
 log = logging.getLogger(__name__)
 

@@ -7,6 +7,7 @@ with a message that names the dependency and says to retry, and never show the e
 
 from __future__ import annotations
 
+import asyncio
 import enum
 
 import asyncpg
@@ -114,3 +115,14 @@ def _chain(exc: BaseException) -> list[BaseException]:
         seen.append(current)
         pending += [current.__cause__, current.__context__, getattr(current, "orig", None)]
     return seen
+
+
+def raise_if_cancelling(error: BaseException) -> None:
+    """Re-raises a cancellation that redis-py reported as another error.
+
+    A task cancelled during a blocking read can see a TimeoutError (an OSError) instead of
+    CancelledError; a loop that retries on Redis errors would then retry forever and never
+    end, hanging the shutdown that cancelled it. Call first in such a loop's except clause."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError from error

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -17,6 +17,7 @@ from services.domain.errors import Unavailable
 from services.live.fanout import Hub
 from services.live.replies import text
 from tests.integration.restartable import Restartable
+from tests.waiting import until
 
 pytestmark = pytest.mark.integration
 
@@ -38,13 +39,6 @@ async def hub(redis: tuple[Restartable, Redis]) -> AsyncIterator[Hub[bytes]]:
     await made.stop()
 
 
-async def _until(condition: Callable[[], bool], timeout: float = 15.0) -> None:
-    """Polls `condition` (set by the hub's reader task) until it holds."""
-    async with asyncio.timeout(timeout):
-        while not condition():  # noqa: ASYNC110 - the condition is a plain list, not an event
-            await asyncio.sleep(0.02)
-
-
 async def _publish_until(client: Redis, channel: str, seen: list[bytes]) -> None:
     """Publishes until a sink has seen a message (a subscription may still be on its way)."""
     async with asyncio.timeout(15):
@@ -62,7 +56,7 @@ async def test_a_subscribe_that_failed_is_rolled_back_so_the_next_watcher_subscr
     other: list[bytes] = []
     await hub.add("ch:other", other.append, on_lost=told.append)
     server.kill()
-    await _until(lambda: bool(told))  # the hub saw its connection go
+    await until(lambda: bool(told), timeout=15.0)  # the hub saw its connection go
     first: list[bytes] = []
     with pytest.raises(RedisError):
         await hub.add("ch:a", first.append)
@@ -95,7 +89,7 @@ async def test_a_sink_that_raises_does_not_stop_the_others(
     await hub.add("ch:b", seen.append)
     await _publish_until(client, "ch:b", seen)
     await client.publish("ch:b", b"again")
-    await _until(lambda: b"again" in seen)
+    await until(lambda: b"again" in seen, timeout=15.0)
 
 
 async def test_a_lost_connection_ends_watchers_and_keeps_internal_consumers(
@@ -110,7 +104,7 @@ async def test_a_lost_connection_ends_watchers_and_keeps_internal_consumers(
     await _publish_until(client, "ch:c", consumer)
 
     server.kill()
-    await _until(lambda: bool(told))
+    await until(lambda: bool(told), timeout=15.0)
     assert isinstance(told[0], Unavailable)
     assert "Redis" in str(told[0])
 
@@ -132,7 +126,7 @@ async def test_channels_whose_watchers_ended_with_the_connection_are_not_subscri
     await hub.add("ch:kept", consumer.append)
 
     server.kill()
-    await _until(lambda: bool(told))
+    await until(lambda: bool(told), timeout=15.0)
     server.start()
     await _publish_until(client, "ch:kept", consumer)  # the hub is connected again
 

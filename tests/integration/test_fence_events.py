@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import pytest
@@ -27,6 +27,7 @@ from services.geo.zone_index import Zone, ZoneIndex
 from services.live.fanout import Hub
 from services.live.names import FENCE_EVENTS_CHANNEL, INGEST_STREAM, fence_state_key
 from services.ops.mesh.redis_server import RedisServer
+from tests.waiting import until
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio]
 
@@ -88,15 +89,6 @@ class Watcher:
         await asyncio.gather(self._task, return_exceptions=True)
 
 
-async def until(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
-    """Polls: the trackers and Redis have no event to wait on (each poll is one cheap check)."""
-    async with asyncio.timeout(timeout):
-        while True:
-            if predicate():
-                return
-            await asyncio.sleep(0.005)
-
-
 def fix(
     driver_id: str, seq: int, point: tuple[float, float], t_ms: int | None = None
 ) -> DriverLocation:
@@ -117,7 +109,9 @@ async def send(publisher: Redis, replicas: list[Replica], location: DriverLocati
     before = [r.tracker.stats.handled for r in replicas]
     await publish_fix(publisher, location)
     await until(
-        lambda: all(r.tracker.stats.handled > b for r, b in zip(replicas, before, strict=True))
+        lambda: all(r.tracker.stats.handled > b for r, b in zip(replicas, before, strict=True)),
+        timeout=5.0,
+        every_s=0.005,
     )
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -21,6 +21,7 @@ from services.geo.zones import parse_geofence
 from services.history.store import FixRow, HistoryStore, create_engine
 from services.ops.mesh.postgres_server import PostgresReplica, PostgresServer
 from services.ops.mesh.redis_server import RedisServer
+from tests.waiting import until
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio]
 
@@ -40,15 +41,6 @@ def primary_and_replica(
         name = make_url(database_url).database
         read_url = make_url(replica.url).set(database=name).render_as_string(False)
         yield database_url, read_url, replica
-
-
-async def until(condition: Callable[[], bool], timeout: float = 10.0) -> None:
-    """Polls `condition` (the cache swaps its index in from a task of its own)."""
-    async with asyncio.timeout(timeout):
-        while True:
-            if condition():
-                return
-            await asyncio.sleep(0.02)
 
 
 def fix(seq: int) -> FixRow:
@@ -113,7 +105,7 @@ async def test_an_announced_change_is_loaded_once_the_replica_replays_it(
         await asyncio.sleep(0.3)  # the cache has asked the replica a few times by now
         assert cache.index.get(created.geofence_id) is None
         await asyncio.to_thread(replica.psql, "SELECT pg_wal_replay_resume()")
-        await until(lambda: cache.index.get(created.geofence_id) is not None)
+        await until(lambda: cache.index.get(created.geofence_id) is not None, timeout=10.0)
     finally:
         await asyncio.to_thread(replica.psql, "SELECT pg_wal_replay_resume()")
         await cache.stop()

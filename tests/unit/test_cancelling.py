@@ -7,7 +7,7 @@ import asyncio
 
 import pytest
 
-from services.live.client import raise_if_cancelling
+from services.server.failures import raise_if_cancelling
 
 pytestmark = pytest.mark.asyncio
 

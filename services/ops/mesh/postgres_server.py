@@ -100,12 +100,16 @@ class PostgresServer(ServerProcess):
         """Plain libpq/asyncpg DSN of another database in this cluster."""
         return f"postgresql://{SUPERUSER}@127.0.0.1:{self.port}/{database}"
 
+    # A primary makes sure `ridemesh` exists once started; a read-only standby cannot.
+    creates_database = True
+
     def start(self) -> Self:
         """Initialise the cluster if needed, start it and make sure `ridemesh` exists."""
         self._initdb()
         self.process.start()
         self.process.wait_ready(self._accepting, self.ready_timeout)
-        self.create_database(DATABASE)
+        if self.creates_database:
+            self.create_database(DATABASE)
         return self
 
     def psql(self, sql: str, database: str = "postgres") -> str:
@@ -126,9 +130,13 @@ class PostgresServer(ServerProcess):
         self.data_dir.mkdir(parents=True, exist_ok=True)
         if self.user is not None:
             _give_to(self.user, self.data_dir)
+        self._run(self._create_argv())
+
+    def _create_argv(self) -> list[str]:
+        """The command that fills an empty data directory."""
         argv = [str(pg_binary("initdb")), "-D", str(self.data_dir), "-U", SUPERUSER]
         argv += ["--auth=trust", "--encoding=UTF8", "--locale=C.UTF-8", "--no-sync"]
-        self._run(argv)
+        return argv
 
     def _postgres_argv(self) -> list[str]:
         options = {
@@ -175,6 +183,8 @@ class PostgresReplica(PostgresServer):
     initdb's defaults on the primary (wal_level replica, trusted replication from 127.0.0.1)
     are all it needs."""
 
+    creates_database = False
+
     def __init__(
         self,
         primary: PostgresServer,
@@ -186,24 +196,13 @@ class PostgresReplica(PostgresServer):
         self.primary = primary
         super().__init__(data_dir, port=port, fsync=fsync, log_path=log_path)
 
-    def start(self) -> Self:
-        self._initdb()
-        self.process.start()
-        self.process.wait_ready(self._accepting, self.ready_timeout)
-        return self
-
     def replay_caught_up(self) -> bool:
         """Whether this standby has replayed everything the primary had written when asked."""
         written = self.primary.psql("SELECT pg_current_wal_lsn()")
         return self.psql(f"SELECT pg_last_wal_replay_lsn() >= '{written}'::pg_lsn") == "t"
 
-    def _initdb(self) -> None:
-        if (self.data_dir / "PG_VERSION").is_file():
-            return
-        self.data_dir.mkdir(parents=True, exist_ok=True)
-        if self.user is not None:
-            _give_to(self.user, self.data_dir)
+    def _create_argv(self) -> list[str]:
         argv = [str(pg_binary("pg_basebackup")), "-D", str(self.data_dir), "-R", "-X", "stream"]
         argv += ["--checkpoint=fast"]  # the default waits for a spread checkpoint: minutes
         argv += ["-h", "127.0.0.1", "-p", str(self.primary.port), "-U", SUPERUSER, "--no-sync"]
-        self._run(argv)
+        return argv

@@ -25,7 +25,7 @@ from ridemesh.v1.common_pb2 import DriverAvailability, DriverLocation, LatLng
 from services.auth.tokens import bearer_channel
 from services.live.client import redis_client
 from services.live.ingest import IngestLog, StreamId
-from services.live.names import GEO_KEY, driver_key
+from services.live.names import driver_key
 from services.live.store import LiveStore
 from services.ops.mesh.supervisor import Mesh, MeshSettings, start_mesh
 
@@ -157,7 +157,7 @@ async def prepare(redis_url: str, args: argparse.Namespace) -> dict[str, Any]:
     try:
         load_s, last = await load_drivers(live, args)
         settle_s = await wait_persisted(live, last, args.settle_timeout)
-        drivers_in_index = await live.redis.zcard(GEO_KEY)
+        drivers_in_index = await live.indexed_drivers()
     finally:
         await live.redis.aclose()
     return {

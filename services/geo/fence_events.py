@@ -5,22 +5,32 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
+import socket
 import time
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from redis.asyncio import Redis
-from redis.exceptions import NoScriptError
+from redis.exceptions import NoScriptError, RedisError
 
 from ridemesh.v1 import geo_query_service_pb2 as pb
 from ridemesh.v1.common_pb2 import DriverLocation
 from services.domain.errors import InvalidArgument, NotFound
+from services.domain.validation import fix_order
 from services.geo.zone_index import Zone, ZoneIndex
 from services.geo.zones import validate_labels
-from services.live.fanout import Hub, KeyedLatest, Latest
-from services.live.ingest import IngestFollower
-from services.live.names import FENCE_EVENTS_CHANNEL, fence_state_key
+from services.live.fanout import Hub
+from services.live.ingest import IngestLog
+from services.live.mailboxes import Latest
+from services.live.names import (
+    ZONES_GROUP,
+    fence_events_channel,
+    fence_state_key,
+    partition_of,
+    partitions,
+)
 from services.live.replies import text
 from services.server.failures import raise_if_cancelling
 
@@ -35,8 +45,12 @@ MAX_WATCH_IDS = 100
 # moving the driver's state in between, and the driver's next fix settles it anyway.
 _MAX_ROUNDS = 3
 _MAX_PIPELINE = 500
-# How long a replica trusts its own "this driver's state is empty" before asking Redis again.
-OUTSIDE_TRUST_S = 30.0
+# A replica's read of its group's share of one partition's log: at most this many entries, and
+# it blocks at most this long for one.
+READ_COUNT = 512
+READ_BLOCK_MS = 2_000
+# Entries another replica read and did not acknowledge for this long are taken over (it died).
+CLAIM_IDLE_S = 10.0
 
 # KEYS[1] the driver's state. ARGV: recorded ms, seq, ttl s, channel, the fix as JSON, the ids of
 # the zones holding the fix (sorted, comma-joined: ids are UUIDs), ids to drop from the state
@@ -44,8 +58,9 @@ OUTSIDE_TRUST_S = 30.0
 # Returns 0 when the stored fix is as new or newer (another replica applied this one, or it is
 # stale), 1 when applied, or the ids of zones left that the caller did not describe (nothing is
 # written then; the caller looks them up and calls again).
-# The PUBLISH is inside the script so one driver's events reach watchers in state order even when
-# consecutive fixes are applied by different replicas.
+# The SPUBLISH (to the channel of the driver's partition: the same slot) is inside the script so
+# one driver's events reach watchers in state order even when consecutive fixes are applied by
+# different replicas.
 _APPLY_LUA = """
 local function ids(csv)
   local list, set = {}, {}
@@ -77,7 +92,7 @@ end
 redis.call('HSET', KEYS[1], 't', ARGV[1], 's', ARGV[2], 'z', ARGV[6])
 redis.call('EXPIRE', KEYS[1], ARGV[3])
 if #enters + #exits > 0 then
-  redis.call('PUBLISH', ARGV[4], '{"fix":' .. ARGV[5] .. ',"exit":[' .. table.concat(exits, ',')
+  redis.call('SPUBLISH', ARGV[4], '{"fix":' .. ARGV[5] .. ',"exit":[' .. table.concat(exits, ',')
     .. '],"enter":[' .. table.concat(enters, ',') .. ']}')
 end
 return 1
@@ -139,9 +154,10 @@ def fix_json(location: DriverLocation) -> str:
     )
 
 
-def script_args(pending: PendingFix, channel: str = FENCE_EVENTS_CHANNEL) -> list[Any]:
+def script_args(pending: PendingFix) -> list[Any]:
     """ARGV of the apply script for one fix (pure)."""
     location = pending.location
+    channel = fence_events_channel(partition_of(location.driver_id))
     args: list[Any] = [
         location.recorded_at.ToMilliseconds(),
         location.seq,
@@ -175,50 +191,39 @@ class _EntryCache:
 class FenceTracker:
     """Applies every fix in the world to its driver's zone state in Redis, publishing transitions.
 
-    Every replica runs one and sees every fix (it follows the ingest log: one read per batch of
-    fixes, where a pattern subscription to the cell channels cost a message per fix); the script
-    lets exactly one of them apply each fix. Fixes older than the driver's state (late ones) are
-    in the log too, and the script ignores them.
-
-    Most fixes are outside every zone, and a fix outside every zone for a driver whose state is
-    empty changes nothing. So a replica that itself just wrote an empty state for a driver skips
-    Redis for that driver's empty fixes for OUTSIDE_TRUST_S (measured here: a fix through the
-    script costs this process about 90 µs of CPU, mostly redis-py building the command; a skipped
-    one about 30 µs, mostly the index query). This is safe: a skip publishes nothing and never
-    moves the stored (t, s) back, so no fix is applied twice; a replica that ENTERed a driver
-    never holds "known outside" for them and runs the script for their next fix, which EXITs.
-    Only when that replica dies while the others' indexes lag behind it can an EXIT wait for
-    the trust to run out.
+    The replicas share the work: each reads every partition's ingest log as one consumer of the
+    zones group, so each fix is handed to one replica (at least once: entries a replica read and
+    did not acknowledge, because it died, are taken over by another after CLAIM_IDLE_S). An entry
+    is acknowledged once its fix is applied. The script applies a fix only if it is newer than
+    the driver's stored state, so a fix handed out twice, or a late one, changes nothing and
+    publishes nothing: watchers see each transition once.
     """
 
     def __init__(
         self,
         redis: Redis,
         zones: HasZoneIndex,
-        clock: Callable[[], float] = time.monotonic,
+        *,
+        claim_idle_s: float = CLAIM_IDLE_S,
+        retry_s: float = 1.0,
     ) -> None:
         self._redis = redis
         self._zones = zones
-        self._follower = IngestFollower(redis)
         self._apply = redis.register_script(_APPLY_LUA)
-        # Per driver only the newest unprocessed fix matters: zone state only moves forward.
-        self._mailbox: KeyedLatest[DriverLocation] = KeyedLatest(
-            0.0, time.monotonic, count_drops=False
-        )
         self._entries = _EntryCache()
-        self._clock = clock
-        # Drivers whose state this replica itself last wrote empty, until when it trusts that.
-        self._outside: dict[str, float] = {}
-        self._prune_at = 0.0
+        self._claim_idle_ms = int(claim_idle_s * 1000)
+        self._retry_s = retry_s
+        self.consumer = f"{socket.gethostname()}-{os.getpid()}-{id(self):x}"
         self._tasks: list[asyncio.Task[None]] = []
         self.stats = FenceStats()
 
     async def start(self) -> None:
-        """Returns once every fix entered from now on will be seen."""
-        await self._follower.start()
+        """Returns once every fix entered from now on will be handed to some replica."""
+        for partition in partitions():
+            await IngestLog(self._redis, partition).ensure_group(ZONES_GROUP, start="$")
         self._tasks = [
-            asyncio.create_task(self._follow(), name="fence-follow"),
-            asyncio.create_task(self._work(), name="fence-tracker"),
+            asyncio.create_task(self._consume(IngestLog(self._redis, p)), name=f"fences-{p}")
+            for p in partitions()
         ]
 
     async def stop(self) -> None:
@@ -226,42 +231,63 @@ class FenceTracker:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
 
-    async def _follow(self) -> None:
-        # Only decoding here; the work happens in _work, on the newest fix per driver.
-        async for payloads in self._follower.batches():
-            for payload in payloads:
-                try:
-                    location = DriverLocation.FromString(payload)
-                except Exception:  # a foreign writer on the log must not stop tracking
-                    log.exception("undecodable ingest entry skipped")
-                    continue
-                self._mailbox.put(location.driver_id, location)
-
-    async def _work(self) -> None:
+    async def _consume(self, log_: IngestLog) -> None:
+        """Handles this replica's share of one partition's log, forever; with Redis away it
+        waits and goes on with what it read and had not finished (still pending for it)."""
+        start = "0"  # first what this consumer read before and did not acknowledge
+        next_claim = 0.0
         while True:
-            batch = await self._mailbox.get_batch()
-            for start in range(0, len(batch), _MAX_PIPELINE):
-                chunk = batch[start : start + _MAX_PIPELINE]
-                try:
-                    await self._apply_batch(chunk)
-                except Exception as exc:  # Redis away: these fixes are lost, the next repair it
-                    raise_if_cancelling(exc)
-                    self.stats.failed_batches += 1
-                    log.exception("geofence state update failed for %d fixes", len(chunk))
-                    await asyncio.sleep(1.0)
+            try:
+                if start == "0":
+                    await log_.ensure_group(ZONES_GROUP, start="$")  # Redis came back empty
+                if time.monotonic() >= next_claim:
+                    claimed: Any = await self._redis.xautoclaim(
+                        log_.stream,
+                        ZONES_GROUP,
+                        self.consumer,
+                        self._claim_idle_ms,
+                        count=READ_COUNT,
+                    )
+                    await self._handle(log_.stream, claimed[1])
+                    next_claim = time.monotonic() + self._claim_idle_ms / 2000
+                block = None if start == "0" else READ_BLOCK_MS
+                reply: Any = await self._redis.xreadgroup(
+                    ZONES_GROUP, self.consumer, {log_.stream: start}, count=READ_COUNT, block=block
+                )
+                entries = [entry for _, batch in reply or () for entry in batch]
+                if start == "0" and not entries:
+                    start = ">"  # nothing of ours left over: new entries from here on
+                await self._handle(log_.stream, entries)
+            except (RedisError, OSError) as exc:
+                raise_if_cancelling(exc)
+                self.stats.failed_batches += 1
+                log.warning("zone tracking paused (%s); retrying", type(exc).__name__)
+                start = "0"
+                await asyncio.sleep(self._retry_s)
+
+    async def _handle(self, stream: str, entries: list[Any]) -> None:
+        """Applies the newest fix per driver among `entries`, then acknowledges them all."""
+        newest: dict[str, DriverLocation] = {}
+        for _, fields in entries:
+            if not fields:  # trimmed from the log before it was read
+                continue
+            try:
+                location = DriverLocation.FromString(fields[b"p"])
+            except Exception:  # a foreign writer on the log must not stop tracking
+                log.exception("undecodable ingest entry skipped")
+                continue
+            known = newest.get(location.driver_id)
+            if known is None or fix_order(location) > fix_order(known):
+                newest[location.driver_id] = location
+        self.stats.skipped += sum(1 for _, fields in entries if fields) - len(newest)
+        batch = list(newest.values())
+        for start in range(0, len(batch), _MAX_PIPELINE):
+            await self._apply_batch(batch[start : start + _MAX_PIPELINE])
+        if entries:
+            await self._redis.xack(stream, ZONES_GROUP, *(entry_id for entry_id, _ in entries))
 
     async def _apply_batch(self, locations: Sequence[DriverLocation]) -> None:
-        now = self._clock()
-        pending = []
-        for location in locations:
-            item = self._prepare(location)
-            if item.zone_ids or self._outside.get(location.driver_id, 0.0) < now:
-                pending.append(item)
-        skipped = len(locations) - len(pending)
-        self.stats.skipped += skipped
-        self.stats.handled += skipped
-        if not pending:
-            return
+        pending = [self._prepare(location) for location in locations]
         for _ in range(_MAX_ROUNDS):
             results = await self._run(pending)
             retry = []
@@ -269,8 +295,10 @@ class FenceTracker:
                 if isinstance(result, list):
                     self._describe(item, [text(r) for r in result])
                     retry.append(item)
+                elif result == 1:
+                    self.stats.applied += 1
                 else:
-                    self._settled(item, applied=result == 1, now=now)
+                    self.stats.stale += 1
             self.stats.handled += len(pending) - len(retry)
             self.stats.retried += len(retry)
             pending = retry
@@ -279,20 +307,6 @@ class FenceTracker:
         self.stats.unresolved += len(pending)
         self.stats.handled += len(pending)
         log.warning("%d fixes left unapplied: their drivers' zone state kept moving", len(pending))
-
-    def _settled(self, item: PendingFix, *, applied: bool, now: float) -> None:
-        driver_id = item.location.driver_id
-        if applied:
-            self.stats.applied += 1
-        else:
-            self.stats.stale += 1
-        if applied and not item.zone_ids:
-            self._outside[driver_id] = now + OUTSIDE_TRUST_S
-        else:  # inside, or another replica wrote a newer state we have not seen
-            self._outside.pop(driver_id, None)
-        if now >= self._prune_at:  # keeps only drivers heard from within the trust period
-            self._outside = {d: until for d, until in self._outside.items() if until > now}
-            self._prune_at = now + OUTSIDE_TRUST_S
 
     def _prepare(self, location: DriverLocation) -> PendingFix:
         index = self._zones.index  # read per fix: a refreshed index takes effect at once
@@ -423,11 +437,14 @@ async def watch_geofence_events(
             if wanted.accepts(event):
                 mailbox.put(event.response)
 
-    await events_hub.add(FENCE_EVENTS_CHANNEL, sink, on_lost=mailbox.fail)
+    channels = [fence_events_channel(partition) for partition in partitions()]
     try:
+        for channel in channels:
+            await events_hub.add(channel, sink, on_lost=mailbox.fail)
         while True:
             yield await mailbox.get()
     finally:
-        await events_hub.remove(FENCE_EVENTS_CHANNEL, sink)
+        for channel in channels:
+            await events_hub.remove(channel, sink)
         if mailbox.dropped:
             log.warning("a slow geofence watcher lost %d events", mailbox.dropped)

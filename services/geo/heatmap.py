@@ -15,7 +15,7 @@ from services.domain.area import Box
 from services.domain.errors import InvalidArgument
 from services.domain.geodesy import EARTH_RADIUS_M
 from services.geo.nearby import AVAILABLE, index_circle
-from services.live.names import GEO_KEY, OPEN_REQUESTS_KEY
+from services.live.names import OPEN_REQUESTS_KEY
 from services.live.store import GEO_MAX_LAT, LiveStore
 
 MAX_RESOLUTION = 10
@@ -86,7 +86,7 @@ async def supply_heatmap(
 async def _available_drivers(live: LiveStore, box: Box, now_s: float) -> list[tuple[float, float]]:
     """Positions of the available, live drivers in the box: from the geo index, plus the polar
     set when the box reaches beyond the index's latitude limit. Dead index members are dropped."""
-    ids = await _index_members(live, GEO_KEY, box)
+    ids = await _index_members(live, box)
     if box.north >= GEO_MAX_LAT or box.south <= -GEO_MAX_LAT:
         known = set(ids)  # a driver crossing the limit between the two reads is in both
         ids += [i for i in await live.live_polar_driver_ids(now_s) if i not in known]
@@ -113,11 +113,11 @@ async def _open_requests(live: LiveStore, box: Box) -> list[tuple[float, float]]
     return [(lat, lng) for _, lat, lng in hits if box.contains(lat, lng)]
 
 
-async def _index_members(live: LiveStore, key: str, box: Box) -> list[str]:
+async def _index_members(live: LiveStore, box: Box) -> list[str]:
     circle = index_circle(*box.center(), covering_radius_m(box))
     if circle is None:  # the box lies wholly beyond the index's latitude limit
         return []
-    hits = await live.geo_within(key, circle.latitude, circle.longitude, circle.redis_radius_m)
+    hits = await live.drivers_within(circle.latitude, circle.longitude, circle.redis_radius_m)
     return [member for member, _, _ in hits]
 
 

@@ -46,7 +46,8 @@ async def build(parts: Parts) -> Service:
     fences = GeofenceStore(engine)
     fence_reads = GeofenceStore(replica)
     replica_wait_s = REPLICA_WAIT_S if settings.database_read_url else 0.0
-    zones = ZoneCache(fence_reads, redis, settings.zone_refresh_s, replica_wait_s)
+    announcements = await parts.hub(bytes)
+    zones = ZoneCache(fence_reads, announcements, settings.zone_refresh_s, replica_wait_s)
     await parts.started(zones.start, zones.stop)
     events = await parts.hub(decode_event_message)
     tracker = FenceTracker(redis, zones)

@@ -11,7 +11,6 @@ from ridemesh.v1.common_pb2 import DriverAvailability, DriverLocation
 from services.domain.errors import InvalidArgument
 from services.domain.geodesy import EARTH_RADIUS_M, haversine_m
 from services.domain.points import check_point
-from services.live.names import GEO_KEY
 from services.live.store import GEO_MAX_LAT, LiveStore
 
 MAX_RADIUS_M = 50_000.0
@@ -146,8 +145,8 @@ class _Search:
         full_radius = circle.redis_radius_m
         radius = min(full_radius, (FIRST_RADIUS_M + circle.offset_m) * SPHERE_RATIO)
         while True:
-            hits = await self._live.geo_nearest(
-                GEO_KEY, circle.latitude, circle.longitude, radius, count
+            hits = await self._live.drivers_nearest(
+                circle.latitude, circle.longitude, radius, count
             )
             dead = await self._read([member for member, _ in hits if member not in self._seen])
             await self._live.forget_dead(dead, self._now_s)

@@ -9,10 +9,9 @@ import logging
 from typing import Protocol
 
 from redis.asyncio import Redis
-from redis.asyncio.client import PubSub
-from redis.exceptions import RedisError
 
 from services.geo.zone_index import Zone, ZoneIndex
+from services.live.fanout import Hub
 from services.live.names import ZONE_CHANGES_CHANNEL
 from services.server.failures import raise_if_cancelling
 
@@ -21,9 +20,8 @@ log = logging.getLogger(__name__)
 # How often a cache reading a replica asks for an announced change it has not seen yet.
 REPLICA_POLL_S = 0.05
 
-# How long the listener waits for a message before looping (and noticing a stop).
-_LISTEN_TIMEOUT_S = 1.0
-_RECONNECT_DELAY_S = 0.5
+# How often a lost subscription is tried again.
+_RESUBSCRIBE_S = 0.5
 
 
 class ZoneSource(Protocol):
@@ -36,7 +34,7 @@ class ZoneSource(Protocol):
 
 async def announce_change(redis: Redis) -> None:
     """Tells every replica that zones changed (call after the change is committed)."""
-    await redis.publish(ZONE_CHANGES_CHANNEL, b"1")
+    await redis.spublish(ZONE_CHANGES_CHANNEL, b"1")
 
 
 class ZoneCache:
@@ -44,10 +42,10 @@ class ZoneCache:
     readers never see a half-built index and need no lock."""
 
     def __init__(
-        self, store: ZoneSource, redis: Redis, refresh_s: float, replica_wait_s: float = 0.0
+        self, store: ZoneSource, hub: Hub[bytes], refresh_s: float, replica_wait_s: float = 0.0
     ) -> None:
         self._store = store
-        self._redis = redis
+        self._hub = hub
         self._refresh_s = refresh_s
         # When `store` reads a streaming replica: how long, after a change is announced, to
         # keep asking for it while the replica has not replayed it yet (then the poll takes over).
@@ -56,8 +54,8 @@ class ZoneCache:
         self._revision: int | None = None
         # Set by an announcement; many announcements in a burst cost one reload.
         self._dirty = asyncio.Event()
-        self._pubsub: PubSub | None = None
         self._tasks: list[asyncio.Task[None]] = []
+        self._subscribed = False
 
     @property
     def index(self) -> ZoneIndex:
@@ -71,27 +69,20 @@ class ZoneCache:
     async def start(self) -> None:
         """Loads the zones and keeps them in step until stop(); a failed first load raises."""
         # Subscribe before loading, so a change committed during the load is not missed.
-        self._pubsub = self._redis.pubsub()
-        await self._pubsub.subscribe(ZONE_CHANGES_CHANNEL)
+        await self._subscribe()
         try:
             await self.refresh()
         except BaseException:
-            await self._pubsub.aclose()
-            self._pubsub = None
+            await self._unsubscribe()
             raise
-        self._tasks = [
-            asyncio.create_task(self._listen(self._pubsub), name="zone-cache-listen"),
-            asyncio.create_task(self._keep_in_step(), name="zone-cache-reload"),
-        ]
+        self._tasks = [asyncio.create_task(self._keep_in_step(), name="zone-cache-reload")]
 
     async def stop(self) -> None:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks = []
-        if self._pubsub is not None:
-            await self._pubsub.aclose()
-            self._pubsub = None
+        await self._unsubscribe()
 
     async def refresh(self) -> None:
         """Reloads every zone now and swaps the new index in; raises if the store fails."""
@@ -134,19 +125,32 @@ class ZoneCache:
                 raise_if_cancelling(exc)
                 log.exception("zone index reload failed; keeping the previous index")
 
-    async def _listen(self, pubsub: PubSub) -> None:
+    def _announced(self, _: bytes) -> None:
+        self._dirty.set()
+
+    async def _subscribe(self) -> None:
+        await self._hub.add(ZONE_CHANGES_CHANNEL, self._announced, on_lost=self._lost)
+        self._subscribed = True
+
+    async def _unsubscribe(self) -> None:
+        if self._subscribed:
+            self._subscribed = False
+            await self._hub.remove(ZONE_CHANGES_CHANNEL, self._announced)
+
+    def _lost(self, _: Exception) -> None:
+        """The subscription went with Redis: what was announced meanwhile is lost, so check the
+        revision now, and again once subscribed anew."""
+        self._subscribed = False
+        self._dirty.set()
+        self._tasks.append(asyncio.create_task(self._resubscribe(), name="zone-cache-resub"))
+
+    async def _resubscribe(self) -> None:
         while True:
             try:
-                message = await pubsub.get_message(
-                    ignore_subscribe_messages=True, timeout=_LISTEN_TIMEOUT_S
-                )
-            except (RedisError, OSError) as exc:
+                await self._subscribe()
+            except Exception as exc:
                 raise_if_cancelling(exc)
-                # redis-py resubscribes on the next read; what was published meanwhile is lost,
-                # so check the revision as soon as the subscription is back.
-                log.warning("zone change subscription lost (%s); reconnecting", exc)
-                self._dirty.set()
-                await asyncio.sleep(_RECONNECT_DELAY_S)
+                await asyncio.sleep(_RESUBSCRIBE_S)
                 continue
-            if message is not None:
-                self._dirty.set()
+            self._dirty.set()
+            return

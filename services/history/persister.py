@@ -16,7 +16,7 @@ from redis.asyncio import Redis
 from ridemesh.v1.common_pb2 import DriverLocation
 from services.history.store import FixRow, HistoryStore
 from services.live.ingest import IngestLog
-from services.live.names import INGEST_DEAD_LETTERS, INGEST_STREAM, PERSIST_GROUP
+from services.live.names import INGEST_DEAD_LETTERS, PERSIST_GROUP
 from services.observability.metrics import (
     PERSIST_BATCH_ROWS,
     PERSIST_DEAD_LETTERS,
@@ -70,7 +70,8 @@ def _datetime(seconds: int, nanos: int) -> datetime:
 
 
 class Persister:
-    """Reads the ingest log as one consumer of the group; acknowledges entries only after commit.
+    """Reads one partition's ingest log as one consumer of the group; acknowledges entries only
+    after commit (a LocationService runs one per partition).
 
     It heals by itself: with Redis or PostgreSQL away it waits and goes on, a Redis that came
     back empty gets its consumer group again, and an entry that cannot be stored (undecodable, or
@@ -86,6 +87,7 @@ class Persister:
         max_age_s: float,
         claim_idle_s: float,
         drain_timeout_s: float = 10.0,
+        committed_here: dict[tuple[str, datetime, int], None] | None = None,
     ) -> None:
         self._redis: Redis = ingest.redis
         self._ingest = ingest
@@ -101,9 +103,14 @@ class Persister:
         self._stopping = asyncio.Event()
         self.committed_rows = 0
         # Fixes this persister committed lately (an ordered set): as good as PostgreSQL's word.
-        self.committed_here: dict[tuple[str, datetime, int], None] = {}
+        # Shared by the persisters of one process when given.
+        self.committed_here = {} if committed_here is None else committed_here
         self.dead_letters = 0
         self.last_lag_s = 0.0
+
+    @property
+    def partition(self) -> int:
+        return self._ingest.partition
 
     async def run(self) -> None:
         """Consumes until stop(), then drains what is left within drain_timeout_s."""
@@ -158,7 +165,7 @@ class Persister:
     async def _read(self, start: str, block_ms: int | None = None) -> list[Entry]:
         room = max(1, self._batch_size - len(self._batch))
         reply: Any = await self._redis.xreadgroup(
-            PERSIST_GROUP, self.consumer, {INGEST_STREAM: start}, count=room, block=block_ms
+            PERSIST_GROUP, self.consumer, {self._ingest.stream: start}, count=room, block=block_ms
         )
         # An entry trimmed from the log comes back with no fields; there is nothing to store.
         return [entry for _, entries in reply for entry in entries if entry[1]] if reply else []
@@ -166,7 +173,11 @@ class Persister:
     async def _claim_stale(self) -> list[Entry]:
         """Takes over entries a crashed consumer read but never acknowledged."""
         reply: Any = await self._redis.xautoclaim(
-            INGEST_STREAM, PERSIST_GROUP, self.consumer, self._claim_idle_ms, count=self._batch_size
+            self._ingest.stream,
+            PERSIST_GROUP,
+            self.consumer,
+            self._claim_idle_ms,
+            count=self._batch_size,
         )
         return [entry for entry in reply[1] if entry[1]]
 
@@ -193,7 +204,7 @@ class Persister:
             poisoned += refused
         await self._dead_letter(poisoned)
         # Acknowledge only after the commit: a crash before this line re-delivers (idempotently).
-        await self._redis.xack(INGEST_STREAM, PERSIST_GROUP, *self._batch)
+        await self._redis.xack(self._ingest.stream, PERSIST_GROUP, *self._batch)
         self._committed([location for _, location in decoded])
         self._batch = {}
         try:

@@ -1,21 +1,21 @@
-"""In-process fan-out: one Redis subscription per channel, and mailboxes that conflate."""
+"""In-process fan-out: one sharded Redis subscription per channel, and mailboxes that conflate."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any, Generic, TypeVar
 
-from redis.asyncio import Redis
+from redis.asyncio import ConnectionPool, Redis
 from redis.asyncio.client import PubSub
-from redis.exceptions import RedisError
+from redis.asyncio.cluster import ClusterNode, RedisCluster
+from redis.crc import key_slot
+from redis.exceptions import MovedError, RedisClusterException, RedisError
 
 from services.domain.errors import Unavailable
 from services.live.names import HUB_KEEPALIVE_CHANNEL
 from services.live.replies import text
-from services.observability.metrics import DROPPED_KEYED, DROPPED_LATEST
 from services.server.failures import Dependency, message, raise_if_cancelling
 
 log = logging.getLogger(__name__)
@@ -25,77 +25,118 @@ Sink = Callable[[T], None]
 # Told why a watcher's messages stopped (the connection to Redis was lost).
 Lost = Callable[[Exception], None]
 
+# The one node of a single Redis.
+_SINGLE = "redis"
+# How often a lost node is tried again, and a cluster's slot map read again at most.
+_RETRY_S = 0.5
+# Redis away, or a cluster's slot map not readable or not covering a channel's slot.
+_FAILURES = (RedisError, RedisClusterException, OSError)
+
+
+class _Node:
+    """One Redis node's pub/sub connection and the task reading it."""
+
+    __slots__ = ("name", "client", "pubsub", "reader", "resync", "away")
+
+    def __init__(self, name: str, client: Redis, pubsub: PubSub) -> None:
+        self.name = name
+        self.client = client
+        self.pubsub = pubsub
+        self.reader: asyncio.Task[None] | None = None
+        # Set when the connection was lost, or a channel here lost its last watcher: the next
+        # read unsubscribes what nobody watches here.
+        self.resync = False
+        # Set from a lost connection to the next read (so an outage is logged once).
+        self.away = False
+
 
 class Hub(Generic[T]):
-    """Holds one pub/sub connection; decodes each message once and hands it to every sink.
+    """Subscribes each channel once (SSUBSCRIBE: sharded pub/sub) on the Redis node serving it;
+    decodes each message once and hands it to every sink.
+
+    A single Redis is one node. On a Redis Cluster the hub keeps one plain pub/sub connection,
+    each with its own blocking reader, per master serving a subscribed channel's slot (not
+    redis-py's ClusterPubSub, which polls its nodes in turn with a timeout).
 
     A sink that raises is logged and skipped, never stopping delivery to the others. When the
-    connection to Redis is lost, the sinks added with `on_lost` (watch streams) are told and
-    dropped, so their callers end with UNAVAILABLE instead of waiting in silence; the others
-    (internal consumers) stay, and redis-py subscribes again when Redis is back."""
+    connection to a node is lost, the sinks added with `on_lost` (watch streams) on that node's
+    channels are told and dropped (from all their channels), so their callers end with
+    UNAVAILABLE instead of waiting in silence; watchers on other nodes carry on. The other sinks
+    (internal consumers) stay: every half second the hub tries the node again and, on a
+    cluster, reads the slot map again and subscribes each of the node's channels on the master
+    serving it now (a replica promoted after its master died); a node left with no channel is
+    closed. A slot that moves away from a live master (a manual failover, resharding) ends the
+    watchers of its channels likewise, and they are subscribed where it went. Channels nobody
+    watches any more are not subscribed again."""
 
-    def __init__(self, redis: Redis, decode: Callable[[bytes], T]) -> None:
+    def __init__(self, redis: Redis | RedisCluster, decode: Callable[[bytes], T]) -> None:
         self._redis = redis
         self._decode = decode
-        self._pubsub: PubSub | None = None
         self._sinks: dict[str, set[Sink[T]]] = {}
         self._on_lost: dict[Sink[T], Lost] = {}
-        self._patterns: set[str] = set()
-        self._reader: asyncio.Task[None] | None = None
+        self._nodes: dict[str, _Node] = {}
+        # The node each watched channel is subscribed on.
+        self._node_of: dict[str, _Node] = {}
         self._lock = asyncio.Lock()
-        # Set when the connection was lost: the next read unsubscribes what nobody watches now.
-        self._resync = False
+        self._running = False
+        self._refreshed_at = float("-inf")
 
     async def start(self) -> None:
-        self._pubsub = self._redis.pubsub()
-        await self._pubsub.subscribe(HUB_KEEPALIVE_CHANNEL)
-        self._reader = asyncio.create_task(self._read(), name="fanout-reader")
+        if isinstance(self._redis, RedisCluster):
+            await self._redis.initialize()
+        else:
+            await self._open(_SINGLE, self._redis)
+        self._running = True
 
     async def stop(self) -> None:
-        if self._reader:
-            self._reader.cancel()
-            await asyncio.gather(self._reader, return_exceptions=True)
-        if self._pubsub:
-            await self._pubsub.aclose()
+        self._running = False
+        while self._nodes:  # a reader cancelled while moving channels may have opened a node
+            nodes = list(self._nodes.values())
+            self._nodes.clear()
+            readers = [node.reader for node in nodes if node.reader is not None]
+            for reader in readers:
+                reader.cancel()
+            await asyncio.gather(*readers, return_exceptions=True)
+            for node in nodes:
+                await self._close(node)
+        self._node_of.clear()
 
-    async def add(
-        self, channel: str, sink: Sink[T], *, pattern: bool = False, on_lost: Lost | None = None
-    ) -> None:
-        """Delivers `channel` (or a glob pattern) to `sink`; subscribes on the first sink. When
-        subscribing fails the sink is not kept (the error goes to the caller), so the next
-        watcher of the channel subscribes afresh."""
+    async def add(self, channel: str, sink: Sink[T], *, on_lost: Lost | None = None) -> None:
+        """Delivers `channel` to `sink`; subscribes on the first sink. When subscribing fails the
+        sink is not kept (the error goes to the caller), so the next watcher of the channel
+        subscribes afresh."""
         async with self._lock:
             sinks = self._sinks.setdefault(channel, set())
             first = not sinks
             sinks.add(sink)
             if on_lost is not None:
                 self._on_lost[sink] = on_lost
-            if not first or self._pubsub is None:
+            if not first or not self._running:
                 return
             try:
-                if pattern:
-                    await self._pubsub.psubscribe(channel)
-                    self._patterns.add(channel)
-                else:
-                    await self._pubsub.subscribe(channel)
-            except BaseException:
+                await self._subscribe(channel)
+            except BaseException as exc:
                 self._forget(channel, sink)
+                if isinstance(exc, _FAILURES):
+                    await self._refresh()  # its master may have failed over: look again
                 raise
 
     async def remove(self, channel: str, sink: Sink[T]) -> None:
         """Stops delivering to `sink`; unsubscribes when the channel has no sink left."""
         async with self._lock:
-            if not self._forget(channel, sink) or self._pubsub is None:
+            if not self._forget(channel, sink):
+                return
+            node = self._node_of.pop(channel, None)
+            if node is None:
                 return
             try:
-                if channel in self._patterns:
-                    self._patterns.discard(channel)
-                    await self._pubsub.punsubscribe(channel)
-                else:
-                    await self._pubsub.unsubscribe(channel)
+                await node.pubsub.sunsubscribe(channel)
             except RedisError as exc:
-                # Redis is away: the subscription went with the connection anyway.
-                log.info("unsubscribing %r while Redis is away (%s)", channel, exc)
+                # The node is away: the subscription went with the connection anyway.
+                log.info("unsubscribing %r while %s is away (%s)", channel, node.name, exc)
+
+    def subscribed_channels(self) -> int:
+        return len(self._sinks)
 
     def _forget(self, channel: str, sink: Sink[T]) -> bool:
         """Drops `sink`; True when the channel has no sink left."""
@@ -109,179 +150,203 @@ class Hub(Generic[T]):
         del self._sinks[channel]
         return True
 
-    def subscribed_channels(self) -> int:
-        return len(self._sinks)
+    async def _subscribe(self, channel: str) -> None:
+        """SSUBSCRIBEs `channel` on the node serving it, opening that node's pub/sub first."""
+        if isinstance(self._redis, RedisCluster):
+            owner = _owner(self._redis, channel)
+            node = self._nodes.get(owner.name) or await self._open(owner.name, _client(owner))
+        else:
+            node = self._nodes[_SINGLE]
+        await node.pubsub.ssubscribe(channel)
+        self._node_of[channel] = node
 
-    async def _read(self) -> None:
-        assert self._pubsub is not None
+    async def _open(self, name: str, client: Redis) -> _Node:
+        """A node's pub/sub, read by its own task, and connected for its life by a subscription
+        to the keepalive channel (plain pub/sub: any node of a cluster takes it)."""
+        pubsub = client.pubsub()
+        node = _Node(name, client, pubsub)
+        try:
+            await pubsub.subscribe(HUB_KEEPALIVE_CHANNEL)
+        except BaseException:
+            await self._close(node)
+            raise
+        node.reader = asyncio.create_task(self._read(node), name=f"fanout-reader {name}")
+        self._nodes[name] = node
+        return node
+
+    async def _close(self, node: _Node) -> None:
+        await node.pubsub.aclose()
+        if node.client is not self._redis:  # opened by the hub for a cluster node
+            await node.client.aclose()
+
+    async def _read(self, node: _Node) -> None:
         while True:
             try:
                 # Blocking, with no timeout of its own per message: a timeout is an asyncio timer
                 # set up and torn down for every message, which cost more than the message.
                 # The connection's keepalive and Redis's own closing of it end a dead read.
-                message = await self._pubsub.get_message(
-                    ignore_subscribe_messages=True, timeout=None
-                )
+                message = await node.pubsub.get_message(timeout=None)
             except (RedisError, OSError) as exc:
                 raise_if_cancelling(exc)  # stop() cancelled the read: end, do not reconnect
-                # redis-py reconnects and subscribes again on the next read; keep the reader alive.
-                log.warning("fan-out subscription lost (%s); reconnecting", exc)
-                self._lost()
-                self._resync = True
-                await asyncio.sleep(0.5)
+                self._failed(node, exc)
+                await asyncio.sleep(_RETRY_S)
+                if await self._follow_slots(node):
+                    return
+                # redis-py reconnects and subscribes again on the next read; keep reading.
                 continue
-            if self._resync:  # the first read after a reconnect
-                await self._drop_unwatched()
-            if message is not None:
+            if node.resync:  # the first read after a reconnect (or a watcher's end)
+                await self._drop_unwatched(node)
+            if message is None:
+                continue
+            if message["type"] == "smessage":  # the hot path
                 self._deliver(message)
-
-    async def _drop_unwatched(self) -> None:
-        """redis-py subscribed again to every channel it knew, those whose watchers ended with
-        the lost connection included: unsubscribe those, or their messages would keep coming."""
-        assert self._pubsub is not None
-        async with self._lock:
-            known = set(self._sinks) | {HUB_KEEPALIVE_CHANNEL}
-            channels = [c for c in map(text, self._pubsub.channels) if c not in known]
-            patterns = [p for p in map(text, self._pubsub.patterns) if p not in known]
-            self._patterns &= set(self._sinks)
-            try:
-                if channels:
-                    await self._pubsub.unsubscribe(*channels)
-                if patterns:
-                    await self._pubsub.punsubscribe(*patterns)
-            except RedisError as exc:  # lost again: the next reconnect tries again
-                log.info("unsubscribing unwatched channels failed (%s)", exc)
+                continue
+            moved = message["type"] == "sunsubscribe" and self._slot_left(node, message["channel"])
+            if moved and await self._follow_slots(node):
                 return
-            self._resync = False
 
-    def _lost(self) -> None:
-        """Tells every watcher that messages may have been missed; their calls end."""
-        lost, self._on_lost = self._on_lost, {}
-        for sink, tell in lost.items():
+    def _failed(self, node: _Node, exc: Exception) -> None:
+        """Ends the watchers of what a failed read lost: every channel of `node` when the
+        connection went (logged once per outage), those of one slot when our SSUBSCRIBE reached
+        a master that no longer serves it (MOVED: the slot map was out of date)."""
+        if isinstance(exc, MovedError):
+            log.info("%s does not serve slot %d (MOVED); following it", node.name, exc.slot_id)
+            moved = [c for c in self._channels_on(node) if key_slot(c.encode()) == exc.slot_id]
+            for channel in moved:
+                _detach(node.pubsub, channel)
+            self._end_watchers(moved)
+            return
+        if not node.away:
+            log.warning("fan-out subscription to %s lost (%s); reconnecting", node.name, exc)
+        node.away = node.resync = True
+        self._end_watchers(self._channels_on(node))
+
+    def _slot_left(self, node: _Node, raw_channel: bytes | str) -> bool:
+        """True when Redis unsubscribed a channel we still watch on `node`: its slot moved to
+        another master (a manual failover, resharding), so its watchers may miss messages."""
+        channel = text(raw_channel)
+        if self._node_of.get(channel) is not node or not isinstance(self._redis, RedisCluster):
+            # Our own SUNSUBSCRIBE's reply (or, rarely, one sent just before the channel's
+            # next first watcher subscribed again: then its watchers end needlessly).
+            return False
+        log.info("%s unsubscribed %r: its slot moved", node.name, channel)
+        _detach(node.pubsub, channel)
+        self._end_watchers([channel])
+        return True
+
+    def _end_watchers(self, channels: Iterable[str]) -> None:
+        """Tells the watchers of `channels` that messages may have been missed; their calls
+        end. A watcher of several channels is dropped from all of them."""
+        ended = {sink for c in channels for sink in self._sinks[c] if sink in self._on_lost}
+        for sink in ended:
             for sinks in self._sinks.values():
                 sinks.discard(sink)
-            tell(Unavailable(message(Dependency.REDIS)))
-        self._sinks = {channel: sinks for channel, sinks in self._sinks.items() if sinks}
+            self._on_lost.pop(sink)(Unavailable(message(Dependency.REDIS)))
+        for channel in [channel for channel, sinks in self._sinks.items() if not sinks]:
+            del self._sinks[channel]
+            # Still subscribed on its node: the next read there unsubscribes it.
+            node = self._node_of.pop(channel, None)
+            if node is not None:
+                node.resync = True
+
+    async def _drop_unwatched(self, node: _Node) -> None:
+        """redis-py subscribed again to every shard channel it knew, those whose watchers ended
+        with the lost connection included: unsubscribe those, or their messages would keep
+        coming."""
+        if node.away:
+            node.away = False
+            log.info("fan-out subscription to %s is back", node.name)
+        async with self._lock:
+            kept = set(self._channels_on(node))
+            unwatched = [c for c in map(text, node.pubsub.shard_channels) if c not in kept]
+            try:
+                if unwatched:
+                    await node.pubsub.sunsubscribe(*unwatched)
+            except RedisError as exc:  # lost again: the next reconnect tries again
+                log.info("unsubscribing unwatched channels on %s failed (%s)", node.name, exc)
+                return
+            node.resync = False
+
+    async def _follow_slots(self, node: _Node) -> bool:
+        """On a cluster, reads the slot map again and subscribes each of `node`'s channels on
+        the master serving it now (or on `node` again, when Redis dropped it there); True, with
+        `node` closed, when no channel is left on it."""
+        if not isinstance(self._redis, RedisCluster):
+            return False  # a single Redis: redis-py subscribes again when it is back
+        await self._refresh()
+        async with self._lock:
+            subscribed = set(map(text, node.pubsub.shard_channels))
+            for channel in self._channels_on(node):
+                try:
+                    if _owner(self._redis, channel).name == node.name and channel in subscribed:
+                        continue  # still served there (no failover yet, or it came back)
+                    await self._subscribe(channel)
+                except _FAILURES as exc:  # tried again after the next failed read
+                    raise_if_cancelling(exc)
+                    log.debug("moving %r from %s failed (%s)", channel, node.name, exc)
+                    continue
+                if self._node_of[channel] is not node:
+                    _detach(node.pubsub, channel)
+            if self._channels_on(node):
+                return False
+        log.info("fan-out channels of %s moved to the masters serving them now", node.name)
+        await self._close(node)
+        if self._nodes.get(node.name) is node:
+            del self._nodes[node.name]
+        return True
+
+    async def _refresh(self) -> None:
+        """Reads a cluster's slot map again, at most every _RETRY_S (failures are logged)."""
+        loop = asyncio.get_running_loop()
+        if not isinstance(self._redis, RedisCluster) or loop.time() - self._refreshed_at < _RETRY_S:
+            return
+        self._refreshed_at = loop.time()
+        try:
+            await self._redis.nodes_manager.initialize()
+        except _FAILURES as exc:
+            raise_if_cancelling(exc)
+            log.debug("reading the cluster's slot map failed (%s)", exc)
+
+    def _channels_on(self, node: _Node) -> list[str]:
+        return [channel for channel, on in self._node_of.items() if on is node]
 
     def _deliver(self, message: dict[str, Any]) -> None:
-        key = message["pattern"] if message["type"] == "pmessage" else message["channel"]
-        sinks = self._sinks.get(key.decode() if isinstance(key, bytes) else key)
+        channel = message["channel"]
+        sinks = self._sinks.get(channel.decode() if isinstance(channel, bytes) else channel)
         if not sinks:
             return
         try:
             item = self._decode(message["data"])
         except Exception:  # a foreign publisher on our channel must not stop the reader
-            log.exception("undecodable message on %r dropped", key)
+            log.exception("undecodable message on %r dropped", channel)
             return
         for sink in tuple(sinks):
             try:
                 sink(item)
             except Exception:  # one broken sink must not stop delivery to the others
-                log.exception("a fan-out sink on %r failed; the others still get the message", key)
+                log.exception(
+                    "a fan-out sink on %r failed; the others still get the message", channel
+                )
 
 
-class Latest(Generic[T]):
-    """A mailbox of the newest `depth` items: a reader that keeps up loses nothing, a slow
-    reader gets the newest items, never a growing backlog (the oldest are dropped)."""
-
-    __slots__ = ("_items", "_ready", "_failure", "dropped")
-
-    def __init__(self, depth: int = 1) -> None:
-        self._items: deque[T] = deque(maxlen=depth)
-        self._ready = asyncio.Event()
-        self._failure: Exception | None = None
-        self.dropped = 0
-
-    def put(self, item: T) -> None:
-        if len(self._items) == self._items.maxlen:
-            self.dropped += 1
-            DROPPED_LATEST.inc()
-        self._items.append(item)
-        self._ready.set()
-
-    def fail(self, error: Exception) -> None:
-        """Makes the reader's next get() raise `error` (the hub lost its connection)."""
-        self._failure = error
-        self._ready.set()
-
-    async def get(self) -> T:
-        await self._ready.wait()
-        if self._failure is not None:
-            raise self._failure
-        item = self._items.popleft()
-        if not self._items:
-            self._ready.clear()
-        return item
+def _owner(cluster: RedisCluster, channel: str) -> ClusterNode:
+    """The master serving `channel`'s slot, in the cluster client's slot map."""
+    node = cluster.get_node_from_key(channel)
+    assert node is not None  # None only when asking for a replica
+    return node
 
 
-class KeyedLatest(Generic[T]):
-    """A mailbox conflated per key (per driver), releasing each key at most once per interval."""
-
-    __slots__ = (
-        "_pending",
-        "_last_sent",
-        "_ready",
-        "_interval",
-        "_clock",
-        "_failure",
-        "dropped",
-        "_drops",
+def _client(node: ClusterNode) -> Redis:
+    """A plain client of one cluster node, with the cluster client's connection settings
+    (password, TLS, timeouts): sharded pub/sub needs no cluster routing once on the owner."""
+    return Redis.from_pool(
+        ConnectionPool(connection_class=node.connection_class, **node.connection_kwargs)
     )
 
-    def __init__(
-        self, interval_s: float, clock: Callable[[], float], *, count_drops: bool = True
-    ) -> None:
-        self._pending: dict[str, T] = {}
-        self._last_sent: dict[str, float] = {}
-        self._ready = asyncio.Event()
-        self._interval = interval_s
-        self._clock = clock
-        self._failure: Exception | None = None
-        self.dropped = 0
-        # Watchers' drops are a metric (a slow reader); an internal work queue's are by design.
-        self._drops = DROPPED_KEYED if count_drops else None
 
-    def put(self, key: str, item: T) -> None:
-        if key in self._pending:
-            self.dropped += 1
-            if self._drops is not None:
-                self._drops.inc()
-        self._pending[key] = item
-        self._ready.set()
-
-    def put_if_absent(self, key: str, item: T) -> None:
-        """Adds an item unless a newer one for the key is already waiting."""
-        if key not in self._pending:
-            self.put(key, item)
-
-    def fail(self, error: Exception) -> None:
-        """Makes the reader's next get_batch() raise `error` (the hub lost its connection)."""
-        self._failure = error
-        self._ready.set()
-
-    async def get_batch(self) -> list[T]:
-        """Waits for items, then returns those whose key may be sent now (at least one)."""
-        while True:
-            await self._ready.wait()
-            if self._failure is not None:
-                raise self._failure
-            now = self._clock()
-            due = [
-                k for k in self._pending if now - self._last_sent.get(k, -1e18) >= self._interval
-            ]
-            if due:
-                batch = [self._pending.pop(k) for k in due]
-                for k in due:
-                    self._last_sent[k] = now
-                if not self._pending:
-                    self._ready.clear()
-                self._forget_older_than(now)
-                return batch
-            wait = min(self._interval - (now - self._last_sent[k]) for k in self._pending)
-            await asyncio.sleep(max(wait, 0.001))
-
-    def _forget_older_than(self, now: float) -> None:
-        # Keys silent for a whole interval may send at once again: forget them, bounding memory.
-        if len(self._last_sent) > 2 * len(self._pending) + 64:
-            cutoff = now - self._interval
-            self._last_sent = {k: t for k, t in self._last_sent.items() if t > cutoff}
+def _detach(pubsub: PubSub, channel: str) -> None:
+    """Forgets `channel` on `pubsub` without a round trip, so that reconnecting does not
+    subscribe it there again: its slot is served elsewhere (as redis-py's ClusterPubSub does)."""
+    key = pubsub.encoder.decode(pubsub.encoder.encode(channel))
+    pubsub.shard_channels.pop(key, None)
+    pubsub.pending_unsubscribe_shard_channels.discard(key)

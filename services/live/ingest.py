@@ -1,18 +1,18 @@
-"""The ingest log: a Redis stream of accepted fixes, consumed by the persisters' group, and the
-watermark below which every entry is committed to PostgreSQL; and a follower that reads every
-new entry in batches (zone tracking)."""
+"""The ingest log: a Redis stream of accepted fixes per partition, consumed by the persisters'
+group, and the watermark below which every entry is committed to PostgreSQL; and a follower that
+reads every new entry in batches (zone tracking)."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from typing import Any
 
 from redis.asyncio import Redis
 from redis.exceptions import RedisError, ResponseError
 
-from services.live.names import INGEST_STREAM, PERSIST_GROUP
+from services.live.names import PERSIST_GROUP, ingest_stream
 from services.live.replies import text
 from services.server.failures import raise_if_cancelling
 
@@ -36,35 +36,64 @@ def parse_stream_id(raw: bytes | str) -> StreamId:
 
 
 class IngestLog:
-    """The stream's consumer group and its commit watermark."""
+    """One partition's stream, its consumer group and its commit watermark."""
 
-    def __init__(self, redis: Redis) -> None:
+    def __init__(self, redis: Redis, partition: int = 0) -> None:
         self.redis = redis
+        self.partition = partition
+        self.stream = ingest_stream(partition)
 
-    async def ensure_group(self) -> None:
-        """Creates the persisters' group (and the stream) unless it exists."""
+    async def ensure_group(self, group: str = PERSIST_GROUP, start: str = "0") -> None:
+        """Creates a consumer group (and the stream) unless it exists; a new group is handed
+        the entries after `start` ("0": all, "$": those added from now on)."""
         try:
-            await self.redis.xgroup_create(INGEST_STREAM, PERSIST_GROUP, id="0", mkstream=True)
+            await self.redis.xgroup_create(self.stream, group, id=start, mkstream=True)
         except ResponseError as exc:
             if "BUSYGROUP" not in str(exc):
                 raise
 
     async def committed_below(self) -> StreamId | None:
         """The ingest watermark: every entry with a smaller id is committed to PostgreSQL."""
-        pipe = self.redis.pipeline(transaction=False)
-        pipe.xinfo_groups(INGEST_STREAM)
-        pipe.xpending(INGEST_STREAM, PERSIST_GROUP)
-        try:
-            groups, pending = await pipe.execute(raise_on_error=True)
-        except Exception as exc:  # no stream or group yet: nothing is committed
-            if "no such key" in str(exc).lower() or "NOGROUP" in str(exc):
-                return None
-            raise
-        return watermark(groups, pending)
+        return (await watermarks(self.redis, [self.partition]))[self.partition]
 
     async def trim(self, below: StreamId) -> None:
         """Drops ingest entries that are committed, so the log stays small."""
-        await self.redis.xtrim(INGEST_STREAM, minid=f"{below[0]}-{below[1]}", approximate=True)
+        await self.redis.xtrim(self.stream, minid=f"{below[0]}-{below[1]}", approximate=True)
+
+
+class IngestLogs:
+    """Every partition's log, for readers that span them (the ack ticker)."""
+
+    def __init__(self, redis: Redis) -> None:
+        self.redis = redis
+
+    async def watermarks(self, partitions: Iterable[int]) -> dict[int, StreamId | None]:
+        return await watermarks(self.redis, partitions)
+
+
+async def watermarks(redis: Redis, partitions: Iterable[int]) -> dict[int, StreamId | None]:
+    """Each partition's ingest watermark (None while it has no stream or group yet), in one
+    pipeline (a cluster's client sends each shard its part)."""
+    wanted = sorted(set(partitions))
+    pipe = redis.pipeline(transaction=False)
+    for partition in wanted:
+        pipe.xinfo_groups(ingest_stream(partition))
+        pipe.xpending(ingest_stream(partition), PERSIST_GROUP)
+    replies = await pipe.execute(raise_on_error=False)
+    found: dict[int, StreamId | None] = {}
+    for i, partition in enumerate(wanted):
+        groups, pending = replies[2 * i], replies[2 * i + 1]
+        for reply in (groups, pending):
+            if isinstance(reply, Exception) and not _missing(reply):
+                raise reply
+        missing = isinstance(groups, Exception) or isinstance(pending, Exception)
+        found[partition] = None if missing else watermark(groups, pending)
+    return found
+
+
+def _missing(error: Exception) -> bool:
+    """A reply saying the stream or the group does not exist yet: nothing is committed."""
+    return "no such key" in str(error).lower() or "NOGROUP" in str(error)
 
 
 def watermark(groups: list[dict[str, Any]], pending: dict[str, Any]) -> StreamId | None:
@@ -79,7 +108,7 @@ def watermark(groups: list[dict[str, Any]], pending: dict[str, Any]) -> StreamId
 
 
 class IngestFollower:
-    """Every fix entered in the log from `start()` on, in log order, a batch per read.
+    """Every fix entered in one partition's log from `start()` on, in log order, a batch per read.
 
     No consumer group: like a pub/sub subscriber, each follower sees every entry, but one
     XREAD reply carries every entry that arrived since the last (a subscriber gets one message
@@ -87,10 +116,18 @@ class IngestFollower:
     skipped, as a subscriber would miss them: the reader resumes at the log's end.
 
     A read starts `every_s` after the previous one returned, so an entry waits up to that long
-    before it is read."""
+    before it is read. With `retry_s` None a failed read raises instead (a watcher must be told
+    that it missed fixes)."""
 
-    def __init__(self, redis: Redis, retry_s: float = 1.0, every_s: float = FOLLOW_EVERY_S):
+    def __init__(
+        self,
+        redis: Redis,
+        partition: int = 0,
+        retry_s: float | None = 1.0,
+        every_s: float = FOLLOW_EVERY_S,
+    ):
         self._redis = redis
+        self._stream = ingest_stream(partition)
         self._retry_s = retry_s
         self._every_s = every_s
         self._last: str | None = None
@@ -110,10 +147,12 @@ class IngestFollower:
                 if self._last is None:
                     self._last = await self._end()
                 reply: Any = await self._redis.xread(
-                    {INGEST_STREAM: self._last}, count=FOLLOW_COUNT, block=FOLLOW_BLOCK_MS
+                    {self._stream: self._last}, count=FOLLOW_COUNT, block=FOLLOW_BLOCK_MS
                 )
             except (RedisError, OSError) as exc:
                 raise_if_cancelling(exc)
+                if self._retry_s is None:
+                    raise
                 log.warning("reading the ingest log failed (%s); retrying", type(exc).__name__)
                 self._last = None  # resume at the end: the gap is skipped
                 await asyncio.sleep(self._retry_s)
@@ -128,5 +167,5 @@ class IngestFollower:
 
     async def _end(self) -> str:
         """The id of the log's newest entry ("0-0" when there is none yet)."""
-        newest = await self._redis.xrevrange(INGEST_STREAM, count=1)
+        newest = await self._redis.xrevrange(self._stream, count=1)
         return text(newest[0][0]) if newest else "0-0"

@@ -1,54 +1,132 @@
 """Every Redis key and channel name Ridemesh uses: the real contract between its services.
 
 No other module spells a name (a test checks it); Lua scripts get every key in KEYS.
+
+The live state is split into partitions by driver (docs/scaling.md). A driver's keys and
+channels, and the geo index, ingest log and cell channels of the partition its fixes go to,
+carry the partition's hash tag, so one batch of one partition's fixes is one script on one Redis
+Cluster shard. One Redis holds every partition; every process of a mesh must use the same count
+(it travels in the Redis URL).
 """
 
 from __future__ import annotations
 
+import zlib
+from functools import cache
+
+from redis.crc import REDIS_CLUSTER_HASH_SLOTS, key_slot
+
+# At most this many partitions (their tags are found by search, about `count` tries each).
+MAX_PARTITIONS = 256
+
+_count = 1
+
+
+def use_partitions(count: int) -> None:
+    """Sets the process's partition count (its wiring does, from the Redis URL, before any
+    name is used)."""
+    if not 1 <= count <= MAX_PARTITIONS:
+        raise ValueError(f"the partition count must be 1 to {MAX_PARTITIONS}, got {count}")
+    global _count
+    _count = count
+
+
+def partition_count() -> int:
+    return _count
+
+
+def partitions() -> range:
+    """Every partition, for work that visits them all (queries, persisters, zone tracking)."""
+    return range(_count)
+
+
+def partition_of(driver_id: str) -> int:
+    """The partition a driver's fixes and keys belong to (stable across processes)."""
+    return zlib.crc32(driver_id.encode()) % _count
+
+
+@cache
+def _tags(count: int) -> tuple[str, ...]:
+    """A hash tag per partition whose slot falls in the partition's equal share of the slots,
+    so partitions spread evenly over shards that split the slots evenly (as
+    `redis-cli --cluster create` does)."""
+    tags = []
+    for i in range(count):
+        low, high = (
+            i * REDIS_CLUSTER_HASH_SLOTS // count,
+            (i + 1) * REDIS_CLUSTER_HASH_SLOTS // count,
+        )
+        tags.append(
+            next(t for k in range(1 << 20) if low <= key_slot((t := f"p{i}.{k}").encode()) < high)
+        )
+    return tuple(tags)
+
+
+def tag(partition: int) -> str:
+    """The partition's hash tag, braces included."""
+    return "{" + _tags(_count)[partition] + "}"
+
+
+def _driver_tag(driver_id: str) -> str:
+    return tag(partition_of(driver_id))
+
+
 # --- Live positions (LocationService writes; GeoQueryService and RideService read) ------------
 
-# The live geo index: member driver_id at its last live position.
-GEO_KEY = "rm:geo"
-# Drivers beyond the geo index's latitude limit, scored by fix time (searched by brute force).
-POLAR_KEY = "rm:geo:polar"
+
+def geo_key(partition: int) -> str:
+    """The partition's live geo index: member driver_id at its last live position."""
+    return f"rm:{tag(partition)}:geo"
+
+
+def polar_key(partition: int) -> str:
+    """The partition's drivers beyond the geo index's latitude limit, scored by fix time
+    (searched by brute force)."""
+    return f"rm:{tag(partition)}:geo:polar"
+
+
 # Ride requests waiting for a driver: a geo set, member ride_id at the pickup (kept by RideService).
 OPEN_REQUESTS_KEY = "rm:geo:requests"
 
 
 def driver_key(driver_id: str) -> str:
     """The driver's last live fix (`p`), its time (`t`), seq (`s`) and availability (`a`)."""
-    return f"rm:driver:{driver_id}"
+    return f"rm:{_driver_tag(driver_id)}:driver:{driver_id}"
 
 
 def assigned_key(driver_id: str) -> str:
     """The rider whose active ride the driver is assigned to (kept by RideService's dispatcher,
     read by LocationService to let that rider watch the driver)."""
-    return f"rm:assigned:{driver_id}"
+    return f"rm:{_driver_tag(driver_id)}:assigned:{driver_id}"
 
 
 # --- The ingest log (LocationService appends; the persisters consume) --------------------------
 
-INGEST_STREAM = "rm:ingest"
+
+def ingest_stream(partition: int) -> str:
+    """The partition's log of accepted fixes."""
+    return f"rm:{tag(partition)}:ingest"
+
+
 PERSIST_GROUP = "persisters"
 # Entries the persisters could never store (undecodable, or refused by PostgreSQL), with why.
 INGEST_DEAD_LETTERS = "rm:ingest:dead"
 
 
-# --- Fan-out channels --------------------------------------------------------------------------
+# --- Fan-out channels (sharded pub/sub: SPUBLISH / SSUBSCRIBE) ---------------------------------
 
 
 def driver_channel(driver_id: str) -> str:
     """DriverLocation bytes of every live fix of one driver."""
-    return f"rm:ch:driver:{driver_id}"
+    return f"rm:{_driver_tag(driver_id)}:ch:driver:{driver_id}"
 
 
-def cell_channel(cell: tuple[int, int]) -> str:
-    """DriverLocation bytes of every live fix inside one grid cell (domain.area.cell_of)."""
-    return f"rm:ch:cell:{cell[0]}:{cell[1]}"
+def cell_channel(partition: int, cell: tuple[int, int]) -> str:
+    """DriverLocation bytes of every live fix of the partition's drivers inside one grid cell
+    (domain.area.cell_of); a watcher of a cell subscribes to it in every partition."""
+    return f"rm:{tag(partition)}:ch:cell:{cell[0]}:{cell[1]}"
 
 
-# Every cell channel at once (GeoQueryService's zone tracking, WatchArea over huge boxes).
-CELL_PATTERN = "rm:ch:cell:*"
 # Subscribed for the life of each fan-out hub, so its pub/sub connection always exists.
 HUB_KEEPALIVE_CHANNEL = "rm:ch:hub"
 
@@ -60,7 +138,7 @@ def ride_channel(ride_id: str) -> str:
 
 def control_channel(driver_id: str) -> str:
     """StreamLocationsResponse bytes for the driver's own stream (offer / offer_withdrawn)."""
-    return f"rm:ch:control:{driver_id}"
+    return f"rm:{_driver_tag(driver_id)}:ch:control:{driver_id}"
 
 
 def chat_channel(ride_id: str) -> str:
@@ -72,13 +150,19 @@ def chat_channel(ride_id: str) -> str:
 
 # Announces that a zone changed, so every GeoQuery replica reloads its index.
 ZONE_CHANGES_CHANNEL = "rm:ch:geofences"
-# Geofence ENTER/EXIT transitions, as batches, for every WatchGeofenceEvents watcher.
-FENCE_EVENTS_CHANNEL = "rm:ch:gfevents"
+# The GeoQuery replicas' consumer group on each ingest log: each fix is tracked by one replica.
+ZONES_GROUP = "zones"
+
+
+def fence_events_channel(partition: int) -> str:
+    """Geofence ENTER/EXIT transitions of the partition's drivers, as batches, for every
+    WatchGeofenceEvents watcher (which subscribes to every partition's)."""
+    return f"rm:{tag(partition)}:ch:gfevents"
 
 
 def fence_state_key(driver_id: str) -> str:
     """The zones a driver is inside and the (time, seq) of the fix that said so."""
-    return f"rm:gf:{driver_id}"
+    return f"rm:{_driver_tag(driver_id)}:gf:{driver_id}"
 
 
 # Set once by a RideService replica; missing means Redis lost its data (an empty restart), so

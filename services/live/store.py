@@ -1,4 +1,5 @@
-"""The live store in Redis: the geo index, each driver's last fix, and one round trip per fix."""
+"""The live store in Redis: each partition's geo index, each driver's last fix, and one round
+trip per batch of fixes (one script per partition in it, sent together)."""
 
 from __future__ import annotations
 
@@ -8,20 +9,22 @@ from collections.abc import Sequence
 from typing import Any
 
 from redis.asyncio import Redis
-from redis.exceptions import NoScriptError
+from redis.exceptions import NoScriptError, ResponseError
 
 from ridemesh.v1.common_pb2 import DriverAvailability, DriverLocation
 from services.domain.area import Box, cell_of
 from services.domain.geodesy import haversine_m
 from services.live.ingest import StreamId, parse_stream_id
 from services.live.names import (
-    GEO_KEY,
-    INGEST_STREAM,
-    POLAR_KEY,
     assigned_key,
     cell_channel,
     driver_channel,
     driver_key,
+    geo_key,
+    ingest_stream,
+    partition_of,
+    partitions,
+    polar_key,
 )
 from services.live.replies import text
 
@@ -29,8 +32,9 @@ from services.live.replies import text
 # sorted set instead, which searches near the poles scan.
 GEO_MAX_LAT = 85.05112878
 
-# Many fixes in one script call (one round trip, one script run). KEYS: the geo index, the ingest
-# stream, the polar set, then per fix its driver's hash, driver channel and cell channel. ARGV:
+# Many fixes of one partition in one script call (one script run; every key and channel in the
+# partition's slot). KEYS: the partition's geo index, ingest stream and polar set, then per fix
+# its driver's hash, driver channel and cell channel. ARGV:
 # the live window (ms), then per fix: driver_id, lng, lat, payload, seq, recorded ms, indexable.
 # The live state only moves forward in time (an older fix never overwrites a newer one); every
 # fix goes to the ingest log for persistence regardless. Returns each fix's entry id, in order.
@@ -52,17 +56,18 @@ for i = 0, (#KEYS - 3) / 3 - 1 do
     end
     redis.call('HSET', hash, 'p', payload, 't', recorded, 's', ARGV[a + 5])
     redis.call('PEXPIRE', hash, window)
-    redis.call('PUBLISH', driver_ch, payload)
-    redis.call('PUBLISH', cell_ch, payload)
+    redis.call('SPUBLISH', driver_ch, payload)
+    redis.call('SPUBLISH', cell_ch, payload)
   end
   ids[i + 1] = redis.call('XADD', KEYS[2], '*', 'p', payload)
 end
 return ids
 """
 
-# Drops geo-index members whose driver is no longer live (KEYS[1] the index, KEYS[i>1] the
-# drivers' hashes, ARGV[1] the oldest live recorded ms, ARGV[i>1] the members). The check is
-# repeated here, atomically with ingest, so a fix that lands after the caller's read survives.
+# Drops geo-index members whose driver is no longer live (KEYS[1] a partition's index, KEYS[i>1]
+# the hashes of drivers in it, ARGV[1] the oldest live recorded ms, ARGV[i>1] the members). The
+# check is repeated here, atomically with ingest, so a fix that lands after the caller's read
+# survives.
 _FORGET_LUA = """
 local removed = 0
 for i = 2, #KEYS do
@@ -75,7 +80,8 @@ return removed
 """
 
 
-# Last fix and availability of many drivers (KEYS = their hashes); false becomes a nil reply.
+# Last fix and availability of many drivers of one partition (KEYS = their hashes); false
+# becomes a nil reply.
 _STATES_LUA = """
 local out = {}
 for i, key in ipairs(KEYS) do
@@ -93,17 +99,21 @@ INGEST_BATCH = 256
 
 
 def _ingest_arguments(
-    fixes: list[tuple[DriverLocation, bytes]], live_window_ms: int
+    partition: int, fixes: list[tuple[DriverLocation, bytes]], live_window_ms: int
 ) -> tuple[list[str], list[Any]]:
-    """The ingest script's keys and arguments for a batch of fixes (the hot path: plain lists,
-    one pass)."""
-    keys = [GEO_KEY, INGEST_STREAM, POLAR_KEY]
+    """The ingest script's keys and arguments for a batch of one partition's fixes (the hot
+    path: plain lists, one pass)."""
+    keys = [geo_key(partition), ingest_stream(partition), polar_key(partition)]
     args: list[Any] = [live_window_ms]
     for location, payload in fixes:
         lat, lng = location.position.latitude, location.position.longitude
         recorded = location.recorded_at
         driver_id = location.driver_id
-        keys += [driver_key(driver_id), driver_channel(driver_id), cell_channel(cell_of(lat, lng))]
+        keys += [
+            driver_key(driver_id),
+            driver_channel(driver_id),
+            cell_channel(partition, cell_of(lat, lng)),
+        ]
         args += [
             driver_id,
             lng,
@@ -123,9 +133,10 @@ class LiveStore:
     def __init__(self, redis: Redis, live_window_s: float) -> None:
         self._redis = redis
         self._live_window_ms = int(live_window_s * 1000)
-        self._ingest = redis.register_script(_INGEST_LUA)
-        self._states = redis.register_script(_STATES_LUA)
-        self._forget = redis.register_script(_FORGET_LUA)
+        self._shas = {
+            source: redis.register_script(source).sha
+            for source in (_INGEST_LUA, _STATES_LUA, _FORGET_LUA)
+        }
         self._queued: list[tuple[DriverLocation, bytes, asyncio.Future[StreamId]]] = []
         self._writer: asyncio.Task[None] | None = None
 
@@ -163,17 +174,53 @@ class LiveStore:
                     done.set_result(parse_stream_id(reply))
 
     async def _ingest_batch(self, fixes: list[tuple[DriverLocation, bytes]]) -> list[Any]:
-        """One EVALSHA for the whole batch; the entry ids in order. EVALSHA directly, not the
-        Script object, which would first ask SCRIPT EXISTS every time."""
-        keys, args = _ingest_arguments(fixes, self._live_window_ms)
-        try:
-            replies: list[Any] = await self._redis.evalsha(
-                self._ingest.sha, len(keys), *keys, *args
-            )
-        except NoScriptError:
-            # Redis lost its script cache (a restart): load it and send them again.
-            await self._redis.script_load(_INGEST_LUA)
-            replies = await self._redis.evalsha(self._ingest.sha, len(keys), *keys, *args)
+        """One script call per partition in the batch, sent together; each fix's entry id (or
+        the error of its partition's call), in order."""
+        groups: dict[int, list[int]] = {}
+        for i, (location, _) in enumerate(fixes):
+            groups.setdefault(partition_of(location.driver_id), []).append(i)
+        calls = [
+            _ingest_arguments(p, [fixes[i] for i in members], self._live_window_ms)
+            for p, members in groups.items()
+        ]
+        replies: list[Any] = [None] * len(fixes)
+        for members, reply in zip(
+            groups.values(), await self._scripts(_INGEST_LUA, calls), strict=True
+        ):
+            for n, i in enumerate(members):
+                replies[i] = reply if isinstance(reply, Exception) else reply[n]
+        return replies
+
+    async def _scripts(self, source: str, calls: list[tuple[list[str], list[Any]]]) -> list[Any]:
+        """Runs a script once per (keys, args) call, all in one pipeline (one call goes alone);
+        each call's reply, or its error. EVALSHA directly, not the Script object, which would
+        first ask SCRIPT EXISTS every time; a Redis that lost its script cache (a restart, a
+        promoted replica) is given the script and asked again."""
+        sha = self._shas[source]
+        replies = await self._evalsha_all(sha, calls)
+        unknown = [i for i, reply in enumerate(replies) if isinstance(reply, NoScriptError)]
+        if unknown:
+            await self._redis.script_load(source)
+            again = await self._evalsha_all(sha, [calls[i] for i in unknown])
+            for i, reply in zip(unknown, again, strict=True):
+                replies[i] = reply
+        return replies
+
+    async def _evalsha_all(self, sha: str, calls: list[tuple[list[str], list[Any]]]) -> list[Any]:
+        if len(calls) == 1:
+            keys, args = calls[0]
+            try:
+                return [await self._redis.evalsha(sha, len(keys), *keys, *args)]
+            except NoScriptError as exc:
+                return [exc]
+        pipe = self._redis.pipeline(transaction=False)
+        for keys, args in calls:
+            pipe.evalsha(sha, len(keys), *keys, *args)
+        replies: list[Any] = await pipe.execute(raise_on_error=False)
+        if all(isinstance(reply, Exception) for reply in replies):
+            first = replies[0]
+            if not isinstance(first, NoScriptError | ResponseError):
+                raise first  # the connection failed: nothing was taken
         return replies
 
     async def last_state(self, driver_id: str) -> tuple[int, DriverAvailability.ValueType]:
@@ -210,58 +257,84 @@ class LiveStore:
     async def geo_nearest(
         self, key: str, lat: float, lng: float, radius_m: float, count: int | None
     ) -> list[tuple[str, float]]:
-        """Members of a geo set within `radius_m` (Redis's metres), nearest first, with Redis's
-        distance; at most `count` of them (all when None)."""
-        hits: list[list[Any]] = await self._redis.geosearch(  # type: ignore[assignment]
-            key,
-            longitude=lng,
-            latitude=lat,
-            radius=radius_m,
-            unit="m",
-            sort="ASC",
-            count=count,
-            withdist=True,
+        """Members of one geo set within `radius_m` (Redis's metres), nearest first, with
+        Redis's distance; at most `count` of them (all when None)."""
+        return _nearest_hits(
+            await self._redis.geosearch(**_nearest(key, lat, lng, radius_m, count))
         )
-        return [(text(member), float(dist)) for member, dist in hits]
+
+    async def drivers_nearest(
+        self, lat: float, lng: float, radius_m: float, count: int | None
+    ) -> list[tuple[str, float]]:
+        """`geo_nearest` over every partition's geo index, asked together and merged: the nearest
+        `count` of the union (each partition's nearest `count` hold them)."""
+        pipe = self._redis.pipeline(transaction=False)
+        for partition in partitions():
+            pipe.geosearch(**_nearest(geo_key(partition), lat, lng, radius_m, count))
+        merged = sorted(
+            (hit for reply in await pipe.execute() for hit in _nearest_hits(reply)),
+            key=lambda hit: hit[1],
+        )
+        return merged if count is None else merged[:count]
 
     async def geo_within(
         self, key: str, lat: float, lng: float, radius_m: float
     ) -> list[tuple[str, float, float]]:
-        """Members of a geo set within `radius_m` (Redis's metres) of a point, with the
+        """Members of one geo set within `radius_m` (Redis's metres) of a point, with the
         (latitude, longitude) the index holds for each."""
-        hits: list[list[Any]] = await self._redis.geosearch(  # type: ignore[assignment]
-            key, longitude=lng, latitude=lat, radius=radius_m, unit="m", withcoord=True
-        )
-        return [(text(member), float(pos[1]), float(pos[0])) for member, pos in hits]
+        return _within_hits(await self._redis.geosearch(**_within(key, lat, lng, radius_m)))
+
+    async def drivers_within(
+        self, lat: float, lng: float, radius_m: float
+    ) -> list[tuple[str, float, float]]:
+        """`geo_within` over every partition's geo index, asked together."""
+        pipe = self._redis.pipeline(transaction=False)
+        for partition in partitions():
+            pipe.geosearch(**_within(geo_key(partition), lat, lng, radius_m))
+        return [hit for reply in await pipe.execute() for hit in _within_hits(reply)]
 
     async def driver_states(
         self, driver_ids: Sequence[str]
     ) -> list[tuple[DriverLocation | None, DriverAvailability.ValueType]]:
         """Each driver's last fix (None when the hash expired) and availability, in one pipeline.
-        A script reads a chunk of drivers per call: far cheaper than one HMGET each."""
+        A script reads a chunk of one partition's drivers per call: far cheaper than one HMGET
+        each."""
         if not driver_ids:
             return []
-        pipe = self._redis.pipeline(transaction=False)
-        for start in range(0, len(driver_ids), STATES_CHUNK):
-            chunk = driver_ids[start : start + STATES_CHUNK]
-            await self._states(keys=[driver_key(d) for d in chunk], client=pipe)
-        flat: list[Any] = [value for reply in await pipe.execute() for value in reply]
-        states = []
-        for i in range(len(driver_ids)):
-            payload, availability = flat[2 * i], flat[2 * i + 1]
-            location = DriverLocation.FromString(payload) if payload else None
-            states.append((location, _availability(availability)))
+        groups: dict[int, list[int]] = {}
+        for i, driver_id in enumerate(driver_ids):
+            groups.setdefault(partition_of(driver_id), []).append(i)
+        chunks = [
+            members[start : start + STATES_CHUNK]
+            for members in groups.values()
+            for start in range(0, len(members), STATES_CHUNK)
+        ]
+        calls: list[tuple[list[str], list[Any]]] = [
+            ([driver_key(driver_ids[i]) for i in chunk], []) for chunk in chunks
+        ]
+        states: list[tuple[DriverLocation | None, DriverAvailability.ValueType]] = [
+            (None, DriverAvailability.DRIVER_AVAILABILITY_AVAILABLE)
+        ] * len(driver_ids)
+        for chunk, reply in zip(chunks, await self._scripts(_STATES_LUA, calls), strict=True):
+            if isinstance(reply, Exception):
+                raise reply
+            for n, i in enumerate(chunk):
+                payload, availability = reply[2 * n], reply[2 * n + 1]
+                location = DriverLocation.FromString(payload) if payload else None
+                states[i] = (location, _availability(availability))
         return states
 
     async def live_polar_driver_ids(self, now_s: float) -> list[str]:
-        """Drivers beyond the geo index's latitude limit whose fix is live. The polar set is
-        scored by fix time, so stale members are pruned here too (it only ever shrinks by this)."""
+        """Drivers beyond the geo index's latitude limit whose fix is live, from every
+        partition. The polar sets are scored by fix time, so stale members are pruned here too
+        (they only ever shrink by this)."""
         oldest_live_ms = int(now_s * 1000) - self._live_window_ms
         pipe = self._redis.pipeline(transaction=False)
-        pipe.zremrangebyscore(POLAR_KEY, "-inf", f"({oldest_live_ms}")
-        pipe.zrangebyscore(POLAR_KEY, oldest_live_ms, "+inf")
-        _, members = await pipe.execute()
-        return [text(member) for member in members]
+        for partition in partitions():
+            pipe.zremrangebyscore(polar_key(partition), "-inf", f"({oldest_live_ms}")
+            pipe.zrangebyscore(polar_key(partition), oldest_live_ms, "+inf")
+        replies = await pipe.execute()
+        return [text(member) for members in replies[1::2] for member in members]
 
     async def forget_dead(self, driver_ids: Sequence[str], now_s: float) -> int:
         """Removes drivers with no live fix from the geo index; returns how many. Each is checked
@@ -269,9 +342,26 @@ class LiveStore:
         if not driver_ids:
             return 0
         oldest_live_ms = int(now_s * 1000) - self._live_window_ms
-        keys = [GEO_KEY, *(driver_key(d) for d in driver_ids)]
-        removed = await self._forget(keys=keys, args=[oldest_live_ms, *driver_ids])
-        return int(removed)
+        groups: dict[int, list[str]] = {}
+        for driver_id in driver_ids:
+            groups.setdefault(partition_of(driver_id), []).append(driver_id)
+        calls = [
+            ([geo_key(p), *(driver_key(d) for d in members)], [oldest_live_ms, *members])
+            for p, members in groups.items()
+        ]
+        removed = 0
+        for reply in await self._scripts(_FORGET_LUA, calls):
+            if isinstance(reply, Exception):
+                raise reply
+            removed += int(reply)
+        return removed
+
+    async def indexed_drivers(self) -> int:
+        """How many drivers the geo indexes hold (live or not yet forgotten)."""
+        pipe = self._redis.pipeline(transaction=False)
+        for partition in partitions():
+            pipe.zcard(geo_key(partition))
+        return sum(await pipe.execute())
 
     async def locations_in_box(self, box: Box, limit: int) -> list[DriverLocation]:
         """Live drivers inside a box, for a watcher's first screen."""
@@ -282,9 +372,7 @@ class LiveStore:
         # Redis measures on a slightly larger sphere than ours: pad so no box corner is missed.
         members = [
             member
-            for member, _ in await self.geo_nearest(
-                GEO_KEY, clamped, lng, radius * 1.001 + 10.0, limit
-            )
+            for member, _ in await self.drivers_nearest(clamped, lng, radius * 1.001 + 10.0, limit)
         ]
         if box.north > GEO_MAX_LAT or box.south < -GEO_MAX_LAT:
             members += await self.live_polar_driver_ids(time.time())
@@ -301,3 +389,39 @@ def _availability(raw: bytes | str | None) -> DriverAvailability.ValueType:
     if not raw:
         return DriverAvailability.DRIVER_AVAILABILITY_AVAILABLE
     return DriverAvailability.ValueType(int(raw))
+
+
+def _nearest(
+    key: str, lat: float, lng: float, radius_m: float, count: int | None
+) -> dict[str, Any]:
+    """GEOSEARCH's arguments for members within a radius, nearest first, with distance."""
+    return {
+        "name": key,
+        "longitude": lng,
+        "latitude": lat,
+        "radius": radius_m,
+        "unit": "m",
+        "sort": "ASC",
+        "count": count,
+        "withdist": True,
+    }
+
+
+def _nearest_hits(reply: Any) -> list[tuple[str, float]]:
+    return [(text(member), float(dist)) for member, dist in reply]
+
+
+def _within(key: str, lat: float, lng: float, radius_m: float) -> dict[str, Any]:
+    """GEOSEARCH's arguments for members within a radius, with their positions."""
+    return {
+        "name": key,
+        "longitude": lng,
+        "latitude": lat,
+        "radius": radius_m,
+        "unit": "m",
+        "withcoord": True,
+    }
+
+
+def _within_hits(reply: Any) -> list[tuple[str, float, float]]:
+    return [(text(member), float(pos[1]), float(pos[0])) for member, pos in reply]

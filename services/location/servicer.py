@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import grpc
@@ -27,15 +27,17 @@ from services.domain.validation import (
 )
 from services.history.persister import fix_key, fix_row
 from services.history.store import FixRow, HistoryStore
-from services.live.fanout import Hub, KeyedLatest, Latest
-from services.live.names import CELL_PATTERN, cell_channel, control_channel, driver_channel
+from services.live.fanout import Hub
+from services.live.ingest import IngestFollower
+from services.live.mailboxes import KeyedLatest, Latest
+from services.live.names import cell_channel, control_channel, driver_channel, partitions
 from services.live.store import LiveStore
 from services.location.session import DriverSession
 from services.location.streams import DriverStream, StreamRegistry, rejection
 from services.location.throttle import TokenBucket
 from services.observability.metrics import FIXES_ACCEPTED
 from services.server.config import Settings
-from services.server.failures import raise_if_cancelling, unavailable
+from services.server.failures import Dependency, message, raise_if_cancelling, unavailable
 
 # An area touching more grid cells than this listens on the all-cells pattern instead.
 MAX_AREA_CELLS = 64
@@ -253,9 +255,12 @@ class LocationServicer(pb_grpc.LocationServiceServicer):
                 mailbox.put(driver_id, location)
 
         cells = cells_for_box(box, MAX_AREA_CELLS)
-        channels = [CELL_PATTERN] if cells is None else [cell_channel(c) for c in cells]
+        # A box of many cells reads every partition's ingest log instead (sharded pub/sub has
+        # no patterns): the same fixes, a batch per read.
+        channels = [cell_channel(p, c) for c in cells for p in partitions()] if cells else []
+        followers = [] if cells else await self._follow_all(sink, mailbox.fail)
         for channel in channels:
-            await self._hub.add(channel, sink, pattern=cells is None, on_lost=mailbox.fail)
+            await self._hub.add(channel, sink, on_lost=mailbox.fail)
         try:
             for location in await self._live.locations_in_box(box, AREA_SNAPSHOT_LIMIT):
                 inside.add(location.driver_id)
@@ -267,8 +272,32 @@ class LocationServicer(pb_grpc.LocationServiceServicer):
                     )
                     yield pb.WatchAreaResponse(location=location, exited=exited)
         finally:
+            for follower in followers:
+                follower.cancel()
+            await asyncio.gather(*followers, return_exceptions=True)
             for channel in channels:
                 await self._hub.remove(channel, sink)
+
+    async def _follow_all(
+        self, sink: Callable[[DriverLocation], None], lost: Callable[[Exception], None]
+    ) -> list[asyncio.Task[None]]:
+        """Feeds `sink` every fix entered in any partition's log from now on; a failed read
+        tells `lost` (the watcher ends with UNAVAILABLE, as a lost subscription would)."""
+        redis = self._live.redis
+        followers = [IngestFollower(redis, p, retry_s=None) for p in partitions()]
+        for follower in followers:
+            await follower.start()
+
+        async def follow(follower: IngestFollower) -> None:
+            try:
+                async for payloads in follower.batches():
+                    for payload in payloads:
+                        sink(DriverLocation.FromString(payload))
+            except Exception as exc:
+                raise_if_cancelling(exc)
+                lost(Unavailable(message(Dependency.REDIS)))
+
+        return [asyncio.create_task(follow(f), name="watch-area-follow") for f in followers]
 
     async def _may_read_driver(self, who: Identity, driver_id: str) -> None:
         """Raises PermissionDenied unless `who` may read the driver's location now."""

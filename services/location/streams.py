@@ -6,7 +6,7 @@ import asyncio
 import logging
 import time
 from collections import deque
-from collections.abc import Awaitable, Collection, Container, Sequence
+from collections.abc import Awaitable, Collection, Container, Iterable, Sequence
 from typing import Protocol, TypeVar
 
 from ridemesh.v1.common_pb2 import DriverAvailability
@@ -16,7 +16,8 @@ from ridemesh.v1.location_service_pb2 import (
     StreamLocationsResponse,
 )
 from services.domain.errors import DomainError, Unavailable
-from services.live.ingest import IngestLog
+from services.live.ingest import StreamId
+from services.live.names import partition_of
 from services.location.session import DriverSession, FixKey, InFlight
 from services.observability.metrics import FIXES_LOST, FIXES_REJECTED
 from services.server.failures import raise_if_cancelling, unavailable
@@ -142,6 +143,12 @@ ACCEPTED_ACK_S = 2.0
 LOST_AFTER_S = 120.0
 
 
+class Watermarks(Protocol):
+    """Each partition's ingest watermark (services.live.ingest.IngestLogs)."""
+
+    async def watermarks(self, partitions: Iterable[int]) -> dict[int, StreamId | None]: ...
+
+
 class StoredKeys(Protocol):
     """Which fixes PostgreSQL holds (services.history.store.HistoryStore)."""
 
@@ -159,7 +166,7 @@ class StreamRegistry:
 
     def __init__(
         self,
-        ingest: IngestLog,
+        logs: Watermarks,
         history: StoredKeys,
         interval_s: float,
         *,
@@ -167,7 +174,7 @@ class StreamRegistry:
         slices: int = ACK_SLICES,
         committed_here: Container[FixKey] = frozenset(),
     ) -> None:
-        self._ingest = ingest
+        self._logs = logs
         self._history = history
         # Fixes this process's own persister committed: settled without asking PostgreSQL.
         self._committed_here = committed_here
@@ -219,12 +226,19 @@ class StreamRegistry:
         if not streams:
             return
         streams = list(streams)
-        below = await _or_none(self._ingest.committed_below(), "read the ingest watermark")
+        # Each stream's fixes are in its driver's partition: its watermark decides.
+        parts = {s: partition_of(s.session.driver_id or "") for s in streams}
+        marks = await _or_none(self._logs.watermarks(parts.values()), "read the ingest watermark")
+
+        def below_of(stream: DriverStream) -> StreamId | None:
+            return None if marks is None else marks[parts[stream]]
+
         now = time.monotonic()
-        due = [k for s in streams for k in s.session.due(below, now, self._lost_after_s)]
+        due = [k for s in streams for k in s.session.due(below_of(s), now, self._lost_after_s)]
         stored = await self._stored(due)
         for stream in streams:
             session = stream.session
+            below = below_of(stream)
             # Without PostgreSQL's answer nothing is settled: a fix is never called lost unseen.
             lost = (
                 None if stored is None else session.settle(stored, below, now, self._lost_after_s)

@@ -16,7 +16,7 @@ redis.call('HSET', KEYS[1], 'a', ARGV[1])
 if redis.call('PTTL', KEYS[1]) < 0 then
   redis.call('PEXPIRE', KEYS[1], ARGV[2])
 end
-return redis.call('PUBLISH', KEYS[2], ARGV[3])
+return redis.call('SPUBLISH', KEYS[2], ARGV[3])
 """
 
 

@@ -64,7 +64,7 @@ def redis_publisher(redis: Redis) -> Publish:
     """Publishes stored messages on their ride's chat channel, for every replica's streams."""
 
     async def publish(message: pb.ChatMessage) -> None:
-        await redis.publish(chat_channel(message.ride_id), message.SerializeToString())
+        await redis.spublish(chat_channel(message.ride_id), message.SerializeToString())
 
     return publish
 

@@ -244,7 +244,7 @@ class Dispatcher:
             await self._redis.set(offer_key(ride_id), record, px=record_ttl_ms)
             location = await self._live.get_location(driver_id)
             message = offer_message(ride, location, now + timeout)
-            await self._redis.publish(control_channel(driver_id), message.SerializeToString())
+            await self._redis.spublish(control_channel(driver_id), message.SerializeToString())
         elif ride.state == pb.RIDE_STATE_EXPIRED:
             await self._redis.zrem(OPEN_REQUESTS_KEY, ride.ride_id)
         return ride
@@ -260,4 +260,4 @@ class Dispatcher:
 
     async def _withdraw(self, ride_id: str, driver_id: str, reason: str) -> None:
         message = withdrawn_message(ride_id, reason).SerializeToString()
-        await self._redis.publish(control_channel(driver_id), message)
+        await self._redis.spublish(control_channel(driver_id), message)

@@ -147,6 +147,6 @@ class RideEffects:
         if ride.offered_driver_id:
             reason = ride.end_reason or f"the ride is {state_name(ride.state)}"
             message = withdrawn_message(ride.ride_id, reason).SerializeToString()
-            await self._redis.publish(control_channel(ride.offered_driver_id), message)
+            await self._redis.spublish(control_channel(ride.offered_driver_id), message)
         await self._redis.zrem(OPEN_REQUESTS_KEY, ride.ride_id)
         await self._redis.delete(offer_key(ride.ride_id))

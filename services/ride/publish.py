@@ -10,4 +10,4 @@ from services.live.names import ride_channel
 
 async def publish_ride(redis: Any, ride: pb.Ride) -> None:
     """Announces a committed change of `ride` to its watchers (WatchRide, the live map)."""
-    await redis.publish(ride_channel(ride.ride_id), ride.SerializeToString())
+    await redis.spublish(ride_channel(ride.ride_id), ride.SerializeToString())

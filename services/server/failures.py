@@ -28,8 +28,10 @@ class Dependency(enum.Enum):
 
 
 # Redis that is away, restarting (LOADING), read-only after a failover, or refusing a command
-# because of its own state, rather than because of what we asked.
+# because of its own state, rather than because of what we asked; and a Redis Cluster whose
+# client cannot reach a master for a slot (SlotNotCoveredError and kin: not RedisErrors).
 _REDIS_AWAY = (
+    redis_errors.RedisClusterException,
     redis_errors.ConnectionError,
     redis_errors.TimeoutError,
     redis_errors.BusyLoadingError,

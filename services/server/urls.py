@@ -9,8 +9,11 @@ _POSTGRES_SCHEMES = frozenset({"postgresql", "postgres", "postgresql+asyncpg"})
 DATABASE_URL_FORMS = "postgresql://, postgres:// or postgresql+asyncpg://"
 # libpq's sslmode (in most operators' secrets) is asyncpg's ssl, with the same values.
 _SSLMODES = frozenset({"disable", "allow", "prefer", "require", "verify-ca", "verify-full"})
-_REDIS_SCHEMES = frozenset({"redis", "rediss", "unix"})
-REDIS_URL_FORMS = "redis://, rediss:// (TLS) or unix://"
+_REDIS_SCHEMES = frozenset({"redis", "rediss", "unix", "redis+cluster", "rediss+cluster"})
+REDIS_URL_FORMS = (
+    "redis://, rediss:// (TLS), unix:// or, for a Redis Cluster, "
+    "redis+cluster://host:port[,host:port...] (rediss+cluster:// with TLS)"
+)
 
 
 class InvalidUrl(ValueError):

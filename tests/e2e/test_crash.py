@@ -18,7 +18,7 @@ from ridemesh.v1 import location_service_pb2_grpc as location_grpc
 from services.auth.identity import Role
 from services.auth.keys import DevKeys
 from services.history.store import HistoryStore, create_engine
-from services.live.names import INGEST_STREAM, PERSIST_GROUP
+from services.live.names import PERSIST_GROUP, ingest_stream
 from services.ops.mesh.redis_server import RedisServer
 from tests.e2e.clients import DriverStream, fix, new_driver_id
 from tests.e2e.processes import start_location
@@ -66,7 +66,7 @@ async def test_killed_replica_entries_are_claimed_and_committed_by_another(
         assert driver.durable_seq < 50, "the kill must come before the victim's batch commits"
         victim_consumer = f"{socket.gethostname()}-{victim.pid}"
         held = await redis.xpending_range(
-            INGEST_STREAM, PERSIST_GROUP, "-", "+", 1000, consumername=victim_consumer
+            ingest_stream(0), PERSIST_GROUP, "-", "+", 1000, consumername=victim_consumer
         )
         assert held, "the victim died holding uncommitted entries"
 
@@ -83,7 +83,7 @@ async def test_killed_replica_entries_are_claimed_and_committed_by_another(
         )
         assert [row.seq for row in rows] == list(range(1, 52))
         still_held = await redis.xpending_range(
-            INGEST_STREAM, PERSIST_GROUP, "-", "+", 1000, consumername=victim_consumer
+            ingest_stream(0), PERSIST_GROUP, "-", "+", 1000, consumername=victim_consumer
         )
         assert not still_held
     finally:

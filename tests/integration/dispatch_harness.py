@@ -22,7 +22,7 @@ from services.auth.keys import DevKeys
 from services.auth.limits import LimitInterceptor, Limits
 from services.auth.tokens import SERVICE_SUB, bearer_channel
 from services.geo.nearby import search_nearby_drivers
-from services.live.names import control_channel, ride_channel
+from services.live.names import HUB_KEEPALIVE_CHANNEL, control_channel, ride_channel
 from services.live.store import LiveStore
 from services.ops.mesh.redis_server import RedisServer
 from services.server.builder import create_server
@@ -108,21 +108,34 @@ class Clock:
 
 
 class Listener:
-    """Everything published on control and ride channels, as the other services would see it."""
+    """Everything published on the control channels of the drivers and the channels of the
+    rides it is told to watch, as the other services would see it (sharded pub/sub has no
+    patterns)."""
 
     def __init__(self, redis: Redis) -> None:
         self._pubsub = redis.pubsub()
         self.control: dict[str, list[StreamLocationsResponse]] = {}
         self.rides: dict[str, list[pb.Ride]] = {}
+        self._confirmed: set[str] = set()
         self._changed = asyncio.Condition()
         self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
-        await self._pubsub.psubscribe(control_channel("*"), ride_channel("*"))
-        for _ in range(2):  # the two subscribe confirmations: listening from here on
-            while await self._pubsub.get_message(timeout=1.0) is None:
-                pass
+        await self._pubsub.ssubscribe(HUB_KEEPALIVE_CHANNEL)
         self._task = asyncio.create_task(self._read())
+        await self._confirm([HUB_KEEPALIVE_CHANNEL])
+
+    async def watch_drivers(self, driver_ids: list[str]) -> None:
+        await self._confirm([control_channel(d) for d in driver_ids])
+
+    async def watch_ride(self, ride_id: str) -> None:
+        await self._confirm([ride_channel(ride_id)])
+
+    async def _confirm(self, channels: list[str]) -> None:
+        """Subscribes and returns once Redis confirmed: listening from here on."""
+        if channels != [HUB_KEEPALIVE_CHANNEL]:
+            await self._pubsub.ssubscribe(*channels)
+        await self.wait(lambda: self._confirmed.issuperset(channels))
 
     async def stop(self) -> None:
         if self._task:
@@ -131,16 +144,22 @@ class Listener:
         await self._pubsub.aclose()
 
     async def _read(self) -> None:
-        async for message in self._pubsub.listen():
-            if message["type"] != "pmessage":
+        while True:
+            message = await self._pubsub.get_message(timeout=None)
+            if message is None:
                 continue
             channel = message["channel"].decode()
-            key = channel.rsplit(":", 1)[1]
             async with self._changed:
-                if channel.startswith(control_channel("")):
+                if message["type"] == "ssubscribe":
+                    self._confirmed.add(channel)
+                elif message["type"] != "smessage":
+                    continue
+                elif ":ch:control:" in channel:
                     decoded = StreamLocationsResponse.FromString(message["data"])
+                    key = channel.rsplit(":", 1)[1]
                     self.control.setdefault(key, []).append(decoded)
                 else:
+                    key = channel.rsplit(":", 1)[1]
                     self.rides.setdefault(key, []).append(pb.Ride.FromString(message["data"]))
                 self._changed.notify_all()
 

@@ -67,7 +67,14 @@ class World:
         rider = new_id("rider")
         ride, created = await self.store.create(rider, self.pickup, DROPOFF, new_id("req"))
         assert created
+        await self.listener.watch_ride(ride.ride_id)
         return ride
+
+    async def place(self, distances_m: list[float]) -> list[str]:
+        """Live drivers north of the pickup, whose control channels the listener watches."""
+        driver_ids = await place_drivers(self.live, self.pickup, distances_m)
+        await self.listener.watch_drivers(driver_ids)
+        return driver_ids
 
 
 @pytest.fixture(scope="module")
@@ -105,7 +112,7 @@ async def world(
 
 
 async def test_a_new_ride_is_offered_to_the_nearest_available_driver(world: World) -> None:
-    far, near, busy = await place_drivers(world.live, world.pickup, [1500.0, 300.0, 100.0])
+    far, near, busy = await world.place([1500.0, 300.0, 100.0])
     await set_availability(world.redis, busy, BUSY)
     ride = await world.dispatcher.dispatch(await world.request())
 
@@ -129,7 +136,7 @@ async def test_a_new_ride_is_offered_to_the_nearest_available_driver(world: Worl
 async def test_a_decline_moves_the_offer_to_the_next_driver_and_the_last_one_expires_it(
     world: World,
 ) -> None:
-    first, second = await place_drivers(world.live, world.pickup, [200.0, 400.0])
+    first, second = await world.place([200.0, 400.0])
     ride = await world.dispatcher.dispatch(await world.request())
     assert ride.offered_driver_id == first
 
@@ -150,7 +157,7 @@ async def test_a_decline_moves_the_offer_to_the_next_driver_and_the_last_one_exp
 
 
 async def test_with_no_driver_near_the_ride_expires_at_once(world: World) -> None:
-    await place_drivers(world.live, world.pickup, [20_000.0])  # beyond the dispatch radius
+    await world.place([20_000.0])  # beyond the dispatch radius
     ride = await world.dispatcher.dispatch(await world.request())
     assert ride.state == pb.RIDE_STATE_EXPIRED
     assert ride.end_reason == "no driver was available near the pickup"
@@ -161,7 +168,7 @@ async def test_with_no_driver_near_the_ride_expires_at_once(world: World) -> Non
 async def test_a_lapsed_offer_is_withdrawn_and_goes_to_the_next_driver_once(
     world: World,
 ) -> None:
-    first, second, third = await place_drivers(world.live, world.pickup, [100.0, 200.0, 300.0])
+    first, second, third = await world.place([100.0, 200.0, 300.0])
     ride = await world.dispatcher.dispatch(await world.request())
     await world.dispatcher.sweep()  # not lapsed yet: nothing moves
     assert (await world.store.get(ride.ride_id)).offered_driver_id == first  # type: ignore[union-attr]
@@ -182,7 +189,7 @@ async def test_a_lapsed_offer_is_withdrawn_and_goes_to_the_next_driver_once(
 
 
 async def test_a_decline_racing_the_timeout_offers_the_next_driver_once(world: World) -> None:
-    first, second, third = await place_drivers(world.live, world.pickup, [100.0, 200.0, 300.0])
+    first, second, third = await world.place([100.0, 200.0, 300.0])
     ride = await world.dispatcher.dispatch(await world.request())
     world.clock.now += OFFER_TIMEOUT_S + 0.1
     outcomes = await asyncio.gather(
@@ -205,7 +212,7 @@ async def test_a_decline_racing_the_timeout_offers_the_next_driver_once(world: W
 async def test_accepting_makes_the_driver_busy_and_completing_available_again(
     world: World,
 ) -> None:
-    (driver,) = await place_drivers(world.live, world.pickup, [150.0])
+    (driver,) = await world.place([150.0])
     ride = await world.dispatcher.dispatch(await world.request())
     ride = await world.store.accept(ride.ride_id, driver)
     await world.effects.settle(ride)
@@ -233,7 +240,7 @@ async def test_accepting_makes_the_driver_busy_and_completing_available_again(
 
 
 async def test_cancelling_withdraws_the_offer_and_frees_an_assigned_driver(world: World) -> None:
-    offered, assigned = await place_drivers(world.live, world.pickup, [100.0, 3000.0])
+    offered, assigned = await world.place([100.0, 3000.0])
     ride = await world.dispatcher.dispatch(await world.request())
     ride = await world.store.cancel(ride.ride_id, states.RIDER, ride.rider_id, "changed my mind")
     await world.effects.settle(ride)
@@ -260,14 +267,14 @@ async def test_availability_of_a_driver_without_a_live_hash_expires_with_the_liv
     await set_availability(world.redis, driver, BUSY, live_window_s=60.0)
     ttl_ms = await world.redis.pttl(driver_key(driver))
     assert 0 < ttl_ms <= 60_000
-    (live_driver,) = await place_drivers(world.live, world.pickup, [50.0])
+    (live_driver,) = await world.place([50.0])
     await world.redis.pexpire(driver_key(live_driver), 123_000)
     await set_availability(world.redis, live_driver, BUSY)
     assert 120_000 < await world.redis.pttl(driver_key(live_driver)) <= 123_000
 
 
 async def test_a_failing_search_keeps_the_ride_requested_and_is_retried(world: World) -> None:
-    (driver,) = await place_drivers(world.live, world.pickup, [250.0])
+    (driver,) = await world.place([250.0])
     world.geo.fail = True
     ride = await world.dispatcher.dispatch(await world.request())
     assert ride.state == pb.RIDE_STATE_REQUESTED
@@ -287,7 +294,7 @@ async def test_a_failing_search_keeps_the_ride_requested_and_is_retried(world: W
 
 
 async def test_a_slow_search_hits_its_deadline_and_is_retried(world: World) -> None:
-    (driver,) = await place_drivers(world.live, world.pickup, [250.0])
+    (driver,) = await world.place([250.0])
     world.geo.delay_s = 2.0
     loop = asyncio.get_running_loop()
     started = loop.time()
@@ -304,7 +311,7 @@ async def test_a_slow_search_hits_its_deadline_and_is_retried(world: World) -> N
 
 
 async def test_a_search_failing_until_the_dispatch_deadline_expires_the_ride(world: World) -> None:
-    await place_drivers(world.live, world.pickup, [250.0])
+    await world.place([250.0])
     world.geo.fail = True
     ride = await world.dispatcher.dispatch(await world.request())
     world.clock.now += world.settings.max_dispatch_s + 1

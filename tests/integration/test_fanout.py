@@ -44,7 +44,7 @@ async def _publish_until(client: Redis, channel: str, seen: list[bytes]) -> None
     async with asyncio.timeout(15):
         while not seen:
             with contextlib.suppress(RedisError):  # Redis may still be starting
-                await client.publish(channel, b"hello")
+                await client.spublish(channel, b"hello")
             await asyncio.sleep(0.05)
 
 
@@ -88,7 +88,7 @@ async def test_a_sink_that_raises_does_not_stop_the_others(
     await hub.add("ch:b", broken)
     await hub.add("ch:b", seen.append)
     await _publish_until(client, "ch:b", seen)
-    await client.publish("ch:b", b"again")
+    await client.spublish("ch:b", b"again")
     await until(lambda: b"again" in seen, timeout=15.0)
 
 
@@ -131,7 +131,7 @@ async def test_channels_whose_watchers_ended_with_the_connection_are_not_subscri
     await _publish_until(client, "ch:kept", consumer)  # the hub is connected again
 
     async def subscribers() -> dict[str, int]:
-        counts = await client.pubsub_numsub("ch:watched", "ch:kept")
+        counts = await client.pubsub_shardnumsub("ch:watched", "ch:kept")
         return {text(name): count for name, count in counts}
 
     async with asyncio.timeout(15):
@@ -139,3 +139,16 @@ async def test_channels_whose_watchers_ended_with_the_connection_are_not_subscri
             await asyncio.sleep(0.05)
     assert (await subscribers())["ch:kept"] == 1
     assert hub.subscribed_channels() == 1
+
+
+async def test_stop_ends_promptly_while_redis_is_away(
+    redis: tuple[Restartable, Redis], hub: Hub[bytes]
+) -> None:
+    server, _ = redis
+    told: list[Exception] = []
+    await hub.add("ch:d", lambda _: None)
+    await hub.add("ch:d", lambda _: None, on_lost=told.append)
+    server.kill()
+    await until(lambda: bool(told), timeout=15.0)  # the hub is retrying now
+    async with asyncio.timeout(1):
+        await hub.stop()

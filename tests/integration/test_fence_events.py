@@ -6,6 +6,7 @@ import asyncio
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from typing import Any
 
 import pytest
 from redis.asyncio import Redis
@@ -25,7 +26,7 @@ from services.geo.fence_events import (
 )
 from services.geo.zone_index import Zone, ZoneIndex
 from services.live.fanout import Hub
-from services.live.names import FENCE_EVENTS_CHANNEL, INGEST_STREAM, fence_state_key
+from services.live.names import ZONES_GROUP, fence_events_channel, fence_state_key, ingest_stream
 from services.ops.mesh.redis_server import RedisServer
 from tests.waiting import until
 
@@ -55,10 +56,10 @@ class Zones:
 class Replica:
     """What one GeoQuery process holds: its own connections, hubs and tracker."""
 
-    def __init__(self, url: str, zones: Zones) -> None:
+    def __init__(self, url: str, zones: Zones, claim_idle_s: float = 10.0) -> None:
         self.redis = Redis.from_url(url)
         self.events: Hub[EventBatch] = Hub(self.redis, decode_event_message)
-        self.tracker = FenceTracker(self.redis, zones)
+        self.tracker = FenceTracker(self.redis, zones, claim_idle_s=claim_idle_s)
 
     async def start(self) -> Replica:
         await self.events.start()
@@ -101,15 +102,16 @@ def fix(
 
 async def publish_fix(publisher: Redis, location: DriverLocation) -> None:
     """Enters a fix in the ingest log, as LocationService does."""
-    await publisher.xadd(INGEST_STREAM, {"p": location.SerializeToString()})
+    await publisher.xadd(ingest_stream(0), {"p": location.SerializeToString()})
 
 
 async def send(publisher: Redis, replicas: list[Replica], location: DriverLocation) -> None:
-    """Publishes a fix as LocationService does and waits until every replica has handled it."""
-    before = [r.tracker.stats.handled for r in replicas]
+    """Enters a fix as LocationService does and waits until one of the replicas handled it
+    (they share the log through their consumer group)."""
+    before = sum(r.tracker.stats.handled for r in replicas)
     await publish_fix(publisher, location)
     await until(
-        lambda: all(r.tracker.stats.handled > b for r, b in zip(replicas, before, strict=True)),
+        lambda: sum(r.tracker.stats.handled for r in replicas) > before,
         timeout=5.0,
         every_s=0.005,
     )
@@ -123,7 +125,9 @@ def enter_message(location: DriverLocation, zone: Zone) -> str:
 async def publish_sentinel(publisher: Redis, zone: Zone) -> str:
     """An ENTER of `zone` by a made-up driver, published straight on the events channel."""
     driver_id = f"sentinel-{uuid.uuid4().hex[:8]}"
-    await publisher.publish(FENCE_EVENTS_CHANNEL, enter_message(fix(driver_id, 1, INSIDE), zone))
+    await publisher.spublish(
+        fence_events_channel(0), enter_message(fix(driver_id, 1, INSIDE), zone)
+    )
     return driver_id
 
 
@@ -185,15 +189,9 @@ def zones() -> Zones:
 
 @pytest.fixture
 async def replicas(redis_url: str, zones: Zones, publisher: Redis) -> AsyncIterator[list[Replica]]:
-    """Two GeoQuery replicas on the same Redis, each subscribed to every fix."""
+    """Two GeoQuery replicas on the same Redis, sharing the ingest log as one consumer group
+    (started: every fix entered from now on is handed to one of them)."""
     pair = [await Replica(redis_url, zones).start() for _ in range(2)]
-    warmup = f"warmup-{uuid.uuid4().hex[:8]}"
-    async with asyncio.timeout(5.0):
-        for seq in range(1, 1000):  # until both subscriptions are live
-            await publish_fix(publisher, fix(warmup, seq, WEST_OF))
-            await asyncio.sleep(0.01)
-            if all(r.tracker.stats.handled for r in pair):
-                break
     yield pair
     for replica in pair:
         await replica.stop()
@@ -225,30 +223,40 @@ async def test_two_replicas_report_one_enter_then_one_exit(
         assert (enter.position.latitude, enter.position.longitude) == INSIDE
         assert (exit_.position.latitude, exit_.position.longitude) == EAST_OF
         await watcher.stop()
-    # Each fix is applied by one replica at most; the other finds it stale or skips it.
-    assert sum(r.tracker.stats.applied for r in replicas) - applied <= len(path)
-    assert sum(r.tracker.stats.stale for r in replicas) - stale >= 2  # ENTER and EXIT raced
+    # Each fix was handed to one replica and applied once: none was left for the other to race.
+    assert sum(r.tracker.stats.applied for r in replicas) - applied == len(path)
+    assert sum(r.tracker.stats.stale for r in replicas) - stale == 0
 
 
-async def test_replicas_skip_redis_for_drivers_they_know_are_outside(
-    replicas: list[Replica], zones: Zones, publisher: Redis
+async def test_the_replicas_share_the_fixes_each_handled_once(
+    replicas: list[Replica], publisher: Redis
 ) -> None:
-    watcher = await watching(replicas[0], zones, publisher, SQUARE)
-    skipped = sum(r.tracker.stats.skipped for r in replicas)
+    before = [r.tracker.stats.handled for r in replicas]
+    for n in range(20):
+        await send(publisher, replicas, fix(driver(), 1, WEST_OF if n % 2 else INSIDE))
+    shares = [r.tracker.stats.handled - b for r, b in zip(replicas, before, strict=True)]
+    assert sum(shares) == 20
+    assert all(share > 0 for share in shares), shares  # the work split, not duplicated
+
+
+async def test_fixes_a_dead_replica_read_and_never_finished_are_taken_over(
+    redis_url: str, zones: Zones, publisher: Redis
+) -> None:
+    lone = await Replica(redis_url, zones).start()  # makes sure the group exists
+    await lone.stop()
     d = driver()
-    # Fix 1: one replica writes the empty state. Fix 2: it skips, the other writes. Then both skip.
-    for seq in range(1, 5):
-        await send(publisher, replicas, fix(d, seq, WEST_OF))
-    assert sum(r.tracker.stats.skipped for r in replicas) - skipped >= 5
-    assert await publisher.hget(fence_state_key(d), "s") in (b"1", b"2")
-    await send(publisher, replicas, fix(d, 5, INSIDE))
-    await send(publisher, replicas, fix(d, 6, WEST_OF))
-    await send(publisher, replicas, fix(d, 7, WEST_OF))
-    assert summary(await collect(watcher, publisher, SQUARE)) == [
-        (ENTER, d, "sq", BASE_MS + 5000),
-        (EXIT, d, "sq", BASE_MS + 6000),
-    ]
-    await watcher.stop()
+    await publish_fix(publisher, fix(d, 1, INSIDE))
+    # A replica reads the fix as the group's consumer, then dies before handling it.
+    taken: Any = await publisher.xreadgroup(ZONES_GROUP, "died", {ingest_stream(0): ">"}, count=10)
+    assert any(DriverLocation.FromString(fields[b"p"]).driver_id == d for _, fields in taken[0][1])
+    heir = await Replica(redis_url, zones, claim_idle_s=0.2).start()
+    try:
+        await until(lambda: heir.tracker.stats.applied >= 1, timeout=10.0)
+        assert await publisher.hget(fence_state_key(d), "z") == b"sq"
+        pending = await publisher.xpending(ingest_stream(0), ZONES_GROUP)
+        assert pending["pending"] == 0  # taken over, handled and acknowledged
+    finally:
+        await heir.stop()
 
 
 async def test_state_lives_in_redis_with_a_ttl(
@@ -468,8 +476,8 @@ async def test_a_slow_watcher_keeps_only_the_newest_events(
             await asyncio.wait([first], timeout=0.1)
     total = WATCH_DEPTH + 100
     for seq in range(1, total + 1):  # the slow watcher reads none of these for now
-        await publisher.publish(
-            FENCE_EVENTS_CHANNEL, enter_message(fix("slow", seq, INSIDE), SQUARE)
+        await publisher.spublish(
+            fence_events_channel(0), enter_message(fix("slow", seq, INSIDE), SQUARE)
         )
     await collect(reader, publisher, SQUARE)  # the hub has handed every message to both sinks
 

@@ -115,7 +115,7 @@ async def test_crud_round_trip(store: GeofenceStore, redis: Redis, pg: Any) -> N
         {"type": "Polygon", "coordinates": [square(13.38, 52.46, 13.42, 52.48)]}, indent=2
     )
     pubsub = redis.pubsub()
-    await pubsub.subscribe(ZONE_CHANGES_CHANNEL)
+    await pubsub.ssubscribe(ZONE_CHANGES_CHANNEL)
     created = (
         await rpc.create_geofence(store, redis, create_request("Tempelhof", sent, {"kind": "park"}))
     ).geofence

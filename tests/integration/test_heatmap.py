@@ -16,7 +16,7 @@ from ridemesh.v1.common_pb2 import BoundingBox, DriverAvailability, LatLng
 from services.domain.area import Box
 from services.domain.errors import InvalidArgument
 from services.geo.heatmap import supply_heatmap
-from services.live.names import GEO_KEY, OPEN_REQUESTS_KEY, driver_key
+from services.live.names import OPEN_REQUESTS_KEY, driver_key, geo_key
 from services.live.store import LiveStore
 from services.ops.mesh.redis_server import RedisServer
 from tests.integration.geo_drivers import (
@@ -140,7 +140,7 @@ async def test_requests_alone_make_cells_and_stale_drivers_leave_the_index(
     ((cell, counts),) = as_cells(response).items()
     assert cell == h3.latlng_to_cell(12.95, 77.6, 7)
     assert counts == (0, 1)
-    assert await live.redis.zscore(GEO_KEY, "stale") is None
+    assert await live.redis.zscore(geo_key(0), "stale") is None
 
 
 async def test_an_empty_box_has_no_cells(live: LiveStore) -> None:

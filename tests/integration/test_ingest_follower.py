@@ -12,7 +12,7 @@ import pytest
 from redis.asyncio import Redis
 
 from services.live.ingest import IngestFollower
-from services.live.names import INGEST_STREAM
+from services.live.names import ingest_stream
 from tests.integration.restartable import Restartable
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio]
@@ -52,12 +52,12 @@ async def server(tmp_path: Path) -> AsyncIterator[Restartable]:
 
 async def test_reads_every_new_entry_in_order_in_batches(server: Restartable) -> None:
     redis = Redis.from_url(server.server.url)
-    await redis.xadd(INGEST_STREAM, {"p": b"before"})
+    await redis.xadd(ingest_stream(0), {"p": b"before"})
     follower = IngestFollower(redis)
     await follower.start()
     pipe = redis.pipeline(transaction=False)
     for n in range(1000):
-        pipe.xadd(INGEST_STREAM, {"p": f"fix-{n}".encode()})
+        pipe.xadd(ingest_stream(0), {"p": f"fix-{n}".encode()})
     await pipe.execute()
     reader = Reader(follower)
     try:
@@ -75,7 +75,7 @@ async def test_an_empty_log_is_followed_from_its_first_entry(server: Restartable
     await follower.start()
     reader = Reader(follower)
     try:
-        await redis.xadd(INGEST_STREAM, {"p": b"first"})
+        await redis.xadd(ingest_stream(0), {"p": b"first"})
         assert await reader.take(1) == [b"first"]
     finally:
         await reader.stop()
@@ -88,7 +88,7 @@ async def test_reading_resumes_after_redis_is_killed_and_restarted(server: Resta
     await follower.start()
     reader = Reader(follower)
     try:
-        await redis.xadd(INGEST_STREAM, {"p": b"one"})
+        await redis.xadd(ingest_stream(0), {"p": b"one"})
         assert await reader.take(1) == [b"one"]
         server.kill()
         server.start()
@@ -99,7 +99,7 @@ async def test_reading_resumes_after_redis_is_killed_and_restarted(server: Resta
             while True:
                 n += 1
                 with contextlib.suppress(Exception):  # the client reconnects on its own
-                    await redis.xadd(INGEST_STREAM, {"p": f"after-{n}".encode()})
+                    await redis.xadd(ingest_stream(0), {"p": f"after-{n}".encode()})
                 try:
                     async with asyncio.timeout(0.5):
                         got = await reader.take(1)

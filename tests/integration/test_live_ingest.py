@@ -14,7 +14,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 
 from ridemesh.v1.common_pb2 import DriverLocation
 from services.live.client import redis_client
-from services.live.names import GEO_KEY, INGEST_STREAM
+from services.live.names import geo_key, ingest_stream
 from services.live.store import INGEST_BATCH, LiveStore
 from services.ops.mesh.ports import free_port
 from services.ops.mesh.redis_server import RedisServer
@@ -37,11 +37,11 @@ async def test_concurrent_fixes_each_get_their_entry_in_the_order_accepted(redis
     ids = await asyncio.gather(*(live.ingest(f, f.SerializeToString()) for f in fixes))
     assert len(set(ids)) == count
     assert ids == sorted(ids)
-    entries: list[tuple[bytes, dict[bytes, bytes]]] = await redis.xrange(INGEST_STREAM)  # type: ignore[assignment]
+    entries: list[tuple[bytes, dict[bytes, bytes]]] = await redis.xrange(ingest_stream(0))  # type: ignore[assignment]
     assert len(entries) == count
     stored = [DriverLocation.FromString(fields[b"p"]).driver_id for _, fields in entries]
     assert stored == [f.driver_id for f in fixes]
-    assert await redis.zcard(GEO_KEY) == count
+    assert await redis.zcard(geo_key(0)) == count
 
 
 async def test_a_flushed_script_cache_is_reloaded_and_the_fixes_still_go_in(redis: Redis) -> None:
@@ -52,7 +52,7 @@ async def test_a_flushed_script_cache_is_reloaded_and_the_fixes_still_go_in(redi
     again = [location(f"ingest-reload-{n}", 12.97, 77.59, time.time()) for n in range(5)]
     ids = await asyncio.gather(*(live.ingest(f, f.SerializeToString()) for f in again))
     assert len(set(ids)) == 5
-    assert await redis.xlen(INGEST_STREAM) == 6
+    assert await redis.xlen(ingest_stream(0)) == 6
 
 
 async def test_without_redis_each_fix_fails_with_a_connection_error() -> None:

@@ -15,7 +15,7 @@ from ridemesh.v1.common_pb2 import DriverAvailability, LatLng
 from services.domain.errors import InvalidArgument
 from services.domain.geodesy import haversine_m
 from services.geo.nearby import search_nearby_drivers
-from services.live.names import GEO_KEY, POLAR_KEY, driver_key
+from services.live.names import driver_key, geo_key, polar_key
 from services.live.store import GEO_MAX_LAT, LiveStore
 from services.ops.mesh.redis_server import RedisServer
 from tests.integration.geo_drivers import (
@@ -193,8 +193,8 @@ async def test_polar_drivers_are_merged_with_the_index(live: LiveStore) -> None:
     await ingest(live, "below", 84.95, 0.0, now)  # in the geo index
     await ingest(live, "above", 85.2, 0.0, now)  # in the polar set
     await ingest(live, "pole", 90.0, 0.0, now)
-    assert await live.redis.zscore(POLAR_KEY, "above") is not None
-    assert await live.redis.zscore(GEO_KEY, "below") is not None
+    assert await live.redis.zscore(polar_key(0), "above") is not None
+    assert await live.redis.zscore(geo_key(0), "below") is not None
     response = await search(live, 85.06, 0.0, 20_000.0, now)
     assert [n.location.driver_id for n in response.drivers] == ["below", "above"]
     response = await search(live, 89.99, 0.0, 50_000.0, now)
@@ -227,10 +227,10 @@ async def test_stale_and_expired_drivers_are_excluded_and_dropped_from_the_index
     await ingest(live, "polar_stale", 86.0, 0.0, now - LIVE_WINDOW_S - 1)
     response = await search(live, 12.97, 77.59, 1_000.0, now)
     assert [n.location.driver_id for n in response.drivers] == ["fresh"]
-    members = set(await live.redis.zrange(GEO_KEY, 0, -1))
+    members = set(await live.redis.zrange(geo_key(0), 0, -1))
     assert members == {b"fresh"}  # the dead members were removed on the way
     await search(live, 86.0, 0.0, 1_000.0, now)
-    assert await live.redis.zcard(POLAR_KEY) == 0
+    assert await live.redis.zcard(polar_key(0)) == 0
 
 
 async def test_a_dead_member_revived_before_cleanup_is_kept(live: LiveStore) -> None:
@@ -239,7 +239,7 @@ async def test_a_dead_member_revived_before_cleanup_is_kept(live: LiveStore) -> 
     # The driver sends a fresh fix after the search read the stale one: cleanup re-checks.
     await ingest(live, "back", 12.97, 77.59, now)
     assert await live.forget_dead(["back"], now) == 0
-    assert await live.redis.zscore(GEO_KEY, "back") is not None
+    assert await live.redis.zscore(geo_key(0), "back") is not None
     assert await live.forget_dead(["back"], now + LIVE_WINDOW_S + 1) == 1
 
 

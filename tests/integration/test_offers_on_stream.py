@@ -159,7 +159,7 @@ async def wait_subscribers(redis: Redis, driver_id: str, count: int) -> None:
     channel = control_channel(driver_id)
     async with asyncio.timeout(10):
         # Redis has no event for this; poll.
-        while (await redis.pubsub_numsub(channel))[0][1] != count:  # noqa: ASYNC110
+        while (await redis.pubsub_shardnumsub(channel))[0][1] != count:  # noqa: ASYNC110
             await asyncio.sleep(0.02)
 
 

@@ -17,7 +17,7 @@ from ridemesh.v1.common_pb2 import DriverLocation, LatLng
 from services.history.persister import Persister
 from services.history.store import HistoryStore, create_engine
 from services.live.ingest import IngestLog
-from services.live.names import INGEST_DEAD_LETTERS, INGEST_STREAM, PERSIST_GROUP
+from services.live.names import INGEST_DEAD_LETTERS, PERSIST_GROUP, ingest_stream
 from services.observability.metrics import PERSIST_DEAD_LETTERS
 from services.ops.mesh.redis_server import RedisServer
 from tests.integration.dispatch_harness import new_id
@@ -76,9 +76,9 @@ async def test_an_entry_that_cannot_be_stored_goes_to_the_dead_letters_and_the_r
 ) -> None:
     driver = new_id("dl")
     dead_before = PERSIST_DEAD_LETTERS._value.get()
-    await redis.xadd(INGEST_STREAM, {"p": _fix(driver, 1)})
-    poisoned = await redis.xadd(INGEST_STREAM, {"p": b"\xff\xfe not a fix"})
-    await redis.xadd(INGEST_STREAM, {"p": _fix(driver, 2)})
+    await redis.xadd(ingest_stream(0), {"p": _fix(driver, 1)})
+    poisoned = await redis.xadd(ingest_stream(0), {"p": b"\xff\xfe not a fix"})
+    await redis.xadd(ingest_stream(0), {"p": _fix(driver, 2)})
 
     async def both_stored() -> bool:
         return await _stored(history, driver) == [1, 2]
@@ -92,14 +92,14 @@ async def test_an_entry_that_cannot_be_stored_goes_to_the_dead_letters_and_the_r
     assert PERSIST_DEAD_LETTERS._value.get() == dead_before + 1
     assert persister.dead_letters == 1
     # Nothing is left pending: the poisoned entry no longer holds the watermark back.
-    assert (await redis.xpending(INGEST_STREAM, PERSIST_GROUP))["pending"] == 0
+    assert (await redis.xpending(ingest_stream(0), PERSIST_GROUP))["pending"] == 0
 
 
 async def test_a_consumer_group_redis_lost_is_created_again(
     redis: Redis, history: HistoryStore, persister: Persister
 ) -> None:
     driver = new_id("grp")
-    await redis.xadd(INGEST_STREAM, {"p": _fix(driver, 1)})
+    await redis.xadd(ingest_stream(0), {"p": _fix(driver, 1)})
 
     def stored(seqs: list[int]) -> Callable[[], Awaitable[bool]]:
         async def check() -> bool:
@@ -109,5 +109,5 @@ async def test_a_consumer_group_redis_lost_is_created_again(
 
     await _until(stored([1]))
     await redis.flushdb()  # what an empty restart leaves: no stream, no group
-    await redis.xadd(INGEST_STREAM, {"p": _fix(driver, 2)})
+    await redis.xadd(ingest_stream(0), {"p": _fix(driver, 2)})
     await _until(stored([1, 2]))

@@ -19,6 +19,7 @@ from services.geo.geofence_store import GeofenceStore
 from services.geo.zone_cache import ZoneCache, announce_change
 from services.geo.zones import parse_geofence
 from services.history.store import FixRow, HistoryStore, create_engine
+from services.live.fanout import Hub
 from services.ops.mesh.postgres_server import PostgresReplica, PostgresServer
 from services.ops.mesh.redis_server import RedisServer
 from tests.waiting import until
@@ -94,7 +95,9 @@ async def test_an_announced_change_is_loaded_once_the_replica_replays_it(
 ) -> None:
     primary_url, read_url, replica = primary_and_replica
     primary, reads = create_engine(primary_url), create_engine(read_url)
-    cache = ZoneCache(GeofenceStore(reads), redis, SLOW_POLL_S, replica_wait_s=10.0)
+    hub: Hub[bytes] = Hub(redis, bytes)
+    await hub.start()
+    cache = ZoneCache(GeofenceStore(reads), hub, SLOW_POLL_S, replica_wait_s=10.0)
     await cache.start()
     try:
         # The replica stops replaying: the zone committed now exists only on the primary.
@@ -109,6 +112,7 @@ async def test_an_announced_change_is_loaded_once_the_replica_replays_it(
     finally:
         await asyncio.to_thread(replica.psql, "SELECT pg_wal_replay_resume()")
         await cache.stop()
+        await hub.stop()
         await primary.dispose()
         await reads.dispose()
 

@@ -687,7 +687,7 @@ async def test_the_schema_refuses_inconsistent_rows(store: RideStore, pg: Any) -
 async def test_publish_ride_sends_the_ride_on_its_channel(redis: Redis) -> None:
     ride = pb.Ride(ride_id="r-pub", state=pb.RIDE_STATE_DRIVER_ASSIGNED, driver_id="d")
     pubsub = redis.pubsub()
-    await pubsub.subscribe(ride_channel("r-pub"))
+    await pubsub.ssubscribe(ride_channel("r-pub"))
     await publish_ride(redis, ride)
     received = None
     for _ in range(50):

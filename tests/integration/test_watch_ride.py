@@ -138,7 +138,7 @@ async def subscribed(redis: Redis, channel: str) -> None:
     """Waits until Redis has the hub's subscription, so a publish after this is delivered."""
     deadline = time.monotonic() + WAIT_S
     while time.monotonic() < deadline:
-        [(_, count)] = await redis.pubsub_numsub(channel)
+        [(_, count)] = await redis.pubsub_shardnumsub(channel)
         if count:
             return
         await asyncio.sleep(0.01)

@@ -20,6 +20,7 @@ from services.geo.zone_cache import ZoneCache, announce_change
 from services.geo.zone_index import Zone
 from services.geo.zones import parse_geofence
 from services.history.store import create_engine
+from services.live.fanout import Hub
 from services.ops.mesh.redis_server import RedisServer
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio]
@@ -92,18 +93,21 @@ class CountingStore:
 @pytest.fixture
 async def replicas(store: GeofenceStore, redis_url: str) -> AsyncIterator[Callable[..., Any]]:
     """Starts ZoneCaches as separate replicas would: each with its own Redis client."""
-    started: list[tuple[ZoneCache, Redis]] = []
+    started: list[tuple[ZoneCache, Hub[bytes], Redis]] = []
 
     async def start(source: Any = None, refresh_s: float = SLOW_POLL_S) -> ZoneCache:
         client = Redis.from_url(redis_url)
-        cache = ZoneCache(source or store, client, refresh_s)
+        hub: Hub[bytes] = Hub(client, bytes)
+        await hub.start()
+        cache = ZoneCache(source or store, hub, refresh_s)
         await cache.start()
-        started.append((cache, client))
+        started.append((cache, hub, client))
         return cache
 
     yield start
-    for cache, client in started:
+    for cache, hub, client in started:
         await cache.stop()
+        await hub.stop()
         await client.aclose()
 
 

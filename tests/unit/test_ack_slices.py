@@ -4,14 +4,13 @@ interval, and never all of them in one burst."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
-from typing import Any, cast
 
 import asyncpg
 
 from services.domain.validation import FixLimits
-from services.live.ingest import IngestLog, StreamId
+from services.live.ingest import StreamId
 from services.location.session import DriverSession, FixKey
 from services.location.streams import DriverStream, StreamRegistry
 from services.location.throttle import TokenBucket
@@ -23,9 +22,9 @@ class Watermark:
     def __init__(self) -> None:
         self.reads = 0
 
-    async def committed_below(self) -> StreamId:
+    async def watermarks(self, partitions: Iterable[int]) -> dict[int, StreamId | None]:
         self.reads += 1
-        return (2**62, 0)
+        return dict.fromkeys(partitions, (2**62, 0))
 
 
 class History:
@@ -53,7 +52,7 @@ def _acked(stream: DriverStream) -> bool:
 
 async def test_one_interval_acks_every_stream_once_a_slice_at_a_time() -> None:
     watermark = Watermark()
-    registry = StreamRegistry(cast(IngestLog, watermark), History(), interval_s=0.2, slices=10)
+    registry = StreamRegistry(watermark, History(), interval_s=0.2, slices=10)
     streams = _streams(40)
     for stream in streams:
         registry.add(stream)
@@ -73,7 +72,7 @@ async def test_one_interval_acks_every_stream_once_a_slice_at_a_time() -> None:
 
 
 async def test_a_full_tick_and_discard_cover_every_slice() -> None:
-    registry = StreamRegistry(cast(Any, Watermark()), History(), interval_s=1.0, slices=3)
+    registry = StreamRegistry(Watermark(), History(), interval_s=1.0, slices=3)
     streams = _streams(7)
     for stream in streams:
         registry.add(stream)
@@ -99,9 +98,7 @@ async def test_fixes_this_process_committed_are_settled_without_asking_postgresq
     history = CountingHistory()
     streams = _streams(4)
     mine = {s.session.due((2**62, 0), 0.0, 120.0)[0] for s in streams[:3]}
-    registry = StreamRegistry(
-        cast(Any, Watermark()), history, interval_s=1.0, slices=1, committed_here=mine
-    )
+    registry = StreamRegistry(Watermark(), history, interval_s=1.0, slices=1, committed_here=mine)
     for stream in streams:
         registry.add(stream)
     await registry.tick()
@@ -120,7 +117,7 @@ async def test_without_postgresqls_answer_nothing_is_settled_or_called_lost() ->
     streams = _streams(2)
     mine = {streams[0].session.due((2**62, 0), 0.0, 120.0)[0]}
     registry = StreamRegistry(
-        cast(Any, Watermark()), AwayHistory(), interval_s=1.0, slices=1, committed_here=mine
+        Watermark(), AwayHistory(), interval_s=1.0, slices=1, committed_here=mine
     )
     for stream in streams:
         registry.add(stream)

@@ -20,6 +20,9 @@ from services.server.failures import Dependency, dependency_of, unavailable
         redis_errors.TimeoutError("Timeout reading from socket"),
         redis_errors.BusyLoadingError("LOADING Redis is loading the dataset in memory"),
         redis_errors.ReadOnlyError("READONLY You can't write against a read only replica."),
+        redis_errors.SlotNotCoveredError("Slot 3300 not covered by the cluster"),
+        redis_errors.RedisClusterException("Redis Cluster cannot be connected"),
+        redis_errors.ClusterDownError("CLUSTERDOWN The cluster is down"),
         redis_errors.ResponseError("NOGROUP No such key 'rm:ingest' or consumer group"),
     ],
 )

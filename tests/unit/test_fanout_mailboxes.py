@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 
-from services.live.fanout import KeyedLatest, Latest
+from services.live.mailboxes import KeyedLatest, Latest
 
 # Long enough for a wrongly released batch to show up, short enough to keep the suite fast.
 SETTLE_S = 0.05

@@ -23,7 +23,7 @@ from services.geo.fence_events import (
     zone_entry,
 )
 from services.geo.zone_index import Zone, ZoneIndex
-from services.live.names import FENCE_EVENTS_CHANNEL
+from services.live.names import fence_events_channel
 
 ENTER = pb.GeofenceTransition.GEOFENCE_TRANSITION_ENTER
 EXIT = pb.GeofenceTransition.GEOFENCE_TRANSITION_EXIT
@@ -75,7 +75,7 @@ def test_script_args_lay_out_time_seq_zones_and_described_pairs() -> None:
         gone=["z-old", "z-older"],
     )
     args = script_args(pending)
-    assert args[:4] == [1_764_331_200_123, 7, STATE_TTL_S, FENCE_EVENTS_CHANNEL]
+    assert args[:4] == [1_764_331_200_123, 7, STATE_TTL_S, fence_events_channel(0)]
     assert json.loads(args[4])["d"] == "drv-1"
     assert args[5:7] == ["z-air,z-mitte", "z-old,z-older"]
     assert args[7:] == ["z-air", zone_entry(AIRPORT), "z-mitte", zone_entry(CENTRE)]

@@ -9,8 +9,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 NAMES_MODULE = ROOT / "services" / "live" / "names.py"
-# A key or channel name: Ridemesh's prefix followed by more of a name.
-REDIS_NAME = re.compile(r"(?<![\w-])rm:[\w*{]")
+# A key or channel name: Ridemesh's prefix followed by more of a name, or by an f-string's
+# placeholder (a partition's hash tag).
+REDIS_NAME = re.compile(r"(?<![\w-])rm:(?:[\w*{]|$)")
 
 
 def _strings(tree: ast.AST) -> list[tuple[int, str]]:
@@ -46,5 +47,12 @@ def test_the_names_module_holds_the_names() -> None:
 
 def test_a_name_in_a_lua_script_is_seen() -> None:
     script = "redis.call('HGET', 'rm:driver:' .. ARGV[1], 't')"
-    tree = ast.parse(f"SCRIPT = {script!r}\nKEY = f'rm:gf:{{driver}}'\n")
-    assert [bool(REDIS_NAME.search(value)) for _, value in _strings(tree)] == [True, True]
+    tree = ast.parse(
+        f"SCRIPT = {script!r}\nKEY = f'rm:gf:{{driver}}'\nTAGGED = f'rm:{{tag}}:geo'\n"
+    )
+    assert [bool(REDIS_NAME.search(value)) for _, value in _strings(tree)] == [
+        True,
+        True,
+        True,
+        False,
+    ]

@@ -67,11 +67,13 @@ def merge(results: Sequence[LoadResult]) -> LoadResult:
 
 def mesh_roots(mesh: Mesh) -> list[tuple[str, int]]:
     """(name, pid) of every process the mesh started, named after its role."""
-    names: list[str] = []
+    roots: list[tuple[str, int]] = []
     for part in mesh.parts:
-        name = getattr(getattr(part, "process", part), "name", type(part).__name__)
-        names.append(str(name))
-    return [(name, part.pid) for name, part in zip(names, mesh.parts, strict=True)]
+        name = str(getattr(getattr(part, "process", part), "name", type(part).__name__))
+        # A Redis Cluster is one part of several processes: redis-0, redis-1, ...
+        many = len(part.pids) > 1
+        roots += [(f"{name}-{n}" if many else name, pid) for n, pid in enumerate(part.pids)]
+    return roots
 
 
 BENCH_TOKEN_TTL_S = 6 * 3600

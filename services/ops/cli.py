@@ -63,6 +63,11 @@ def _add_up(subcommands: Commands) -> None:
         help="also start a streaming replica of the PostgreSQL started here, for history reads",
     )
     up.add_argument(
+        "--redis-cluster",
+        action="store_true",
+        help="start a Redis Cluster (three masters, each with a replica) instead of one Redis",
+    )
+    up.add_argument(
         "--production",
         action="store_true",
         help="refuse the development key; health and reflection need tokens too",

@@ -193,6 +193,13 @@ def up(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
+    if args.redis_cluster and stores["redis_url"]:
+        print(
+            "ridemesh: --redis-cluster starts a cluster of its own; to use yours, give its "
+            "nodes as RIDEMESH_REDIS_URL=redis+cluster://host:port,host:port instead",
+            file=sys.stderr,
+        )
+        return 2
     tls = EnvoyTls(args.tls_cert.resolve(), args.tls_key.resolve()) if args.tls_cert else None
     settings = MeshSettings(
         run_dir=args.data_dir.resolve(),
@@ -205,6 +212,7 @@ def up(args: argparse.Namespace) -> int:
         redis_url=stores["redis_url"] or None,
         database_url=stores["database_url"] or None,
         postgres_replica=args.postgres_replica,
+        redis_cluster=args.redis_cluster,
         production=args.production,
         tls=tls,
         web=True,

@@ -21,6 +21,7 @@ import grpc
 import pytest
 from grpc import aio
 from redis.asyncio import Redis
+from redis.crc import key_slot
 
 from ridemesh.v1 import geo_query_service_pb2 as gpb
 from ridemesh.v1 import geo_query_service_pb2_grpc as geo_grpc
@@ -33,10 +34,13 @@ from services.auth.identity import Role
 from services.auth.keys import DevKeys
 from services.history.migrate import run_migrations_async
 from services.history.store import HistoryStore, create_engine
-from services.live.names import INGEST_STREAM, PERSIST_GROUP
+from services.live import names
+from services.live.client import CLUSTER_PARTITIONS
+from services.live.names import PERSIST_GROUP, ingest_stream
 from services.ops.mesh.envoy_proxy import EnvoyProxy
 from services.ops.mesh.postgres_server import PostgresServer
 from services.ops.mesh.process import ManagedProcess
+from services.ops.mesh.redis_cluster import RedisClusterServer
 from services.ops.mesh.redis_server import RedisServer
 from services.ops.mesh.supervisor import Mesh, MeshSettings, start_mesh
 from tests.e2e.apps import LEAKS, DriverApp
@@ -98,7 +102,7 @@ def own_postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Postgres]
 @contextmanager
 def _mesh(
     tmp_path: Path,
-    redis: RedisServer,
+    redis: RedisServer | RedisClusterServer,
     database_url: str,
     keys: DevKeys,
     replicas: dict[str, int] | None = None,
@@ -333,14 +337,14 @@ async def _delete_unread_entries(redis_url: str) -> list[int]:
     the seqs of the fixes they held."""
     client = Redis.from_url(redis_url)
     try:
-        groups = await client.xinfo_groups(INGEST_STREAM)
+        groups = await client.xinfo_groups(ingest_stream(0))
         group = next(g for g in groups if g["name"] in (PERSIST_GROUP, PERSIST_GROUP.encode()))
         last = group["last-delivered-id"]
         last = last.decode() if isinstance(last, bytes) else last
-        unread: Any = await client.xrange(INGEST_STREAM, min=f"({last}", max="+")
+        unread: Any = await client.xrange(ingest_stream(0), min=f"({last}", max="+")
         assert unread, "the persister must have left entries unread"
         ids: list[Any] = [entry_id for entry_id, _ in unread]
-        assert await client.xdel(INGEST_STREAM, *ids) == len(ids)
+        assert await client.xdel(ingest_stream(0), *ids) == len(ids)
         return [DriverLocation.FromString(fields[b"p"]).seq for _, fields in unread]
     finally:
         await client.aclose()
@@ -468,6 +472,51 @@ async def test_a_killed_location_service_costs_its_drivers_a_reconnect_and_nothi
         print(f"\nlocation replica killed: its drivers streaming again after {reconnected_s:.2f} s")
     finally:
         redis.stop()
+
+
+def _master_of(cluster: RedisClusterServer, driver_id: str) -> int:
+    """The port of the master holding the driver's partition (the mesh runs twelve)."""
+    names.use_partitions(CLUSTER_PARTITIONS)
+    try:
+        return cluster.master_port_for_slot(key_slot(names.driver_key(driver_id).encode()))
+    finally:
+        names.use_partitions(1)
+
+
+async def test_a_redis_master_killed_mid_stream_fails_over_and_nothing_acked_durable_is_lost(
+    tmp_path: Path, make_database: Callable[[], str], keys: DevKeys
+) -> None:
+    database_url = await asyncio.to_thread(make_database)
+    cluster = RedisClusterServer(tmp_path / "cluster").start()
+    try:
+        with _mesh(tmp_path, cluster, database_url, keys, {"location": 2, "geo": 1}) as mesh:
+            async with _apps(mesh, keys, 6) as (apps, stub):
+                await _drive(apps, stub, until=_all_durable_past(apps, 5))
+                master = _master_of(cluster, apps[0].driver_id)
+                hit = [a for a in apps if _master_of(cluster, a.driver_id) == master]
+                await asyncio.to_thread(cluster.kill, master)
+                killed_at = time.monotonic()
+                promoted = await asyncio.to_thread(cluster.wait_failover, master)
+                failed_over_s = time.monotonic() - killed_at
+                # Every driver's fixes become durable again, those on the promoted replica too.
+                last = max(max(a.made) for a in apps)
+                await _drive(apps, stub, until=_all_durable_past(apps, last + 5), seconds=60.0)
+                await _finish(apps, stub)
+        assert promoted != master
+        assert hit, "the first driver's master held at least that driver"
+        # Nothing the apps were told is durable is missing, and nothing is stored twice: a fix
+        # the old master took and did not pass to its replica was never acked durable, and the
+        # app sent it again.
+        await _assert_stored_exactly_once(database_url, apps)
+        refused = sum(len(s.rejected) for app in hit for s in app.streams)
+        reopened = sum(len(app.streams) - 1 for app in apps)
+        print(
+            f"\nRedis master killed: replica promoted after {failed_over_s:.2f} s; "
+            f"{len(hit)} of {len(apps)} drivers on it, {refused} fixes refused in-band, "
+            f"{reopened} streams reopened"
+        )
+    finally:
+        cluster.stop()
 
 
 async def test_envoy_restarted_costs_every_driver_a_reconnect_and_nothing_else(

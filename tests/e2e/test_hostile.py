@@ -102,7 +102,7 @@ async def _stream_status(call: Any, wait_s: float = 3.0) -> grpc.StatusCode:
 @pytest.fixture(scope="module")
 def mesh_pids(mesh: Mesh) -> list[int]:
     """The mesh's processes as the suite starts; every one must still be alive at the end."""
-    return [part.pid for part in mesh.parts]
+    return [pid for part in mesh.parts for pid in part.pids]
 
 
 @pytest.fixture

@@ -63,6 +63,6 @@ def test_mesh_routes_health_checks_to_replicas_and_stops_everything(
         assert len(migrated) == 1
         assert [len(ports) for ports in mesh.services.values()] == [2, 1, 1]
         assert grpc_serving(mesh.envoy.port, timeout=5)
-        pids = [part.pid for part in mesh.parts]
+        pids = [pid for part in mesh.parts for pid in part.pids]
     assert len(pids) == 7
     assert not any(_alive(pid) for pid in pids)

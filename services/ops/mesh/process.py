@@ -50,6 +50,11 @@ class ManagedProcess:
         return self._require().pid
 
     @property
+    def pids(self) -> list[int]:
+        """Every process of this part: the one."""
+        return [self.pid]
+
+    @property
     def returncode(self) -> int | None:
         """The exit code, or None while running."""
         return self._require().poll()
@@ -149,6 +154,11 @@ class ServerProcess:
     def pid(self) -> int:
         """PID of the server process we started."""
         return self.process.pid
+
+    @property
+    def pids(self) -> list[int]:
+        """Every process of this part: the one."""
+        return [self.pid]
 
     def start(self) -> Self:
         raise NotImplementedError

@@ -27,6 +27,7 @@ from services.ops.mesh.envoy_proxy import EnvoyProxy
 from services.ops.mesh.ports import free_port, http_ok
 from services.ops.mesh.postgres_server import PostgresReplica, PostgresServer
 from services.ops.mesh.process import ManagedProcess
+from services.ops.mesh.redis_cluster import RedisClusterServer
 from services.ops.mesh.redis_server import RedisServer
 from services.server.config import UnsafeSetting
 
@@ -35,7 +36,7 @@ class Part(Protocol):
     """Anything the mesh can start and later stop."""
 
     @property
-    def pid(self) -> int: ...
+    def pids(self) -> list[int]: ...
 
     def start(self) -> Self: ...
 
@@ -83,6 +84,8 @@ class MeshSettings:
     # Also start a streaming replica of the PostgreSQL started here, for the services' history
     # reads (RIDEMESH_DATABASE_READ_URL).
     postgres_replica: bool = False
+    # Start a Redis Cluster (three masters, each with a replica) instead of one Redis.
+    redis_cluster: bool = False
     env: Mapping[str, str] = field(default_factory=dict)
     ready_timeout: float = 60.0
     # Tokens: verified at Envoy (when `jwt`) and in every service against keys_dir/jwks.json;
@@ -113,6 +116,7 @@ class Mesh:
         self.run_dir = Path(run_dir)
         self.parts: list[Part] = []
         self.redis: RedisServer | None = None
+        self.redis_cluster: RedisClusterServer | None = None
         self.postgres: PostgresServer | None = None
         self.postgres_replica: PostgresReplica | None = None
         self.envoy: EnvoyProxy | None = None
@@ -208,11 +212,18 @@ def _start_all(
     run_dir = settings.run_dir
     # Keys before anything starts: production with the development key stops here.
     mesh.keys = prepare_keys(settings)
-    if settings.redis_url is None:
+    if settings.redis_url is not None:
+        mesh.redis_url = settings.redis_url
+    elif settings.redis_cluster:
+        mesh.redis_cluster = mesh.start(
+            RedisClusterServer(run_dir / "redis-cluster", persist=settings.durable)
+        )
+        mesh.redis_url = mesh.redis_cluster.url
+    else:
         mesh.redis = mesh.start(
             RedisServer(run_dir / "redis", settings.redis_port, persist=settings.durable)
         )
-    mesh.redis_url = settings.redis_url or (mesh.redis.url if mesh.redis else None)
+        mesh.redis_url = mesh.redis.url
     if settings.database_url is None:
         mesh.postgres = mesh.start(
             PostgresServer(

@@ -1,0 +1,4 @@
+"""tests/e2e/test_geo.py on the Redis Cluster and read-replica mesh
+(conftest.py here)."""
+
+from tests.e2e.test_geo import *  # noqa: F403  (the same tests, this directory's mesh)

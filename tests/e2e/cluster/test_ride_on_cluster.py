@@ -1,0 +1,4 @@
+"""tests/e2e/test_ride.py on the Redis Cluster and read-replica mesh
+(conftest.py here)."""
+
+from tests.e2e.test_ride import *  # noqa: F403  (the same tests, this directory's mesh)

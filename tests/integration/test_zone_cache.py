@@ -100,8 +100,8 @@ async def replicas(store: GeofenceStore, redis_url: str) -> AsyncIterator[Callab
         hub: Hub[bytes] = Hub(client, bytes)
         await hub.start()
         cache = ZoneCache(source or store, hub, refresh_s)
+        started.append((cache, hub, client))  # closed at the end even if the start fails
         await cache.start()
-        started.append((cache, hub, client))
         return cache
 
     yield start

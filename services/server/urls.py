@@ -47,6 +47,12 @@ def redis_url(raw: str, setting: str = "RIDEMESH_REDIS_URL") -> str:
     has_place = parts.netloc if parts.scheme != "unix" else parts.path
     if parts.scheme.lower() not in _REDIS_SCHEMES or not has_place:
         raise InvalidUrl(_refusal(setting, raw, REDIS_URL_FORMS))
+    partitions = dict(parse_qsl(parts.query)).get("partitions")
+    if partitions is not None and not (partitions.isdigit() and 1 <= int(partitions) <= 256):
+        raise InvalidUrl(
+            f"setting {setting}: partitions={partitions!r} must be a whole number from 1 to 256 "
+            "(the same in every process of the mesh)"
+        )
     return text
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from services.live.client import CLUSTER_PARTITIONS, cluster_client, is_cluster_url, partitions_in
 from services.ops.cli import main
 from services.server.config import InvalidSetting, Settings
 from services.server.urls import InvalidUrl, database_url, redis_url
@@ -66,10 +67,46 @@ def test_other_database_urls_are_refused_naming_the_setting_and_forms(raw: str, 
 
 @pytest.mark.parametrize(
     "raw",
-    ["redis://127.0.0.1:6379/0", "rediss://:pw@cache:6380/1", "unix:///run/redis.sock?db=2"],
+    [
+        "redis://127.0.0.1:6379/0",
+        "rediss://:pw@cache:6380/1",
+        "unix:///run/redis.sock?db=2",
+        "redis+cluster://10.0.0.1:7000,10.0.0.2:7000",
+        "rediss+cluster://:pw@a:7000,b:7000/?partitions=24",
+    ],
 )
 def test_redis_forms_are_taken_as_they_are(raw: str) -> None:
     assert redis_url(raw) == raw
+
+
+@pytest.mark.parametrize("bad", ["0", "257", "twelve", "-1"])
+def test_a_partition_count_out_of_range_is_refused_naming_the_range(bad: str) -> None:
+    with pytest.raises(InvalidUrl, match=r"partitions=.* must be a whole number from 1 to 256"):
+        redis_url(f"redis+cluster://a:7000?partitions={bad}")
+
+
+@pytest.mark.parametrize(
+    ("url", "cluster", "partitions"),
+    [
+        ("redis://h:6379/0", False, 1),
+        ("redis://h:6379/0?partitions=12", False, 12),
+        ("redis+cluster://a:7000,b:7001", True, CLUSTER_PARTITIONS),
+        ("rediss+cluster://a:7000?partitions=48", True, 48),
+    ],
+)
+def test_the_url_picks_the_topology_and_the_partition_count(
+    url: str, cluster: bool, partitions: int
+) -> None:
+    assert is_cluster_url(url) is cluster
+    assert partitions_in(url) == partitions
+
+
+def test_a_cluster_url_seeds_the_client_with_every_node_and_the_credentials() -> None:
+    client = cluster_client("rediss+cluster://ops:s3cret@a.example:7000,b.example:7001")
+    seeds = client.nodes_manager.startup_nodes
+    assert sorted(seeds) == ["a.example:7000", "b.example:7001"]
+    assert client.connection_kwargs["password"] == "s3cret"
+    assert client.connection_kwargs["username"] == "ops"
 
 
 @pytest.mark.parametrize(
@@ -135,6 +172,14 @@ def test_the_read_url_is_normalised_like_the_primary_one() -> None:
             redis_url="redis://127.0.0.1:6379/0",
             database_url="postgres://u@127.0.0.1/ridemesh",
         )
+
+
+def test_up_refuses_a_cluster_when_given_a_redis_of_its_own(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    argv = ["up", "--redis-cluster", "--no-demo", "--redis-url", "redis://cache:6379/0"]
+    assert main(argv) == 2
+    assert "redis+cluster://" in capsys.readouterr().err
 
 
 def test_up_refuses_a_replica_of_a_database_it_does_not_start(

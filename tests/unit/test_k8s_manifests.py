@@ -4,6 +4,7 @@ validates offline against the Kubernetes 1.30 schemas, and the pieces agree with
 
 from __future__ import annotations
 
+import base64
 import re
 import shutil
 import subprocess
@@ -15,8 +16,10 @@ import kubernetes_validate  # type: ignore[import-untyped]
 import pytest
 import yaml
 
+from services.live.client import CLUSTER_PARTITIONS, is_cluster_url, partitions_in
 from services.ops.mesh import deploy
 from services.ops.mesh.binaries import find_binary
+from services.server.urls import database_url, redis_url
 
 K8S = deploy.ROOT / "k8s"
 OVERLAY = K8S / "overlays" / "example"
@@ -293,3 +296,18 @@ def test_prometheus_scrapes_envoy_on_its_stats_listener(rendered: list[Object]) 
     assert ports == {"http": deploy.ENVOY_PORT, "metrics": deploy.ENVOY_STATS_PORT}
     assert annotations["prometheus.io/port"] == str(deploy.ENVOY_STATS_PORT)
     assert annotations["prometheus.io/path"] == "/stats/prometheus"
+
+
+def test_the_example_stores_are_a_redis_cluster_and_a_primary_with_a_replica(
+    rendered: list[Object],
+) -> None:
+    """The example runs the topology `make test` proves: every URL is one the services take."""
+    secret = next(
+        o for o in rendered if o["kind"] == "Secret" and _name(o).startswith("ridemesh-stores")
+    )
+    stores = {key: base64.b64decode(value).decode() for key, value in secret["data"].items()}
+    assert is_cluster_url(redis_url(stores["redis-url"]))
+    assert partitions_in(stores["redis-url"]) == CLUSTER_PARTITIONS
+    assert database_url(stores["database-url"]).startswith("postgresql+asyncpg://")
+    assert "-ro." in stores["database-read-url"]
+    assert "-rw." in stores["database-url"]

@@ -36,6 +36,7 @@ from services.auth.keys import mint_token
 from services.history.migrate import run_migrations
 from services.ops.mesh.ports import free_port, port_open
 from services.ops.mesh.process import ManagedProcess
+from services.ops.mesh.redis_cluster import RedisClusterServer, redis_command
 from services.ops.mesh.supervisor import Mesh, MeshSettings, start_mesh
 
 # Beyond the load window and the drain, the whole run is cut off after this much slack.
@@ -69,11 +70,45 @@ def mesh_roots(mesh: Mesh) -> list[tuple[str, int]]:
     """(name, pid) of every process the mesh started, named after its role."""
     roots: list[tuple[str, int]] = []
     for part in mesh.parts:
+        if isinstance(part, RedisClusterServer):  # one part, a process per node
+            roots += [
+                (f"redis-{port}", pid) for port, pid in zip(part.ports, part.pids, strict=True)
+            ]
+            continue
         name = str(getattr(getattr(part, "process", part), "name", type(part).__name__))
-        # A Redis Cluster is one part of several processes: redis-0, redis-1, ...
-        many = len(part.pids) > 1
-        roots += [(f"{name}-{n}" if many else name, pid) for n, pid in enumerate(part.pids)]
+        roots.append((name, part.pids[0]))
     return roots
+
+
+def redis_ports(mesh: Mesh) -> list[int]:
+    if mesh.redis_cluster is not None:
+        return list(mesh.redis_cluster.ports)
+    return [mesh.redis.port] if mesh.redis is not None else []
+
+
+def redis_commands(ports: Sequence[int]) -> dict[int, int]:
+    """Commands each Redis node has processed so far (INFO stats)."""
+    counts = {}
+    for port in ports:
+        stats = redis_command(port, "INFO", "stats")
+        line = next(x for x in stats.splitlines() if x.startswith("total_commands_processed:"))
+        counts[port] = int(line.split(":", 1)[1])
+    return counts
+
+
+def redis_report(
+    mesh: Mesh, before: dict[int, int], after: dict[int, int], usage: dict[str, Any]
+) -> dict[str, Any]:
+    """Per Redis node: its role, and the commands it ran (and CPU it used) in the run."""
+    masters = set(after)
+    if mesh.redis_cluster is not None:
+        masters = {port for _, _, port in mesh.redis_cluster.masters_by_slot_range()}
+    nodes = {}
+    for port in after:
+        cpu = usage.get(f"redis-{port}", usage.get("redis", {})).get("cpu_s")
+        role = "master" if port in masters else "replica"
+        nodes[str(port)] = {"role": role, "commands": after[port] - before[port], "cpu_s": cpu}
+    return nodes
 
 
 BENCH_TOKEN_TTL_S = 6 * 3600
@@ -186,6 +221,8 @@ def usage_report(before: dict[str, TreeUsage], after: dict[str, TreeUsage]) -> d
 def report(
     args: argparse.Namespace, load: LoadResult, usage: dict[str, Any], loadgen_cpu_s: float
 ) -> dict[str, Any]:
+    usage = dict(usage)
+    redis_nodes = usage.pop("redis_nodes", {})
     mesh_cpu_s = sum(part["cpu_s"] for part in usage.values())
     return {
         "bench": "stream",
@@ -222,6 +259,17 @@ def report(
             round(mesh_cpu_s * 1000 / load.fixes_acked, 3) if load.fixes_acked else None
         ),
         "processes": usage,
+        "redis_cluster": getattr(args, "redis_cluster", False),
+        "geo_replicas": getattr(args, "geo_replicas", 1),
+        "redis_nodes": {
+            port: {
+                **node,
+                "commands_per_fix": round(node["commands"] / load.fixes_acked, 2)
+                if load.fixes_acked
+                else None,
+            }
+            for port, node in redis_nodes.items()
+        },
         # The load generator's own CPU (all its workers, start to exit), not part of mesh_cpu_s.
         "loadgen_cpu_s": round(loadgen_cpu_s, 2),
     }
@@ -249,6 +297,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     add("--streams-per-channel", type=int, default=100, help="streams per HTTP/2 connection")
     add("--location-replicas", type=int, default=1, help="LocationService replicas (default 1)")
     add("--envoy-workers", type=int, help="Envoy's --concurrency (default: one per CPU)")
+    add("--geo-replicas", type=int, default=1, help="GeoQueryService replicas (default 1)")
+    add("--redis-cluster", action="store_true", help="a 3-master Redis Cluster, not one Redis")
     add("--fix-rate", type=float, default=1000.0, help="RIDEMESH_FIX_RATE_PER_S for the mesh")
     add("--durable", action="store_true", help="PostgreSQL fsync and Redis AOF on (default off)")
     add("--area-watchers", type=int, default=10, help="WatchArea streams, each ~5%% of drivers")
@@ -283,7 +333,8 @@ def _against_mesh(
 ) -> tuple[LoadResult, dict[str, Any], float]:
     settings = MeshSettings(
         run_dir=run_dir,
-        replicas={"location": args.location_replicas, "ride": 1, "geo": 1},
+        replicas={"location": args.location_replicas, "ride": 1, "geo": args.geo_replicas},
+        redis_cluster=args.redis_cluster,
         durable=args.durable,
         envoy_workers=args.envoy_workers,
         env={
@@ -299,6 +350,7 @@ def _against_mesh(
         roots = mesh_roots(mesh)
         profilers = _profilers(args, roots)
         before = usage_of(roots)
+        commands_before = redis_commands(redis_ports(mesh))
         try:
             load, loadgen_cpu_s = run_load(
                 args, address, mesh_token(mesh), lambda d: driver_token(mesh, d)
@@ -306,7 +358,10 @@ def _against_mesh(
         finally:
             for profiler in profilers:
                 profiler.wait(timeout=args.duration + 120)
-        return load, usage_report(before, usage_of(roots)), loadgen_cpu_s
+        usage = usage_report(before, usage_of(roots))
+        commands = redis_commands(redis_ports(mesh))
+        usage["redis_nodes"] = redis_report(mesh, commands_before, commands, usage)
+        return load, usage, loadgen_cpu_s
 
 
 def _profilers(args: argparse.Namespace, roots: list[tuple[str, int]]) -> list[Any]:

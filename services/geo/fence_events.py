@@ -22,7 +22,7 @@ from services.domain.validation import fix_order
 from services.geo.zone_index import Zone, ZoneIndex
 from services.geo.zones import validate_labels
 from services.live.fanout import Hub
-from services.live.ingest import IngestLog
+from services.live.ingest import FOLLOW_EVERY_S, IngestLog
 from services.live.mailboxes import Latest
 from services.live.names import (
     ZONES_GROUP,
@@ -206,6 +206,7 @@ class FenceTracker:
         *,
         claim_idle_s: float = CLAIM_IDLE_S,
         retry_s: float = 1.0,
+        every_s: float = FOLLOW_EVERY_S,
     ) -> None:
         self._redis = redis
         self._zones = zones
@@ -213,6 +214,7 @@ class FenceTracker:
         self._entries = _EntryCache()
         self._claim_idle_ms = int(claim_idle_s * 1000)
         self._retry_s = retry_s
+        self._every_s = every_s
         self.consumer = f"{socket.gethostname()}-{os.getpid()}-{id(self):x}"
         self._tasks: list[asyncio.Task[None]] = []
         self.stats = FenceStats()
@@ -236,7 +238,13 @@ class FenceTracker:
         waits and goes on with what it read and had not finished (still pending for it)."""
         start = "0"  # first what this consumer read before and did not acknowledge
         next_claim = 0.0
+        loop = asyncio.get_running_loop()
+        read_at = 0.0
         while True:
+            # Reads are paced, so the log is read in batches: a read (and an ack) per fix cost
+            # more than the fix's zone lookup and script (measured: GeoQueryService per fix
+            # 0.30 -> 0.65 ms at 1,000 drivers unpaced).
+            await asyncio.sleep(max(0.0, read_at + self._every_s - loop.time()))
             try:
                 if start == "0":
                     await log_.ensure_group(ZONES_GROUP, start="$")  # Redis came back empty
@@ -254,6 +262,7 @@ class FenceTracker:
                 reply: Any = await self._redis.xreadgroup(
                     ZONES_GROUP, self.consumer, {log_.stream: start}, count=READ_COUNT, block=block
                 )
+                read_at = loop.time()
                 entries = [entry for _, batch in reply or () for entry in batch]
                 if start == "0" and not entries:
                     start = ">"  # nothing of ours left over: new entries from here on

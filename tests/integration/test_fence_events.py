@@ -26,7 +26,9 @@ from services.geo.fence_events import (
 )
 from services.geo.zone_index import Zone, ZoneIndex
 from services.live.fanout import Hub
+from services.live.ingest import StreamId, parse_stream_id
 from services.live.names import ZONES_GROUP, fence_events_channel, fence_state_key, ingest_stream
+from services.live.replies import text
 from services.ops.mesh.redis_server import RedisServer
 from tests.waiting import until
 
@@ -100,21 +102,29 @@ def fix(
     return location
 
 
-async def publish_fix(publisher: Redis, location: DriverLocation) -> None:
-    """Enters a fix in the ingest log, as LocationService does."""
-    await publisher.xadd(ingest_stream(0), {"p": location.SerializeToString()})
+async def publish_fix(publisher: Redis, location: DriverLocation) -> StreamId:
+    """Enters a fix in the ingest log, as LocationService does; its entry id."""
+    return parse_stream_id(
+        await publisher.xadd(ingest_stream(0), {"p": location.SerializeToString()})
+    )
+
+
+async def handled(publisher: Redis, entry: StreamId) -> bool:
+    """Whether the zones group has been handed the entry and every entry handed out is
+    acknowledged (a replica acknowledges only after applying)."""
+    groups: Any = await publisher.xinfo_groups(ingest_stream(0))
+    group = next(g for g in groups if text(g["name"]) == ZONES_GROUP)
+    return parse_stream_id(group["last-delivered-id"]) >= entry and group["pending"] == 0
 
 
 async def send(publisher: Redis, replicas: list[Replica], location: DriverLocation) -> None:
     """Enters a fix as LocationService does and waits until one of the replicas handled it
     (they share the log through their consumer group)."""
-    before = sum(r.tracker.stats.handled for r in replicas)
-    await publish_fix(publisher, location)
-    await until(
-        lambda: sum(r.tracker.stats.handled for r in replicas) > before,
-        timeout=5.0,
-        every_s=0.005,
-    )
+    entry = await publish_fix(publisher, location)
+    async with asyncio.timeout(5.0):
+        # Redis has no event for this; poll.
+        while not await handled(publisher, entry):  # noqa: ASYNC110
+            await asyncio.sleep(0.005)
 
 
 def enter_message(location: DriverLocation, zone: Zone) -> str:

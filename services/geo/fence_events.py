@@ -28,6 +28,7 @@ from services.live.names import (
     ZONES_GROUP,
     fence_events_channel,
     fence_state_key,
+    partition_count,
     partition_of,
     partitions,
 )
@@ -188,6 +189,16 @@ class _EntryCache:
         return entry
 
 
+# A partition's log is read at most this often however many partitions share a replica.
+MAX_PACE_S = 0.1
+
+
+def pace_for(partitions: int) -> float:
+    """How long a replica waits between reads of one partition's log: about FOLLOW_EVERY_S for
+    all its partitions together, at most MAX_PACE_S for one (pure)."""
+    return min(MAX_PACE_S, FOLLOW_EVERY_S * partitions)
+
+
 class FenceTracker:
     """Applies every fix in the world to its driver's zone state in Redis, publishing transitions.
 
@@ -206,7 +217,7 @@ class FenceTracker:
         *,
         claim_idle_s: float = CLAIM_IDLE_S,
         retry_s: float = 1.0,
-        every_s: float = FOLLOW_EVERY_S,
+        every_s: float | None = None,
     ) -> None:
         self._redis = redis
         self._zones = zones
@@ -214,7 +225,9 @@ class FenceTracker:
         self._entries = _EntryCache()
         self._claim_idle_ms = int(claim_idle_s * 1000)
         self._retry_s = retry_s
-        self._every_s = every_s
+        # With many partitions each log is read less often, so a replica makes about as many
+        # reads a second in all as with one (a read per fix cost the most at low rates).
+        self._every_s = every_s if every_s is not None else pace_for(partition_count())
         self.consumer = f"{socket.gethostname()}-{os.getpid()}-{id(self):x}"
         self._tasks: list[asyncio.Task[None]] = []
         self.stats = FenceStats()
@@ -240,11 +253,13 @@ class FenceTracker:
         next_claim = 0.0
         loop = asyncio.get_running_loop()
         read_at = 0.0
+        pace = self._every_s
         while True:
             # Reads are paced, so the log is read in batches: a read (and an ack) per fix cost
             # more than the fix's zone lookup and script (measured: GeoQueryService per fix
-            # 0.30 -> 0.65 ms at 1,000 drivers unpaced).
-            await asyncio.sleep(max(0.0, read_at + self._every_s - loop.time()))
+            # 0.30 -> 0.65 ms at 1,000 drivers unpaced). The group as a whole keeps that pace:
+            # each of n live replicas reads every n paces (up to MAX_PACE_S).
+            await asyncio.sleep(max(0.0, read_at + pace - loop.time()))
             try:
                 if start == "0":
                     await log_.ensure_group(ZONES_GROUP, start="$")  # Redis came back empty
@@ -258,6 +273,8 @@ class FenceTracker:
                     )
                     await self._handle(log_.stream, claimed[1])
                     next_claim = time.monotonic() + self._claim_idle_ms / 2000
+                    live = await self._live_consumers(log_.stream)
+                    pace = max(self._every_s, min(MAX_PACE_S, self._every_s * live))
                 block = None if start == "0" else READ_BLOCK_MS
                 reply: Any = await self._redis.xreadgroup(
                     ZONES_GROUP, self.consumer, {log_.stream: start}, count=READ_COUNT, block=block
@@ -273,6 +290,13 @@ class FenceTracker:
                 log.warning("zone tracking paused (%s); retrying", type(exc).__name__)
                 start = "0"
                 await asyncio.sleep(self._retry_s)
+
+    async def _live_consumers(self, stream: str) -> int:
+        """The group's consumers on `stream` heard from within the claim time (this one
+        included): replicas that died, or stopped, drop out once their entries may be claimed."""
+        consumers: Any = await self._redis.xinfo_consumers(stream, ZONES_GROUP)
+        live = sum(1 for c in consumers if int(c["idle"]) < self._claim_idle_ms)
+        return max(1, live)
 
     async def _handle(self, stream: str, entries: list[Any]) -> None:
         """Applies the newest fix per driver among `entries`, then acknowledges them all."""

@@ -11,6 +11,7 @@ from ridemesh.v1 import geo_query_service_pb2 as pb
 from ridemesh.v1.common_pb2 import DriverLocation, LatLng
 from services.domain.errors import InvalidArgument, NotFound
 from services.geo.fence_events import (
+    MAX_PACE_S,
     MAX_WATCH_IDS,
     STATE_TTL_S,
     EventFilter,
@@ -19,10 +20,12 @@ from services.geo.fence_events import (
     decode_event_message,
     event_filter,
     fix_json,
+    pace_for,
     script_args,
     zone_entry,
 )
 from services.geo.zone_index import Zone, ZoneIndex
+from services.live.ingest import FOLLOW_EVERY_S
 from services.live.names import fence_events_channel
 
 ENTER = pb.GeofenceTransition.GEOFENCE_TRANSITION_ENTER
@@ -208,3 +211,10 @@ def test_insane_labels_are_invalid(labels: dict[str, str], reason: str) -> None:
     request = pb.WatchGeofenceEventsRequest(labels=labels)
     with pytest.raises(InvalidArgument, match=reason):
         event_filter(ZoneIndex(), request)
+
+
+def test_a_replica_reads_about_as_often_with_many_partitions_as_with_one() -> None:
+    assert pace_for(1) == FOLLOW_EVERY_S
+    assert pace_for(4) == pytest.approx(4 * FOLLOW_EVERY_S)
+    assert pace_for(12) == MAX_PACE_S  # 100 ms at most between reads of one log
+    assert pace_for(256) == MAX_PACE_S

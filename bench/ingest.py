@@ -13,6 +13,8 @@ from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+from sqlalchemy import text
+
 from services.history.migrate import run_migrations
 from services.history.store import FixRow, HistoryStore, create_engine
 from services.ops.mesh.postgres_server import PostgresServer
@@ -69,16 +71,25 @@ async def timed_pass(store: HistoryStore, rows: Sequence[FixRow], batch: int) ->
     return Phase(len(rows), new, time.perf_counter() - start)
 
 
-async def measure(url: str, rows: Sequence[FixRow], batch: int) -> dict[str, Phase]:
-    store = HistoryStore(create_engine(url))
+async def measure(url: str, rows: Sequence[FixRow], batch: int) -> tuple[dict[str, Phase], int]:
+    """The two timed passes, and the bytes the stored rows take on disk (table and indexes)."""
+    engine = create_engine(url)
+    store = HistoryStore(engine)
     try:
         # Partitions are created before timing: that DDL is a once-a-day cost, not ingest.
         await store.ensure_partitions({row.recorded_at.date() for row in rows})
         fresh = await timed_pass(store, rows, batch)
         duplicates = await timed_pass(store, rows, batch)
+        async with engine.connect() as conn:
+            size = await conn.scalar(
+                text(
+                    "SELECT sum(pg_total_relation_size(inhrelid)) FROM pg_inherits "
+                    "WHERE inhparent = 'driver_locations'::regclass"
+                )
+            )
     finally:
         await store.dispose()
-    return {"fresh": fresh, "duplicates": duplicates}
+    return {"fresh": fresh, "duplicates": duplicates}, int(size or 0)
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -101,7 +112,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         PostgresServer(Path(tmp) / "pg", fsync=fsync, log_path=Path(tmp) / "pg.log") as pg,
     ):
         run_migrations(pg.url)
-        phases = asyncio.run(measure(pg.url, rows, args.batch))
+        phases, stored_bytes = asyncio.run(measure(pg.url, rows, args.batch))
     result = {
         "bench": "ingest",
         "when": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -111,6 +122,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         "batch": args.batch,
         "drivers": args.drivers,
         "days": 2,
+        # What a stored fix costs on disk, its indexes included (sizes the daily partitions).
+        "bytes_per_row": round(stored_bytes / args.rows, 1),
         **{
             name: {**asdict(phase), "rows_per_s": round(phase.rows_per_s)}
             for name, phase in phases.items()

@@ -57,6 +57,37 @@ async def test_area_watch_sends_snapshot_moves_and_exits(
         await stream.reader
 
 
+async def test_a_watch_over_a_very_large_area_follows_every_partitions_log(
+    location: location_grpc.LocationServiceAsyncStub, as_driver: Callable[[str], Metadata]
+) -> None:
+    # 20° by 40° of the South Atlantic: far more grid cells than a watch subscribes to, so the
+    # replica reads every partition's ingest log for it instead.
+    box = _box(-50.0, -40.0, -30.0, 0.0)
+    driver = new_driver_id("wide")
+    stream = DriverStream(location, as_driver(driver))
+    watch = location.WatchArea(pb.WatchAreaRequest(bounds=box))
+    first = asyncio.create_task(collect(watch, 1))
+    seq = 0
+    async with asyncio.timeout(15):
+        # The watch sees fixes entered after it started following: send until one arrives.
+        while not first.done():
+            seq += 1
+            stream.send(fix(driver, seq, -40.0, -20.0 + seq * 0.001))
+            await asyncio.wait([first], timeout=0.2)
+    (seen,) = first.result()
+    assert seen.location.driver_id == driver
+    assert not seen.exited
+
+    stream.send(fix(driver, seq + 1, -20.0, -20.0))  # north of the box
+    async with asyncio.timeout(15):
+        while not (last := (await collect(watch, 1))[0]).exited:
+            assert last.location.driver_id == driver  # an in-box fix released before the exit
+    assert last.location.seq == seq + 1
+    watch.cancel()
+    stream.close()
+    await stream.reader
+
+
 async def test_area_watch_sends_each_driver_at_most_once_a_second(
     location: location_grpc.LocationServiceAsyncStub, as_driver: Callable[[str], Metadata]
 ) -> None:

@@ -13,15 +13,20 @@ from typing import Any
 import shapely
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from services.geo.zone_index import Zone
+from services.geo.zone_index import Zone, ZoneTiming
 from services.geo.zones import ParsedGeofence
 from services.history.store import raw_connection
 
-_COLUMNS = "geofence_id, display_name, geojson, labels::text, create_time"
+_COLUMNS = (
+    "geofence_id, display_name, geojson, labels::text, create_time, "
+    "entry_delay_s, dwell_s, hysteresis_m"
+)
 
 _INSERT = f"""
-INSERT INTO geofences (geofence_id, display_name, geom, geojson, labels)
-VALUES ($1, $2, ST_Multi(ST_GeomFromWKB($3::bytea, 4326)), $4, $5::jsonb)
+INSERT INTO geofences (
+  geofence_id, display_name, geom, geojson, labels, entry_delay_s, dwell_s, hysteresis_m
+)
+VALUES ($1, $2, ST_Multi(ST_GeomFromWKB($3::bytea, 4326)), $4, $5::jsonb, $6, $7, $8)
 RETURNING {_COLUMNS}
 """
 _SELECT_ONE = f"SELECT {_COLUMNS} FROM geofences WHERE geofence_id = $1"
@@ -39,7 +44,9 @@ WHERE ST_Intersects(geom, ST_SetSRID(ST_MakePoint($2, $1), 4326))
 ORDER BY create_time, geofence_id
 """
 _SELECT_ZONES = """
-SELECT geofence_id, display_name, labels::text, ST_AsBinary(geom) FROM geofences
+SELECT geofence_id, display_name, labels::text, ST_AsBinary(geom), entry_delay_s, dwell_s,
+  hysteresis_m
+FROM geofences
 ORDER BY create_time, geofence_id
 """
 _SELECT_REVISION = "SELECT revision FROM geofence_revision"
@@ -62,6 +69,7 @@ class StoredGeofence:
     geojson: str
     labels: Mapping[str, str] = field(default_factory=dict)
     create_time: datetime | None = None
+    timing: ZoneTiming = field(default_factory=ZoneTiming)
 
     @property
     def cursor(self) -> Cursor:
@@ -75,13 +83,17 @@ Zones = list[Zone]
 
 
 def _stored(record: Any) -> StoredGeofence:
-    geofence_id, display_name, geojson, labels, create_time = record
-    return StoredGeofence(geofence_id, display_name, geojson, json.loads(labels), create_time)
+    geofence_id, display_name, geojson, labels, create_time, delay, dwell, margin = record
+    timing = ZoneTiming(delay, dwell, margin)
+    return StoredGeofence(
+        geofence_id, display_name, geojson, json.loads(labels), create_time, timing
+    )
 
 
 def _zone(record: Any) -> Zone:
-    geofence_id, display_name, labels, wkb = record
-    return Zone(geofence_id, display_name, json.loads(labels), shapely.from_wkb(wkb))
+    geofence_id, display_name, labels, wkb, delay, dwell, margin = record
+    timing = ZoneTiming(delay, dwell, margin)
+    return Zone(geofence_id, display_name, json.loads(labels), shapely.from_wkb(wkb), timing)
 
 
 def _page_query(
@@ -119,6 +131,9 @@ class GeofenceStore:
                 shapely.to_wkb(parsed.geometry),
                 parsed.geojson,
                 json.dumps(dict(parsed.labels)),
+                parsed.timing.entry_delay_s,
+                parsed.timing.dwell_s,
+                parsed.timing.hysteresis_m,
             )
         return _stored(record)
 

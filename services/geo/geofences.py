@@ -18,6 +18,7 @@ from services.domain.errors import InvalidArgument, NotFound
 from services.domain.validation import required_id
 from services.geo.geofence_store import Cursor, GeofenceStore, StoredGeofence
 from services.geo.zone_cache import announce_change
+from services.geo.zone_index import ZoneTiming
 from services.geo.zones import MAX_LABEL_VALUE, parse_geofence, validate_label_key
 
 log = logging.getLogger(__name__)
@@ -37,7 +38,12 @@ async def create_geofence(
     if not request.HasField("geofence"):
         raise InvalidArgument("geofence is required")
     geofence = request.geofence
-    parsed = parse_geofence(geofence.display_name, geofence.geojson, geofence.labels)
+    timing = ZoneTiming(
+        geofence.entry_delay.ToNanoseconds() / 1e9,
+        geofence.dwell_time.ToNanoseconds() / 1e9,
+        geofence.hysteresis_m,
+    )
+    parsed = parse_geofence(geofence.display_name, geofence.geojson, geofence.labels, timing)
     stored = await store.create(parsed)
     await _announce(redis)
     return pb.CreateGeofenceResponse(geofence=to_message(stored))
@@ -89,6 +95,12 @@ def to_message(stored: StoredGeofence) -> pb.Geofence:
     )
     if stored.create_time is not None:
         message.create_time.FromDatetime(stored.create_time)
+    timing = stored.timing
+    if timing.entry_delay_s:
+        message.entry_delay.FromNanoseconds(round(timing.entry_delay_s * 1e9))
+    if timing.dwell_s:
+        message.dwell_time.FromNanoseconds(round(timing.dwell_s * 1e9))
+    message.hysteresis_m = timing.hysteresis_m
     return message
 
 

@@ -14,6 +14,7 @@ from shapely.geometry import MultiPolygon, Polygon
 from shapely.validation import explain_validity
 
 from services.domain.errors import InvalidArgument
+from services.geo.zone_index import ZoneTiming
 
 MAX_VERTICES = 10_000
 MAX_DISPLAY_NAME = 200
@@ -22,6 +23,10 @@ MAX_LABEL_VALUE = 256
 LABEL_KEY_PATTERN = re.compile(r"[a-z0-9][a-z0-9_.-]{0,62}")
 # Wider than this and the polygon is ambiguous: it could go either way round the globe.
 MAX_LONGITUDE_SPAN = 180.0
+# A zone's event timing, at most (ZoneTiming).
+MAX_ENTRY_DELAY_S = 86_400.0
+MAX_DWELL_S = 7 * 86_400.0
+MAX_HYSTERESIS_M = 1_000.0
 
 _GEOMETRY_TYPES = ("Polygon", "MultiPolygon")
 
@@ -38,9 +43,15 @@ class ParsedGeofence:
     geometry: MultiPolygon
     geojson: str
     labels: Mapping[str, str] = field(default_factory=dict)
+    timing: ZoneTiming = field(default_factory=ZoneTiming)
 
 
-def parse_geofence(display_name: str, geojson: str, labels: Mapping[str, str]) -> ParsedGeofence:
+def parse_geofence(
+    display_name: str,
+    geojson: str,
+    labels: Mapping[str, str],
+    timing: ZoneTiming = ZoneTiming(),  # noqa: B008  (frozen: one shared default is safe)
+) -> ParsedGeofence:
     """Checks every rule a zone must meet; raises InvalidArgument naming the first one broken."""
     name = validate_display_name(display_name)
     checked_labels = validate_labels(labels)
@@ -48,7 +59,21 @@ def parse_geofence(display_name: str, geojson: str, labels: Mapping[str, str]) -
     geometry = _build_geometry(polygons)
     coordinates: Any = polygons if kind == "MultiPolygon" else polygons[0]
     canonical = json.dumps({"type": kind, "coordinates": coordinates}, separators=(",", ":"))
-    return ParsedGeofence(name, geometry, canonical, checked_labels)
+    return ParsedGeofence(name, geometry, canonical, checked_labels, validate_timing(timing))
+
+
+def validate_timing(timing: ZoneTiming) -> ZoneTiming:
+    """Returns the timing, or raises naming the field and its range."""
+    for field_name, value, most, unit in (
+        ("entry_delay", timing.entry_delay_s, MAX_ENTRY_DELAY_S, "seconds"),
+        ("dwell_time", timing.dwell_s, MAX_DWELL_S, "seconds"),
+        ("hysteresis_m", timing.hysteresis_m, MAX_HYSTERESIS_M, "metres"),
+    ):
+        if not (math.isfinite(value) and 0.0 <= value <= most):
+            raise InvalidArgument(
+                f"{field_name} must be from 0 to {most:,.0f} {unit}, got {value:g}"
+            )
+    return timing
 
 
 def validate_display_name(display_name: str) -> str:

@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from typing import Any
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from shapely.geometry import MultiPolygon, Point
+from shapely.geometry import MultiPolygon, Point, box
 
 from services.domain.errors import InvalidArgument
+from services.geo.zone_index import METRES_PER_DEGREE, Zone, ZoneIndex, ZoneTiming, distance_m
 from services.geo.zones import (
     MAX_DISPLAY_NAME,
     MAX_LABEL_VALUE,
@@ -54,6 +56,11 @@ def ring_of(n: int, cx: float = 0.0, cy: float = 0.0, r: float = 1.0) -> list[li
 
 
 # --- what is accepted -------------------------------------------------------------------------
+
+
+SQUARE_JSON = json.dumps(
+    {"type": "Polygon", "coordinates": [[[13, 52], [13.1, 52], [13.1, 52.1], [13, 52.1], [13, 52]]]}
+)
 
 
 def test_polygon_becomes_multipolygon_in_lon_lat_order() -> None:
@@ -334,3 +341,41 @@ def test_arbitrary_rings_are_accepted_or_refused_never_crash(points: list[Any]) 
         assert not parsed.geometry.is_empty
         return
     assert message.startswith(("geojson", "display_name")), message
+
+
+@pytest.mark.parametrize(
+    ("timing", "named"),
+    [
+        (ZoneTiming(entry_delay_s=-1.0), "entry_delay must be from 0 to 86,400 seconds, got -1"),
+        (ZoneTiming(dwell_s=7 * 86_400 + 1), "dwell_time must be from 0 to 604,800 seconds"),
+        (ZoneTiming(hysteresis_m=math.nan), "hysteresis_m must be from 0 to 1,000 metres, got nan"),
+        (ZoneTiming(hysteresis_m=1000.5), "hysteresis_m must be from 0 to 1,000 metres"),
+    ],
+)
+def test_timing_out_of_range_is_refused_naming_the_field_and_range(
+    timing: ZoneTiming, named: str
+) -> None:
+    with pytest.raises(InvalidArgument, match=re.escape(named)):
+        parse_geofence("Depot", SQUARE_JSON, {}, timing)
+
+
+def test_timing_in_range_is_kept() -> None:
+    timing = ZoneTiming(entry_delay_s=30.0, dwell_s=600.0, hysteresis_m=25.0)
+    assert parse_geofence("Depot", SQUARE_JSON, {}, timing).timing == timing
+
+
+@pytest.mark.parametrize("latitude", [0.0, 52.0, 70.0, -84.0])
+def test_the_hysteresis_band_is_measured_in_metres_at_any_latitude(latitude: float) -> None:
+    """A square whose eastern edge is at longitude 10; points east of it by a known number of
+    metres (along the parallel) are in a 15 m band when 10 m out and not when 20 m out."""
+    zone = Zone(
+        "z", "Z", {}, box(9.0, latitude - 0.5, 10.0, latitude + 0.5), ZoneTiming(0, 0, 15.0)
+    )
+    index = ZoneIndex([zone])
+    metres_per_degree_lng = METRES_PER_DEGREE * math.cos(math.radians(latitude))
+    for metres, in_band in ((10.0, True), (20.0, False), (14.0, True), (16.0, False)):
+        point_lng = 10.0 + metres / metres_per_degree_lng
+        assert bool(index.in_margin(latitude, point_lng)) is in_band, (latitude, metres)
+        assert distance_m(zone.geometry, latitude, point_lng) == pytest.approx(metres, rel=1e-3)
+    assert index.in_margin(latitude, 9.5) == []  # inside is not the band
+    assert ZoneIndex([Zone("n", "N", {}, zone.geometry)]).in_margin(latitude, 10.0001) == []

@@ -34,6 +34,8 @@ class _GeofenceTransitionEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Ge
     """The driver entered the zone."""
     GEOFENCE_TRANSITION_EXIT: _GeofenceTransition.ValueType  # 2
     """The driver left the zone."""
+    GEOFENCE_TRANSITION_DWELL: _GeofenceTransition.ValueType  # 3
+    """The driver has been inside the zone for its dwell_time."""
 
 class GeofenceTransition(_GeofenceTransition, metaclass=_GeofenceTransitionEnumTypeWrapper):
     """Whether a driver went into or out of a zone."""
@@ -44,6 +46,8 @@ GEOFENCE_TRANSITION_ENTER: GeofenceTransition.ValueType  # 1
 """The driver entered the zone."""
 GEOFENCE_TRANSITION_EXIT: GeofenceTransition.ValueType  # 2
 """The driver left the zone."""
+GEOFENCE_TRANSITION_DWELL: GeofenceTransition.ValueType  # 3
+"""The driver has been inside the zone for its dwell_time."""
 Global___GeofenceTransition: _TypeAlias = GeofenceTransition  # noqa: Y015
 
 class _EtaMethod:
@@ -195,12 +199,20 @@ class Geofence(_message.Message):
     GEOJSON_FIELD_NUMBER: _builtins.int
     LABELS_FIELD_NUMBER: _builtins.int
     CREATE_TIME_FIELD_NUMBER: _builtins.int
+    ENTRY_DELAY_FIELD_NUMBER: _builtins.int
+    DWELL_TIME_FIELD_NUMBER: _builtins.int
+    HYSTERESIS_M_FIELD_NUMBER: _builtins.int
     geofence_id: _builtins.str
     """The zone's id, assigned by the server."""
     display_name: _builtins.str
     """A name for people, 1 to 200 characters."""
     geojson: _builtins.str
     """The zone as a GeoJSON Polygon or MultiPolygon geometry (longitude, latitude order)."""
+    hysteresis_m: _builtins.float
+    """Metres of hysteresis at the boundary: a driver inside is reported EXIT only once farther
+    than this outside the zone, so a car parked on the line with GPS noise is not reported
+    leaving and entering again (0: EXIT at the first fix outside). At most 1,000.
+    """
     @_builtins.property
     def labels(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
         """Labels for filtering, such as {"kind": "airport"}."""
@@ -208,6 +220,19 @@ class Geofence(_message.Message):
     @_builtins.property
     def create_time(self) -> _timestamp_pb2.Timestamp:
         """When the zone was created."""
+
+    @_builtins.property
+    def entry_delay(self) -> _duration_pb2.Duration:
+        """How long a driver must stay inside before ENTER is reported, at the first fix that has
+        been inside that long (unset or zero: at the first fix inside). A driver who leaves first
+        is never reported. At most 1 day.
+        """
+
+    @_builtins.property
+    def dwell_time(self) -> _duration_pb2.Duration:
+        """After this long inside (counted from ENTER), one DWELL event (unset or zero: none). At most
+        7 days.
+        """
 
     def __init__(
         self,
@@ -217,10 +242,13 @@ class Geofence(_message.Message):
         geojson: _builtins.str = ...,
         labels: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
         create_time: _timestamp_pb2.Timestamp | None = ...,
+        entry_delay: _duration_pb2.Duration | None = ...,
+        dwell_time: _duration_pb2.Duration | None = ...,
+        hysteresis_m: _builtins.float = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "dwell_time", b"dwell_time", "entry_delay", b"entry_delay"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "display_name", b"display_name", "geofence_id", b"geofence_id", "geojson", b"geojson", "labels", b"labels"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "display_name", b"display_name", "dwell_time", b"dwell_time", "entry_delay", b"entry_delay", "geofence_id", b"geofence_id", "geojson", b"geojson", "hysteresis_m", b"hysteresis_m", "labels", b"labels"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -528,7 +556,7 @@ class GeofenceEvent(_message.Message):
     EVENT_TIME_FIELD_NUMBER: _builtins.int
     POSITION_FIELD_NUMBER: _builtins.int
     transition: Global___GeofenceTransition.ValueType
-    """ENTER or EXIT."""
+    """ENTER, EXIT or DWELL."""
     driver_id: _builtins.str
     """The driver."""
     geofence_id: _builtins.str

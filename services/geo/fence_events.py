@@ -53,12 +53,16 @@ READ_BLOCK_MS = 2_000
 # Entries another replica read and did not acknowledge for this long are taken over (it died).
 CLAIM_IDLE_S = 10.0
 
-# KEYS[1] the driver's state. ARGV: recorded ms, seq, ttl s, channel, the fix as JSON, the ids of
-# the zones holding the fix (sorted, comma-joined: ids are UUIDs), ids to drop from the state
-# without an EXIT, then (id, entry JSON) pairs of the zones the caller can describe.
+# KEYS[1] the driver's state: its last applied fix (`t`, `s`) and the zones it holds (`z`:
+# "id@S@since" items, S being P (inside, ENTER not yet due), I (entered) or D (entered, DWELL
+# sent), since the fix's ms time of that status; a bare "id" from older versions is I).
+# ARGV: recorded ms, seq, ttl s, channel, the fix as JSON, the ids of the zones holding the fix,
+# the ids of zones whose hysteresis band holds it (outside, but not far enough to leave), ids
+# to drop from the state without an EXIT, then (id, entry JSON, entry delay ms, dwell ms) of
+# the zones the caller can describe.
 # Returns 0 when the stored fix is as new or newer (another replica applied this one, or it is
-# stale), 1 when applied, or the ids of zones left that the caller did not describe (nothing is
-# written then; the caller looks them up and calls again).
+# stale), 1 when applied, or the ids of entered zones left that the caller did not describe
+# (nothing is written then; the caller looks them up and calls again).
 # The SPUBLISH (to the channel of the driver's partition: the same slot) is inside the script so
 # one driver's events reach watchers in state order even when consecutive fixes are applied by
 # different replicas.
@@ -69,32 +73,69 @@ local function ids(csv)
   return list, set
 end
 local state = redis.call('HMGET', KEYS[1], 't', 's', 'z')
+local t, s = tonumber(ARGV[1]), tonumber(ARGV[2])
+local old_t = 0
 if state[1] then
-  local t, s = tonumber(ARGV[1]), tonumber(ARGV[2])
-  local old_t, old_s = tonumber(state[1]), tonumber(state[2])
+  old_t = tonumber(state[1])
+  local old_s = tonumber(state[2])
   if old_t > t or (old_t == t and old_s >= s) then return 0 end
 end
-local old, old_set = ids(state[3] or '')
-local new, new_set = ids(ARGV[6])
-local _, gone = ids(ARGV[7])
-local entry = {}
-for i = 8, #ARGV, 2 do entry[ARGV[i]] = ARGV[i + 1] end
-local exits, unknown = {}, {}
-for _, id in ipairs(old) do
-  if not new_set[id] and not gone[id] then
-    if entry[id] then exits[#exits + 1] = entry[id] else unknown[#unknown + 1] = id end
-  end
+local held, order = {}, {}
+for item in string.gmatch(state[3] or '', '[^,]+') do
+  local id, status, since = string.match(item, '^([^@]+)@(%a)@(%d+)$')
+  if not id then id, status, since = item, 'I', old_t end
+  held[id] = {status, tonumber(since)}
+  order[#order + 1] = id
+end
+local inside_list, inside = ids(ARGV[6])
+local _, near = ids(ARGV[7])
+local _, gone = ids(ARGV[8])
+local entry, delay, dwell = {}, {}, {}
+for i = 9, #ARGV, 4 do
+  entry[ARGV[i]] = ARGV[i + 1]
+  delay[ARGV[i]] = tonumber(ARGV[i + 2])
+  dwell[ARGV[i]] = tonumber(ARGV[i + 3])
+end
+local unknown = {}
+for _, id in ipairs(order) do
+  local left = not inside[id] and not near[id] and not gone[id]
+  if left and held[id][1] ~= 'P' and not entry[id] then unknown[#unknown + 1] = id end
 end
 if #unknown > 0 then return unknown end
-local enters = {}
-for _, id in ipairs(new) do
-  if not old_set[id] and entry[id] then enters[#enters + 1] = entry[id] end
+local enters, exits, dwells, kept = {}, {}, {}, {}
+local function keep(id, status, since)
+  kept[#kept + 1] = id .. '@' .. status .. '@' .. string.format('%d', since)
 end
-redis.call('HSET', KEYS[1], 't', ARGV[1], 's', ARGV[2], 'z', ARGV[6])
+local function advance(id, status, since)
+  if status == 'P' and inside[id] and t - since >= delay[id] then
+    enters[#enters + 1] = entry[id]
+    status, since = 'I', t
+  end
+  if status == 'I' and dwell[id] > 0 and t - since >= dwell[id] then
+    dwells[#dwells + 1] = entry[id]
+    status = 'D'
+  end
+  keep(id, status, since)
+end
+for _, id in ipairs(order) do
+  local status, since = held[id][1], held[id][2]
+  if gone[id] then
+    -- a deleted zone: dropped without an event (deletion ends its events)
+  elseif inside[id] or near[id] then
+    advance(id, status, since)
+  elseif status ~= 'P' then
+    exits[#exits + 1] = entry[id]
+  end
+end
+for _, id in ipairs(inside_list) do
+  if not held[id] and entry[id] then advance(id, 'P', t) end
+end
+redis.call('HSET', KEYS[1], 't', ARGV[1], 's', ARGV[2], 'z', table.concat(kept, ','))
 redis.call('EXPIRE', KEYS[1], ARGV[3])
-if #enters + #exits > 0 then
+if #enters + #exits + #dwells > 0 then
   redis.call('SPUBLISH', ARGV[4], '{"fix":' .. ARGV[5] .. ',"exit":[' .. table.concat(exits, ',')
-    .. '],"enter":[' .. table.concat(enters, ',') .. ']}')
+    .. '],"enter":[' .. table.concat(enters, ',') .. '],"dwell":['
+    .. table.concat(dwells, ',') .. ']}')
 end
 return 1
 """
@@ -121,6 +162,15 @@ class FenceStats:
     failed_batches: int = 0
 
 
+Described = tuple[str, int, int]
+
+
+def described(entry: str, zone: Zone) -> Described:
+    """What the script is told of a zone: its entry, entry delay and dwell time in ms."""
+    timing = zone.timing
+    return entry, round(timing.entry_delay_s * 1000), round(timing.dwell_s * 1000)
+
+
 @dataclass(slots=True)
 class PendingFix:
     """One fix on its way through the script, with what this replica knows about its zones."""
@@ -128,8 +178,11 @@ class PendingFix:
     location: DriverLocation
     index: ZoneIndex
     zone_ids: str
-    entries: dict[str, str]
+    # Described zones: their entry (as published) and entry delay and dwell time in ms.
+    entries: dict[str, Described]
     gone: list[str] = field(default_factory=list)
+    # Zones whose hysteresis band holds the fix (outside, not far enough to leave).
+    near_ids: str = ""
 
 
 def zone_entry(zone: Zone) -> str:
@@ -166,10 +219,11 @@ def script_args(pending: PendingFix) -> list[Any]:
         channel,
         fix_json(location),
         pending.zone_ids,
+        pending.near_ids,
         ",".join(pending.gone),
     ]
-    for geofence_id, entry in pending.entries.items():
-        args += (geofence_id, entry)
+    for geofence_id, (entry, delay_ms, dwell_ms) in pending.entries.items():
+        args += (geofence_id, entry, delay_ms, dwell_ms)
     return args
 
 
@@ -343,10 +397,14 @@ class FenceTracker:
 
     def _prepare(self, location: DriverLocation) -> PendingFix:
         index = self._zones.index  # read per fix: a refreshed index takes effect at once
-        position = location.position
-        zones = index.containing(position.latitude, position.longitude)
-        entries = {zone.geofence_id: self._entries.get(index, zone) for zone in zones}
-        return PendingFix(location, index, ",".join(sorted(entries)), entries)
+        lat, lng = location.position.latitude, location.position.longitude
+        zones = index.containing(lat, lng)
+        near = index.in_margin(lat, lng)
+        entries = {z.geofence_id: described(self._entries.get(index, z), z) for z in zones + near}
+        inside = ",".join(sorted(z.geofence_id for z in zones))
+        return PendingFix(
+            location, index, inside, entries, near_ids=",".join(z.geofence_id for z in near)
+        )
 
     def _describe(self, item: PendingFix, left: list[str]) -> None:
         # A zone the driver left is described from this fix's index; one no longer there was
@@ -356,7 +414,7 @@ class FenceTracker:
             if zone is None:
                 item.gone.append(geofence_id)
             else:
-                item.entries[geofence_id] = self._entries.get(item.index, zone)
+                item.entries[geofence_id] = described(self._entries.get(item.index, zone), zone)
 
     async def _run(self, pending: Sequence[PendingFix]) -> list[Any]:
         """One EVALSHA per fix in one pipeline. EVALSHA directly, not the Script in a pipeline,
@@ -394,7 +452,8 @@ EventBatch = tuple[ZoneEvent, ...]
 
 def decode_event_message(data: bytes) -> EventBatch:
     """A published message as its events, EXITs before ENTERs (a driver leaving one zone for a
-    neighbour leaves first); decoded once per process, whatever the number of watchers."""
+    neighbour leaves first), then DWELLs; decoded once per process, whatever the number of
+    watchers."""
     message = json.loads(data)
     fix = message["fix"]
     events = [
@@ -404,6 +463,10 @@ def decode_event_message(data: bytes) -> EventBatch:
     events += (
         _event(fix, entry, pb.GeofenceTransition.GEOFENCE_TRANSITION_ENTER)
         for entry in message["enter"]
+    )
+    events += (
+        _event(fix, entry, pb.GeofenceTransition.GEOFENCE_TRANSITION_DWELL)
+        for entry in message.get("dwell", ())
     )
     return tuple(events)
 

@@ -5,12 +5,15 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+import random
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
+from typing import Any
 
 import grpc
 import pytest
+from google.protobuf.duration_pb2 import Duration
 from grpc import aio
 
 from ridemesh.v1 import geo_query_service_pb2 as pb
@@ -213,3 +216,83 @@ async def test_track_eta_and_heatmap(
     )
     heatmap = await geo.GetSupplyHeatmap(pb.GetSupplyHeatmapRequest(bounds=bounds, resolution=9))
     assert sum(c.available_drivers for c in heatmap.cells) >= 1
+
+
+async def test_a_car_parked_on_a_zones_line_enters_once_then_dwells(
+    location: location_grpc.LocationServiceAsyncStub,
+    geo: geo_grpc.GeoQueryServiceAsyncStub,
+    as_driver: Callable[[str], Metadata],
+) -> None:
+    tag = new_driver_id("dwell")
+    created = await geo.CreateGeofence(
+        pb.CreateGeofenceRequest(
+            geofence=pb.Geofence(
+                display_name="Rank",
+                geojson=_square(-33.9, 18.42, 0.01),
+                labels={"t": tag},
+                hysteresis_m=25.0,
+                dwell_time=Duration(seconds=2),
+            )
+        )
+    )
+    assert created.geofence.hysteresis_m == 25.0
+    assert created.geofence.dwell_time.seconds == 2
+    got = await geo.GetGeofence(pb.GetGeofenceRequest(geofence_id=created.geofence.geofence_id))
+    assert got.geofence.dwell_time.seconds == 2
+    watch = geo.WatchGeofenceEvents(pb.WatchGeofenceEventsRequest(labels={"t": tag}))
+    # A probe drives in and out until its ENTER comes: the zone is indexed and the watch live.
+    probe_id = new_driver_id("probe")
+    probe = DriverStream(location, as_driver(probe_id))
+    first = asyncio.create_task(collect(watch, 1))
+    seq = 0
+    async with asyncio.timeout(15):
+        while not first.done():
+            seq += 1
+            probe.send(fix(probe_id, seq, -33.9 if seq % 2 else -33.95, 18.42))
+            await asyncio.wait([first], timeout=0.2)
+    assert first.result()[0].event.driver_id == probe_id
+
+    # The car stands on the zone's southern line (latitude -33.91), its fixes 4 m noisy.
+    driver_id = new_driver_id("parked")
+    car = DriverStream(location, as_driver(driver_id))
+    rng = random.Random(11)
+    seen: list[pb.GeofenceEvent] = []
+    next_event = asyncio.create_task(collect(watch, 1))
+    async with asyncio.timeout(20):
+        for n in itertools.count(1):
+            north_m = rng.gauss(0.0, 4.0)
+            car.send(fix(driver_id, n, -33.91 + north_m / 111_195, 18.42, speed_mps=0.0))
+            await asyncio.wait([next_event], timeout=0.25)
+            if next_event.done():
+                event = next_event.result()[0].event
+                if event.driver_id == driver_id:
+                    seen.append(event)
+                if len(seen) == 2:
+                    break
+                next_event = asyncio.create_task(collect(watch, 1))
+    assert [e.transition for e in seen] == [
+        pb.GEOFENCE_TRANSITION_ENTER,
+        pb.GEOFENCE_TRANSITION_DWELL,
+    ]
+    dwelt = seen[1].event_time.ToMilliseconds() - seen[0].event_time.ToMilliseconds()
+    assert 2_000 <= dwelt < 3_000
+    # Still on the line: no EXIT, no second ENTER, however the noise falls.
+    for extra in range(n + 1, n + 6):
+        car.send(fix(driver_id, extra, -33.91 + rng.gauss(0.0, 4.0) / 111_195, 18.42))
+    assert await _events_of(watch, driver_id, quiet_s=1.5) == []
+    watch.cancel()
+    for stream in (probe, car):
+        stream.close()
+        await stream.reader
+
+
+async def _events_of(watch: Any, driver_id: str, quiet_s: float) -> list[pb.GeofenceEvent]:
+    """The driver's events the watch delivers until it has been quiet for `quiet_s`."""
+    events: list[pb.GeofenceEvent] = []
+    while True:
+        try:
+            (message,) = await collect(watch, 1, timeout=quiet_s)
+        except TimeoutError:
+            return events
+        if message.event.driver_id == driver_id:
+            events.append(message.event)

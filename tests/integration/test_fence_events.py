@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import random
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -24,12 +25,13 @@ from services.geo.fence_events import (
     watch_geofence_events,
     zone_entry,
 )
-from services.geo.zone_index import Zone, ZoneIndex
+from services.geo.zone_index import Zone, ZoneIndex, ZoneTiming
 from services.live.fanout import Hub
 from services.live.ingest import StreamId, parse_stream_id
 from services.live.names import ZONES_GROUP, fence_events_channel, fence_state_key, ingest_stream
 from services.live.replies import text
 from services.ops.mesh.redis_server import RedisServer
+from services.ops.simulator.city import Car, Grid, gps_fix
 from tests.waiting import until
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio]
@@ -37,6 +39,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.asyncio]
 REDIS_DB = 7
 ENTER = pb.GeofenceTransition.GEOFENCE_TRANSITION_ENTER
 EXIT = pb.GeofenceTransition.GEOFENCE_TRANSITION_EXIT
+DWELL = pb.GeofenceTransition.GEOFENCE_TRANSITION_DWELL
 BASE_MS = 1_764_331_200_000
 
 # A 0.1° square near Berlin (lon/lat order) and its eastern neighbour sharing an edge.
@@ -262,7 +265,7 @@ async def test_fixes_a_dead_replica_read_and_never_finished_are_taken_over(
     heir = await Replica(redis_url, zones, claim_idle_s=0.2).start()
     try:
         await until(lambda: heir.tracker.stats.applied >= 1, timeout=10.0)
-        assert await publisher.hget(fence_state_key(d), "z") == b"sq"
+        assert await publisher.hget(fence_state_key(d), "z") == f"sq@I@{BASE_MS + 1000}".encode()
         pending = await publisher.xpending(ingest_stream(0), ZONES_GROUP)
         assert pending["pending"] == 0  # taken over, handled and acknowledged
     finally:
@@ -275,7 +278,9 @@ async def test_state_lives_in_redis_with_a_ttl(
     d = driver()
     await send(publisher, replicas, fix(d, 3, INSIDE))
     state = await publisher.hgetall(fence_state_key(d))
-    assert state == {b"t": str(BASE_MS + 3000).encode(), b"s": b"3", b"z": b"sq"}
+    # The zones the driver holds: each with its status (I: entered) since its fix's time.
+    t = str(BASE_MS + 3000).encode()
+    assert state == {b"t": t, b"s": b"3", b"z": b"sq@I@" + t}
     assert 86000 < await publisher.ttl(fence_state_key(d)) <= 86400
 
 
@@ -375,7 +380,7 @@ async def test_a_deleted_zone_is_dropped_from_the_state_without_an_exit(
     zones.index = ZoneIndex([big])  # the square is deleted while the driver is in it
     retried = sum(r.tracker.stats.retried for r in replicas)
     await send(publisher, replicas, fix(d, 2, INSIDE_TOO))
-    assert await publisher.hget(fence_state_key(d), "z") == b"big"
+    assert await publisher.hget(fence_state_key(d), "z") == f"big@I@{BASE_MS + 1000}".encode()
     await send(publisher, replicas, fix(d, 3, (52.5, 14.0)))  # out of everything
     assert summary(await collect(watcher, publisher, SQUARE)) == [
         (ENTER, d, "big", BASE_MS + 1000),
@@ -500,3 +505,102 @@ async def test_a_slow_watcher_keeps_only_the_newest_events(
         async with asyncio.timeout(0.05):
             await anext(slow)
     await reader.stop()
+
+
+# A zone whose western edge runs along 13.0°E at 52°N, and a car parked on that line.
+ON_THE_LINE = (52.05, 13.0)
+TIMED = "timed"
+
+
+def timed_zone(timing: ZoneTiming) -> Zone:
+    return Zone(TIMED, "Timed", {"kind": "timed"}, box(13.0, 52.0, 13.1, 52.1), timing)
+
+
+async def test_a_car_parked_on_the_line_with_gps_noise_enters_once_and_never_flickers(
+    replicas: list[Replica], zones: Zones, publisher: Redis
+) -> None:
+    zone = timed_zone(ZoneTiming(hysteresis_m=20.0))
+    zones.index = ZoneIndex([zone])
+    watcher = await watching(replicas[0], zones, publisher, zone)
+    d = driver()
+    # The simulator's noise model (4 m sigma) around a car standing on the boundary: about half
+    # its fixes fall outside the zone, none 20 m out.
+    grid = Grid(ON_THE_LINE[0], ON_THE_LINE[1])
+    car, rng = Car(0.0, 0.0, (0, 1)), random.Random(7)  # parked
+    fixes = [gps_fix(grid, car, rng)[:2] for _ in range(40)]
+    outside = [lat_lng for lat_lng in fixes if lat_lng[1] < 13.0]
+    assert 10 < len(outside) < 30  # the test means something: the car does cross the line
+    for seq, point in enumerate(fixes, start=1):
+        await send(publisher, replicas, fix(d, seq, point))
+    await send(publisher, replicas, fix(d, 41, (52.05, 12.999)))  # 68 m out: beyond the band
+    events = summary(await collect(watcher, publisher, zone))
+    first_inside = next(seq for seq, point in enumerate(fixes, start=1) if point[1] >= 13.0)
+    assert events == [
+        (ENTER, d, TIMED, BASE_MS + first_inside * 1000),
+        (EXIT, d, TIMED, BASE_MS + 41_000),
+    ]
+    await watcher.stop()
+
+
+async def test_without_hysteresis_the_same_car_flickers(
+    replicas: list[Replica], zones: Zones, publisher: Redis
+) -> None:
+    """The control for the test above: the band is what keeps the events down."""
+    zone = timed_zone(ZoneTiming())
+    zones.index = ZoneIndex([zone])
+    watcher = await watching(replicas[0], zones, publisher, zone)
+    d = driver()
+    grid = Grid(ON_THE_LINE[0], ON_THE_LINE[1])
+    car, rng = Car(0.0, 0.0, (0, 1)), random.Random(7)  # parked
+    for seq in range(1, 41):
+        await send(publisher, replicas, fix(d, seq, gps_fix(grid, car, rng)[:2]))
+    events = summary(await collect(watcher, publisher, zone))
+    assert len(events) > 10
+    await watcher.stop()
+
+
+async def test_enter_waits_for_the_entry_delay_and_a_driver_passing_through_is_never_reported(
+    replicas: list[Replica], zones: Zones, publisher: Redis
+) -> None:
+    zone = timed_zone(ZoneTiming(entry_delay_s=30.0))
+    zones.index = ZoneIndex([zone])
+    watcher = await watching(replicas[0], zones, publisher, zone)
+    passing, staying = driver(), driver()
+    for seq, point in enumerate([INSIDE, INSIDE_TOO, EAST_OF], start=1):  # 2 s inside, then out
+        await send(publisher, replicas, fix(passing, seq, point, t_ms=BASE_MS + seq * 10_000))
+    for seq in range(1, 6):  # inside at 0, 10, 20, 30 and 40 s
+        await send(publisher, replicas, fix(staying, seq, INSIDE, t_ms=BASE_MS + seq * 10_000))
+    await send(publisher, replicas, fix(staying, 6, EAST_OF, t_ms=BASE_MS + 60_000))
+    assert summary(await collect(watcher, publisher, zone)) == [
+        (ENTER, staying, TIMED, BASE_MS + 40_000),  # the first fix 30 s after the first inside
+        (EXIT, staying, TIMED, BASE_MS + 60_000),
+    ]
+    await watcher.stop()
+
+
+async def test_dwell_is_reported_once_after_the_dwell_time_inside(
+    replicas: list[Replica], zones: Zones, publisher: Redis
+) -> None:
+    zone = timed_zone(ZoneTiming(dwell_s=60.0))
+    zones.index = ZoneIndex([zone])
+    watcher = await watching(replicas[0], zones, publisher, zone)
+    d = driver()
+    for seq in range(1, 6):  # inside at 30, 60, 90, 120 and 150 s
+        await send(publisher, replicas, fix(d, seq, INSIDE, t_ms=BASE_MS + seq * 30_000))
+    assert summary(await collect(watcher, publisher, zone)) == [
+        (ENTER, d, TIMED, BASE_MS + 30_000),
+        (DWELL, d, TIMED, BASE_MS + 90_000),
+    ]
+    await watcher.stop()
+
+
+async def test_a_state_written_by_the_previous_version_still_exits(
+    replicas: list[Replica], zones: Zones, publisher: Redis
+) -> None:
+    """Zone states stored before timing existed hold bare ids: they count as entered."""
+    watcher = await watching(replicas[0], zones, publisher, SQUARE)
+    d = driver()
+    await publisher.hset(fence_state_key(d), mapping={"t": BASE_MS, "s": 1, "z": "sq"})
+    await send(publisher, replicas, fix(d, 2, EAST_OF))
+    assert summary(await collect(watcher, publisher, SQUARE)) == [(EXIT, d, "sq", BASE_MS + 2000)]
+    await watcher.stop()

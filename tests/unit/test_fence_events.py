@@ -18,13 +18,14 @@ from services.geo.fence_events import (
     PendingFix,
     _EntryCache,
     decode_event_message,
+    described,
     event_filter,
     fix_json,
     pace_for,
     script_args,
     zone_entry,
 )
-from services.geo.zone_index import Zone, ZoneIndex
+from services.geo.zone_index import Zone, ZoneIndex, ZoneTiming
 from services.live.ingest import FOLLOW_EVERY_S
 from services.live.names import fence_events_channel
 
@@ -69,24 +70,32 @@ def test_fix_json_keeps_every_digit_of_the_position_and_the_millisecond_time() -
                    "lng": 13.987654321098765}  # fmt: skip
 
 
-def test_script_args_lay_out_time_seq_zones_and_described_pairs() -> None:
+def test_script_args_lay_out_time_seq_zones_and_described_zones() -> None:
+    slow = Zone("z-mitte", "Mitte", {}, CENTRE.geometry, ZoneTiming(30.0, 600.0, 15.0))
     pending = PendingFix(
         _fix(),
-        ZoneIndex([AIRPORT, CENTRE]),
-        "z-air,z-mitte",
-        {"z-air": zone_entry(AIRPORT), "z-mitte": zone_entry(CENTRE)},
+        ZoneIndex([AIRPORT, slow]),
+        "z-air",
+        {
+            "z-air": described(zone_entry(AIRPORT), AIRPORT),
+            "z-mitte": described(zone_entry(slow), slow),
+        },
         gone=["z-old", "z-older"],
+        near_ids="z-mitte",
     )
     args = script_args(pending)
     assert args[:4] == [1_764_331_200_123, 7, STATE_TTL_S, fence_events_channel(0)]
     assert json.loads(args[4])["d"] == "drv-1"
-    assert args[5:7] == ["z-air,z-mitte", "z-old,z-older"]
-    assert args[7:] == ["z-air", zone_entry(AIRPORT), "z-mitte", zone_entry(CENTRE)]
+    assert args[5:8] == ["z-air", "z-mitte", "z-old,z-older"]
+    assert args[8:] == [
+        "z-air", zone_entry(AIRPORT), 0, 0,
+        "z-mitte", zone_entry(slow), 30_000, 600_000,
+    ]  # fmt: skip
 
 
 def test_script_args_for_a_fix_in_no_zone_are_empty_lists() -> None:
     args = script_args(PendingFix(_fix(0.0, 0.0), ZoneIndex(), "", {}))
-    assert args[5:] == ["", ""]
+    assert args[5:] == ["", "", ""]
 
 
 def test_entry_cache_encodes_once_per_index_and_forgets_on_swap() -> None:

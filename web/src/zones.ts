@@ -87,8 +87,14 @@ export function watchZoneEvents(api: Api, list: HTMLElement): StreamHandle {
   });
 }
 
+const TRANSITIONS: Partial<Record<GeofenceTransition, string>> = {
+  [GeofenceTransition.ENTER]: "ENTER",
+  [GeofenceTransition.EXIT]: "EXIT",
+  [GeofenceTransition.DWELL]: "DWELL",
+};
+
 function eventRow(event: GeofenceEvent): HTMLLIElement {
-  const transition = event.transition === GeofenceTransition.EXIT ? "EXIT" : "ENTER";
+  const transition = TRANSITIONS[event.transition] ?? "ENTER";
   const li = document.createElement("li");
   li.className = "zone-event";
   li.dataset.transition = transition;

@@ -33,7 +33,7 @@ from services.live.names import (
     partitions,
 )
 from services.live.replies import text
-from services.server.failures import raise_if_cancelling
+from services.server.failures import cancel_and_wait, raise_if_cancelling
 
 log = logging.getLogger(__name__)
 
@@ -296,9 +296,7 @@ class FenceTracker:
         ]
 
     async def stop(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await cancel_and_wait(self._tasks)
 
     async def _consume(self, log_: IngestLog) -> None:
         """Handles this replica's share of one partition's log, forever; with Redis away it

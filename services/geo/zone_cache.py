@@ -13,7 +13,7 @@ from redis.asyncio import Redis
 from services.geo.zone_index import Zone, ZoneIndex
 from services.live.fanout import Hub
 from services.live.names import ZONE_CHANGES_CHANNEL
-from services.server.failures import raise_if_cancelling
+from services.server.failures import cancel_and_wait, raise_if_cancelling
 
 log = logging.getLogger(__name__)
 
@@ -78,9 +78,7 @@ class ZoneCache:
         self._tasks = [asyncio.create_task(self._keep_in_step(), name="zone-cache-reload")]
 
     async def stop(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await cancel_and_wait(self._tasks)
         self._tasks = []
         await self._unsubscribe()
 

@@ -16,7 +16,7 @@ from redis.exceptions import MovedError, RedisClusterException, RedisError
 from services.domain.errors import Unavailable
 from services.live.names import HUB_KEEPALIVE_CHANNEL
 from services.live.replies import text
-from services.server.failures import Dependency, message, raise_if_cancelling
+from services.server.failures import Dependency, cancel_and_wait, message, raise_if_cancelling
 
 log = logging.getLogger(__name__)
 
@@ -93,10 +93,7 @@ class Hub(Generic[T]):
         while self._nodes:  # a reader cancelled while moving channels may have opened a node
             nodes = list(self._nodes.values())
             self._nodes.clear()
-            readers = [node.reader for node in nodes if node.reader is not None]
-            for reader in readers:
-                reader.cancel()
-            await asyncio.gather(*readers, return_exceptions=True)
+            await cancel_and_wait(node.reader for node in nodes if node.reader is not None)
             for node in nodes:
                 await self._close(node)
         self._node_of.clear()

@@ -37,7 +37,13 @@ from services.location.streams import DriverStream, StreamRegistry, rejection
 from services.location.throttle import TokenBucket
 from services.observability.metrics import FIXES_ACCEPTED
 from services.server.config import Settings
-from services.server.failures import Dependency, message, raise_if_cancelling, unavailable
+from services.server.failures import (
+    Dependency,
+    cancel_and_wait,
+    message,
+    raise_if_cancelling,
+    unavailable,
+)
 
 # An area touching more grid cells than this listens on the all-cells pattern instead.
 MAX_AREA_CELLS = 64
@@ -272,9 +278,7 @@ class LocationServicer(pb_grpc.LocationServiceServicer):
                     )
                     yield pb.WatchAreaResponse(location=location, exited=exited)
         finally:
-            for follower in followers:
-                follower.cancel()
-            await asyncio.gather(*followers, return_exceptions=True)
+            await cancel_and_wait(followers)
             for channel in channels:
                 await self._hub.remove(channel, sink)
 

@@ -23,6 +23,7 @@ from services.live.client import redis_client
 from services.live.fanout import Hub
 from services.server import collector
 from services.server.config import Settings
+from services.server.failures import cancel_and_wait
 from services.server.runtime import Drain, Register, serve
 
 T = TypeVar("T")
@@ -127,8 +128,7 @@ async def run_service(
 
 
 async def _cancel(task: asyncio.Task[None]) -> None:
-    task.cancel()
-    await asyncio.gather(task, return_exceptions=True)
+    await cancel_and_wait([task])
 
 
 async def _close_quietly(redis: Redis) -> None:

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import enum
+from collections.abc import Iterable
+from typing import Any
 
 import asyncpg
 import grpc
@@ -128,3 +130,25 @@ def raise_if_cancelling(error: BaseException) -> None:
     task = asyncio.current_task()
     if task is not None and task.cancelling():
         raise asyncio.CancelledError from error
+
+
+# How often cancel_and_wait cancels again a task that is still running.
+RECANCEL_S = 0.5
+
+
+async def cancel_and_wait(tasks: Iterable[asyncio.Task[Any]]) -> None:
+    """Cancels the tasks and waits until every one has ended, cancelling again those that go on.
+
+    One cancel is not always enough: in Python 3.11 a cancel that lands as a blocking read's own
+    timeout fires (redis-py reads under asyncio.timeout) can be swallowed, the read then ends
+    with a TimeoutError, and a loop that retries on Redis errors carries on as if nothing had
+    asked it to stop, so waiting once for it would wait forever."""
+    tasks = list(tasks)
+    pending = {task for task in tasks if not task.done()}
+    while pending:
+        for task in pending:
+            task.cancel()
+        _, pending = await asyncio.wait(pending, timeout=RECANCEL_S)
+    for task in tasks:  # what they ended with is read, so nothing is reported as lost
+        if not task.cancelled():
+            task.exception()

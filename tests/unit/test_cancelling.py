@@ -7,7 +7,7 @@ import asyncio
 
 import pytest
 
-from services.server.failures import raise_if_cancelling
+from services.server.failures import cancel_and_wait, raise_if_cancelling
 
 pytestmark = pytest.mark.asyncio
 
@@ -58,3 +58,32 @@ async def test_without_the_check_the_loop_outlives_its_cancellation() -> None:
 
 async def test_in_a_task_not_being_cancelled_nothing_is_raised() -> None:
     raise_if_cancelling(OSError("connection reset"))
+
+
+async def test_cancel_and_wait_ends_a_task_that_swallowed_its_first_cancel() -> None:
+    """As a blocking read whose own timeout fired with the cancel does (Python 3.11): the loop
+    sees a TimeoutError, not a cancellation, and would retry forever after one cancel."""
+    swallowed = 0
+    rounds = 0
+
+    async def retrying_loop() -> None:
+        nonlocal swallowed, rounds
+        while True:
+            rounds += 1
+            try:
+                await asyncio.sleep(0.05)
+            except asyncio.CancelledError:
+                if swallowed:
+                    raise
+                swallowed += 1
+                current = asyncio.current_task()
+                assert current is not None
+                current.uncancel()  # what the timeout's exit did with the cancel
+
+    task = asyncio.create_task(retrying_loop())
+    await asyncio.sleep(0.01)
+    async with asyncio.timeout(5):
+        await cancel_and_wait([task])
+    assert task.cancelled()
+    assert swallowed == 1
+    assert rounds >= 2  # it did go on after the first cancel

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import Callable
 
 
@@ -13,3 +14,12 @@ async def until(condition: Callable[[], bool], timeout: float, every_s: float = 
             if condition():
                 return
             await asyncio.sleep(every_s)
+
+
+def alive(pid: int) -> bool:
+    """Whether a process with this PID exists (signal 0 checks without signalling)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True

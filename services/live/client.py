@@ -9,7 +9,7 @@ cluster. Every process of a mesh must use the same URL's count.
 from __future__ import annotations
 
 from typing import cast
-from urllib.parse import parse_qsl, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.cluster import ClusterNode, RedisCluster
@@ -45,7 +45,7 @@ def redis_client(url: str) -> Redis:
         return cast(Redis, cluster_client(url))
     parts = urlsplit(url)
     query = [(k, v) for k, v in parse_qsl(parts.query) if k != "partitions"]
-    plain = urlunsplit(parts._replace(query="&".join(f"{k}={v}" for k, v in query)))
+    plain = urlunsplit(parts._replace(query=urlencode(query)))
     # Callers beyond the pool size wait rather than open more sockets.
     pool = BlockingConnectionPool.from_url(plain, max_connections=64, timeout=10)
     return Redis.from_pool(pool)  # aclose() closes the pool and its connections too

@@ -254,20 +254,12 @@ class LiveStore:
         """`is_live` against a given clock (callers that stamp one `now` for a whole answer)."""
         return now_s * 1000 - location.recorded_at.ToMilliseconds() <= self._live_window_ms
 
-    async def geo_nearest(
-        self, key: str, lat: float, lng: float, radius_m: float, count: int | None
-    ) -> list[tuple[str, float]]:
-        """Members of one geo set within `radius_m` (Redis's metres), nearest first, with
-        Redis's distance; at most `count` of them (all when None)."""
-        return _nearest_hits(
-            await self._redis.geosearch(**_nearest(key, lat, lng, radius_m, count))
-        )
-
     async def drivers_nearest(
         self, lat: float, lng: float, radius_m: float, count: int | None
     ) -> list[tuple[str, float]]:
-        """`geo_nearest` over every partition's geo index, asked together and merged: the nearest
-        `count` of the union (each partition's nearest `count` hold them)."""
+        """Drivers within `radius_m` (Redis's metres), nearest first, with Redis's distance; at
+        most `count` (all when None). Every partition's geo index is asked, together, and the
+        answers merged: each partition's nearest `count` hold the union's nearest `count`."""
         pipe = self._redis.pipeline(transaction=False)
         for partition in partitions():
             pipe.geosearch(**_nearest(geo_key(partition), lat, lng, radius_m, count))
@@ -391,20 +383,22 @@ def _availability(raw: bytes | str | None) -> DriverAvailability.ValueType:
     return DriverAvailability.ValueType(int(raw))
 
 
-def _nearest(
-    key: str, lat: float, lng: float, radius_m: float, count: int | None
-) -> dict[str, Any]:
-    """GEOSEARCH's arguments for members within a radius, nearest first, with distance."""
+def _circle(key: str, lat: float, lng: float, radius_m: float, **options: Any) -> dict[str, Any]:
+    """GEOSEARCH's arguments for members within `radius_m` metres of a point, plus `options`."""
     return {
         "name": key,
         "longitude": lng,
         "latitude": lat,
         "radius": radius_m,
         "unit": "m",
-        "sort": "ASC",
-        "count": count,
-        "withdist": True,
-    }
+    } | options
+
+
+def _nearest(
+    key: str, lat: float, lng: float, radius_m: float, count: int | None
+) -> dict[str, Any]:
+    """Members within a radius, nearest first, with their distance; at most `count`."""
+    return _circle(key, lat, lng, radius_m, sort="ASC", count=count, withdist=True)
 
 
 def _nearest_hits(reply: Any) -> list[tuple[str, float]]:
@@ -412,15 +406,8 @@ def _nearest_hits(reply: Any) -> list[tuple[str, float]]:
 
 
 def _within(key: str, lat: float, lng: float, radius_m: float) -> dict[str, Any]:
-    """GEOSEARCH's arguments for members within a radius, with their positions."""
-    return {
-        "name": key,
-        "longitude": lng,
-        "latitude": lat,
-        "radius": radius_m,
-        "unit": "m",
-        "withcoord": True,
-    }
+    """Members within a radius, with the positions the index holds."""
+    return _circle(key, lat, lng, radius_m, withcoord=True)
 
 
 def _within_hits(reply: Any) -> list[tuple[str, float, float]]:

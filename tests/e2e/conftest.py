@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -13,6 +15,7 @@ from ridemesh.v1 import geo_query_service_pb2_grpc as geo_grpc
 from ridemesh.v1 import location_service_pb2_grpc as location_grpc
 from ridemesh.v1 import ride_service_pb2_grpc as ride_grpc
 from services.auth.keys import DevKeys
+from services.history.migrate import run_migrations
 from services.history.store import HistoryStore, create_engine
 from services.ops.mesh.redis_server import RedisServer
 from services.ops.mesh.supervisor import Mesh, MeshSettings, start_mesh
@@ -50,6 +53,24 @@ def mesh(
     )
     with start_mesh(settings) as running:
         yield running
+
+
+@contextmanager
+def mesh_with_its_own_database(
+    tmp_path_factory: pytest.TempPathFactory, keys: DevKeys, name: str, **settings: Any
+) -> Iterator[Mesh]:
+    """A mesh that starts (and migrates) its own PostgreSQL, as a streaming replica needs, with
+    this module's short intervals; `settings` are the rest of its MeshSettings."""
+    run_dir = Path(tmp_path_factory.mktemp(name))
+    run_dir.chmod(0o755)  # PostgreSQL runs as postgres when the tests run as root
+
+    def migrate(mesh: Mesh) -> None:
+        assert mesh.database_url is not None
+        run_migrations(mesh.database_url)
+
+    mesh_settings = MeshSettings(run_dir=run_dir, keys_dir=keys.directory, env=MESH_ENV, **settings)
+    with start_mesh(mesh_settings, before_services=migrate) as mesh:
+        yield mesh
 
 
 @pytest.fixture(scope="session")

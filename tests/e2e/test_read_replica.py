@@ -10,7 +10,6 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import TypeVar
 
 import pytest
@@ -22,10 +21,9 @@ from ridemesh.v1 import ride_service_pb2 as ride_pb
 from ridemesh.v1 import ride_service_pb2_grpc as ride_grpc
 from ridemesh.v1.common_pb2 import LatLng
 from services.auth.keys import DevKeys
-from services.history.migrate import run_migrations
-from services.ops.mesh.supervisor import Mesh, MeshSettings, start_mesh
+from services.ops.mesh.supervisor import Mesh
 from tests.e2e.clients import DriverStream, fix, new_driver_id
-from tests.e2e.conftest import MESH_ENV
+from tests.e2e.conftest import mesh_with_its_own_database
 from tests.tokens import Metadata, ops_channel
 
 pytestmark = [pytest.mark.e2e, pytest.mark.asyncio]
@@ -39,21 +37,13 @@ SQUARE = (
 
 @pytest.fixture(scope="module")
 def replica_mesh(tmp_path_factory: pytest.TempPathFactory, keys: DevKeys) -> Iterator[Mesh]:
-    run_dir = Path(tmp_path_factory.mktemp("replica-mesh"))
-    run_dir.chmod(0o755)  # PostgreSQL runs as postgres when the tests run as root
-
-    def migrate(mesh: Mesh) -> None:
-        assert mesh.database_url is not None
-        run_migrations(mesh.database_url)
-
-    settings = MeshSettings(
-        run_dir=run_dir,
-        keys_dir=keys.directory,
+    with mesh_with_its_own_database(
+        tmp_path_factory,
+        keys,
+        "replica-mesh",
         replicas={"location": 1, "ride": 1, "geo": 1},
         postgres_replica=True,
-        env=MESH_ENV,
-    )
-    with start_mesh(settings, before_services=migrate) as mesh:
+    ) as mesh:
         yield mesh
 
 

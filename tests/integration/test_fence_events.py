@@ -512,6 +512,14 @@ ON_THE_LINE = (52.05, 13.0)
 TIMED = "timed"
 
 
+def parked_on_the_line(count: int) -> list[tuple[float, float]]:
+    """What a car standing on the zone's western line reports: the simulator's noise model (4 m
+    sigma), so about half its fixes fall outside the zone and none 20 m out."""
+    grid = Grid(ON_THE_LINE[0], ON_THE_LINE[1])
+    car, rng = Car(0.0, 0.0, (0, 1)), random.Random(7)  # parked
+    return [gps_fix(grid, car, rng)[:2] for _ in range(count)]
+
+
 def timed_zone(timing: ZoneTiming) -> Zone:
     return Zone(TIMED, "Timed", {"kind": "timed"}, box(13.0, 52.0, 13.1, 52.1), timing)
 
@@ -523,11 +531,7 @@ async def test_a_car_parked_on_the_line_with_gps_noise_enters_once_and_never_fli
     zones.index = ZoneIndex([zone])
     watcher = await watching(replicas[0], zones, publisher, zone)
     d = driver()
-    # The simulator's noise model (4 m sigma) around a car standing on the boundary: about half
-    # its fixes fall outside the zone, none 20 m out.
-    grid = Grid(ON_THE_LINE[0], ON_THE_LINE[1])
-    car, rng = Car(0.0, 0.0, (0, 1)), random.Random(7)  # parked
-    fixes = [gps_fix(grid, car, rng)[:2] for _ in range(40)]
+    fixes = parked_on_the_line(40)
     outside = [lat_lng for lat_lng in fixes if lat_lng[1] < 13.0]
     assert 10 < len(outside) < 30  # the test means something: the car does cross the line
     for seq, point in enumerate(fixes, start=1):
@@ -550,10 +554,8 @@ async def test_without_hysteresis_the_same_car_flickers(
     zones.index = ZoneIndex([zone])
     watcher = await watching(replicas[0], zones, publisher, zone)
     d = driver()
-    grid = Grid(ON_THE_LINE[0], ON_THE_LINE[1])
-    car, rng = Car(0.0, 0.0, (0, 1)), random.Random(7)  # parked
-    for seq in range(1, 41):
-        await send(publisher, replicas, fix(d, seq, gps_fix(grid, car, rng)[:2]))
+    for seq, point in enumerate(parked_on_the_line(40), start=1):
+        await send(publisher, replicas, fix(d, seq, point))
     events = summary(await collect(watcher, publisher, zone))
     assert len(events) > 10
     await watcher.stop()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 
@@ -15,16 +14,9 @@ from services.ops.mesh.postgres_server import PostgresServer
 from services.ops.mesh.process import ManagedProcess
 from services.ops.mesh.redis_server import RedisServer, redis_ping
 from services.ops.mesh.supervisor import Mesh
+from tests.waiting import alive
 
 pytestmark = pytest.mark.integration
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
 
 
 def _children(pid: int) -> list[int]:
@@ -71,14 +63,14 @@ def test_envoy_config_validates_and_envoy_becomes_ready(tmp_path: Path) -> None:
         response = httpx.get(f"{envoy.admin_url}/ready", trust_env=False)
         assert response.status_code == 200
         pid = envoy.process.pid
-    assert not _alive(pid)
+    assert not alive(pid)
 
 
 def test_redis_stops_by_pid(tmp_path: Path) -> None:
     with RedisServer(tmp_path) as server:
         pid = server.process.pid
-        assert _alive(pid)
-    assert not _alive(pid)
+        assert alive(pid)
+    assert not alive(pid)
     assert not redis_ping(server.port)
 
 
@@ -89,8 +81,8 @@ def test_postgres_stops_with_its_backends_and_restarts_on_the_same_data(tmp_path
         server.psql("CREATE TABLE kept (id int)", database="ridemesh")
         backends = _children(postmaster)
         assert backends
-    assert not _alive(postmaster)
-    assert not any(_alive(pid) for pid in backends)
+    assert not alive(postmaster)
+    assert not any(alive(pid) for pid in backends)
     with PostgresServer(data, fsync=False) as again:
         assert again.psql("SELECT count(*) FROM kept", database="ridemesh") == "0"
 
@@ -103,7 +95,7 @@ def test_mesh_stops_parts_in_reverse_order(tmp_path: Path) -> None:
         pids = [first.pid, second.pid]
         assert mesh.parts == [first, second]
     assert mesh.parts == []
-    assert not any(_alive(pid) for pid in pids)
+    assert not any(alive(pid) for pid in pids)
 
 
 def test_process_that_exits_early_fails_readiness(tmp_path: Path) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 
@@ -10,6 +9,7 @@ import pytest
 
 from services.ops.mesh import supervisor
 from services.ops.mesh.supervisor import Mesh, MeshSettings, grpc_serving, start_mesh
+from tests.waiting import alive
 
 pytestmark = pytest.mark.integration
 
@@ -29,14 +29,6 @@ server.wait_for_termination()
 
 def _health_only(service: str, port: int, redis_url: str, database_url: str) -> list[str]:
     return [sys.executable, "-c", HEALTH_ONLY, str(port)]
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
 
 
 def test_service_argv_names_the_cli_and_its_settings() -> None:
@@ -65,4 +57,4 @@ def test_mesh_routes_health_checks_to_replicas_and_stops_everything(
         assert grpc_serving(mesh.envoy.port, timeout=5)
         pids = [pid for part in mesh.parts for pid in part.pids]
     assert len(pids) == 7
-    assert not any(_alive(pid) for pid in pids)
+    assert not any(alive(pid) for pid in pids)

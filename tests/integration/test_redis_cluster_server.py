@@ -3,7 +3,6 @@ by PID leaves nothing running."""
 
 from __future__ import annotations
 
-import os
 from itertools import pairwise
 from pathlib import Path
 
@@ -12,16 +11,9 @@ from redis.cluster import RedisCluster
 from redis.crc import key_slot
 
 from services.ops.mesh.redis_cluster import SLOTS, RedisClusterServer
+from tests.waiting import alive
 
 pytestmark = pytest.mark.integration
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
 
 
 def test_three_masters_with_one_replica_each_serve_every_slot(tmp_path: Path) -> None:
@@ -44,8 +36,8 @@ def test_three_masters_with_one_replica_each_serve_every_slot(tmp_path: Path) ->
         assert cluster.url == f"redis+cluster://{seeds}"
         pids = cluster.pids
         assert len(set(pids)) == 6
-        assert all(_alive(pid) for pid in pids)
-    assert not any(_alive(pid) for pid in pids)
+        assert all(alive(pid) for pid in pids)
+    assert not any(alive(pid) for pid in pids)
 
 
 def _write_replicated(port: int, key: str, value: str) -> int:
@@ -82,7 +74,7 @@ def test_a_replicated_key_survives_its_masters_sigkill(tmp_path: Path) -> None:
         (replica,) = cluster.replica_ports_of(master)
 
         cluster.kill(master)
-        assert not _alive(started[cluster.ports.index(master)])
+        assert not alive(started[cluster.ports.index(master)])
         new_master = cluster.wait_failover(master)
 
         assert new_master == replica
@@ -93,4 +85,4 @@ def test_a_replicated_key_survives_its_masters_sigkill(tmp_path: Path) -> None:
         cluster.restart(master)
         assert cluster.replica_ports_of(new_master) == [master]
         everyone = {*started, *cluster.pids}
-    assert not any(_alive(pid) for pid in everyone)
+    assert not any(alive(pid) for pid in everyone)

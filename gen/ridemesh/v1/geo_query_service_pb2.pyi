@@ -202,6 +202,7 @@ class Geofence(_message.Message):
     ENTRY_DELAY_FIELD_NUMBER: _builtins.int
     DWELL_TIME_FIELD_NUMBER: _builtins.int
     HYSTERESIS_M_FIELD_NUMBER: _builtins.int
+    EXPIRE_TIME_FIELD_NUMBER: _builtins.int
     geofence_id: _builtins.str
     """The zone's id, assigned by the server."""
     display_name: _builtins.str
@@ -234,6 +235,12 @@ class Geofence(_message.Message):
         7 days.
         """
 
+    @_builtins.property
+    def expire_time(self) -> _timestamp_pb2.Timestamp:
+        """When the zone ends by itself (unset: never). Every driver inside it is then reported EXIT,
+        as on deletion, and the zone is gone. Must be in the future when the zone is created.
+        """
+
     def __init__(
         self,
         *,
@@ -245,10 +252,11 @@ class Geofence(_message.Message):
         entry_delay: _duration_pb2.Duration | None = ...,
         dwell_time: _duration_pb2.Duration | None = ...,
         hysteresis_m: _builtins.float = ...,
+        expire_time: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "dwell_time", b"dwell_time", "entry_delay", b"entry_delay"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "dwell_time", b"dwell_time", "entry_delay", b"entry_delay", "expire_time", b"expire_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "display_name", b"display_name", "dwell_time", b"dwell_time", "entry_delay", b"entry_delay", "geofence_id", b"geofence_id", "geojson", b"geojson", "hysteresis_m", b"hysteresis_m", "labels", b"labels"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "display_name", b"display_name", "dwell_time", b"dwell_time", "entry_delay", b"entry_delay", "expire_time", b"expire_time", "geofence_id", b"geofence_id", "geojson", b"geojson", "hysteresis_m", b"hysteresis_m", "labels", b"labels"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -495,7 +503,7 @@ Global___CheckPointResponse: _TypeAlias = CheckPointResponse  # noqa: Y015
 
 @_typing.final
 class WatchGeofenceEventsRequest(_message.Message):
-    """Asks for zone events. With neither field set, events of every zone are sent."""
+    """Asks for zone events. With neither zone field set, events of every zone are sent."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -521,6 +529,13 @@ class WatchGeofenceEventsRequest(_message.Message):
 
     GEOFENCE_IDS_FIELD_NUMBER: _builtins.int
     LABELS_FIELD_NUMBER: _builtins.int
+    RESUME_TOKEN_FIELD_NUMBER: _builtins.int
+    resume_token: _builtins.str
+    """The `resume_token` of the last event a previous watch received: the events logged after it
+    that match come first, in order, each once, then live ones. Empty: from now on. A token
+    older than the event log's retention is refused with FAILED_PRECONDITION naming the oldest
+    event kept.
+    """
     @_builtins.property
     def geofence_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Events of these zones."""
@@ -534,10 +549,11 @@ class WatchGeofenceEventsRequest(_message.Message):
         *,
         geofence_ids: _abc.Iterable[_builtins.str] | None = ...,
         labels: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        resume_token: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["geofence_ids", b"geofence_ids", "labels", b"labels"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["geofence_ids", b"geofence_ids", "labels", b"labels", "resume_token", b"resume_token"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -555,6 +571,8 @@ class GeofenceEvent(_message.Message):
     GEOFENCE_DISPLAY_NAME_FIELD_NUMBER: _builtins.int
     EVENT_TIME_FIELD_NUMBER: _builtins.int
     POSITION_FIELD_NUMBER: _builtins.int
+    EVENT_ID_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
     transition: Global___GeofenceTransition.ValueType
     """ENTER, EXIT or DWELL."""
     driver_id: _builtins.str
@@ -563,6 +581,14 @@ class GeofenceEvent(_message.Message):
     """The zone."""
     geofence_display_name: _builtins.str
     """The zone's name."""
+    event_id: _builtins.str
+    """The event's id in the event log: the same on every delivery (resumed watches, webhooks), so
+    receivers can drop repeats.
+    """
+    reason: _builtins.str
+    """Why the event happened when it is not a driver's fix: "zone_deleted" or "zone_expired" for
+    the EXIT of every driver inside a zone that ended; empty otherwise.
+    """
     @_builtins.property
     def event_time(self) -> _timestamp_pb2.Timestamp:
         """The time of the fix that crossed the boundary."""
@@ -580,10 +606,12 @@ class GeofenceEvent(_message.Message):
         geofence_display_name: _builtins.str = ...,
         event_time: _timestamp_pb2.Timestamp | None = ...,
         position: _common_pb2.LatLng | None = ...,
+        event_id: _builtins.str = ...,
+        reason: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["event_time", b"event_time", "position", b"position"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["driver_id", b"driver_id", "event_time", b"event_time", "geofence_display_name", b"geofence_display_name", "geofence_id", b"geofence_id", "position", b"position", "transition", b"transition"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["driver_id", b"driver_id", "event_id", b"event_id", "event_time", b"event_time", "geofence_display_name", b"geofence_display_name", "geofence_id", b"geofence_id", "position", b"position", "reason", b"reason", "transition", b"transition"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -596,6 +624,9 @@ class WatchGeofenceEventsResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     EVENT_FIELD_NUMBER: _builtins.int
+    RESUME_TOKEN_FIELD_NUMBER: _builtins.int
+    resume_token: _builtins.str
+    """Pass as `resume_token` to continue after this event."""
     @_builtins.property
     def event(self) -> Global___GeofenceEvent:
         """The event."""
@@ -604,14 +635,424 @@ class WatchGeofenceEventsResponse(_message.Message):
         self,
         *,
         event: Global___GeofenceEvent | None = ...,
+        resume_token: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["event", b"event"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["event", b"event"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["event", b"event", "resume_token", b"resume_token"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___WatchGeofenceEventsResponse: _TypeAlias = WatchGeofenceEventsResponse  # noqa: Y015
+
+@_typing.final
+class Webhook(_message.Message):
+    """Where a webhook subscription sends events, and which."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class LabelsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    WEBHOOK_ID_FIELD_NUMBER: _builtins.int
+    URL_FIELD_NUMBER: _builtins.int
+    EVENT_KINDS_FIELD_NUMBER: _builtins.int
+    GEOFENCE_IDS_FIELD_NUMBER: _builtins.int
+    LABELS_FIELD_NUMBER: _builtins.int
+    MAX_RETRY_FIELD_NUMBER: _builtins.int
+    SECRET_FIELD_NUMBER: _builtins.int
+    CREATE_TIME_FIELD_NUMBER: _builtins.int
+    HEALTH_FIELD_NUMBER: _builtins.int
+    webhook_id: _builtins.str
+    """The subscription's id, assigned by the server."""
+    url: _builtins.str
+    """An http:// or https:// URL; each event is POSTed to it as JSON."""
+    secret: _builtins.str
+    """The HMAC-SHA256 key of the `Ridemesh-Signature` header; returned by CreateWebhook only."""
+    @_builtins.property
+    def event_kinds(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The kinds of events sent: "geofence.enter", "geofence.exit", "geofence.dwell",
+        "ride.approaching_pickup", "ride.at_pickup", "ride.left_pickup", "ride.approaching_dropoff".
+        Empty: every kind.
+        """
+
+    @_builtins.property
+    def geofence_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Zone events only of these zones (empty: of every zone)."""
+
+    @_builtins.property
+    def labels(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """Zone events only of zones carrying all of these labels."""
+
+    @_builtins.property
+    def max_retry(self) -> _duration_pb2.Duration:
+        """How long an event is retried before it goes to the dead-letter list (default 1 hour, at
+        least 1 second, at most 7 days).
+        """
+
+    @_builtins.property
+    def create_time(self) -> _timestamp_pb2.Timestamp:
+        """When the subscription was created."""
+
+    @_builtins.property
+    def health(self) -> Global___WebhookHealth:
+        """How its deliveries go; set by ListWebhooks."""
+
+    def __init__(
+        self,
+        *,
+        webhook_id: _builtins.str = ...,
+        url: _builtins.str = ...,
+        event_kinds: _abc.Iterable[_builtins.str] | None = ...,
+        geofence_ids: _abc.Iterable[_builtins.str] | None = ...,
+        labels: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        max_retry: _duration_pb2.Duration | None = ...,
+        secret: _builtins.str = ...,
+        create_time: _timestamp_pb2.Timestamp | None = ...,
+        health: Global___WebhookHealth | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "health", b"health", "max_retry", b"max_retry"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "event_kinds", b"event_kinds", "geofence_ids", b"geofence_ids", "health", b"health", "labels", b"labels", "max_retry", b"max_retry", "secret", b"secret", "url", b"url", "webhook_id", b"webhook_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Webhook: _TypeAlias = Webhook  # noqa: Y015
+
+@_typing.final
+class WebhookHealth(_message.Message):
+    """A subscription's delivery health."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DELIVERED_FIELD_NUMBER: _builtins.int
+    RETRIED_FIELD_NUMBER: _builtins.int
+    DEAD_LETTERED_FIELD_NUMBER: _builtins.int
+    BACKLOG_FIELD_NUMBER: _builtins.int
+    LAG_FIELD_NUMBER: _builtins.int
+    LAST_ERROR_FIELD_NUMBER: _builtins.int
+    LAST_DELIVERY_TIME_FIELD_NUMBER: _builtins.int
+    delivered: _builtins.int
+    """Events the receiver accepted (any 2xx answer)."""
+    retried: _builtins.int
+    """Attempts that failed and were tried again."""
+    dead_lettered: _builtins.int
+    """Events given up after the retry time, now on the dead-letter list."""
+    backlog: _builtins.int
+    """Events waiting to be delivered."""
+    last_error: _builtins.str
+    """The last failure, for a person to read; empty once a delivery succeeds."""
+    @_builtins.property
+    def lag(self) -> _duration_pb2.Duration:
+        """How long the oldest waiting event has waited (zero when none waits)."""
+
+    @_builtins.property
+    def last_delivery_time(self) -> _timestamp_pb2.Timestamp:
+        """When the receiver last accepted an event."""
+
+    def __init__(
+        self,
+        *,
+        delivered: _builtins.int = ...,
+        retried: _builtins.int = ...,
+        dead_lettered: _builtins.int = ...,
+        backlog: _builtins.int = ...,
+        lag: _duration_pb2.Duration | None = ...,
+        last_error: _builtins.str = ...,
+        last_delivery_time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["lag", b"lag", "last_delivery_time", b"last_delivery_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["backlog", b"backlog", "dead_lettered", b"dead_lettered", "delivered", b"delivered", "lag", b"lag", "last_delivery_time", b"last_delivery_time", "last_error", b"last_error", "retried", b"retried"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WebhookHealth: _TypeAlias = WebhookHealth  # noqa: Y015
+
+@_typing.final
+class CreateWebhookRequest(_message.Message):
+    """Creates a webhook subscription."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    WEBHOOK_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def webhook(self) -> Global___Webhook:
+        """The subscription; `webhook_id`, `secret`, `create_time` and `health` are ignored."""
+
+    def __init__(
+        self,
+        *,
+        webhook: Global___Webhook | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["webhook", b"webhook"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["webhook", b"webhook"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CreateWebhookRequest: _TypeAlias = CreateWebhookRequest  # noqa: Y015
+
+@_typing.final
+class CreateWebhookResponse(_message.Message):
+    """The created subscription, with its secret."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    WEBHOOK_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def webhook(self) -> Global___Webhook:
+        """The subscription."""
+
+    def __init__(
+        self,
+        *,
+        webhook: Global___Webhook | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["webhook", b"webhook"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["webhook", b"webhook"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CreateWebhookResponse: _TypeAlias = CreateWebhookResponse  # noqa: Y015
+
+@_typing.final
+class ListWebhooksRequest(_message.Message):
+    """Asks for every webhook subscription."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListWebhooksRequest: _TypeAlias = ListWebhooksRequest  # noqa: Y015
+
+@_typing.final
+class ListWebhooksResponse(_message.Message):
+    """The webhook subscriptions, oldest first, without their secrets."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    WEBHOOKS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def webhooks(self) -> _containers.RepeatedCompositeFieldContainer[Global___Webhook]:
+        """The subscriptions."""
+
+    def __init__(
+        self,
+        *,
+        webhooks: _abc.Iterable[Global___Webhook] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["webhooks", b"webhooks"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListWebhooksResponse: _TypeAlias = ListWebhooksResponse  # noqa: Y015
+
+@_typing.final
+class DeleteWebhookRequest(_message.Message):
+    """Deletes a webhook subscription."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    WEBHOOK_ID_FIELD_NUMBER: _builtins.int
+    webhook_id: _builtins.str
+    """The subscription."""
+    def __init__(
+        self,
+        *,
+        webhook_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["webhook_id", b"webhook_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeleteWebhookRequest: _TypeAlias = DeleteWebhookRequest  # noqa: Y015
+
+@_typing.final
+class DeleteWebhookResponse(_message.Message):
+    """The subscription is deleted."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeleteWebhookResponse: _TypeAlias = DeleteWebhookResponse  # noqa: Y015
+
+@_typing.final
+class WebhookDeadLetter(_message.Message):
+    """One event a subscription gave up on."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EVENT_ID_FIELD_NUMBER: _builtins.int
+    PAYLOAD_JSON_FIELD_NUMBER: _builtins.int
+    ATTEMPTS_FIELD_NUMBER: _builtins.int
+    LAST_ERROR_FIELD_NUMBER: _builtins.int
+    DEAD_TIME_FIELD_NUMBER: _builtins.int
+    event_id: _builtins.str
+    """The event's id (its idempotency key)."""
+    payload_json: _builtins.str
+    """The event as it was POSTed."""
+    attempts: _builtins.int
+    """How many times it was tried."""
+    last_error: _builtins.str
+    """The last failure."""
+    @_builtins.property
+    def dead_time(self) -> _timestamp_pb2.Timestamp:
+        """When it was given up."""
+
+    def __init__(
+        self,
+        *,
+        event_id: _builtins.str = ...,
+        payload_json: _builtins.str = ...,
+        attempts: _builtins.int = ...,
+        last_error: _builtins.str = ...,
+        dead_time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["dead_time", b"dead_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempts", b"attempts", "dead_time", b"dead_time", "event_id", b"event_id", "last_error", b"last_error", "payload_json", b"payload_json"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WebhookDeadLetter: _TypeAlias = WebhookDeadLetter  # noqa: Y015
+
+@_typing.final
+class ListWebhookDeadLettersRequest(_message.Message):
+    """Asks for a subscription's dead letters."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    WEBHOOK_ID_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    webhook_id: _builtins.str
+    """The subscription."""
+    page_size: _builtins.int
+    """At most this many (default 100, at most 1,000)."""
+    def __init__(
+        self,
+        *,
+        webhook_id: _builtins.str = ...,
+        page_size: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["page_size", b"page_size", "webhook_id", b"webhook_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListWebhookDeadLettersRequest: _TypeAlias = ListWebhookDeadLettersRequest  # noqa: Y015
+
+@_typing.final
+class ListWebhookDeadLettersResponse(_message.Message):
+    """A subscription's dead letters, oldest first."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DEAD_LETTERS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def dead_letters(self) -> _containers.RepeatedCompositeFieldContainer[Global___WebhookDeadLetter]:
+        """The dead letters."""
+
+    def __init__(
+        self,
+        *,
+        dead_letters: _abc.Iterable[Global___WebhookDeadLetter] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dead_letters", b"dead_letters"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListWebhookDeadLettersResponse: _TypeAlias = ListWebhookDeadLettersResponse  # noqa: Y015
+
+@_typing.final
+class ReplayWebhookDeadLettersRequest(_message.Message):
+    """Sends dead letters again."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    WEBHOOK_ID_FIELD_NUMBER: _builtins.int
+    EVENT_IDS_FIELD_NUMBER: _builtins.int
+    webhook_id: _builtins.str
+    """The subscription."""
+    @_builtins.property
+    def event_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """These events (empty: every dead letter of the subscription)."""
+
+    def __init__(
+        self,
+        *,
+        webhook_id: _builtins.str = ...,
+        event_ids: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["event_ids", b"event_ids", "webhook_id", b"webhook_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReplayWebhookDeadLettersRequest: _TypeAlias = ReplayWebhookDeadLettersRequest  # noqa: Y015
+
+@_typing.final
+class ReplayWebhookDeadLettersResponse(_message.Message):
+    """How many dead letters were put back in the delivery queue."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REPLAYED_FIELD_NUMBER: _builtins.int
+    replayed: _builtins.int
+    """The count; each is delivered (or dead-lettered again) like a new event."""
+    def __init__(
+        self,
+        *,
+        replayed: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["replayed", b"replayed"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReplayWebhookDeadLettersResponse: _TypeAlias = ReplayWebhookDeadLettersResponse  # noqa: Y015
 
 @_typing.final
 class GetDriverTrackRequest(_message.Message):

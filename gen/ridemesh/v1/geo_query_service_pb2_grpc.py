@@ -86,6 +86,31 @@ class GeoQueryServiceStub:
                 request_serializer=ridemesh_dot_v1_dot_geo__query__service__pb2.GetSupplyHeatmapRequest.SerializeToString,
                 response_deserializer=ridemesh_dot_v1_dot_geo__query__service__pb2.GetSupplyHeatmapResponse.FromString,
                 _registered_method=True)
+        self.CreateWebhook = channel.unary_unary(
+                '/ridemesh.v1.GeoQueryService/CreateWebhook',
+                request_serializer=ridemesh_dot_v1_dot_geo__query__service__pb2.CreateWebhookRequest.SerializeToString,
+                response_deserializer=ridemesh_dot_v1_dot_geo__query__service__pb2.CreateWebhookResponse.FromString,
+                _registered_method=True)
+        self.ListWebhooks = channel.unary_unary(
+                '/ridemesh.v1.GeoQueryService/ListWebhooks',
+                request_serializer=ridemesh_dot_v1_dot_geo__query__service__pb2.ListWebhooksRequest.SerializeToString,
+                response_deserializer=ridemesh_dot_v1_dot_geo__query__service__pb2.ListWebhooksResponse.FromString,
+                _registered_method=True)
+        self.DeleteWebhook = channel.unary_unary(
+                '/ridemesh.v1.GeoQueryService/DeleteWebhook',
+                request_serializer=ridemesh_dot_v1_dot_geo__query__service__pb2.DeleteWebhookRequest.SerializeToString,
+                response_deserializer=ridemesh_dot_v1_dot_geo__query__service__pb2.DeleteWebhookResponse.FromString,
+                _registered_method=True)
+        self.ListWebhookDeadLetters = channel.unary_unary(
+                '/ridemesh.v1.GeoQueryService/ListWebhookDeadLetters',
+                request_serializer=ridemesh_dot_v1_dot_geo__query__service__pb2.ListWebhookDeadLettersRequest.SerializeToString,
+                response_deserializer=ridemesh_dot_v1_dot_geo__query__service__pb2.ListWebhookDeadLettersResponse.FromString,
+                _registered_method=True)
+        self.ReplayWebhookDeadLetters = channel.unary_unary(
+                '/ridemesh.v1.GeoQueryService/ReplayWebhookDeadLetters',
+                request_serializer=ridemesh_dot_v1_dot_geo__query__service__pb2.ReplayWebhookDeadLettersRequest.SerializeToString,
+                response_deserializer=ridemesh_dot_v1_dot_geo__query__service__pb2.ReplayWebhookDeadLettersResponse.FromString,
+                _registered_method=True)
 
 
 class GeoQueryServiceServicer:
@@ -136,7 +161,8 @@ class GeoQueryServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def WatchGeofenceEvents(self, request, context):
-        """ENTER and EXIT events of drivers for the chosen zones, as they happen.
+        """ENTER, EXIT and DWELL events of drivers for the chosen zones, as they happen; with a resume
+        token, first every event after it that the event log still holds.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -158,6 +184,41 @@ class GeoQueryServiceServicer:
 
     def GetSupplyHeatmap(self, request, context):
         """Available drivers and open ride requests per H3 cell in a box.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CreateWebhook(self, request, context):
+        """Subscribes a URL to zone and ride events (ops and services only).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListWebhooks(self, request, context):
+        """The webhook subscriptions, with their delivery health.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteWebhook(self, request, context):
+        """Ends a subscription; its undelivered events and dead letters go with it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListWebhookDeadLetters(self, request, context):
+        """Events a subscription gave up on after its retry time, oldest first.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ReplayWebhookDeadLetters(self, request, context):
+        """Sends a subscription's dead letters again (all, or the chosen ones).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -215,6 +276,31 @@ def add_GeoQueryServiceServicer_to_server(servicer, server):
                     servicer.GetSupplyHeatmap,
                     request_deserializer=ridemesh_dot_v1_dot_geo__query__service__pb2.GetSupplyHeatmapRequest.FromString,
                     response_serializer=ridemesh_dot_v1_dot_geo__query__service__pb2.GetSupplyHeatmapResponse.SerializeToString,
+            ),
+            'CreateWebhook': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateWebhook,
+                    request_deserializer=ridemesh_dot_v1_dot_geo__query__service__pb2.CreateWebhookRequest.FromString,
+                    response_serializer=ridemesh_dot_v1_dot_geo__query__service__pb2.CreateWebhookResponse.SerializeToString,
+            ),
+            'ListWebhooks': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListWebhooks,
+                    request_deserializer=ridemesh_dot_v1_dot_geo__query__service__pb2.ListWebhooksRequest.FromString,
+                    response_serializer=ridemesh_dot_v1_dot_geo__query__service__pb2.ListWebhooksResponse.SerializeToString,
+            ),
+            'DeleteWebhook': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteWebhook,
+                    request_deserializer=ridemesh_dot_v1_dot_geo__query__service__pb2.DeleteWebhookRequest.FromString,
+                    response_serializer=ridemesh_dot_v1_dot_geo__query__service__pb2.DeleteWebhookResponse.SerializeToString,
+            ),
+            'ListWebhookDeadLetters': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListWebhookDeadLetters,
+                    request_deserializer=ridemesh_dot_v1_dot_geo__query__service__pb2.ListWebhookDeadLettersRequest.FromString,
+                    response_serializer=ridemesh_dot_v1_dot_geo__query__service__pb2.ListWebhookDeadLettersResponse.SerializeToString,
+            ),
+            'ReplayWebhookDeadLetters': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReplayWebhookDeadLetters,
+                    request_deserializer=ridemesh_dot_v1_dot_geo__query__service__pb2.ReplayWebhookDeadLettersRequest.FromString,
+                    response_serializer=ridemesh_dot_v1_dot_geo__query__service__pb2.ReplayWebhookDeadLettersResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -489,6 +575,141 @@ class GeoQueryService:
             '/ridemesh.v1.GeoQueryService/GetSupplyHeatmap',
             ridemesh_dot_v1_dot_geo__query__service__pb2.GetSupplyHeatmapRequest.SerializeToString,
             ridemesh_dot_v1_dot_geo__query__service__pb2.GetSupplyHeatmapResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateWebhook(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ridemesh.v1.GeoQueryService/CreateWebhook',
+            ridemesh_dot_v1_dot_geo__query__service__pb2.CreateWebhookRequest.SerializeToString,
+            ridemesh_dot_v1_dot_geo__query__service__pb2.CreateWebhookResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListWebhooks(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ridemesh.v1.GeoQueryService/ListWebhooks',
+            ridemesh_dot_v1_dot_geo__query__service__pb2.ListWebhooksRequest.SerializeToString,
+            ridemesh_dot_v1_dot_geo__query__service__pb2.ListWebhooksResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteWebhook(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ridemesh.v1.GeoQueryService/DeleteWebhook',
+            ridemesh_dot_v1_dot_geo__query__service__pb2.DeleteWebhookRequest.SerializeToString,
+            ridemesh_dot_v1_dot_geo__query__service__pb2.DeleteWebhookResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListWebhookDeadLetters(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ridemesh.v1.GeoQueryService/ListWebhookDeadLetters',
+            ridemesh_dot_v1_dot_geo__query__service__pb2.ListWebhookDeadLettersRequest.SerializeToString,
+            ridemesh_dot_v1_dot_geo__query__service__pb2.ListWebhookDeadLettersResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReplayWebhookDeadLetters(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ridemesh.v1.GeoQueryService/ReplayWebhookDeadLetters',
+            ridemesh_dot_v1_dot_geo__query__service__pb2.ReplayWebhookDeadLettersRequest.SerializeToString,
+            ridemesh_dot_v1_dot_geo__query__service__pb2.ReplayWebhookDeadLettersResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -48,13 +48,25 @@ class GeoQueryServiceStub:
     CheckPoint: _grpc.UnaryUnaryMultiCallable[_geo_query_service_pb2.CheckPointRequest, _geo_query_service_pb2.CheckPointResponse]
     """The zones that contain a point."""
     WatchGeofenceEvents: _grpc.UnaryStreamMultiCallable[_geo_query_service_pb2.WatchGeofenceEventsRequest, _geo_query_service_pb2.WatchGeofenceEventsResponse]
-    """ENTER and EXIT events of drivers for the chosen zones, as they happen."""
+    """ENTER, EXIT and DWELL events of drivers for the chosen zones, as they happen; with a resume
+    token, first every event after it that the event log still holds.
+    """
     GetDriverTrack: _grpc.UnaryUnaryMultiCallable[_geo_query_service_pb2.GetDriverTrackRequest, _geo_query_service_pb2.GetDriverTrackResponse]
     """A driver's stored fixes between two times, with the distance driven and the path."""
     EstimateEta: _grpc.UnaryUnaryMultiCallable[_geo_query_service_pb2.EstimateEtaRequest, _geo_query_service_pb2.EstimateEtaResponse]
     """An estimate of the travel time between two points."""
     GetSupplyHeatmap: _grpc.UnaryUnaryMultiCallable[_geo_query_service_pb2.GetSupplyHeatmapRequest, _geo_query_service_pb2.GetSupplyHeatmapResponse]
     """Available drivers and open ride requests per H3 cell in a box."""
+    CreateWebhook: _grpc.UnaryUnaryMultiCallable[_geo_query_service_pb2.CreateWebhookRequest, _geo_query_service_pb2.CreateWebhookResponse]
+    """Subscribes a URL to zone and ride events (ops and services only)."""
+    ListWebhooks: _grpc.UnaryUnaryMultiCallable[_geo_query_service_pb2.ListWebhooksRequest, _geo_query_service_pb2.ListWebhooksResponse]
+    """The webhook subscriptions, with their delivery health."""
+    DeleteWebhook: _grpc.UnaryUnaryMultiCallable[_geo_query_service_pb2.DeleteWebhookRequest, _geo_query_service_pb2.DeleteWebhookResponse]
+    """Ends a subscription; its undelivered events and dead letters go with it."""
+    ListWebhookDeadLetters: _grpc.UnaryUnaryMultiCallable[_geo_query_service_pb2.ListWebhookDeadLettersRequest, _geo_query_service_pb2.ListWebhookDeadLettersResponse]
+    """Events a subscription gave up on after its retry time, oldest first."""
+    ReplayWebhookDeadLetters: _grpc.UnaryUnaryMultiCallable[_geo_query_service_pb2.ReplayWebhookDeadLettersRequest, _geo_query_service_pb2.ReplayWebhookDeadLettersResponse]
+    """Sends a subscription's dead letters again (all, or the chosen ones)."""
 
 @_typing.type_check_only
 class GeoQueryServiceAsyncStub(GeoQueryServiceStub):
@@ -76,13 +88,25 @@ class GeoQueryServiceAsyncStub(GeoQueryServiceStub):
     CheckPoint: _aio.UnaryUnaryMultiCallable[_geo_query_service_pb2.CheckPointRequest, _geo_query_service_pb2.CheckPointResponse]  # type: ignore[assignment]
     """The zones that contain a point."""
     WatchGeofenceEvents: _aio.UnaryStreamMultiCallable[_geo_query_service_pb2.WatchGeofenceEventsRequest, _geo_query_service_pb2.WatchGeofenceEventsResponse]  # type: ignore[assignment]
-    """ENTER and EXIT events of drivers for the chosen zones, as they happen."""
+    """ENTER, EXIT and DWELL events of drivers for the chosen zones, as they happen; with a resume
+    token, first every event after it that the event log still holds.
+    """
     GetDriverTrack: _aio.UnaryUnaryMultiCallable[_geo_query_service_pb2.GetDriverTrackRequest, _geo_query_service_pb2.GetDriverTrackResponse]  # type: ignore[assignment]
     """A driver's stored fixes between two times, with the distance driven and the path."""
     EstimateEta: _aio.UnaryUnaryMultiCallable[_geo_query_service_pb2.EstimateEtaRequest, _geo_query_service_pb2.EstimateEtaResponse]  # type: ignore[assignment]
     """An estimate of the travel time between two points."""
     GetSupplyHeatmap: _aio.UnaryUnaryMultiCallable[_geo_query_service_pb2.GetSupplyHeatmapRequest, _geo_query_service_pb2.GetSupplyHeatmapResponse]  # type: ignore[assignment]
     """Available drivers and open ride requests per H3 cell in a box."""
+    CreateWebhook: _aio.UnaryUnaryMultiCallable[_geo_query_service_pb2.CreateWebhookRequest, _geo_query_service_pb2.CreateWebhookResponse]  # type: ignore[assignment]
+    """Subscribes a URL to zone and ride events (ops and services only)."""
+    ListWebhooks: _aio.UnaryUnaryMultiCallable[_geo_query_service_pb2.ListWebhooksRequest, _geo_query_service_pb2.ListWebhooksResponse]  # type: ignore[assignment]
+    """The webhook subscriptions, with their delivery health."""
+    DeleteWebhook: _aio.UnaryUnaryMultiCallable[_geo_query_service_pb2.DeleteWebhookRequest, _geo_query_service_pb2.DeleteWebhookResponse]  # type: ignore[assignment]
+    """Ends a subscription; its undelivered events and dead letters go with it."""
+    ListWebhookDeadLetters: _aio.UnaryUnaryMultiCallable[_geo_query_service_pb2.ListWebhookDeadLettersRequest, _geo_query_service_pb2.ListWebhookDeadLettersResponse]  # type: ignore[assignment]
+    """Events a subscription gave up on after its retry time, oldest first."""
+    ReplayWebhookDeadLetters: _aio.UnaryUnaryMultiCallable[_geo_query_service_pb2.ReplayWebhookDeadLettersRequest, _geo_query_service_pb2.ReplayWebhookDeadLettersResponse]  # type: ignore[assignment]
+    """Sends a subscription's dead letters again (all, or the chosen ones)."""
 
 class GeoQueryServiceServicer(metaclass=_abc_1.ABCMeta):
     """Spatial answers over the live location flow and its history: who is near, zones and their events,
@@ -143,7 +167,9 @@ class GeoQueryServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _geo_query_service_pb2.WatchGeofenceEventsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_geo_query_service_pb2.WatchGeofenceEventsResponse], _abc.AsyncIterator[_geo_query_service_pb2.WatchGeofenceEventsResponse]]:
-        """ENTER and EXIT events of drivers for the chosen zones, as they happen."""
+        """ENTER, EXIT and DWELL events of drivers for the chosen zones, as they happen; with a resume
+        token, first every event after it that the event log still holds.
+        """
 
     @_abc_1.abstractmethod
     def GetDriverTrack(
@@ -168,5 +194,45 @@ class GeoQueryServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_geo_query_service_pb2.GetSupplyHeatmapResponse, _abc.Awaitable[_geo_query_service_pb2.GetSupplyHeatmapResponse]]:
         """Available drivers and open ride requests per H3 cell in a box."""
+
+    @_abc_1.abstractmethod
+    def CreateWebhook(
+        self,
+        request: _geo_query_service_pb2.CreateWebhookRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_geo_query_service_pb2.CreateWebhookResponse, _abc.Awaitable[_geo_query_service_pb2.CreateWebhookResponse]]:
+        """Subscribes a URL to zone and ride events (ops and services only)."""
+
+    @_abc_1.abstractmethod
+    def ListWebhooks(
+        self,
+        request: _geo_query_service_pb2.ListWebhooksRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_geo_query_service_pb2.ListWebhooksResponse, _abc.Awaitable[_geo_query_service_pb2.ListWebhooksResponse]]:
+        """The webhook subscriptions, with their delivery health."""
+
+    @_abc_1.abstractmethod
+    def DeleteWebhook(
+        self,
+        request: _geo_query_service_pb2.DeleteWebhookRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_geo_query_service_pb2.DeleteWebhookResponse, _abc.Awaitable[_geo_query_service_pb2.DeleteWebhookResponse]]:
+        """Ends a subscription; its undelivered events and dead letters go with it."""
+
+    @_abc_1.abstractmethod
+    def ListWebhookDeadLetters(
+        self,
+        request: _geo_query_service_pb2.ListWebhookDeadLettersRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_geo_query_service_pb2.ListWebhookDeadLettersResponse, _abc.Awaitable[_geo_query_service_pb2.ListWebhookDeadLettersResponse]]:
+        """Events a subscription gave up on after its retry time, oldest first."""
+
+    @_abc_1.abstractmethod
+    def ReplayWebhookDeadLetters(
+        self,
+        request: _geo_query_service_pb2.ReplayWebhookDeadLettersRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_geo_query_service_pb2.ReplayWebhookDeadLettersResponse, _abc.Awaitable[_geo_query_service_pb2.ReplayWebhookDeadLettersResponse]]:
+        """Sends a subscription's dead letters again (all, or the chosen ones)."""
 
 def add_GeoQueryServiceServicer_to_server(servicer: GeoQueryServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -94,6 +94,38 @@ PARTY_SYSTEM: Party.ValueType  # 3
 """The platform itself (dispatch, timeouts, operations)."""
 Global___Party: _TypeAlias = Party  # noqa: Y015
 
+class _RideEventKind:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _RideEventKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_RideEventKind.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    RIDE_EVENT_KIND_UNSPECIFIED: _RideEventKind.ValueType  # 0
+    """Not set."""
+    RIDE_EVENT_KIND_APPROACHING_PICKUP: _RideEventKind.ValueType  # 1
+    """The driver is close to the pickup (within about 500 m or 2 minutes), before arriving."""
+    RIDE_EVENT_KIND_AT_PICKUP: _RideEventKind.ValueType  # 2
+    """The driver is at the pickup (within about 50 m and nearly stopped)."""
+    RIDE_EVENT_KIND_LEFT_PICKUP: _RideEventKind.ValueType  # 3
+    """The driver was at the pickup and drove away (beyond about 150 m) without starting the ride."""
+    RIDE_EVENT_KIND_APPROACHING_DROPOFF: _RideEventKind.ValueType  # 4
+    """The ride is in progress and the driver is close to the drop-off (within about 500 m)."""
+
+class RideEventKind(_RideEventKind, metaclass=_RideEventKindEnumTypeWrapper):
+    """A ride's proximity events, computed from its driver's fixes."""
+
+RIDE_EVENT_KIND_UNSPECIFIED: RideEventKind.ValueType  # 0
+"""Not set."""
+RIDE_EVENT_KIND_APPROACHING_PICKUP: RideEventKind.ValueType  # 1
+"""The driver is close to the pickup (within about 500 m or 2 minutes), before arriving."""
+RIDE_EVENT_KIND_AT_PICKUP: RideEventKind.ValueType  # 2
+"""The driver is at the pickup (within about 50 m and nearly stopped)."""
+RIDE_EVENT_KIND_LEFT_PICKUP: RideEventKind.ValueType  # 3
+"""The driver was at the pickup and drove away (beyond about 150 m) without starting the ride."""
+RIDE_EVENT_KIND_APPROACHING_DROPOFF: RideEventKind.ValueType  # 4
+"""The ride is in progress and the driver is close to the drop-off (within about 500 m)."""
+Global___RideEventKind: _TypeAlias = RideEventKind  # noqa: Y015
+
 @_typing.final
 class Ride(_message.Message):
     """A ride."""
@@ -111,6 +143,7 @@ class Ride(_message.Message):
     CANCELLED_BY_FIELD_NUMBER: _builtins.int
     END_REASON_FIELD_NUMBER: _builtins.int
     OFFERED_DRIVER_ID_FIELD_NUMBER: _builtins.int
+    AUTO_ARRIVE_FIELD_NUMBER: _builtins.int
     ride_id: _builtins.str
     """The ride's id, assigned by the server."""
     rider_id: _builtins.str
@@ -125,6 +158,8 @@ class Ride(_message.Message):
     """Why it was cancelled or expired, for a person to read."""
     offered_driver_id: _builtins.str
     """The driver the ride is currently offered to, while REQUESTED."""
+    auto_arrive: _builtins.bool
+    """Whether the ride moves to DRIVER_ARRIVED by itself when its driver is at the pickup."""
     @_builtins.property
     def pickup(self) -> _common_pb2.LatLng:
         """Where the rider is picked up."""
@@ -155,10 +190,11 @@ class Ride(_message.Message):
         cancelled_by: Global___Party.ValueType = ...,
         end_reason: _builtins.str = ...,
         offered_driver_id: _builtins.str = ...,
+        auto_arrive: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "dropoff", b"dropoff", "pickup", b"pickup", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cancelled_by", b"cancelled_by", "create_time", b"create_time", "driver_id", b"driver_id", "dropoff", b"dropoff", "end_reason", b"end_reason", "offered_driver_id", b"offered_driver_id", "pickup", b"pickup", "ride_id", b"ride_id", "rider_id", b"rider_id", "state", b"state", "update_time", b"update_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["auto_arrive", b"auto_arrive", "cancelled_by", b"cancelled_by", "create_time", b"create_time", "driver_id", b"driver_id", "dropoff", b"dropoff", "end_reason", b"end_reason", "offered_driver_id", b"offered_driver_id", "pickup", b"pickup", "ride_id", b"ride_id", "rider_id", b"rider_id", "state", b"state", "update_time", b"update_time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -174,11 +210,16 @@ class RequestRideRequest(_message.Message):
     PICKUP_FIELD_NUMBER: _builtins.int
     DROPOFF_FIELD_NUMBER: _builtins.int
     REQUEST_ID_FIELD_NUMBER: _builtins.int
+    AUTO_ARRIVE_FIELD_NUMBER: _builtins.int
     rider_id: _builtins.str
     """The rider asking."""
     request_id: _builtins.str
     """An idempotency key chosen by the client (for example a UUID): a retry with the same key
     returns the ride the first call created instead of a new one.
+    """
+    auto_arrive: _builtins.bool
+    """Move the ride to DRIVER_ARRIVED by itself when its driver is at the pickup (a RIDE_AT_PICKUP
+    event), instead of waiting for MarkDriverArrived.
     """
     @_builtins.property
     def pickup(self) -> _common_pb2.LatLng:
@@ -195,10 +236,11 @@ class RequestRideRequest(_message.Message):
         pickup: _common_pb2.LatLng | None = ...,
         dropoff: _common_pb2.LatLng | None = ...,
         request_id: _builtins.str = ...,
+        auto_arrive: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["dropoff", b"dropoff", "pickup", b"pickup"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["dropoff", b"dropoff", "pickup", b"pickup", "request_id", b"request_id", "rider_id", b"rider_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["auto_arrive", b"auto_arrive", "dropoff", b"dropoff", "pickup", b"pickup", "request_id", b"request_id", "rider_id", b"rider_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -690,6 +732,7 @@ class WatchRideResponse(_message.Message):
     DRIVER_LOCATION_FIELD_NUMBER: _builtins.int
     ETA_FIELD_NUMBER: _builtins.int
     ETA_DISTANCE_M_FIELD_NUMBER: _builtins.int
+    EVENT_FIELD_NUMBER: _builtins.int
     eta_distance_m: _builtins.float
     """Estimated remaining travel distance in metres matching `eta`."""
     @_builtins.property
@@ -706,6 +749,12 @@ class WatchRideResponse(_message.Message):
         otherwise.
         """
 
+    @_builtins.property
+    def event(self) -> Global___RideEvent:
+        """Set when this response announces a proximity event of the ride (its driver approaching or
+        at the pickup, leaving it, or approaching the drop-off).
+        """
+
     def __init__(
         self,
         *,
@@ -713,14 +762,125 @@ class WatchRideResponse(_message.Message):
         driver_location: _common_pb2.DriverLocation | None = ...,
         eta: _duration_pb2.Duration | None = ...,
         eta_distance_m: _builtins.float = ...,
+        event: Global___RideEvent | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["driver_location", b"driver_location", "eta", b"eta", "ride", b"ride"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["driver_location", b"driver_location", "eta", b"eta", "event", b"event", "ride", b"ride"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["driver_location", b"driver_location", "eta", b"eta", "eta_distance_m", b"eta_distance_m", "ride", b"ride"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["driver_location", b"driver_location", "eta", b"eta", "eta_distance_m", b"eta_distance_m", "event", b"event", "ride", b"ride"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___WatchRideResponse: _TypeAlias = WatchRideResponse  # noqa: Y015
+
+@_typing.final
+class RideEvent(_message.Message):
+    """One proximity event of a ride."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EVENT_ID_FIELD_NUMBER: _builtins.int
+    KIND_FIELD_NUMBER: _builtins.int
+    RIDE_ID_FIELD_NUMBER: _builtins.int
+    DRIVER_ID_FIELD_NUMBER: _builtins.int
+    EVENT_TIME_FIELD_NUMBER: _builtins.int
+    POSITION_FIELD_NUMBER: _builtins.int
+    DISTANCE_M_FIELD_NUMBER: _builtins.int
+    event_id: _builtins.str
+    """The event's id in the event log: the same on every delivery."""
+    kind: Global___RideEventKind.ValueType
+    """What happened."""
+    ride_id: _builtins.str
+    """The ride."""
+    driver_id: _builtins.str
+    """Its driver."""
+    distance_m: _builtins.float
+    """The great-circle distance in metres from there to the pickup (or to the drop-off, for
+    APPROACHING_DROPOFF).
+    """
+    @_builtins.property
+    def event_time(self) -> _timestamp_pb2.Timestamp:
+        """The time of the fix that caused it."""
+
+    @_builtins.property
+    def position(self) -> _common_pb2.LatLng:
+        """Where the driver was at that fix."""
+
+    def __init__(
+        self,
+        *,
+        event_id: _builtins.str = ...,
+        kind: Global___RideEventKind.ValueType = ...,
+        ride_id: _builtins.str = ...,
+        driver_id: _builtins.str = ...,
+        event_time: _timestamp_pb2.Timestamp | None = ...,
+        position: _common_pb2.LatLng | None = ...,
+        distance_m: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["event_time", b"event_time", "position", b"position"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["distance_m", b"distance_m", "driver_id", b"driver_id", "event_id", b"event_id", "event_time", b"event_time", "kind", b"kind", "position", b"position", "ride_id", b"ride_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RideEvent: _TypeAlias = RideEvent  # noqa: Y015
+
+@_typing.final
+class WatchRideEventsRequest(_message.Message):
+    """Asks for ride events."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RIDE_IDS_FIELD_NUMBER: _builtins.int
+    RESUME_TOKEN_FIELD_NUMBER: _builtins.int
+    resume_token: _builtins.str
+    """The `resume_token` of the last event a previous watch received (see
+    WatchGeofenceEventsRequest.resume_token).
+    """
+    @_builtins.property
+    def ride_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Events of these rides (empty: of every ride)."""
+
+    def __init__(
+        self,
+        *,
+        ride_ids: _abc.Iterable[_builtins.str] | None = ...,
+        resume_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["resume_token", b"resume_token", "ride_ids", b"ride_ids"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WatchRideEventsRequest: _TypeAlias = WatchRideEventsRequest  # noqa: Y015
+
+@_typing.final
+class WatchRideEventsResponse(_message.Message):
+    """One ride event."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EVENT_FIELD_NUMBER: _builtins.int
+    RESUME_TOKEN_FIELD_NUMBER: _builtins.int
+    resume_token: _builtins.str
+    """Pass as `resume_token` to continue after this event."""
+    @_builtins.property
+    def event(self) -> Global___RideEvent:
+        """The event."""
+
+    def __init__(
+        self,
+        *,
+        event: Global___RideEvent | None = ...,
+        resume_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["event", b"event"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["event", b"event", "resume_token", b"resume_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WatchRideEventsResponse: _TypeAlias = WatchRideEventsResponse  # noqa: Y015
 
 @_typing.final
 class ChatJoin(_message.Message):

@@ -85,6 +85,11 @@ class RideServiceStub:
                 request_serializer=ridemesh_dot_v1_dot_ride__service__pb2.WatchRideRequest.SerializeToString,
                 response_deserializer=ridemesh_dot_v1_dot_ride__service__pb2.WatchRideResponse.FromString,
                 _registered_method=True)
+        self.WatchRideEvents = channel.unary_stream(
+                '/ridemesh.v1.RideService/WatchRideEvents',
+                request_serializer=ridemesh_dot_v1_dot_ride__service__pb2.WatchRideEventsRequest.SerializeToString,
+                response_deserializer=ridemesh_dot_v1_dot_ride__service__pb2.WatchRideEventsResponse.FromString,
+                _registered_method=True)
         self.Chat = channel.stream_stream(
                 '/ridemesh.v1.RideService/Chat',
                 request_serializer=ridemesh_dot_v1_dot_ride__service__pb2.ChatRequest.SerializeToString,
@@ -166,6 +171,14 @@ class RideServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def WatchRideEvents(self, request, context):
+        """Proximity events of every ride (or the chosen ones), as they happen; with a resume token,
+        first every event after it that the event log still holds (ops and services only).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def Chat(self, request_iterator, context):
         """Messages between the ride's rider and driver; the first message must be `join`.
         """
@@ -225,6 +238,11 @@ def add_RideServiceServicer_to_server(servicer, server):
                     servicer.WatchRide,
                     request_deserializer=ridemesh_dot_v1_dot_ride__service__pb2.WatchRideRequest.FromString,
                     response_serializer=ridemesh_dot_v1_dot_ride__service__pb2.WatchRideResponse.SerializeToString,
+            ),
+            'WatchRideEvents': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchRideEvents,
+                    request_deserializer=ridemesh_dot_v1_dot_ride__service__pb2.WatchRideEventsRequest.FromString,
+                    response_serializer=ridemesh_dot_v1_dot_ride__service__pb2.WatchRideEventsResponse.SerializeToString,
             ),
             'Chat': grpc.stream_stream_rpc_method_handler(
                     servicer.Chat,
@@ -503,6 +521,33 @@ class RideService:
             '/ridemesh.v1.RideService/WatchRide',
             ridemesh_dot_v1_dot_ride__service__pb2.WatchRideRequest.SerializeToString,
             ridemesh_dot_v1_dot_ride__service__pb2.WatchRideResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchRideEvents(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/ridemesh.v1.RideService/WatchRideEvents',
+            ridemesh_dot_v1_dot_ride__service__pb2.WatchRideEventsRequest.SerializeToString,
+            ridemesh_dot_v1_dot_ride__service__pb2.WatchRideEventsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -53,6 +53,10 @@ class RideServiceStub:
     """Cancels a ride that is not yet completed."""
     WatchRide: _grpc.UnaryStreamMultiCallable[_ride_service_pb2.WatchRideRequest, _ride_service_pb2.WatchRideResponse]
     """The ride's current state at once, then every transition, the driver's position and a fresh ETA."""
+    WatchRideEvents: _grpc.UnaryStreamMultiCallable[_ride_service_pb2.WatchRideEventsRequest, _ride_service_pb2.WatchRideEventsResponse]
+    """Proximity events of every ride (or the chosen ones), as they happen; with a resume token,
+    first every event after it that the event log still holds (ops and services only).
+    """
     Chat: _grpc.StreamStreamMultiCallable[_ride_service_pb2.ChatRequest, _ride_service_pb2.ChatResponse]
     """Messages between the ride's rider and driver; the first message must be `join`."""
 
@@ -81,6 +85,10 @@ class RideServiceAsyncStub(RideServiceStub):
     """Cancels a ride that is not yet completed."""
     WatchRide: _aio.UnaryStreamMultiCallable[_ride_service_pb2.WatchRideRequest, _ride_service_pb2.WatchRideResponse]  # type: ignore[assignment]
     """The ride's current state at once, then every transition, the driver's position and a fresh ETA."""
+    WatchRideEvents: _aio.UnaryStreamMultiCallable[_ride_service_pb2.WatchRideEventsRequest, _ride_service_pb2.WatchRideEventsResponse]  # type: ignore[assignment]
+    """Proximity events of every ride (or the chosen ones), as they happen; with a resume token,
+    first every event after it that the event log still holds (ops and services only).
+    """
     Chat: _aio.StreamStreamMultiCallable[_ride_service_pb2.ChatRequest, _ride_service_pb2.ChatResponse]  # type: ignore[assignment]
     """Messages between the ride's rider and driver; the first message must be `join`."""
 
@@ -166,6 +174,16 @@ class RideServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_ride_service_pb2.WatchRideResponse], _abc.AsyncIterator[_ride_service_pb2.WatchRideResponse]]:
         """The ride's current state at once, then every transition, the driver's position and a fresh ETA."""
+
+    @_abc_1.abstractmethod
+    def WatchRideEvents(
+        self,
+        request: _ride_service_pb2.WatchRideEventsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_ride_service_pb2.WatchRideEventsResponse], _abc.AsyncIterator[_ride_service_pb2.WatchRideEventsResponse]]:
+        """Proximity events of every ride (or the chosen ones), as they happen; with a resume token,
+        first every event after it that the event log still holds (ops and services only).
+        """
 
     @_abc_1.abstractmethod
     def Chat(

@@ -14,7 +14,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file ridemesh/v1/geo_query_service.proto.
  */
 export const file_ridemesh_v1_geo_query_service: GenFile = /*@__PURE__*/
-  fileDesc("CiNyaWRlbWVzaC92MS9nZW9fcXVlcnlfc2VydmljZS5wcm90bxILcmlkZW1lc2gudjEigAEKGlNlYXJjaE5lYXJieURyaXZlcnNSZXF1ZXN0EiMKBmNlbnRlchgBIAEoCzITLnJpZGVtZXNoLnYxLkxhdExuZxIQCghyYWRpdXNfbRgCIAEoARITCgttYXhfcmVzdWx0cxgDIAEoBRIWCg5hdmFpbGFibGVfb25seRgEIAEoCCJ5CgxOZWFyYnlEcml2ZXISLQoIbG9jYXRpb24YASABKAsyGy5yaWRlbWVzaC52MS5Ecml2ZXJMb2NhdGlvbhISCgpkaXN0YW5jZV9tGAIgASgBEiYKA2FnZRgDIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbiJJChtTZWFyY2hOZWFyYnlEcml2ZXJzUmVzcG9uc2USKgoHZHJpdmVycxgBIAMoCzIZLnJpZGVtZXNoLnYxLk5lYXJieURyaXZlciLOAgoIR2VvZmVuY2USEwoLZ2VvZmVuY2VfaWQYASABKAkSFAoMZGlzcGxheV9uYW1lGAIgASgJEg8KB2dlb2pzb24YAyABKAkSMQoGbGFiZWxzGAQgAygLMiEucmlkZW1lc2gudjEuR2VvZmVuY2UuTGFiZWxzRW50cnkSLwoLY3JlYXRlX3RpbWUYBSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi4KC2VudHJ5X2RlbGF5GAYgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEi0KCmR3ZWxsX3RpbWUYByABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SFAoMaHlzdGVyZXNpc19tGAggASgBGi0KC0xhYmVsc0VudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAEiQAoVQ3JlYXRlR2VvZmVuY2VSZXF1ZXN0EicKCGdlb2ZlbmNlGAEgASgLMhUucmlkZW1lc2gudjEuR2VvZmVuY2UiQQoWQ3JlYXRlR2VvZmVuY2VSZXNwb25zZRInCghnZW9mZW5jZRgBIAEoCzIVLnJpZGVtZXNoLnYxLkdlb2ZlbmNlIikKEkdldEdlb2ZlbmNlUmVxdWVzdBITCgtnZW9mZW5jZV9pZBgBIAEoCSI+ChNHZXRHZW9mZW5jZVJlc3BvbnNlEicKCGdlb2ZlbmNlGAEgASgLMhUucmlkZW1lc2gudjEuR2VvZmVuY2UiTQoUTGlzdEdlb2ZlbmNlc1JlcXVlc3QSEQoJcGFnZV9zaXplGAEgASgFEhIKCnBhZ2VfdG9rZW4YAiABKAkSDgoGZmlsdGVyGAMgASgJIloKFUxpc3RHZW9mZW5jZXNSZXNwb25zZRIoCglnZW9mZW5jZXMYASADKAsyFS5yaWRlbWVzaC52MS5HZW9mZW5jZRIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkiLAoVRGVsZXRlR2VvZmVuY2VSZXF1ZXN0EhMKC2dlb2ZlbmNlX2lkGAEgASgJIhgKFkRlbGV0ZUdlb2ZlbmNlUmVzcG9uc2UiNwoRQ2hlY2tQb2ludFJlcXVlc3QSIgoFcG9pbnQYASABKAsyEy5yaWRlbWVzaC52MS5MYXRMbmciPgoSQ2hlY2tQb2ludFJlc3BvbnNlEigKCWdlb2ZlbmNlcxgBIAMoCzIVLnJpZGVtZXNoLnYxLkdlb2ZlbmNlIqYBChpXYXRjaEdlb2ZlbmNlRXZlbnRzUmVxdWVzdBIUCgxnZW9mZW5jZV9pZHMYASADKAkSQwoGbGFiZWxzGAIgAygLMjMucmlkZW1lc2gudjEuV2F0Y2hHZW9mZW5jZUV2ZW50c1JlcXVlc3QuTGFiZWxzRW50cnkaLQoLTGFiZWxzRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ASLiAQoNR2VvZmVuY2VFdmVudBIzCgp0cmFuc2l0aW9uGAEgASgOMh8ucmlkZW1lc2gudjEuR2VvZmVuY2VUcmFuc2l0aW9uEhEKCWRyaXZlcl9pZBgCIAEoCRITCgtnZW9mZW5jZV9pZBgDIAEoCRIdChVnZW9mZW5jZV9kaXNwbGF5X25hbWUYBCABKAkSLgoKZXZlbnRfdGltZRgFIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASJQoIcG9zaXRpb24YBiABKAsyEy5yaWRlbWVzaC52MS5MYXRMbmciSAobV2F0Y2hHZW9mZW5jZUV2ZW50c1Jlc3BvbnNlEikKBWV2ZW50GAEgASgLMhoucmlkZW1lc2gudjEuR2VvZmVuY2VFdmVudCKvAQoVR2V0RHJpdmVyVHJhY2tSZXF1ZXN0EhEKCWRyaXZlcl9pZBgBIAEoCRIuCgpzdGFydF90aW1lGAIgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIsCghlbmRfdGltZRgDIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASEQoJcGFnZV9zaXplGAQgASgFEhIKCnBhZ2VfdG9rZW4YBSABKAkigwEKFkdldERyaXZlclRyYWNrUmVzcG9uc2USKwoGcG9pbnRzGAEgAygLMhsucmlkZW1lc2gudjEuRHJpdmVyTG9jYXRpb24SEgoKZGlzdGFuY2VfbRgCIAEoARIPCgdnZW9qc29uGAMgASgJEhcKD25leHRfcGFnZV90b2tlbhgEIAEoCSKNAQoSRXN0aW1hdGVFdGFSZXF1ZXN0Ei4KD29yaWdpbl9wb3NpdGlvbhgBIAEoCzITLnJpZGVtZXNoLnYxLkxhdExuZ0gAEhMKCWRyaXZlcl9pZBgCIAEoCUgAEigKC2Rlc3RpbmF0aW9uGAMgASgLMhMucmlkZW1lc2gudjEuTGF0TG5nQggKBm9yaWdpbiLFAQoTRXN0aW1hdGVFdGFSZXNwb25zZRImCgNldGEYASABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SEgoKZGlzdGFuY2VfbRgCIAEoARIgChhzdHJhaWdodF9saW5lX2Rpc3RhbmNlX20YAyABKAESFQoNZGV0b3VyX2ZhY3RvchgEIAEoARIRCglzcGVlZF9tcHMYBSABKAESJgoGbWV0aG9kGAYgASgOMhYucmlkZW1lc2gudjEuRXRhTWV0aG9kIlcKF0dldFN1cHBseUhlYXRtYXBSZXF1ZXN0EigKBmJvdW5kcxgBIAEoCzIYLnJpZGVtZXNoLnYxLkJvdW5kaW5nQm94EhIKCnJlc29sdXRpb24YAiABKAUidQoLSGVhdG1hcENlbGwSDwoHaDNfY2VsbBgBIAEoCRIjCgZjZW50ZXIYAiABKAsyEy5yaWRlbWVzaC52MS5MYXRMbmcSGQoRYXZhaWxhYmxlX2RyaXZlcnMYAyABKAUSFQoNb3Blbl9yZXF1ZXN0cxgEIAEoBSJXChhHZXRTdXBwbHlIZWF0bWFwUmVzcG9uc2USJwoFY2VsbHMYASADKAsyGC5yaWRlbWVzaC52MS5IZWF0bWFwQ2VsbBISCgpyZXNvbHV0aW9uGAIgASgFKpUBChJHZW9mZW5jZVRyYW5zaXRpb24SIwofR0VPRkVOQ0VfVFJBTlNJVElPTl9VTlNQRUNJRklFRBAAEh0KGUdFT0ZFTkNFX1RSQU5TSVRJT05fRU5URVIQARIcChhHRU9GRU5DRV9UUkFOU0lUSU9OX0VYSVQQAhIdChlHRU9GRU5DRV9UUkFOU0lUSU9OX0RXRUxMEAMqYwoJRXRhTWV0aG9kEhoKFkVUQV9NRVRIT0RfVU5TUEVDSUZJRUQQABIbChdFVEFfTUVUSE9EX0dSRUFUX0NJUkNMRRABEh0KGUVUQV9NRVRIT0RfUk9VVElOR19FTkdJTkUQAjKkBwoPR2VvUXVlcnlTZXJ2aWNlEmgKE1NlYXJjaE5lYXJieURyaXZlcnMSJy5yaWRlbWVzaC52MS5TZWFyY2hOZWFyYnlEcml2ZXJzUmVxdWVzdBooLnJpZGVtZXNoLnYxLlNlYXJjaE5lYXJieURyaXZlcnNSZXNwb25zZRJZCg5DcmVhdGVHZW9mZW5jZRIiLnJpZGVtZXNoLnYxLkNyZWF0ZUdlb2ZlbmNlUmVxdWVzdBojLnJpZGVtZXNoLnYxLkNyZWF0ZUdlb2ZlbmNlUmVzcG9uc2USUAoLR2V0R2VvZmVuY2USHy5yaWRlbWVzaC52MS5HZXRHZW9mZW5jZVJlcXVlc3QaIC5yaWRlbWVzaC52MS5HZXRHZW9mZW5jZVJlc3BvbnNlElYKDUxpc3RHZW9mZW5jZXMSIS5yaWRlbWVzaC52MS5MaXN0R2VvZmVuY2VzUmVxdWVzdBoiLnJpZGVtZXNoLnYxLkxpc3RHZW9mZW5jZXNSZXNwb25zZRJZCg5EZWxldGVHZW9mZW5jZRIiLnJpZGVtZXNoLnYxLkRlbGV0ZUdlb2ZlbmNlUmVxdWVzdBojLnJpZGVtZXNoLnYxLkRlbGV0ZUdlb2ZlbmNlUmVzcG9uc2USTQoKQ2hlY2tQb2ludBIeLnJpZGVtZXNoLnYxLkNoZWNrUG9pbnRSZXF1ZXN0Gh8ucmlkZW1lc2gudjEuQ2hlY2tQb2ludFJlc3BvbnNlEmoKE1dhdGNoR2VvZmVuY2VFdmVudHMSJy5yaWRlbWVzaC52MS5XYXRjaEdlb2ZlbmNlRXZlbnRzUmVxdWVzdBooLnJpZGVtZXNoLnYxLldhdGNoR2VvZmVuY2VFdmVudHNSZXNwb25zZTABElkKDkdldERyaXZlclRyYWNrEiIucmlkZW1lc2gudjEuR2V0RHJpdmVyVHJhY2tSZXF1ZXN0GiMucmlkZW1lc2gudjEuR2V0RHJpdmVyVHJhY2tSZXNwb25zZRJQCgtFc3RpbWF0ZUV0YRIfLnJpZGVtZXNoLnYxLkVzdGltYXRlRXRhUmVxdWVzdBogLnJpZGVtZXNoLnYxLkVzdGltYXRlRXRhUmVzcG9uc2USXwoQR2V0U3VwcGx5SGVhdG1hcBIkLnJpZGVtZXNoLnYxLkdldFN1cHBseUhlYXRtYXBSZXF1ZXN0GiUucmlkZW1lc2gudjEuR2V0U3VwcGx5SGVhdG1hcFJlc3BvbnNlYgZwcm90bzM", [file_google_protobuf_duration, file_google_protobuf_timestamp, file_ridemesh_v1_common]);
+  fileDesc("CiNyaWRlbWVzaC92MS9nZW9fcXVlcnlfc2VydmljZS5wcm90bxILcmlkZW1lc2gudjEigAEKGlNlYXJjaE5lYXJieURyaXZlcnNSZXF1ZXN0EiMKBmNlbnRlchgBIAEoCzITLnJpZGVtZXNoLnYxLkxhdExuZxIQCghyYWRpdXNfbRgCIAEoARITCgttYXhfcmVzdWx0cxgDIAEoBRIWCg5hdmFpbGFibGVfb25seRgEIAEoCCJ5CgxOZWFyYnlEcml2ZXISLQoIbG9jYXRpb24YASABKAsyGy5yaWRlbWVzaC52MS5Ecml2ZXJMb2NhdGlvbhISCgpkaXN0YW5jZV9tGAIgASgBEiYKA2FnZRgDIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbiJJChtTZWFyY2hOZWFyYnlEcml2ZXJzUmVzcG9uc2USKgoHZHJpdmVycxgBIAMoCzIZLnJpZGVtZXNoLnYxLk5lYXJieURyaXZlciL/AgoIR2VvZmVuY2USEwoLZ2VvZmVuY2VfaWQYASABKAkSFAoMZGlzcGxheV9uYW1lGAIgASgJEg8KB2dlb2pzb24YAyABKAkSMQoGbGFiZWxzGAQgAygLMiEucmlkZW1lc2gudjEuR2VvZmVuY2UuTGFiZWxzRW50cnkSLwoLY3JlYXRlX3RpbWUYBSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi4KC2VudHJ5X2RlbGF5GAYgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEi0KCmR3ZWxsX3RpbWUYByABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SFAoMaHlzdGVyZXNpc19tGAggASgBEi8KC2V4cGlyZV90aW1lGAkgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBotCgtMYWJlbHNFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBIkAKFUNyZWF0ZUdlb2ZlbmNlUmVxdWVzdBInCghnZW9mZW5jZRgBIAEoCzIVLnJpZGVtZXNoLnYxLkdlb2ZlbmNlIkEKFkNyZWF0ZUdlb2ZlbmNlUmVzcG9uc2USJwoIZ2VvZmVuY2UYASABKAsyFS5yaWRlbWVzaC52MS5HZW9mZW5jZSIpChJHZXRHZW9mZW5jZVJlcXVlc3QSEwoLZ2VvZmVuY2VfaWQYASABKAkiPgoTR2V0R2VvZmVuY2VSZXNwb25zZRInCghnZW9mZW5jZRgBIAEoCzIVLnJpZGVtZXNoLnYxLkdlb2ZlbmNlIk0KFExpc3RHZW9mZW5jZXNSZXF1ZXN0EhEKCXBhZ2Vfc2l6ZRgBIAEoBRISCgpwYWdlX3Rva2VuGAIgASgJEg4KBmZpbHRlchgDIAEoCSJaChVMaXN0R2VvZmVuY2VzUmVzcG9uc2USKAoJZ2VvZmVuY2VzGAEgAygLMhUucmlkZW1lc2gudjEuR2VvZmVuY2USFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJIiwKFURlbGV0ZUdlb2ZlbmNlUmVxdWVzdBITCgtnZW9mZW5jZV9pZBgBIAEoCSIYChZEZWxldGVHZW9mZW5jZVJlc3BvbnNlIjcKEUNoZWNrUG9pbnRSZXF1ZXN0EiIKBXBvaW50GAEgASgLMhMucmlkZW1lc2gudjEuTGF0TG5nIj4KEkNoZWNrUG9pbnRSZXNwb25zZRIoCglnZW9mZW5jZXMYASADKAsyFS5yaWRlbWVzaC52MS5HZW9mZW5jZSK8AQoaV2F0Y2hHZW9mZW5jZUV2ZW50c1JlcXVlc3QSFAoMZ2VvZmVuY2VfaWRzGAEgAygJEkMKBmxhYmVscxgCIAMoCzIzLnJpZGVtZXNoLnYxLldhdGNoR2VvZmVuY2VFdmVudHNSZXF1ZXN0LkxhYmVsc0VudHJ5EhQKDHJlc3VtZV90b2tlbhgDIAEoCRotCgtMYWJlbHNFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBIoQCCg1HZW9mZW5jZUV2ZW50EjMKCnRyYW5zaXRpb24YASABKA4yHy5yaWRlbWVzaC52MS5HZW9mZW5jZVRyYW5zaXRpb24SEQoJZHJpdmVyX2lkGAIgASgJEhMKC2dlb2ZlbmNlX2lkGAMgASgJEh0KFWdlb2ZlbmNlX2Rpc3BsYXlfbmFtZRgEIAEoCRIuCgpldmVudF90aW1lGAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIlCghwb3NpdGlvbhgGIAEoCzITLnJpZGVtZXNoLnYxLkxhdExuZxIQCghldmVudF9pZBgHIAEoCRIOCgZyZWFzb24YCCABKAkiXgobV2F0Y2hHZW9mZW5jZUV2ZW50c1Jlc3BvbnNlEikKBWV2ZW50GAEgASgLMhoucmlkZW1lc2gudjEuR2VvZmVuY2VFdmVudBIUCgxyZXN1bWVfdG9rZW4YAiABKAki0QIKB1dlYmhvb2sSEgoKd2ViaG9va19pZBgBIAEoCRILCgN1cmwYAiABKAkSEwoLZXZlbnRfa2luZHMYAyADKAkSFAoMZ2VvZmVuY2VfaWRzGAQgAygJEjAKBmxhYmVscxgFIAMoCzIgLnJpZGVtZXNoLnYxLldlYmhvb2suTGFiZWxzRW50cnkSLAoJbWF4X3JldHJ5GAYgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEg4KBnNlY3JldBgHIAEoCRIvCgtjcmVhdGVfdGltZRgIIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASKgoGaGVhbHRoGAkgASgLMhoucmlkZW1lc2gudjEuV2ViaG9va0hlYWx0aBotCgtMYWJlbHNFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBIs8BCg1XZWJob29rSGVhbHRoEhEKCWRlbGl2ZXJlZBgBIAEoAxIPCgdyZXRyaWVkGAIgASgDEhUKDWRlYWRfbGV0dGVyZWQYAyABKAMSDwoHYmFja2xvZxgEIAEoAxImCgNsYWcYBSABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SEgoKbGFzdF9lcnJvchgGIAEoCRI2ChJsYXN0X2RlbGl2ZXJ5X3RpbWUYByABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIj0KFENyZWF0ZVdlYmhvb2tSZXF1ZXN0EiUKB3dlYmhvb2sYASABKAsyFC5yaWRlbWVzaC52MS5XZWJob29rIj4KFUNyZWF0ZVdlYmhvb2tSZXNwb25zZRIlCgd3ZWJob29rGAEgASgLMhQucmlkZW1lc2gudjEuV2ViaG9vayIVChNMaXN0V2ViaG9va3NSZXF1ZXN0Ij4KFExpc3RXZWJob29rc1Jlc3BvbnNlEiYKCHdlYmhvb2tzGAEgAygLMhQucmlkZW1lc2gudjEuV2ViaG9vayIqChREZWxldGVXZWJob29rUmVxdWVzdBISCgp3ZWJob29rX2lkGAEgASgJIhcKFURlbGV0ZVdlYmhvb2tSZXNwb25zZSKQAQoRV2ViaG9va0RlYWRMZXR0ZXISEAoIZXZlbnRfaWQYASABKAkSFAoMcGF5bG9hZF9qc29uGAIgASgJEhAKCGF0dGVtcHRzGAMgASgFEhIKCmxhc3RfZXJyb3IYBCABKAkSLQoJZGVhZF90aW1lGAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCJGCh1MaXN0V2ViaG9va0RlYWRMZXR0ZXJzUmVxdWVzdBISCgp3ZWJob29rX2lkGAEgASgJEhEKCXBhZ2Vfc2l6ZRgCIAEoBSJWCh5MaXN0V2ViaG9va0RlYWRMZXR0ZXJzUmVzcG9uc2USNAoMZGVhZF9sZXR0ZXJzGAEgAygLMh4ucmlkZW1lc2gudjEuV2ViaG9va0RlYWRMZXR0ZXIiSAofUmVwbGF5V2ViaG9va0RlYWRMZXR0ZXJzUmVxdWVzdBISCgp3ZWJob29rX2lkGAEgASgJEhEKCWV2ZW50X2lkcxgCIAMoCSI0CiBSZXBsYXlXZWJob29rRGVhZExldHRlcnNSZXNwb25zZRIQCghyZXBsYXllZBgBIAEoBSKvAQoVR2V0RHJpdmVyVHJhY2tSZXF1ZXN0EhEKCWRyaXZlcl9pZBgBIAEoCRIuCgpzdGFydF90aW1lGAIgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIsCghlbmRfdGltZRgDIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASEQoJcGFnZV9zaXplGAQgASgFEhIKCnBhZ2VfdG9rZW4YBSABKAkigwEKFkdldERyaXZlclRyYWNrUmVzcG9uc2USKwoGcG9pbnRzGAEgAygLMhsucmlkZW1lc2gudjEuRHJpdmVyTG9jYXRpb24SEgoKZGlzdGFuY2VfbRgCIAEoARIPCgdnZW9qc29uGAMgASgJEhcKD25leHRfcGFnZV90b2tlbhgEIAEoCSKNAQoSRXN0aW1hdGVFdGFSZXF1ZXN0Ei4KD29yaWdpbl9wb3NpdGlvbhgBIAEoCzITLnJpZGVtZXNoLnYxLkxhdExuZ0gAEhMKCWRyaXZlcl9pZBgCIAEoCUgAEigKC2Rlc3RpbmF0aW9uGAMgASgLMhMucmlkZW1lc2gudjEuTGF0TG5nQggKBm9yaWdpbiLFAQoTRXN0aW1hdGVFdGFSZXNwb25zZRImCgNldGEYASABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SEgoKZGlzdGFuY2VfbRgCIAEoARIgChhzdHJhaWdodF9saW5lX2Rpc3RhbmNlX20YAyABKAESFQoNZGV0b3VyX2ZhY3RvchgEIAEoARIRCglzcGVlZF9tcHMYBSABKAESJgoGbWV0aG9kGAYgASgOMhYucmlkZW1lc2gudjEuRXRhTWV0aG9kIlcKF0dldFN1cHBseUhlYXRtYXBSZXF1ZXN0EigKBmJvdW5kcxgBIAEoCzIYLnJpZGVtZXNoLnYxLkJvdW5kaW5nQm94EhIKCnJlc29sdXRpb24YAiABKAUidQoLSGVhdG1hcENlbGwSDwoHaDNfY2VsbBgBIAEoCRIjCgZjZW50ZXIYAiABKAsyEy5yaWRlbWVzaC52MS5MYXRMbmcSGQoRYXZhaWxhYmxlX2RyaXZlcnMYAyABKAUSFQoNb3Blbl9yZXF1ZXN0cxgEIAEoBSJXChhHZXRTdXBwbHlIZWF0bWFwUmVzcG9uc2USJwoFY2VsbHMYASADKAsyGC5yaWRlbWVzaC52MS5IZWF0bWFwQ2VsbBISCgpyZXNvbHV0aW9uGAIgASgFKpUBChJHZW9mZW5jZVRyYW5zaXRpb24SIwofR0VPRkVOQ0VfVFJBTlNJVElPTl9VTlNQRUNJRklFRBAAEh0KGUdFT0ZFTkNFX1RSQU5TSVRJT05fRU5URVIQARIcChhHRU9GRU5DRV9UUkFOU0lUSU9OX0VYSVQQAhIdChlHRU9GRU5DRV9UUkFOU0lUSU9OX0RXRUxMEAMqYwoJRXRhTWV0aG9kEhoKFkVUQV9NRVRIT0RfVU5TUEVDSUZJRUQQABIbChdFVEFfTUVUSE9EX0dSRUFUX0NJUkNMRRABEh0KGUVUQV9NRVRIT0RfUk9VVElOR19FTkdJTkUQAjKVCwoPR2VvUXVlcnlTZXJ2aWNlEmgKE1NlYXJjaE5lYXJieURyaXZlcnMSJy5yaWRlbWVzaC52MS5TZWFyY2hOZWFyYnlEcml2ZXJzUmVxdWVzdBooLnJpZGVtZXNoLnYxLlNlYXJjaE5lYXJieURyaXZlcnNSZXNwb25zZRJZCg5DcmVhdGVHZW9mZW5jZRIiLnJpZGVtZXNoLnYxLkNyZWF0ZUdlb2ZlbmNlUmVxdWVzdBojLnJpZGVtZXNoLnYxLkNyZWF0ZUdlb2ZlbmNlUmVzcG9uc2USUAoLR2V0R2VvZmVuY2USHy5yaWRlbWVzaC52MS5HZXRHZW9mZW5jZVJlcXVlc3QaIC5yaWRlbWVzaC52MS5HZXRHZW9mZW5jZVJlc3BvbnNlElYKDUxpc3RHZW9mZW5jZXMSIS5yaWRlbWVzaC52MS5MaXN0R2VvZmVuY2VzUmVxdWVzdBoiLnJpZGVtZXNoLnYxLkxpc3RHZW9mZW5jZXNSZXNwb25zZRJZCg5EZWxldGVHZW9mZW5jZRIiLnJpZGVtZXNoLnYxLkRlbGV0ZUdlb2ZlbmNlUmVxdWVzdBojLnJpZGVtZXNoLnYxLkRlbGV0ZUdlb2ZlbmNlUmVzcG9uc2USTQoKQ2hlY2tQb2ludBIeLnJpZGVtZXNoLnYxLkNoZWNrUG9pbnRSZXF1ZXN0Gh8ucmlkZW1lc2gudjEuQ2hlY2tQb2ludFJlc3BvbnNlEmoKE1dhdGNoR2VvZmVuY2VFdmVudHMSJy5yaWRlbWVzaC52MS5XYXRjaEdlb2ZlbmNlRXZlbnRzUmVxdWVzdBooLnJpZGVtZXNoLnYxLldhdGNoR2VvZmVuY2VFdmVudHNSZXNwb25zZTABElkKDkdldERyaXZlclRyYWNrEiIucmlkZW1lc2gudjEuR2V0RHJpdmVyVHJhY2tSZXF1ZXN0GiMucmlkZW1lc2gudjEuR2V0RHJpdmVyVHJhY2tSZXNwb25zZRJQCgtFc3RpbWF0ZUV0YRIfLnJpZGVtZXNoLnYxLkVzdGltYXRlRXRhUmVxdWVzdBogLnJpZGVtZXNoLnYxLkVzdGltYXRlRXRhUmVzcG9uc2USXwoQR2V0U3VwcGx5SGVhdG1hcBIkLnJpZGVtZXNoLnYxLkdldFN1cHBseUhlYXRtYXBSZXF1ZXN0GiUucmlkZW1lc2gudjEuR2V0U3VwcGx5SGVhdG1hcFJlc3BvbnNlElYKDUNyZWF0ZVdlYmhvb2sSIS5yaWRlbWVzaC52MS5DcmVhdGVXZWJob29rUmVxdWVzdBoiLnJpZGVtZXNoLnYxLkNyZWF0ZVdlYmhvb2tSZXNwb25zZRJTCgxMaXN0V2ViaG9va3MSIC5yaWRlbWVzaC52MS5MaXN0V2ViaG9va3NSZXF1ZXN0GiEucmlkZW1lc2gudjEuTGlzdFdlYmhvb2tzUmVzcG9uc2USVgoNRGVsZXRlV2ViaG9vaxIhLnJpZGVtZXNoLnYxLkRlbGV0ZVdlYmhvb2tSZXF1ZXN0GiIucmlkZW1lc2gudjEuRGVsZXRlV2ViaG9va1Jlc3BvbnNlEnEKFkxpc3RXZWJob29rRGVhZExldHRlcnMSKi5yaWRlbWVzaC52MS5MaXN0V2ViaG9va0RlYWRMZXR0ZXJzUmVxdWVzdBorLnJpZGVtZXNoLnYxLkxpc3RXZWJob29rRGVhZExldHRlcnNSZXNwb25zZRJ3ChhSZXBsYXlXZWJob29rRGVhZExldHRlcnMSLC5yaWRlbWVzaC52MS5SZXBsYXlXZWJob29rRGVhZExldHRlcnNSZXF1ZXN0Gi0ucmlkZW1lc2gudjEuUmVwbGF5V2ViaG9va0RlYWRMZXR0ZXJzUmVzcG9uc2ViBnByb3RvMw", [file_google_protobuf_duration, file_google_protobuf_timestamp, file_ridemesh_v1_common]);
 
 /**
  * Asks for live drivers near a point.
@@ -180,6 +180,14 @@ export type Geofence = Message<"ridemesh.v1.Geofence"> & {
    * @generated from field: double hysteresis_m = 8;
    */
   hysteresisM: number;
+
+  /**
+   * When the zone ends by itself (unset: never). Every driver inside it is then reported EXIT,
+   * as on deletion, and the zone is gone. Must be in the future when the zone is created.
+   *
+   * @generated from field: google.protobuf.Timestamp expire_time = 9;
+   */
+  expireTime?: Timestamp | undefined;
 };
 
 /**
@@ -415,7 +423,7 @@ export const CheckPointResponseSchema: GenMessage<CheckPointResponse> = /*@__PUR
   messageDesc(file_ridemesh_v1_geo_query_service, 13);
 
 /**
- * Asks for zone events. With neither field set, events of every zone are sent.
+ * Asks for zone events. With neither zone field set, events of every zone are sent.
  *
  * @generated from message ridemesh.v1.WatchGeofenceEventsRequest
  */
@@ -433,6 +441,16 @@ export type WatchGeofenceEventsRequest = Message<"ridemesh.v1.WatchGeofenceEvent
    * @generated from field: map<string, string> labels = 2;
    */
   labels: { [key: string]: string };
+
+  /**
+   * The `resume_token` of the last event a previous watch received: the events logged after it
+   * that match come first, in order, each once, then live ones. Empty: from now on. A token
+   * older than the event log's retention is refused with FAILED_PRECONDITION naming the oldest
+   * event kept.
+   *
+   * @generated from field: string resume_token = 3;
+   */
+  resumeToken: string;
 };
 
 /**
@@ -489,6 +507,22 @@ export type GeofenceEvent = Message<"ridemesh.v1.GeofenceEvent"> & {
    * @generated from field: ridemesh.v1.LatLng position = 6;
    */
   position?: LatLng | undefined;
+
+  /**
+   * The event's id in the event log: the same on every delivery (resumed watches, webhooks), so
+   * receivers can drop repeats.
+   *
+   * @generated from field: string event_id = 7;
+   */
+  eventId: string;
+
+  /**
+   * Why the event happened when it is not a driver's fix: "zone_deleted" or "zone_expired" for
+   * the EXIT of every driver inside a zone that ended; empty otherwise.
+   *
+   * @generated from field: string reason = 8;
+   */
+  reason: string;
 };
 
 /**
@@ -510,6 +544,13 @@ export type WatchGeofenceEventsResponse = Message<"ridemesh.v1.WatchGeofenceEven
    * @generated from field: ridemesh.v1.GeofenceEvent event = 1;
    */
   event?: GeofenceEvent | undefined;
+
+  /**
+   * Pass as `resume_token` to continue after this event.
+   *
+   * @generated from field: string resume_token = 2;
+   */
+  resumeToken: string;
 };
 
 /**
@@ -518,6 +559,410 @@ export type WatchGeofenceEventsResponse = Message<"ridemesh.v1.WatchGeofenceEven
  */
 export const WatchGeofenceEventsResponseSchema: GenMessage<WatchGeofenceEventsResponse> = /*@__PURE__*/
   messageDesc(file_ridemesh_v1_geo_query_service, 16);
+
+/**
+ * Where a webhook subscription sends events, and which.
+ *
+ * @generated from message ridemesh.v1.Webhook
+ */
+export type Webhook = Message<"ridemesh.v1.Webhook"> & {
+  /**
+   * The subscription's id, assigned by the server.
+   *
+   * @generated from field: string webhook_id = 1;
+   */
+  webhookId: string;
+
+  /**
+   * An http:// or https:// URL; each event is POSTed to it as JSON.
+   *
+   * @generated from field: string url = 2;
+   */
+  url: string;
+
+  /**
+   * The kinds of events sent: "geofence.enter", "geofence.exit", "geofence.dwell",
+   * "ride.approaching_pickup", "ride.at_pickup", "ride.left_pickup", "ride.approaching_dropoff".
+   * Empty: every kind.
+   *
+   * @generated from field: repeated string event_kinds = 3;
+   */
+  eventKinds: string[];
+
+  /**
+   * Zone events only of these zones (empty: of every zone).
+   *
+   * @generated from field: repeated string geofence_ids = 4;
+   */
+  geofenceIds: string[];
+
+  /**
+   * Zone events only of zones carrying all of these labels.
+   *
+   * @generated from field: map<string, string> labels = 5;
+   */
+  labels: { [key: string]: string };
+
+  /**
+   * How long an event is retried before it goes to the dead-letter list (default 1 hour, at
+   * least 1 second, at most 7 days).
+   *
+   * @generated from field: google.protobuf.Duration max_retry = 6;
+   */
+  maxRetry?: Duration | undefined;
+
+  /**
+   * The HMAC-SHA256 key of the `Ridemesh-Signature` header; returned by CreateWebhook only.
+   *
+   * @generated from field: string secret = 7;
+   */
+  secret: string;
+
+  /**
+   * When the subscription was created.
+   *
+   * @generated from field: google.protobuf.Timestamp create_time = 8;
+   */
+  createTime?: Timestamp | undefined;
+
+  /**
+   * How its deliveries go; set by ListWebhooks.
+   *
+   * @generated from field: ridemesh.v1.WebhookHealth health = 9;
+   */
+  health?: WebhookHealth | undefined;
+};
+
+/**
+ * Describes the message ridemesh.v1.Webhook.
+ * Use `create(WebhookSchema)` to create a new message.
+ */
+export const WebhookSchema: GenMessage<Webhook> = /*@__PURE__*/
+  messageDesc(file_ridemesh_v1_geo_query_service, 17);
+
+/**
+ * A subscription's delivery health.
+ *
+ * @generated from message ridemesh.v1.WebhookHealth
+ */
+export type WebhookHealth = Message<"ridemesh.v1.WebhookHealth"> & {
+  /**
+   * Events the receiver accepted (any 2xx answer).
+   *
+   * @generated from field: int64 delivered = 1;
+   */
+  delivered: bigint;
+
+  /**
+   * Attempts that failed and were tried again.
+   *
+   * @generated from field: int64 retried = 2;
+   */
+  retried: bigint;
+
+  /**
+   * Events given up after the retry time, now on the dead-letter list.
+   *
+   * @generated from field: int64 dead_lettered = 3;
+   */
+  deadLettered: bigint;
+
+  /**
+   * Events waiting to be delivered.
+   *
+   * @generated from field: int64 backlog = 4;
+   */
+  backlog: bigint;
+
+  /**
+   * How long the oldest waiting event has waited (zero when none waits).
+   *
+   * @generated from field: google.protobuf.Duration lag = 5;
+   */
+  lag?: Duration | undefined;
+
+  /**
+   * The last failure, for a person to read; empty once a delivery succeeds.
+   *
+   * @generated from field: string last_error = 6;
+   */
+  lastError: string;
+
+  /**
+   * When the receiver last accepted an event.
+   *
+   * @generated from field: google.protobuf.Timestamp last_delivery_time = 7;
+   */
+  lastDeliveryTime?: Timestamp | undefined;
+};
+
+/**
+ * Describes the message ridemesh.v1.WebhookHealth.
+ * Use `create(WebhookHealthSchema)` to create a new message.
+ */
+export const WebhookHealthSchema: GenMessage<WebhookHealth> = /*@__PURE__*/
+  messageDesc(file_ridemesh_v1_geo_query_service, 18);
+
+/**
+ * Creates a webhook subscription.
+ *
+ * @generated from message ridemesh.v1.CreateWebhookRequest
+ */
+export type CreateWebhookRequest = Message<"ridemesh.v1.CreateWebhookRequest"> & {
+  /**
+   * The subscription; `webhook_id`, `secret`, `create_time` and `health` are ignored.
+   *
+   * @generated from field: ridemesh.v1.Webhook webhook = 1;
+   */
+  webhook?: Webhook | undefined;
+};
+
+/**
+ * Describes the message ridemesh.v1.CreateWebhookRequest.
+ * Use `create(CreateWebhookRequestSchema)` to create a new message.
+ */
+export const CreateWebhookRequestSchema: GenMessage<CreateWebhookRequest> = /*@__PURE__*/
+  messageDesc(file_ridemesh_v1_geo_query_service, 19);
+
+/**
+ * The created subscription, with its secret.
+ *
+ * @generated from message ridemesh.v1.CreateWebhookResponse
+ */
+export type CreateWebhookResponse = Message<"ridemesh.v1.CreateWebhookResponse"> & {
+  /**
+   * The subscription.
+   *
+   * @generated from field: ridemesh.v1.Webhook webhook = 1;
+   */
+  webhook?: Webhook | undefined;
+};
+
+/**
+ * Describes the message ridemesh.v1.CreateWebhookResponse.
+ * Use `create(CreateWebhookResponseSchema)` to create a new message.
+ */
+export const CreateWebhookResponseSchema: GenMessage<CreateWebhookResponse> = /*@__PURE__*/
+  messageDesc(file_ridemesh_v1_geo_query_service, 20);
+
+/**
+ * Asks for every webhook subscription.
+ *
+ * @generated from message ridemesh.v1.ListWebhooksRequest
+ */
+export type ListWebhooksRequest = Message<"ridemesh.v1.ListWebhooksRequest"> & {
+};
+
+/**
+ * Describes the message ridemesh.v1.ListWebhooksRequest.
+ * Use `create(ListWebhooksRequestSchema)` to create a new message.
+ */
+export const ListWebhooksRequestSchema: GenMessage<ListWebhooksRequest> = /*@__PURE__*/
+  messageDesc(file_ridemesh_v1_geo_query_service, 21);
+
+/**
+ * The webhook subscriptions, oldest first, without their secrets.
+ *
+ * @generated from message ridemesh.v1.ListWebhooksResponse
+ */
+export type ListWebhooksResponse = Message<"ridemesh.v1.ListWebhooksResponse"> & {
+  /**
+   * The subscriptions.
+   *
+   * @generated from field: repeated ridemesh.v1.Webhook webhooks = 1;
+   */
+  webhooks: Webhook[];
+};
+
+/**
+ * Describes the message ridemesh.v1.ListWebhooksResponse.
+ * Use `create(ListWebhooksResponseSchema)` to create a new message.
+ */
+export const ListWebhooksResponseSchema: GenMessage<ListWebhooksResponse> = /*@__PURE__*/
+  messageDesc(file_ridemesh_v1_geo_query_service, 22);
+
+/**
+ * Deletes a webhook subscription.
+ *
+ * @generated from message ridemesh.v1.DeleteWebhookRequest
+ */
+export type DeleteWebhookRequest = Message<"ridemesh.v1.DeleteWebhookRequest"> & {
+  /**
+   * The subscription.
+   *
+   * @generated from field: string webhook_id = 1;
+   */
+  webhookId: string;
+};
+
+/**
+ * Describes the message ridemesh.v1.DeleteWebhookRequest.
+ * Use `create(DeleteWebhookRequestSchema)` to create a new message.
+ */
+export const DeleteWebhookRequestSchema: GenMessage<DeleteWebhookRequest> = /*@__PURE__*/
+  messageDesc(file_ridemesh_v1_geo_query_service, 23);
+
+/**
+ * The subscription is deleted.
+ *
+ * @generated from message ridemesh.v1.DeleteWebhookResponse
+ */
+export type DeleteWebhookResponse = Message<"ridemesh.v1.DeleteWebhookResponse"> & {
+};
+
+/**
+ * Describes the message ridemesh.v1.DeleteWebhookResponse.
+ * Use `create(DeleteWebhookResponseSchema)` to create a new message.
+ */
+export const DeleteWebhookResponseSchema: GenMessage<DeleteWebhookResponse> = /*@__PURE__*/
+  messageDesc(file_ridemesh_v1_geo_query_service, 24);
+
+/**
+ * One event a subscription gave up on.
+ *
+ * @generated from message ridemesh.v1.WebhookDeadLetter
+ */
+export type WebhookDeadLetter = Message<"ridemesh.v1.WebhookDeadLetter"> & {
+  /**
+   * The event's id (its idempotency key).
+   *
+   * @generated from field: string event_id = 1;
+   */
+  eventId: string;
+
+  /**
+   * The event as it was POSTed.
+   *
+   * @generated from field: string payload_json = 2;
+   */
+  payloadJson: string;
+
+  /**
+   * How many times it was tried.
+   *
+   * @generated from field: int32 attempts = 3;
+   */
+  attempts: number;
+
+  /**
+   * The last failure.
+   *
+   * @generated from field: string last_error = 4;
+   */
+  lastError: string;
+
+  /**
+   * When it was given up.
+   *
+   * @generated from field: google.protobuf.Timestamp dead_time = 5;
+   */
+  deadTime?: Timestamp | undefined;
+};
+
+/**
+ * Describes the message ridemesh.v1.WebhookDeadLetter.
+ * Use `create(WebhookDeadLetterSchema)` to create a new message.
+ */
+export const WebhookDeadLetterSchema: GenMessage<WebhookDeadLetter> = /*@__PURE__*/
+  messageDesc(file_ridemesh_v1_geo_query_service, 25);
+
+/**
+ * Asks for a subscription's dead letters.
+ *
+ * @generated from message ridemesh.v1.ListWebhookDeadLettersRequest
+ */
+export type ListWebhookDeadLettersRequest = Message<"ridemesh.v1.ListWebhookDeadLettersRequest"> & {
+  /**
+   * The subscription.
+   *
+   * @generated from field: string webhook_id = 1;
+   */
+  webhookId: string;
+
+  /**
+   * At most this many (default 100, at most 1,000).
+   *
+   * @generated from field: int32 page_size = 2;
+   */
+  pageSize: number;
+};
+
+/**
+ * Describes the message ridemesh.v1.ListWebhookDeadLettersRequest.
+ * Use `create(ListWebhookDeadLettersRequestSchema)` to create a new message.
+ */
+export const ListWebhookDeadLettersRequestSchema: GenMessage<ListWebhookDeadLettersRequest> = /*@__PURE__*/
+  messageDesc(file_ridemesh_v1_geo_query_service, 26);
+
+/**
+ * A subscription's dead letters, oldest first.
+ *
+ * @generated from message ridemesh.v1.ListWebhookDeadLettersResponse
+ */
+export type ListWebhookDeadLettersResponse = Message<"ridemesh.v1.ListWebhookDeadLettersResponse"> & {
+  /**
+   * The dead letters.
+   *
+   * @generated from field: repeated ridemesh.v1.WebhookDeadLetter dead_letters = 1;
+   */
+  deadLetters: WebhookDeadLetter[];
+};
+
+/**
+ * Describes the message ridemesh.v1.ListWebhookDeadLettersResponse.
+ * Use `create(ListWebhookDeadLettersResponseSchema)` to create a new message.
+ */
+export const ListWebhookDeadLettersResponseSchema: GenMessage<ListWebhookDeadLettersResponse> = /*@__PURE__*/
+  messageDesc(file_ridemesh_v1_geo_query_service, 27);
+
+/**
+ * Sends dead letters again.
+ *
+ * @generated from message ridemesh.v1.ReplayWebhookDeadLettersRequest
+ */
+export type ReplayWebhookDeadLettersRequest = Message<"ridemesh.v1.ReplayWebhookDeadLettersRequest"> & {
+  /**
+   * The subscription.
+   *
+   * @generated from field: string webhook_id = 1;
+   */
+  webhookId: string;
+
+  /**
+   * These events (empty: every dead letter of the subscription).
+   *
+   * @generated from field: repeated string event_ids = 2;
+   */
+  eventIds: string[];
+};
+
+/**
+ * Describes the message ridemesh.v1.ReplayWebhookDeadLettersRequest.
+ * Use `create(ReplayWebhookDeadLettersRequestSchema)` to create a new message.
+ */
+export const ReplayWebhookDeadLettersRequestSchema: GenMessage<ReplayWebhookDeadLettersRequest> = /*@__PURE__*/
+  messageDesc(file_ridemesh_v1_geo_query_service, 28);
+
+/**
+ * How many dead letters were put back in the delivery queue.
+ *
+ * @generated from message ridemesh.v1.ReplayWebhookDeadLettersResponse
+ */
+export type ReplayWebhookDeadLettersResponse = Message<"ridemesh.v1.ReplayWebhookDeadLettersResponse"> & {
+  /**
+   * The count; each is delivered (or dead-lettered again) like a new event.
+   *
+   * @generated from field: int32 replayed = 1;
+   */
+  replayed: number;
+};
+
+/**
+ * Describes the message ridemesh.v1.ReplayWebhookDeadLettersResponse.
+ * Use `create(ReplayWebhookDeadLettersResponseSchema)` to create a new message.
+ */
+export const ReplayWebhookDeadLettersResponseSchema: GenMessage<ReplayWebhookDeadLettersResponse> = /*@__PURE__*/
+  messageDesc(file_ridemesh_v1_geo_query_service, 29);
 
 /**
  * Asks for a driver's history.
@@ -566,7 +1011,7 @@ export type GetDriverTrackRequest = Message<"ridemesh.v1.GetDriverTrackRequest">
  * Use `create(GetDriverTrackRequestSchema)` to create a new message.
  */
 export const GetDriverTrackRequestSchema: GenMessage<GetDriverTrackRequest> = /*@__PURE__*/
-  messageDesc(file_ridemesh_v1_geo_query_service, 17);
+  messageDesc(file_ridemesh_v1_geo_query_service, 30);
 
 /**
  * A page of a driver's history.
@@ -608,7 +1053,7 @@ export type GetDriverTrackResponse = Message<"ridemesh.v1.GetDriverTrackResponse
  * Use `create(GetDriverTrackResponseSchema)` to create a new message.
  */
 export const GetDriverTrackResponseSchema: GenMessage<GetDriverTrackResponse> = /*@__PURE__*/
-  messageDesc(file_ridemesh_v1_geo_query_service, 18);
+  messageDesc(file_ridemesh_v1_geo_query_service, 31);
 
 /**
  * Asks for an ETA from a point, or from a driver's live position, to a point.
@@ -652,7 +1097,7 @@ export type EstimateEtaRequest = Message<"ridemesh.v1.EstimateEtaRequest"> & {
  * Use `create(EstimateEtaRequestSchema)` to create a new message.
  */
 export const EstimateEtaRequestSchema: GenMessage<EstimateEtaRequest> = /*@__PURE__*/
-  messageDesc(file_ridemesh_v1_geo_query_service, 19);
+  messageDesc(file_ridemesh_v1_geo_query_service, 32);
 
 /**
  * An ETA and how it was reached.
@@ -708,7 +1153,7 @@ export type EstimateEtaResponse = Message<"ridemesh.v1.EstimateEtaResponse"> & {
  * Use `create(EstimateEtaResponseSchema)` to create a new message.
  */
 export const EstimateEtaResponseSchema: GenMessage<EstimateEtaResponse> = /*@__PURE__*/
-  messageDesc(file_ridemesh_v1_geo_query_service, 20);
+  messageDesc(file_ridemesh_v1_geo_query_service, 33);
 
 /**
  * Asks for supply and demand per H3 cell.
@@ -736,7 +1181,7 @@ export type GetSupplyHeatmapRequest = Message<"ridemesh.v1.GetSupplyHeatmapReque
  * Use `create(GetSupplyHeatmapRequestSchema)` to create a new message.
  */
 export const GetSupplyHeatmapRequestSchema: GenMessage<GetSupplyHeatmapRequest> = /*@__PURE__*/
-  messageDesc(file_ridemesh_v1_geo_query_service, 21);
+  messageDesc(file_ridemesh_v1_geo_query_service, 34);
 
 /**
  * Supply and demand in one H3 cell.
@@ -778,7 +1223,7 @@ export type HeatmapCell = Message<"ridemesh.v1.HeatmapCell"> & {
  * Use `create(HeatmapCellSchema)` to create a new message.
  */
 export const HeatmapCellSchema: GenMessage<HeatmapCell> = /*@__PURE__*/
-  messageDesc(file_ridemesh_v1_geo_query_service, 22);
+  messageDesc(file_ridemesh_v1_geo_query_service, 35);
 
 /**
  * Supply and demand per cell.
@@ -806,7 +1251,7 @@ export type GetSupplyHeatmapResponse = Message<"ridemesh.v1.GetSupplyHeatmapResp
  * Use `create(GetSupplyHeatmapResponseSchema)` to create a new message.
  */
 export const GetSupplyHeatmapResponseSchema: GenMessage<GetSupplyHeatmapResponse> = /*@__PURE__*/
-  messageDesc(file_ridemesh_v1_geo_query_service, 23);
+  messageDesc(file_ridemesh_v1_geo_query_service, 36);
 
 /**
  * Whether a driver went into or out of a zone.
@@ -951,7 +1396,8 @@ export const GeoQueryService: GenService<{
     output: typeof CheckPointResponseSchema;
   },
   /**
-   * ENTER and EXIT events of drivers for the chosen zones, as they happen.
+   * ENTER, EXIT and DWELL events of drivers for the chosen zones, as they happen; with a resume
+   * token, first every event after it that the event log still holds.
    *
    * @generated from rpc ridemesh.v1.GeoQueryService.WatchGeofenceEvents
    */
@@ -989,6 +1435,56 @@ export const GeoQueryService: GenService<{
     methodKind: "unary";
     input: typeof GetSupplyHeatmapRequestSchema;
     output: typeof GetSupplyHeatmapResponseSchema;
+  },
+  /**
+   * Subscribes a URL to zone and ride events (ops and services only).
+   *
+   * @generated from rpc ridemesh.v1.GeoQueryService.CreateWebhook
+   */
+  createWebhook: {
+    methodKind: "unary";
+    input: typeof CreateWebhookRequestSchema;
+    output: typeof CreateWebhookResponseSchema;
+  },
+  /**
+   * The webhook subscriptions, with their delivery health.
+   *
+   * @generated from rpc ridemesh.v1.GeoQueryService.ListWebhooks
+   */
+  listWebhooks: {
+    methodKind: "unary";
+    input: typeof ListWebhooksRequestSchema;
+    output: typeof ListWebhooksResponseSchema;
+  },
+  /**
+   * Ends a subscription; its undelivered events and dead letters go with it.
+   *
+   * @generated from rpc ridemesh.v1.GeoQueryService.DeleteWebhook
+   */
+  deleteWebhook: {
+    methodKind: "unary";
+    input: typeof DeleteWebhookRequestSchema;
+    output: typeof DeleteWebhookResponseSchema;
+  },
+  /**
+   * Events a subscription gave up on after its retry time, oldest first.
+   *
+   * @generated from rpc ridemesh.v1.GeoQueryService.ListWebhookDeadLetters
+   */
+  listWebhookDeadLetters: {
+    methodKind: "unary";
+    input: typeof ListWebhookDeadLettersRequestSchema;
+    output: typeof ListWebhookDeadLettersResponseSchema;
+  },
+  /**
+   * Sends a subscription's dead letters again (all, or the chosen ones).
+   *
+   * @generated from rpc ridemesh.v1.GeoQueryService.ReplayWebhookDeadLetters
+   */
+  replayWebhookDeadLetters: {
+    methodKind: "unary";
+    input: typeof ReplayWebhookDeadLettersRequestSchema;
+    output: typeof ReplayWebhookDeadLettersResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_ridemesh_v1_geo_query_service, 0);

@@ -14,7 +14,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file ridemesh/v1/ride_service.proto.
  */
 export const file_ridemesh_v1_ride_service: GenFile = /*@__PURE__*/
-  fileDesc("Ch5yaWRlbWVzaC92MS9yaWRlX3NlcnZpY2UucHJvdG8SC3JpZGVtZXNoLnYxIukCCgRSaWRlEg8KB3JpZGVfaWQYASABKAkSEAoIcmlkZXJfaWQYAiABKAkSEQoJZHJpdmVyX2lkGAMgASgJEiUKBXN0YXRlGAQgASgOMhYucmlkZW1lc2gudjEuUmlkZVN0YXRlEiMKBnBpY2t1cBgFIAEoCzITLnJpZGVtZXNoLnYxLkxhdExuZxIkCgdkcm9wb2ZmGAYgASgLMhMucmlkZW1lc2gudjEuTGF0TG5nEi8KC2NyZWF0ZV90aW1lGAcgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIvCgt1cGRhdGVfdGltZRgIIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASKAoMY2FuY2VsbGVkX2J5GAkgASgOMhIucmlkZW1lc2gudjEuUGFydHkSEgoKZW5kX3JlYXNvbhgKIAEoCRIZChFvZmZlcmVkX2RyaXZlcl9pZBgLIAEoCSKFAQoSUmVxdWVzdFJpZGVSZXF1ZXN0EhAKCHJpZGVyX2lkGAEgASgJEiMKBnBpY2t1cBgCIAEoCzITLnJpZGVtZXNoLnYxLkxhdExuZxIkCgdkcm9wb2ZmGAMgASgLMhMucmlkZW1lc2gudjEuTGF0TG5nEhIKCnJlcXVlc3RfaWQYBCABKAkiNgoTUmVxdWVzdFJpZGVSZXNwb25zZRIfCgRyaWRlGAEgASgLMhEucmlkZW1lc2gudjEuUmlkZSIhCg5HZXRSaWRlUmVxdWVzdBIPCgdyaWRlX2lkGAEgASgJIjIKD0dldFJpZGVSZXNwb25zZRIfCgRyaWRlGAEgASgLMhEucmlkZW1lc2gudjEuUmlkZSKGAQoQTGlzdFJpZGVzUmVxdWVzdBIQCghyaWRlcl9pZBgBIAEoCRIRCglkcml2ZXJfaWQYAiABKAkSJgoGc3RhdGVzGAMgAygOMhYucmlkZW1lc2gudjEuUmlkZVN0YXRlEhEKCXBhZ2Vfc2l6ZRgEIAEoBRISCgpwYWdlX3Rva2VuGAUgASgJIk4KEUxpc3RSaWRlc1Jlc3BvbnNlEiAKBXJpZGVzGAEgAygLMhEucmlkZW1lc2gudjEuUmlkZRIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkiNwoRQWNjZXB0UmlkZVJlcXVlc3QSDwoHcmlkZV9pZBgBIAEoCRIRCglkcml2ZXJfaWQYAiABKAkiNQoSQWNjZXB0UmlkZVJlc3BvbnNlEh8KBHJpZGUYASABKAsyES5yaWRlbWVzaC52MS5SaWRlIkgKEkRlY2xpbmVSaWRlUmVxdWVzdBIPCgdyaWRlX2lkGAEgASgJEhEKCWRyaXZlcl9pZBgCIAEoCRIOCgZyZWFzb24YAyABKAkiNgoTRGVjbGluZVJpZGVSZXNwb25zZRIfCgRyaWRlGAEgASgLMhEucmlkZW1lc2gudjEuUmlkZSI+ChhNYXJrRHJpdmVyQXJyaXZlZFJlcXVlc3QSDwoHcmlkZV9pZBgBIAEoCRIRCglkcml2ZXJfaWQYAiABKAkiPAoZTWFya0RyaXZlckFycml2ZWRSZXNwb25zZRIfCgRyaWRlGAEgASgLMhEucmlkZW1lc2gudjEuUmlkZSI2ChBTdGFydFJpZGVSZXF1ZXN0Eg8KB3JpZGVfaWQYASABKAkSEQoJZHJpdmVyX2lkGAIgASgJIjQKEVN0YXJ0UmlkZVJlc3BvbnNlEh8KBHJpZGUYASABKAsyES5yaWRlbWVzaC52MS5SaWRlIjkKE0NvbXBsZXRlUmlkZVJlcXVlc3QSDwoHcmlkZV9pZBgBIAEoCRIRCglkcml2ZXJfaWQYAiABKAkiNwoUQ29tcGxldGVSaWRlUmVzcG9uc2USHwoEcmlkZRgBIAEoCzIRLnJpZGVtZXNoLnYxLlJpZGUicAoRQ2FuY2VsUmlkZVJlcXVlc3QSDwoHcmlkZV9pZBgBIAEoCRIoCgxjYW5jZWxsZWRfYnkYAiABKA4yEi5yaWRlbWVzaC52MS5QYXJ0eRIOCgZyZWFzb24YAyABKAkSEAoIYWN0b3JfaWQYBCABKAkiNQoSQ2FuY2VsUmlkZVJlc3BvbnNlEh8KBHJpZGUYASABKAsyES5yaWRlbWVzaC52MS5SaWRlIiMKEFdhdGNoUmlkZVJlcXVlc3QSDwoHcmlkZV9pZBgBIAEoCSKqAQoRV2F0Y2hSaWRlUmVzcG9uc2USHwoEcmlkZRgBIAEoCzIRLnJpZGVtZXNoLnYxLlJpZGUSNAoPZHJpdmVyX2xvY2F0aW9uGAIgASgLMhsucmlkZW1lc2gudjEuRHJpdmVyTG9jYXRpb24SJgoDZXRhGAMgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEhYKDmV0YV9kaXN0YW5jZV9tGAQgASgBIm4KCENoYXRKb2luEg8KB3JpZGVfaWQYASABKAkSIQoFcGFydHkYAiABKA4yEi5yaWRlbWVzaC52MS5QYXJ0eRIWCg5wYXJ0aWNpcGFudF9pZBgDIAEoCRIWCg5hZnRlcl9zZXF1ZW5jZRgEIAEoAyIzCghDaGF0U2VuZBIMCgR0ZXh0GAEgASgJEhkKEWNsaWVudF9tZXNzYWdlX2lkGAIgASgJImMKC0NoYXRSZXF1ZXN0EiUKBGpvaW4YASABKAsyFS5yaWRlbWVzaC52MS5DaGF0Sm9pbkgAEiUKBHNlbmQYAiABKAsyFS5yaWRlbWVzaC52MS5DaGF0U2VuZEgAQgYKBGtpbmQivwEKC0NoYXRNZXNzYWdlEg8KB3JpZGVfaWQYASABKAkSEAoIc2VxdWVuY2UYAiABKAMSIgoGc2VuZGVyGAMgASgOMhIucmlkZW1lc2gudjEuUGFydHkSEQoJc2VuZGVyX2lkGAQgASgJEgwKBHRleHQYBSABKAkSLQoJc2VuZF90aW1lGAYgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIZChFjbGllbnRfbWVzc2FnZV9pZBgHIAEoCSI5CgxDaGF0UmVzcG9uc2USKQoHbWVzc2FnZRgBIAEoCzIYLnJpZGVtZXNoLnYxLkNoYXRNZXNzYWdlKugBCglSaWRlU3RhdGUSGgoWUklERV9TVEFURV9VTlNQRUNJRklFRBAAEhgKFFJJREVfU1RBVEVfUkVRVUVTVEVEEAESHgoaUklERV9TVEFURV9EUklWRVJfQVNTSUdORUQQAhIdChlSSURFX1NUQVRFX0RSSVZFUl9BUlJJVkVEEAMSGgoWUklERV9TVEFURV9JTl9QUk9HUkVTUxAEEhgKFFJJREVfU1RBVEVfQ09NUExFVEVEEAUSGAoUUklERV9TVEFURV9DQU5DRUxMRUQQBhIWChJSSURFX1NUQVRFX0VYUElSRUQQBypTCgVQYXJ0eRIVChFQQVJUWV9VTlNQRUNJRklFRBAAEg8KC1BBUlRZX1JJREVSEAESEAoMUEFSVFlfRFJJVkVSEAISEAoMUEFSVFlfU1lTVEVNEAMy9QYKC1JpZGVTZXJ2aWNlElAKC1JlcXVlc3RSaWRlEh8ucmlkZW1lc2gudjEuUmVxdWVzdFJpZGVSZXF1ZXN0GiAucmlkZW1lc2gudjEuUmVxdWVzdFJpZGVSZXNwb25zZRJECgdHZXRSaWRlEhsucmlkZW1lc2gudjEuR2V0UmlkZVJlcXVlc3QaHC5yaWRlbWVzaC52MS5HZXRSaWRlUmVzcG9uc2USSgoJTGlzdFJpZGVzEh0ucmlkZW1lc2gudjEuTGlzdFJpZGVzUmVxdWVzdBoeLnJpZGVtZXNoLnYxLkxpc3RSaWRlc1Jlc3BvbnNlEk0KCkFjY2VwdFJpZGUSHi5yaWRlbWVzaC52MS5BY2NlcHRSaWRlUmVxdWVzdBofLnJpZGVtZXNoLnYxLkFjY2VwdFJpZGVSZXNwb25zZRJQCgtEZWNsaW5lUmlkZRIfLnJpZGVtZXNoLnYxLkRlY2xpbmVSaWRlUmVxdWVzdBogLnJpZGVtZXNoLnYxLkRlY2xpbmVSaWRlUmVzcG9uc2USYgoRTWFya0RyaXZlckFycml2ZWQSJS5yaWRlbWVzaC52MS5NYXJrRHJpdmVyQXJyaXZlZFJlcXVlc3QaJi5yaWRlbWVzaC52MS5NYXJrRHJpdmVyQXJyaXZlZFJlc3BvbnNlEkoKCVN0YXJ0UmlkZRIdLnJpZGVtZXNoLnYxLlN0YXJ0UmlkZVJlcXVlc3QaHi5yaWRlbWVzaC52MS5TdGFydFJpZGVSZXNwb25zZRJTCgxDb21wbGV0ZVJpZGUSIC5yaWRlbWVzaC52MS5Db21wbGV0ZVJpZGVSZXF1ZXN0GiEucmlkZW1lc2gudjEuQ29tcGxldGVSaWRlUmVzcG9uc2USTQoKQ2FuY2VsUmlkZRIeLnJpZGVtZXNoLnYxLkNhbmNlbFJpZGVSZXF1ZXN0Gh8ucmlkZW1lc2gudjEuQ2FuY2VsUmlkZVJlc3BvbnNlEkwKCVdhdGNoUmlkZRIdLnJpZGVtZXNoLnYxLldhdGNoUmlkZVJlcXVlc3QaHi5yaWRlbWVzaC52MS5XYXRjaFJpZGVSZXNwb25zZTABEj8KBENoYXQSGC5yaWRlbWVzaC52MS5DaGF0UmVxdWVzdBoZLnJpZGVtZXNoLnYxLkNoYXRSZXNwb25zZSgBMAFiBnByb3RvMw", [file_google_protobuf_duration, file_google_protobuf_timestamp, file_ridemesh_v1_common]);
+  fileDesc("Ch5yaWRlbWVzaC92MS9yaWRlX3NlcnZpY2UucHJvdG8SC3JpZGVtZXNoLnYxIv4CCgRSaWRlEg8KB3JpZGVfaWQYASABKAkSEAoIcmlkZXJfaWQYAiABKAkSEQoJZHJpdmVyX2lkGAMgASgJEiUKBXN0YXRlGAQgASgOMhYucmlkZW1lc2gudjEuUmlkZVN0YXRlEiMKBnBpY2t1cBgFIAEoCzITLnJpZGVtZXNoLnYxLkxhdExuZxIkCgdkcm9wb2ZmGAYgASgLMhMucmlkZW1lc2gudjEuTGF0TG5nEi8KC2NyZWF0ZV90aW1lGAcgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIvCgt1cGRhdGVfdGltZRgIIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASKAoMY2FuY2VsbGVkX2J5GAkgASgOMhIucmlkZW1lc2gudjEuUGFydHkSEgoKZW5kX3JlYXNvbhgKIAEoCRIZChFvZmZlcmVkX2RyaXZlcl9pZBgLIAEoCRITCgthdXRvX2Fycml2ZRgMIAEoCCKaAQoSUmVxdWVzdFJpZGVSZXF1ZXN0EhAKCHJpZGVyX2lkGAEgASgJEiMKBnBpY2t1cBgCIAEoCzITLnJpZGVtZXNoLnYxLkxhdExuZxIkCgdkcm9wb2ZmGAMgASgLMhMucmlkZW1lc2gudjEuTGF0TG5nEhIKCnJlcXVlc3RfaWQYBCABKAkSEwoLYXV0b19hcnJpdmUYBSABKAgiNgoTUmVxdWVzdFJpZGVSZXNwb25zZRIfCgRyaWRlGAEgASgLMhEucmlkZW1lc2gudjEuUmlkZSIhCg5HZXRSaWRlUmVxdWVzdBIPCgdyaWRlX2lkGAEgASgJIjIKD0dldFJpZGVSZXNwb25zZRIfCgRyaWRlGAEgASgLMhEucmlkZW1lc2gudjEuUmlkZSKGAQoQTGlzdFJpZGVzUmVxdWVzdBIQCghyaWRlcl9pZBgBIAEoCRIRCglkcml2ZXJfaWQYAiABKAkSJgoGc3RhdGVzGAMgAygOMhYucmlkZW1lc2gudjEuUmlkZVN0YXRlEhEKCXBhZ2Vfc2l6ZRgEIAEoBRISCgpwYWdlX3Rva2VuGAUgASgJIk4KEUxpc3RSaWRlc1Jlc3BvbnNlEiAKBXJpZGVzGAEgAygLMhEucmlkZW1lc2gudjEuUmlkZRIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkiNwoRQWNjZXB0UmlkZVJlcXVlc3QSDwoHcmlkZV9pZBgBIAEoCRIRCglkcml2ZXJfaWQYAiABKAkiNQoSQWNjZXB0UmlkZVJlc3BvbnNlEh8KBHJpZGUYASABKAsyES5yaWRlbWVzaC52MS5SaWRlIkgKEkRlY2xpbmVSaWRlUmVxdWVzdBIPCgdyaWRlX2lkGAEgASgJEhEKCWRyaXZlcl9pZBgCIAEoCRIOCgZyZWFzb24YAyABKAkiNgoTRGVjbGluZVJpZGVSZXNwb25zZRIfCgRyaWRlGAEgASgLMhEucmlkZW1lc2gudjEuUmlkZSI+ChhNYXJrRHJpdmVyQXJyaXZlZFJlcXVlc3QSDwoHcmlkZV9pZBgBIAEoCRIRCglkcml2ZXJfaWQYAiABKAkiPAoZTWFya0RyaXZlckFycml2ZWRSZXNwb25zZRIfCgRyaWRlGAEgASgLMhEucmlkZW1lc2gudjEuUmlkZSI2ChBTdGFydFJpZGVSZXF1ZXN0Eg8KB3JpZGVfaWQYASABKAkSEQoJZHJpdmVyX2lkGAIgASgJIjQKEVN0YXJ0UmlkZVJlc3BvbnNlEh8KBHJpZGUYASABKAsyES5yaWRlbWVzaC52MS5SaWRlIjkKE0NvbXBsZXRlUmlkZVJlcXVlc3QSDwoHcmlkZV9pZBgBIAEoCRIRCglkcml2ZXJfaWQYAiABKAkiNwoUQ29tcGxldGVSaWRlUmVzcG9uc2USHwoEcmlkZRgBIAEoCzIRLnJpZGVtZXNoLnYxLlJpZGUicAoRQ2FuY2VsUmlkZVJlcXVlc3QSDwoHcmlkZV9pZBgBIAEoCRIoCgxjYW5jZWxsZWRfYnkYAiABKA4yEi5yaWRlbWVzaC52MS5QYXJ0eRIOCgZyZWFzb24YAyABKAkSEAoIYWN0b3JfaWQYBCABKAkiNQoSQ2FuY2VsUmlkZVJlc3BvbnNlEh8KBHJpZGUYASABKAsyES5yaWRlbWVzaC52MS5SaWRlIiMKEFdhdGNoUmlkZVJlcXVlc3QSDwoHcmlkZV9pZBgBIAEoCSLRAQoRV2F0Y2hSaWRlUmVzcG9uc2USHwoEcmlkZRgBIAEoCzIRLnJpZGVtZXNoLnYxLlJpZGUSNAoPZHJpdmVyX2xvY2F0aW9uGAIgASgLMhsucmlkZW1lc2gudjEuRHJpdmVyTG9jYXRpb24SJgoDZXRhGAMgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEhYKDmV0YV9kaXN0YW5jZV9tGAQgASgBEiUKBWV2ZW50GAUgASgLMhYucmlkZW1lc2gudjEuUmlkZUV2ZW50ItYBCglSaWRlRXZlbnQSEAoIZXZlbnRfaWQYASABKAkSKAoEa2luZBgCIAEoDjIaLnJpZGVtZXNoLnYxLlJpZGVFdmVudEtpbmQSDwoHcmlkZV9pZBgDIAEoCRIRCglkcml2ZXJfaWQYBCABKAkSLgoKZXZlbnRfdGltZRgFIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASJQoIcG9zaXRpb24YBiABKAsyEy5yaWRlbWVzaC52MS5MYXRMbmcSEgoKZGlzdGFuY2VfbRgHIAEoASJAChZXYXRjaFJpZGVFdmVudHNSZXF1ZXN0EhAKCHJpZGVfaWRzGAEgAygJEhQKDHJlc3VtZV90b2tlbhgCIAEoCSJWChdXYXRjaFJpZGVFdmVudHNSZXNwb25zZRIlCgVldmVudBgBIAEoCzIWLnJpZGVtZXNoLnYxLlJpZGVFdmVudBIUCgxyZXN1bWVfdG9rZW4YAiABKAkibgoIQ2hhdEpvaW4SDwoHcmlkZV9pZBgBIAEoCRIhCgVwYXJ0eRgCIAEoDjISLnJpZGVtZXNoLnYxLlBhcnR5EhYKDnBhcnRpY2lwYW50X2lkGAMgASgJEhYKDmFmdGVyX3NlcXVlbmNlGAQgASgDIjMKCENoYXRTZW5kEgwKBHRleHQYASABKAkSGQoRY2xpZW50X21lc3NhZ2VfaWQYAiABKAkiYwoLQ2hhdFJlcXVlc3QSJQoEam9pbhgBIAEoCzIVLnJpZGVtZXNoLnYxLkNoYXRKb2luSAASJQoEc2VuZBgCIAEoCzIVLnJpZGVtZXNoLnYxLkNoYXRTZW5kSABCBgoEa2luZCK/AQoLQ2hhdE1lc3NhZ2USDwoHcmlkZV9pZBgBIAEoCRIQCghzZXF1ZW5jZRgCIAEoAxIiCgZzZW5kZXIYAyABKA4yEi5yaWRlbWVzaC52MS5QYXJ0eRIRCglzZW5kZXJfaWQYBCABKAkSDAoEdGV4dBgFIAEoCRItCglzZW5kX3RpbWUYBiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhkKEWNsaWVudF9tZXNzYWdlX2lkGAcgASgJIjkKDENoYXRSZXNwb25zZRIpCgdtZXNzYWdlGAEgASgLMhgucmlkZW1lc2gudjEuQ2hhdE1lc3NhZ2Uq6AEKCVJpZGVTdGF0ZRIaChZSSURFX1NUQVRFX1VOU1BFQ0lGSUVEEAASGAoUUklERV9TVEFURV9SRVFVRVNURUQQARIeChpSSURFX1NUQVRFX0RSSVZFUl9BU1NJR05FRBACEh0KGVJJREVfU1RBVEVfRFJJVkVSX0FSUklWRUQQAxIaChZSSURFX1NUQVRFX0lOX1BST0dSRVNTEAQSGAoUUklERV9TVEFURV9DT01QTEVURUQQBRIYChRSSURFX1NUQVRFX0NBTkNFTExFRBAGEhYKElJJREVfU1RBVEVfRVhQSVJFRBAHKlMKBVBhcnR5EhUKEVBBUlRZX1VOU1BFQ0lGSUVEEAASDwoLUEFSVFlfUklERVIQARIQCgxQQVJUWV9EUklWRVIQAhIQCgxQQVJUWV9TWVNURU0QAyrBAQoNUmlkZUV2ZW50S2luZBIfChtSSURFX0VWRU5UX0tJTkRfVU5TUEVDSUZJRUQQABImCiJSSURFX0VWRU5UX0tJTkRfQVBQUk9BQ0hJTkdfUElDS1VQEAESHQoZUklERV9FVkVOVF9LSU5EX0FUX1BJQ0tVUBACEh8KG1JJREVfRVZFTlRfS0lORF9MRUZUX1BJQ0tVUBADEicKI1JJREVfRVZFTlRfS0lORF9BUFBST0FDSElOR19EUk9QT0ZGEAQy1QcKC1JpZGVTZXJ2aWNlElAKC1JlcXVlc3RSaWRlEh8ucmlkZW1lc2gudjEuUmVxdWVzdFJpZGVSZXF1ZXN0GiAucmlkZW1lc2gudjEuUmVxdWVzdFJpZGVSZXNwb25zZRJECgdHZXRSaWRlEhsucmlkZW1lc2gudjEuR2V0UmlkZVJlcXVlc3QaHC5yaWRlbWVzaC52MS5HZXRSaWRlUmVzcG9uc2USSgoJTGlzdFJpZGVzEh0ucmlkZW1lc2gudjEuTGlzdFJpZGVzUmVxdWVzdBoeLnJpZGVtZXNoLnYxLkxpc3RSaWRlc1Jlc3BvbnNlEk0KCkFjY2VwdFJpZGUSHi5yaWRlbWVzaC52MS5BY2NlcHRSaWRlUmVxdWVzdBofLnJpZGVtZXNoLnYxLkFjY2VwdFJpZGVSZXNwb25zZRJQCgtEZWNsaW5lUmlkZRIfLnJpZGVtZXNoLnYxLkRlY2xpbmVSaWRlUmVxdWVzdBogLnJpZGVtZXNoLnYxLkRlY2xpbmVSaWRlUmVzcG9uc2USYgoRTWFya0RyaXZlckFycml2ZWQSJS5yaWRlbWVzaC52MS5NYXJrRHJpdmVyQXJyaXZlZFJlcXVlc3QaJi5yaWRlbWVzaC52MS5NYXJrRHJpdmVyQXJyaXZlZFJlc3BvbnNlEkoKCVN0YXJ0UmlkZRIdLnJpZGVtZXNoLnYxLlN0YXJ0UmlkZVJlcXVlc3QaHi5yaWRlbWVzaC52MS5TdGFydFJpZGVSZXNwb25zZRJTCgxDb21wbGV0ZVJpZGUSIC5yaWRlbWVzaC52MS5Db21wbGV0ZVJpZGVSZXF1ZXN0GiEucmlkZW1lc2gudjEuQ29tcGxldGVSaWRlUmVzcG9uc2USTQoKQ2FuY2VsUmlkZRIeLnJpZGVtZXNoLnYxLkNhbmNlbFJpZGVSZXF1ZXN0Gh8ucmlkZW1lc2gudjEuQ2FuY2VsUmlkZVJlc3BvbnNlEkwKCVdhdGNoUmlkZRIdLnJpZGVtZXNoLnYxLldhdGNoUmlkZVJlcXVlc3QaHi5yaWRlbWVzaC52MS5XYXRjaFJpZGVSZXNwb25zZTABEl4KD1dhdGNoUmlkZUV2ZW50cxIjLnJpZGVtZXNoLnYxLldhdGNoUmlkZUV2ZW50c1JlcXVlc3QaJC5yaWRlbWVzaC52MS5XYXRjaFJpZGVFdmVudHNSZXNwb25zZTABEj8KBENoYXQSGC5yaWRlbWVzaC52MS5DaGF0UmVxdWVzdBoZLnJpZGVtZXNoLnYxLkNoYXRSZXNwb25zZSgBMAFiBnByb3RvMw", [file_google_protobuf_duration, file_google_protobuf_timestamp, file_ridemesh_v1_common]);
 
 /**
  * A ride.
@@ -98,6 +98,13 @@ export type Ride = Message<"ridemesh.v1.Ride"> & {
    * @generated from field: string offered_driver_id = 11;
    */
   offeredDriverId: string;
+
+  /**
+   * Whether the ride moves to DRIVER_ARRIVED by itself when its driver is at the pickup.
+   *
+   * @generated from field: bool auto_arrive = 12;
+   */
+  autoArrive: boolean;
 };
 
 /**
@@ -141,6 +148,14 @@ export type RequestRideRequest = Message<"ridemesh.v1.RequestRideRequest"> & {
    * @generated from field: string request_id = 4;
    */
   requestId: string;
+
+  /**
+   * Move the ride to DRIVER_ARRIVED by itself when its driver is at the pickup (a RIDE_AT_PICKUP
+   * event), instead of waiting for MarkDriverArrived.
+   *
+   * @generated from field: bool auto_arrive = 5;
+   */
+  autoArrive: boolean;
 };
 
 /**
@@ -662,6 +677,14 @@ export type WatchRideResponse = Message<"ridemesh.v1.WatchRideResponse"> & {
    * @generated from field: double eta_distance_m = 4;
    */
   etaDistanceM: number;
+
+  /**
+   * Set when this response announces a proximity event of the ride (its driver approaching or
+   * at the pickup, leaving it, or approaching the drop-off).
+   *
+   * @generated from field: ridemesh.v1.RideEvent event = 5;
+   */
+  event?: RideEvent | undefined;
 };
 
 /**
@@ -670,6 +693,127 @@ export type WatchRideResponse = Message<"ridemesh.v1.WatchRideResponse"> & {
  */
 export const WatchRideResponseSchema: GenMessage<WatchRideResponse> = /*@__PURE__*/
   messageDesc(file_ridemesh_v1_ride_service, 20);
+
+/**
+ * One proximity event of a ride.
+ *
+ * @generated from message ridemesh.v1.RideEvent
+ */
+export type RideEvent = Message<"ridemesh.v1.RideEvent"> & {
+  /**
+   * The event's id in the event log: the same on every delivery.
+   *
+   * @generated from field: string event_id = 1;
+   */
+  eventId: string;
+
+  /**
+   * What happened.
+   *
+   * @generated from field: ridemesh.v1.RideEventKind kind = 2;
+   */
+  kind: RideEventKind;
+
+  /**
+   * The ride.
+   *
+   * @generated from field: string ride_id = 3;
+   */
+  rideId: string;
+
+  /**
+   * Its driver.
+   *
+   * @generated from field: string driver_id = 4;
+   */
+  driverId: string;
+
+  /**
+   * The time of the fix that caused it.
+   *
+   * @generated from field: google.protobuf.Timestamp event_time = 5;
+   */
+  eventTime?: Timestamp | undefined;
+
+  /**
+   * Where the driver was at that fix.
+   *
+   * @generated from field: ridemesh.v1.LatLng position = 6;
+   */
+  position?: LatLng | undefined;
+
+  /**
+   * The great-circle distance in metres from there to the pickup (or to the drop-off, for
+   * APPROACHING_DROPOFF).
+   *
+   * @generated from field: double distance_m = 7;
+   */
+  distanceM: number;
+};
+
+/**
+ * Describes the message ridemesh.v1.RideEvent.
+ * Use `create(RideEventSchema)` to create a new message.
+ */
+export const RideEventSchema: GenMessage<RideEvent> = /*@__PURE__*/
+  messageDesc(file_ridemesh_v1_ride_service, 21);
+
+/**
+ * Asks for ride events.
+ *
+ * @generated from message ridemesh.v1.WatchRideEventsRequest
+ */
+export type WatchRideEventsRequest = Message<"ridemesh.v1.WatchRideEventsRequest"> & {
+  /**
+   * Events of these rides (empty: of every ride).
+   *
+   * @generated from field: repeated string ride_ids = 1;
+   */
+  rideIds: string[];
+
+  /**
+   * The `resume_token` of the last event a previous watch received (see
+   * WatchGeofenceEventsRequest.resume_token).
+   *
+   * @generated from field: string resume_token = 2;
+   */
+  resumeToken: string;
+};
+
+/**
+ * Describes the message ridemesh.v1.WatchRideEventsRequest.
+ * Use `create(WatchRideEventsRequestSchema)` to create a new message.
+ */
+export const WatchRideEventsRequestSchema: GenMessage<WatchRideEventsRequest> = /*@__PURE__*/
+  messageDesc(file_ridemesh_v1_ride_service, 22);
+
+/**
+ * One ride event.
+ *
+ * @generated from message ridemesh.v1.WatchRideEventsResponse
+ */
+export type WatchRideEventsResponse = Message<"ridemesh.v1.WatchRideEventsResponse"> & {
+  /**
+   * The event.
+   *
+   * @generated from field: ridemesh.v1.RideEvent event = 1;
+   */
+  event?: RideEvent | undefined;
+
+  /**
+   * Pass as `resume_token` to continue after this event.
+   *
+   * @generated from field: string resume_token = 2;
+   */
+  resumeToken: string;
+};
+
+/**
+ * Describes the message ridemesh.v1.WatchRideEventsResponse.
+ * Use `create(WatchRideEventsResponseSchema)` to create a new message.
+ */
+export const WatchRideEventsResponseSchema: GenMessage<WatchRideEventsResponse> = /*@__PURE__*/
+  messageDesc(file_ridemesh_v1_ride_service, 23);
 
 /**
  * Joins a ride's chat; must be the first message of a Chat stream.
@@ -711,7 +855,7 @@ export type ChatJoin = Message<"ridemesh.v1.ChatJoin"> & {
  * Use `create(ChatJoinSchema)` to create a new message.
  */
 export const ChatJoinSchema: GenMessage<ChatJoin> = /*@__PURE__*/
-  messageDesc(file_ridemesh_v1_ride_service, 21);
+  messageDesc(file_ridemesh_v1_ride_service, 24);
 
 /**
  * Sends one chat message.
@@ -739,7 +883,7 @@ export type ChatSend = Message<"ridemesh.v1.ChatSend"> & {
  * Use `create(ChatSendSchema)` to create a new message.
  */
 export const ChatSendSchema: GenMessage<ChatSend> = /*@__PURE__*/
-  messageDesc(file_ridemesh_v1_ride_service, 22);
+  messageDesc(file_ridemesh_v1_ride_service, 25);
 
 /**
  * A message from a party on a Chat stream.
@@ -776,7 +920,7 @@ export type ChatRequest = Message<"ridemesh.v1.ChatRequest"> & {
  * Use `create(ChatRequestSchema)` to create a new message.
  */
 export const ChatRequestSchema: GenMessage<ChatRequest> = /*@__PURE__*/
-  messageDesc(file_ridemesh_v1_ride_service, 23);
+  messageDesc(file_ridemesh_v1_ride_service, 26);
 
 /**
  * One stored chat message.
@@ -839,7 +983,7 @@ export type ChatMessage = Message<"ridemesh.v1.ChatMessage"> & {
  * Use `create(ChatMessageSchema)` to create a new message.
  */
 export const ChatMessageSchema: GenMessage<ChatMessage> = /*@__PURE__*/
-  messageDesc(file_ridemesh_v1_ride_service, 24);
+  messageDesc(file_ridemesh_v1_ride_service, 27);
 
 /**
  * A message to a party on a Chat stream.
@@ -860,7 +1004,7 @@ export type ChatResponse = Message<"ridemesh.v1.ChatResponse"> & {
  * Use `create(ChatResponseSchema)` to create a new message.
  */
 export const ChatResponseSchema: GenMessage<ChatResponse> = /*@__PURE__*/
-  messageDesc(file_ridemesh_v1_ride_service, 25);
+  messageDesc(file_ridemesh_v1_ride_service, 28);
 
 /**
  * Where a ride is in its lifecycle.
@@ -973,6 +1117,54 @@ export const PartySchema: GenEnum<Party> = /*@__PURE__*/
   enumDesc(file_ridemesh_v1_ride_service, 1);
 
 /**
+ * A ride's proximity events, computed from its driver's fixes.
+ *
+ * @generated from enum ridemesh.v1.RideEventKind
+ */
+export enum RideEventKind {
+  /**
+   * Not set.
+   *
+   * @generated from enum value: RIDE_EVENT_KIND_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * The driver is close to the pickup (within about 500 m or 2 minutes), before arriving.
+   *
+   * @generated from enum value: RIDE_EVENT_KIND_APPROACHING_PICKUP = 1;
+   */
+  APPROACHING_PICKUP = 1,
+
+  /**
+   * The driver is at the pickup (within about 50 m and nearly stopped).
+   *
+   * @generated from enum value: RIDE_EVENT_KIND_AT_PICKUP = 2;
+   */
+  AT_PICKUP = 2,
+
+  /**
+   * The driver was at the pickup and drove away (beyond about 150 m) without starting the ride.
+   *
+   * @generated from enum value: RIDE_EVENT_KIND_LEFT_PICKUP = 3;
+   */
+  LEFT_PICKUP = 3,
+
+  /**
+   * The ride is in progress and the driver is close to the drop-off (within about 500 m).
+   *
+   * @generated from enum value: RIDE_EVENT_KIND_APPROACHING_DROPOFF = 4;
+   */
+  APPROACHING_DROPOFF = 4,
+}
+
+/**
+ * Describes the enum ridemesh.v1.RideEventKind.
+ */
+export const RideEventKindSchema: GenEnum<RideEventKind> = /*@__PURE__*/
+  enumDesc(file_ridemesh_v1_ride_service, 2);
+
+/**
  * A ride from request to completion: dispatch, lifecycle, live status and chat.
  *
  * @generated from service ridemesh.v1.RideService
@@ -1077,6 +1269,17 @@ export const RideService: GenService<{
     methodKind: "server_streaming";
     input: typeof WatchRideRequestSchema;
     output: typeof WatchRideResponseSchema;
+  },
+  /**
+   * Proximity events of every ride (or the chosen ones), as they happen; with a resume token,
+   * first every event after it that the event log still holds (ops and services only).
+   *
+   * @generated from rpc ridemesh.v1.RideService.WatchRideEvents
+   */
+  watchRideEvents: {
+    methodKind: "server_streaming";
+    input: typeof WatchRideEventsRequestSchema;
+    output: typeof WatchRideEventsResponseSchema;
   },
   /**
    * Messages between the ride's rider and driver; the first message must be `join`.

@@ -21,12 +21,22 @@ from services.domain.errors import InvalidArgument, NotFound
 from services.domain.validation import fix_order
 from services.geo.zone_index import Zone, ZoneIndex
 from services.geo.zones import validate_labels
-from services.live.fanout import Hub
+from services.live.events import (
+    LOG_EVENT_LUA,
+    RETENTION_S,
+    EventFeed,
+    EventLog,
+    LoggedEvent,
+    follow,
+    log_args,
+)
 from services.live.ingest import FOLLOW_EVERY_S, IngestLog
-from services.live.mailboxes import Latest
 from services.live.names import (
     ZONES_GROUP,
-    fence_events_channel,
+    ended_zones_key,
+    events_epoch_key,
+    events_stream,
+    fence_members_key,
     fence_state_key,
     partition_count,
     partition_of,
@@ -39,8 +49,6 @@ log = logging.getLogger(__name__)
 
 # A driver's zone state is kept this long after their last fix, so idle drivers do not pile up.
 STATE_TTL_S = 86400
-# A watcher this many events behind loses the oldest: events cannot be conflated like positions.
-WATCH_DEPTH = 1024
 MAX_WATCH_IDS = 100
 # Each round resolves zones a fix leaves; a third round only happens when other replicas keep
 # moving the driver's state in between, and the driver's next fix settles it anyway.
@@ -53,23 +61,29 @@ READ_BLOCK_MS = 2_000
 # Entries another replica read and did not acknowledge for this long are taken over (it died).
 CLAIM_IDLE_S = 10.0
 
-# KEYS[1] the driver's state: its last applied fix (`t`, `s`) and the zones it holds (`z`:
-# "id@S@since" items, S being P (inside, ENTER not yet due), I (entered) or D (entered, DWELL
-# sent), since the fix's ms time of that status; a bare "id" from older versions is I).
-# ARGV: recorded ms, seq, ttl s, channel, the fix as JSON, the ids of the zones holding the fix,
-# the ids of zones whose hysteresis band holds it (outside, but not far enough to leave), ids
-# to drop from the state without an EXIT, then (id, entry JSON, entry delay ms, dwell ms) of
-# the zones the caller can describe.
+# KEYS: the driver's state, the partition's event log and its epoch, the partition's zone
+# members and ended zones. The state holds the last applied fix (`t`, `s`, and `f` as JSON) and
+# the zones it holds (`z`: "id@S@since" items, S being P (inside, ENTER not yet due), I
+# (entered) or D (entered, DWELL sent), since the fix's ms time of that status; a bare "id"
+# from older versions is I).
+# ARGV: recorded ms, seq, ttl s, driver id, the fix as JSON, the ids of the zones holding the
+# fix, the ids of zones whose hysteresis band holds it (outside, but not far enough to leave),
+# ids to drop from the state without an EXIT, the event log's epoch candidate and retention
+# ms, then (id, entry JSON, entry delay ms, dwell ms) of the zones the caller can describe.
 # Returns 0 when the stored fix is as new or newer (another replica applied this one, or it is
 # stale), 1 when applied, or the ids of entered zones left that the caller did not describe
 # (nothing is written then; the caller looks them up and calls again).
-# The SPUBLISH (to the channel of the driver's partition: the same slot) is inside the script so
-# one driver's events reach watchers in state order even when consecutive fixes are applied by
-# different replicas.
-_APPLY_LUA = """
-local function ids(csv)
+# Each transition is appended to the event log inside the script, so it is logged once, in the
+# driver's state order, whichever replica applied which fix. Zones that ended are neither
+# entered nor kept (their EXITs were sent when they ended).
+_APPLY_LUA = (
+    LOG_EVENT_LUA
+    + """
+local function ids(csv, ended)
   local list, set = {}, {}
-  for id in string.gmatch(csv, '[^,]+') do list[#list + 1] = id; set[id] = true end
+  for id in string.gmatch(csv, '[^,]+') do
+    if not ended[id] then list[#list + 1] = id; set[id] = true end
+  end
   return list, set
 end
 local state = redis.call('HMGET', KEYS[1], 't', 's', 'z')
@@ -80,18 +94,26 @@ if state[1] then
   local old_s = tonumber(state[2])
   if old_t > t or (old_t == t and old_s >= s) then return 0 end
 end
-local held, order = {}, {}
+local driver, fix = ARGV[4], ARGV[5]
+local held, order, legacy = {}, {}, {}
 for item in string.gmatch(state[3] or '', '[^,]+') do
   local id, status, since = string.match(item, '^([^@]+)@(%a)@(%d+)$')
-  if not id then id, status, since = item, 'I', old_t end
+  if not id then id, status, since = item, 'I', old_t; legacy[id] = true end
   held[id] = {status, tonumber(since)}
   order[#order + 1] = id
 end
-local inside_list, inside = ids(ARGV[6])
-local _, near = ids(ARGV[7])
-local _, gone = ids(ARGV[8])
+local ended = {}
+local candidates = ARGV[6] .. ',' .. ARGV[7] .. ',' .. ARGV[8]
+for _, id in ipairs(order) do candidates = candidates .. ',' .. id end
+for id in string.gmatch(candidates, '[^,]+') do
+  if ended[id] == nil then ended[id] = redis.call('SISMEMBER', KEYS[5], id) == 1 end
+end
+local inside_list, inside = ids(ARGV[6], ended)
+local _, near = ids(ARGV[7], ended)
+local _, gone = ids(ARGV[8], {})
+for id, is_ended in pairs(ended) do if is_ended then gone[id] = true end end
 local entry, delay, dwell = {}, {}, {}
-for i = 9, #ARGV, 4 do
+for i = 11, #ARGV, 4 do
   entry[ARGV[i]] = ARGV[i + 1]
   delay[ARGV[i]] = tonumber(ARGV[i + 2])
   dwell[ARGV[i]] = tonumber(ARGV[i + 3])
@@ -102,43 +124,48 @@ for _, id in ipairs(order) do
   if left and held[id][1] ~= 'P' and not entry[id] then unknown[#unknown + 1] = id end
 end
 if #unknown > 0 then return unknown end
-local enters, exits, dwells, kept = {}, {}, {}, {}
+local events, kept = {}, {}
 local function keep(id, status, since)
   kept[#kept + 1] = id .. '@' .. status .. '@' .. string.format('%d', since)
+  if not held[id] or legacy[id] then redis.call('ZADD', KEYS[4], 0, id .. '|' .. driver) end
 end
 local function advance(id, status, since)
   if status == 'P' and inside[id] and t - since >= delay[id] then
-    enters[#enters + 1] = entry[id]
+    events[#events + 1] = {'geofence.enter', id}
     status, since = 'I', t
   end
   if status == 'I' and dwell[id] > 0 and t - since >= dwell[id] then
-    dwells[#dwells + 1] = entry[id]
+    events[#events + 1] = {'geofence.dwell', id}
     status = 'D'
   end
   keep(id, status, since)
 end
+local exits = {}
 for _, id in ipairs(order) do
   local status, since = held[id][1], held[id][2]
   if gone[id] then
-    -- a deleted zone: dropped without an event (deletion ends its events)
+    redis.call('ZREM', KEYS[4], id .. '|' .. driver)
   elseif inside[id] or near[id] then
     advance(id, status, since)
-  elseif status ~= 'P' then
-    exits[#exits + 1] = entry[id]
+  else
+    if status ~= 'P' then exits[#exits + 1] = {'geofence.exit', id} end
+    redis.call('ZREM', KEYS[4], id .. '|' .. driver)
   end
 end
 for _, id in ipairs(inside_list) do
   if not held[id] and entry[id] then advance(id, 'P', t) end
 end
-redis.call('HSET', KEYS[1], 't', ARGV[1], 's', ARGV[2], 'z', table.concat(kept, ','))
+redis.call('HSET', KEYS[1], 't', ARGV[1], 's', ARGV[2], 'f', fix, 'z', table.concat(kept, ','))
 redis.call('EXPIRE', KEYS[1], ARGV[3])
-if #enters + #exits + #dwells > 0 then
-  redis.call('SPUBLISH', ARGV[4], '{"fix":' .. ARGV[5] .. ',"exit":[' .. table.concat(exits, ',')
-    .. '],"enter":[' .. table.concat(enters, ',') .. '],"dwell":['
-    .. table.concat(dwells, ',') .. ']}')
+-- EXITs first: a driver leaving one zone for a neighbour leaves first.
+for _, list in ipairs({exits, events}) do
+  for _, event in ipairs(list) do
+    log_event(KEYS[2], KEYS[3], ARGV[9], tonumber(ARGV[10]), event[1], fix, entry[event[2]])
+  end
 end
 return 1
 """
+)
 
 
 class HasZoneIndex(Protocol):
@@ -208,19 +235,31 @@ def fix_json(location: DriverLocation) -> str:
     )
 
 
-def script_args(pending: PendingFix) -> list[Any]:
+def script_keys(driver_id: str) -> list[str]:
+    """KEYS of the apply script for one driver's fix (pure)."""
+    partition = partition_of(driver_id)
+    return [
+        fence_state_key(driver_id),
+        events_stream(partition),
+        events_epoch_key(partition),
+        fence_members_key(partition),
+        ended_zones_key(partition),
+    ]
+
+
+def script_args(pending: PendingFix, retention_s: float = RETENTION_S) -> list[Any]:
     """ARGV of the apply script for one fix (pure)."""
     location = pending.location
-    channel = fence_events_channel(partition_of(location.driver_id))
     args: list[Any] = [
         location.recorded_at.ToMilliseconds(),
         location.seq,
         STATE_TTL_S,
-        channel,
+        location.driver_id,
         fix_json(location),
         pending.zone_ids,
         pending.near_ids,
         ",".join(pending.gone),
+        *log_args(retention_s),
     ]
     for geofence_id, (entry, delay_ms, dwell_ms) in pending.entries.items():
         args += (geofence_id, entry, delay_ms, dwell_ms)
@@ -272,8 +311,10 @@ class FenceTracker:
         claim_idle_s: float = CLAIM_IDLE_S,
         retry_s: float = 1.0,
         every_s: float | None = None,
+        retention_s: float = RETENTION_S,
     ) -> None:
         self._redis = redis
+        self._retention_s = retention_s
         self._zones = zones
         self._apply = redis.register_script(_APPLY_LUA)
         self._entries = _EntryCache()
@@ -430,58 +471,38 @@ class FenceTracker:
     async def _pipeline(self, pending: Sequence[PendingFix]) -> list[Any]:
         pipe = self._redis.pipeline(transaction=False)
         for item in pending:
-            key = fence_state_key(item.location.driver_id)
-            pipe.evalsha(self._apply.sha, 1, key, *script_args(item))
+            keys = script_keys(item.location.driver_id)
+            pipe.evalsha(self._apply.sha, len(keys), *keys, *script_args(item, self._retention_s))
         replies: list[Any] = await pipe.execute(raise_on_error=False)
         return replies
 
 
-@dataclass(frozen=True, slots=True)
-class ZoneEvent:
-    """One transition as watchers filter it; `response` is shared by every watcher sent it."""
-
-    geofence_id: str
-    labels: Mapping[str, str]
-    response: pb.WatchGeofenceEventsResponse
+_TRANSITIONS = {
+    "geofence.enter": pb.GeofenceTransition.GEOFENCE_TRANSITION_ENTER,
+    "geofence.exit": pb.GeofenceTransition.GEOFENCE_TRANSITION_EXIT,
+    "geofence.dwell": pb.GeofenceTransition.GEOFENCE_TRANSITION_DWELL,
+}
 
 
-EventBatch = tuple[ZoneEvent, ...]
+def is_zone_event(event: LoggedEvent) -> bool:
+    return event.kind in _TRANSITIONS
 
 
-def decode_event_message(data: bytes) -> EventBatch:
-    """A published message as its events, EXITs before ENTERs (a driver leaving one zone for a
-    neighbour leaves first), then DWELLs; decoded once per process, whatever the number of
-    watchers."""
-    message = json.loads(data)
-    fix = message["fix"]
-    events = [
-        _event(fix, entry, pb.GeofenceTransition.GEOFENCE_TRANSITION_EXIT)
-        for entry in message["exit"]
-    ]
-    events += (
-        _event(fix, entry, pb.GeofenceTransition.GEOFENCE_TRANSITION_ENTER)
-        for entry in message["enter"]
-    )
-    events += (
-        _event(fix, entry, pb.GeofenceTransition.GEOFENCE_TRANSITION_DWELL)
-        for entry in message.get("dwell", ())
-    )
-    return tuple(events)
-
-
-def _event(
-    fix: Mapping[str, Any], entry: Mapping[str, Any], transition: pb.GeofenceTransition.ValueType
-) -> ZoneEvent:
-    event = pb.GeofenceEvent(
-        transition=transition,
+def zone_event(event: LoggedEvent) -> pb.GeofenceEvent:
+    """A logged zone event as the API shows it (pure)."""
+    fix, zone = event.fix, event.subject
+    message = pb.GeofenceEvent(
+        transition=_TRANSITIONS[event.kind],
         driver_id=fix["d"],
-        geofence_id=entry["id"],
-        geofence_display_name=entry["n"],
+        geofence_id=zone["id"],
+        geofence_display_name=zone["n"],
+        event_id=event.event_id,
+        reason=event.reason,
     )
-    event.event_time.FromMilliseconds(fix["t"])
-    event.position.latitude = fix["lat"]
-    event.position.longitude = fix["lng"]
-    return ZoneEvent(entry["id"], entry["l"], pb.WatchGeofenceEventsResponse(event=event))
+    message.event_time.FromMilliseconds(int(fix["t"]))
+    message.position.latitude = fix["lat"]
+    message.position.longitude = fix["lng"]
+    return message
 
 
 @dataclass(frozen=True, slots=True)
@@ -492,14 +513,19 @@ class EventFilter:
     geofence_ids: frozenset[str]
     labels: Mapping[str, str]
 
-    def accepts(self, event: ZoneEvent) -> bool:
-        if self.geofence_ids and event.geofence_id not in self.geofence_ids:
+    def accepts(self, event: LoggedEvent) -> bool:
+        if event.kind not in _TRANSITIONS:
             return False
-        return all(event.labels.get(key) == value for key, value in self.labels.items())
+        zone = event.subject
+        if self.geofence_ids and zone["id"] not in self.geofence_ids:
+            return False
+        labels = zone.get("l", {})
+        return all(labels.get(key) == value for key, value in self.labels.items())
 
 
 def event_filter(index: ZoneIndex, request: pb.WatchGeofenceEventsRequest) -> EventFilter:
-    """Validates a watch request against the zones this replica knows; raises naming the fault."""
+    """Validates a watch request against the zones this replica knows; raises naming the fault.
+    (A resumed watch may name a zone that ended since: its EXITs are still in the log.)"""
     ids = list(request.geofence_ids)
     if len(ids) > MAX_WATCH_IDS:
         raise InvalidArgument(
@@ -510,7 +536,7 @@ def event_filter(index: ZoneIndex, request: pb.WatchGeofenceEventsRequest) -> Ev
         raise InvalidArgument("geofence_ids must not contain an empty id")
     labels = validate_labels(request.labels)
     missing = sorted({geofence_id for geofence_id in ids if index.get(geofence_id) is None})
-    if missing:
+    if missing and not request.resume_token:
         shown = ", ".join(repr(m[:80]) for m in missing[:10])
         more = f" and {len(missing) - 10} more" if len(missing) > 10 else ""
         raise NotFound(f"no geofence with id {shown}{more}")
@@ -518,27 +544,12 @@ def event_filter(index: ZoneIndex, request: pb.WatchGeofenceEventsRequest) -> Ev
 
 
 async def watch_geofence_events(
-    events_hub: Hub[EventBatch], zones: HasZoneIndex, request: pb.WatchGeofenceEventsRequest
+    feed: EventFeed,
+    log_: EventLog,
+    zones: HasZoneIndex,
+    request: pb.WatchGeofenceEventsRequest,
 ) -> AsyncIterator[pb.WatchGeofenceEventsResponse]:
-    """Streams the ENTER and EXIT events the request asks for, from now on."""
+    """Streams the zone events the request asks for: after its resume token, or from now on."""
     wanted = event_filter(zones.index, request)
-    # Events cannot be conflated: a reader WATCH_DEPTH events behind loses the oldest ones.
-    mailbox: Latest[pb.WatchGeofenceEventsResponse] = Latest(WATCH_DEPTH)
-
-    def sink(events: EventBatch) -> None:
-        # Runs in the hub's reader for every event message in the world: keep it cheap.
-        for event in events:
-            if wanted.accepts(event):
-                mailbox.put(event.response)
-
-    channels = [fence_events_channel(partition) for partition in partitions()]
-    try:
-        for channel in channels:
-            await events_hub.add(channel, sink, on_lost=mailbox.fail)
-        while True:
-            yield await mailbox.get()
-    finally:
-        for channel in channels:
-            await events_hub.remove(channel, sink)
-        if mailbox.dropped:
-            log.warning("a slow geofence watcher lost %d events", mailbox.dropped)
+    async for event, token in follow(feed, log_, request.resume_token, wanted.accepts):
+        yield pb.WatchGeofenceEventsResponse(event=zone_event(event), resume_token=token)

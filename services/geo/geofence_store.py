@@ -19,35 +19,54 @@ from services.history.store import raw_connection
 
 _COLUMNS = (
     "geofence_id, display_name, geojson, labels::text, create_time, "
-    "entry_delay_s, dwell_s, hysteresis_m"
+    "entry_delay_s, dwell_s, hysteresis_m, expire_time"
 )
+# A zone is live until it is deleted or its expiry time passes.
+_LIVE = "ended_at IS NULL AND (expire_time IS NULL OR expire_time > now())"
 
 _INSERT = f"""
 INSERT INTO geofences (
-  geofence_id, display_name, geom, geojson, labels, entry_delay_s, dwell_s, hysteresis_m
+  geofence_id, display_name, geom, geojson, labels, entry_delay_s, dwell_s, hysteresis_m,
+  expire_time
 )
-VALUES ($1, $2, ST_Multi(ST_GeomFromWKB($3::bytea, 4326)), $4, $5::jsonb, $6, $7, $8)
+VALUES ($1, $2, ST_Multi(ST_GeomFromWKB($3::bytea, 4326)), $4, $5::jsonb, $6, $7, $8, $9)
 RETURNING {_COLUMNS}
 """
-_SELECT_ONE = f"SELECT {_COLUMNS} FROM geofences WHERE geofence_id = $1"
+_SELECT_ONE = f"SELECT {_COLUMNS} FROM geofences WHERE geofence_id = $1 AND {_LIVE}"
 # Keyset pagination: the row comparison lets the (create_time, geofence_id) btree serve both the
 # bound and the order. Conditions are fixed fragments joined as needed (never user text), so
 # each shape gets its own plan instead of one generic plan full of `$1 IS NULL OR ...`.
 _AFTER = "(create_time, geofence_id) > (${}::timestamptz, ${}::text)"
 _WITH_LABEL = "labels @> ${}::jsonb"  # served by the GIN index
-_PAGE = "SELECT {columns} FROM geofences{where} ORDER BY create_time, geofence_id LIMIT ${limit}"
+_PAGE = (
+    "SELECT {columns} FROM geofences WHERE {where} ORDER BY create_time, geofence_id LIMIT ${limit}"
+)
 # (x, y) is (longitude, latitude). ST_Intersects, not ST_Contains: a point on the boundary is in
 # the zone, as in the in-memory ZoneIndex; both use the GiST index.
 _SELECT_CONTAINING = f"""
 SELECT {_COLUMNS} FROM geofences
-WHERE ST_Intersects(geom, ST_SetSRID(ST_MakePoint($2, $1), 4326))
+WHERE ST_Intersects(geom, ST_SetSRID(ST_MakePoint($2, $1), 4326)) AND {_LIVE}
 ORDER BY create_time, geofence_id
 """
-_SELECT_ZONES = """
-SELECT geofence_id, display_name, labels::text, ST_AsBinary(geom), entry_delay_s, dwell_s,
-  hysteresis_m
-FROM geofences
-ORDER BY create_time, geofence_id
+_ZONE_COLUMNS = (
+    "geofence_id, display_name, labels::text, ST_AsBinary(geom), entry_delay_s, dwell_s, "
+    "hysteresis_m"
+)
+_SELECT_ZONES = f"""
+SELECT {_ZONE_COLUMNS} FROM geofences WHERE {_LIVE} ORDER BY create_time, geofence_id
+"""
+# Ending: deletion marks the zone ended (its EXITs owed) unless it already was.
+_END = f"""
+UPDATE geofences SET ended_at = now(), end_reason = $2
+WHERE geofence_id = $1 AND {_LIVE}
+"""
+_EXPIRE = """
+UPDATE geofences SET ended_at = now(), end_reason = 'zone_expired'
+WHERE ended_at IS NULL AND expire_time <= now()
+"""
+_SELECT_ENDED = f"""
+SELECT {_ZONE_COLUMNS}, end_reason, ended_at FROM geofences WHERE ended_at IS NOT NULL
+ORDER BY ended_at LIMIT $1
 """
 _SELECT_REVISION = "SELECT revision FROM geofence_revision"
 
@@ -70,6 +89,7 @@ class StoredGeofence:
     labels: Mapping[str, str] = field(default_factory=dict)
     create_time: datetime | None = None
     timing: ZoneTiming = field(default_factory=ZoneTiming)
+    expire_time: datetime | None = None
 
     @property
     def cursor(self) -> Cursor:
@@ -82,16 +102,25 @@ Geofences = list[StoredGeofence]
 Zones = list[Zone]
 
 
+@dataclass(frozen=True, slots=True)
+class EndedZone:
+    """A zone deleted or expired whose drivers inside are still owed their EXIT."""
+
+    zone: Zone
+    reason: str
+    ended_at: datetime
+
+
 def _stored(record: Any) -> StoredGeofence:
-    geofence_id, display_name, geojson, labels, create_time, delay, dwell, margin = record
+    geofence_id, display_name, geojson, labels, create_time, delay, dwell, margin, expire = record
     timing = ZoneTiming(delay, dwell, margin)
     return StoredGeofence(
-        geofence_id, display_name, geojson, json.loads(labels), create_time, timing
+        geofence_id, display_name, geojson, json.loads(labels), create_time, timing, expire
     )
 
 
 def _zone(record: Any) -> Zone:
-    geofence_id, display_name, labels, wkb, delay, dwell, margin = record
+    geofence_id, display_name, labels, wkb, delay, dwell, margin = record[:7]
     timing = ZoneTiming(delay, dwell, margin)
     return Zone(geofence_id, display_name, json.loads(labels), shapely.from_wkb(wkb), timing)
 
@@ -99,7 +128,7 @@ def _zone(record: Any) -> Zone:
 def _page_query(
     limit: int, after: Cursor | None, label: tuple[str, str] | None
 ) -> tuple[str, list[Any]]:
-    conditions: list[str] = []
+    conditions: list[str] = [_LIVE]
     args: list[Any] = []
     if after is not None:
         conditions.append(_AFTER.format(len(args) + 1, len(args) + 2))
@@ -107,7 +136,7 @@ def _page_query(
     if label is not None:
         conditions.append(_WITH_LABEL.format(len(args) + 1))
         args.append(json.dumps({label[0]: label[1]}))
-    where = " WHERE " + " AND ".join(conditions) if conditions else ""
+    where = " AND ".join(conditions)
     args.append(limit)
     return _PAGE.format(columns=_COLUMNS, where=where, limit=len(args)), args
 
@@ -134,6 +163,7 @@ class GeofenceStore:
                 parsed.timing.entry_delay_s,
                 parsed.timing.dwell_s,
                 parsed.timing.hysteresis_m,
+                parsed.expire_time,
             )
         return _stored(record)
 
@@ -159,12 +189,27 @@ class GeofenceStore:
         return page, (page[-1].cursor if more and page else None)
 
     async def delete(self, geofence_id: str) -> bool:
-        """Deletes a zone; False when there was none with that id."""
+        """Ends a zone for good (its row stays until its EXITs are sent: see ended()); False
+        when there was no live zone with that id."""
         async with self._connection() as apg:
-            status: str = await apg.execute(
-                "DELETE FROM geofences WHERE geofence_id = $1", geofence_id
+            status: str = await apg.execute(_END, geofence_id, "zone_deleted")
+        return status != "UPDATE 0"
+
+    async def ended(self, limit: int = 100) -> list[EndedZone]:
+        """Zones that ended (deleted, or expired: those are marked here first) and still owe
+        their EXITs, oldest end first."""
+        async with self._connection() as apg:
+            await apg.execute(_EXPIRE)
+            records = await apg.fetch(_SELECT_ENDED, limit)
+        return [EndedZone(_zone(record), record[7], record[8]) for record in records]
+
+    async def forget(self, geofence_id: str) -> None:
+        """Drops an ended zone's row once its EXITs are sent."""
+        async with self._connection() as apg:
+            await apg.execute(
+                "DELETE FROM geofences WHERE geofence_id = $1 AND ended_at IS NOT NULL",
+                geofence_id,
             )
-        return status != "DELETE 0"
 
     async def containing(self, latitude: float, longitude: float) -> Geofences:
         """Zones containing the point, boundary included, oldest first."""

@@ -7,7 +7,7 @@ import binascii
 import json
 import logging
 import math
-from datetime import datetime
+from datetime import UTC, datetime
 
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
@@ -43,7 +43,12 @@ async def create_geofence(
         geofence.dwell_time.ToNanoseconds() / 1e9,
         geofence.hysteresis_m,
     )
-    parsed = parse_geofence(geofence.display_name, geofence.geojson, geofence.labels, timing)
+    expire_time = (
+        geofence.expire_time.ToDatetime(tzinfo=UTC) if geofence.HasField("expire_time") else None
+    )
+    parsed = parse_geofence(
+        geofence.display_name, geofence.geojson, geofence.labels, timing, expire_time
+    )
     stored = await store.create(parsed)
     await _announce(redis)
     return pb.CreateGeofenceResponse(geofence=to_message(stored))

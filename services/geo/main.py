@@ -9,12 +9,14 @@ from opentelemetry.sdk.trace import TracerProvider
 
 from ridemesh.v1 import geo_query_service_pb2_grpc as pb_grpc
 from services.domain.routing import GreatCircleRouter
-from services.geo.fence_events import FenceTracker, decode_event_message
+from services.geo.fence_events import FenceTracker
 from services.geo.geofence_store import GeofenceStore
 from services.geo.servicer import GeoQueryServicer
 from services.geo.zone_cache import ZoneCache
+from services.geo.zone_end import ZoneSweeper
 from services.history.maintenance import run_forever
 from services.history.store import HistoryStore
+from services.live.events import EventFeed
 from services.live.store import LiveStore
 from services.server.bootstrap import Parts, Service, run_service
 from services.server.config import Settings
@@ -49,12 +51,15 @@ async def build(parts: Parts) -> Service:
     announcements = await parts.hub(bytes)
     zones = ZoneCache(fence_reads, announcements, settings.zone_refresh_s, replica_wait_s)
     await parts.started(zones.start, zones.stop)
-    events = await parts.hub(decode_event_message)
+    events = EventFeed(redis)
+    await parts.started(events.start, events.stop)
     tracker = FenceTracker(redis, zones)
     await parts.started(tracker.start, tracker.stop)
+    zone_ends = ZoneSweeper(fences, redis)
+    await parts.started(zone_ends.start, zone_ends.stop)
     router = GreatCircleRouter.from_settings(settings)
     servicer = GeoQueryServicer(
-        live, HistoryStore(replica), fences, zones, events, router, redis, fence_reads
+        live, HistoryStore(replica), fences, zones, events, router, redis, zone_ends, fence_reads
     )
     parts.background(run_forever(history, settings), "maintenance")
 

@@ -16,14 +16,15 @@ from services.auth.interceptor import current_identity
 from services.domain.routing import Router
 from services.geo import geofences
 from services.geo.eta import estimate_eta
-from services.geo.fence_events import EventBatch, watch_geofence_events
+from services.geo.fence_events import watch_geofence_events
 from services.geo.geofence_store import GeofenceStore
 from services.geo.heatmap import supply_heatmap
 from services.geo.nearby import search_nearby_drivers
 from services.geo.track import get_driver_track
 from services.geo.zone_cache import ZoneCache
+from services.geo.zone_end import ZoneSweeper
 from services.history.store import HistoryStore
-from services.live.fanout import Hub
+from services.live.events import EventFeed, EventLog
 from services.live.store import LiveStore
 
 Context = aio.ServicerContext[Any, Any]
@@ -38,11 +39,14 @@ class GeoQueryServicer(pb_grpc.GeoQueryServiceServicer):
         history: HistoryStore,
         fences: GeofenceStore,
         zones: ZoneCache,
-        events: Hub[EventBatch],
+        events: EventFeed,
         router: Router,
         redis: Redis,
+        zone_ends: ZoneSweeper,
         fence_listings: GeofenceStore | None = None,
     ) -> None:
+        self._zone_ends = zone_ends
+        self._event_log = EventLog(redis)
         self._live = live
         # Reads that may lag a moment (a replica, with database_read_url): tracks and listings.
         self._history = history
@@ -84,7 +88,9 @@ class GeoQueryServicer(pb_grpc.GeoQueryServiceServicer):
         self, request: pb.DeleteGeofenceRequest, context: Context
     ) -> pb.DeleteGeofenceResponse:
         rules.may_manage_geofences(current_identity())
-        return await geofences.delete_geofence(self._fences, self._redis, request)
+        response = await geofences.delete_geofence(self._fences, self._redis, request)
+        await self._zone_ends.sweep_now()
+        return response
 
     async def CheckPoint(
         self, request: pb.CheckPointRequest, context: Context
@@ -96,7 +102,8 @@ class GeoQueryServicer(pb_grpc.GeoQueryServiceServicer):
         self, request: pb.WatchGeofenceEventsRequest, context: Context
     ) -> AsyncIterator[pb.WatchGeofenceEventsResponse]:
         rules.may_watch_geofence_events(current_identity())
-        async for response in watch_geofence_events(self._events, self._zones, request):
+        watch = watch_geofence_events(self._events, self._event_log, self._zones, request)
+        async for response in watch:
             yield response
 
     async def GetDriverTrack(

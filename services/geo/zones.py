@@ -8,6 +8,7 @@ import re
 import unicodedata
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 from shapely.geometry import MultiPolygon, Polygon
@@ -44,6 +45,7 @@ class ParsedGeofence:
     geojson: str
     labels: Mapping[str, str] = field(default_factory=dict)
     timing: ZoneTiming = field(default_factory=ZoneTiming)
+    expire_time: datetime | None = None
 
 
 def parse_geofence(
@@ -51,6 +53,8 @@ def parse_geofence(
     geojson: str,
     labels: Mapping[str, str],
     timing: ZoneTiming = ZoneTiming(),  # noqa: B008  (frozen: one shared default is safe)
+    expire_time: datetime | None = None,
+    now: datetime | None = None,
 ) -> ParsedGeofence:
     """Checks every rule a zone must meet; raises InvalidArgument naming the first one broken."""
     name = validate_display_name(display_name)
@@ -59,7 +63,21 @@ def parse_geofence(
     geometry = _build_geometry(polygons)
     coordinates: Any = polygons if kind == "MultiPolygon" else polygons[0]
     canonical = json.dumps({"type": kind, "coordinates": coordinates}, separators=(",", ":"))
-    return ParsedGeofence(name, geometry, canonical, checked_labels, validate_timing(timing))
+    expiry = validate_expiry(expire_time, now or datetime.now(UTC))
+    return ParsedGeofence(
+        name, geometry, canonical, checked_labels, validate_timing(timing), expiry
+    )
+
+
+def validate_expiry(expire_time: datetime | None, now: datetime) -> datetime | None:
+    """An expiry must lie in the future (a zone that never was would owe nobody an EXIT)."""
+    if expire_time is not None and expire_time <= now:
+        raise InvalidArgument(
+            f"expire_time must be in the future, got {expire_time.isoformat()} "
+            f"(now is {now.isoformat(timespec='seconds')}); leave it unset for a zone that "
+            "does not expire"
+        )
+    return expire_time
 
 
 def validate_timing(timing: ZoneTiming) -> ZoneTiming:

@@ -154,15 +154,35 @@ ZONE_CHANGES_CHANNEL = "rm:ch:geofences"
 ZONES_GROUP = "zones"
 
 
-def fence_events_channel(partition: int) -> str:
-    """Geofence ENTER/EXIT transitions of the partition's drivers, as batches, for every
-    WatchGeofenceEvents watcher (which subscribes to every partition's)."""
-    return f"rm:{tag(partition)}:ch:gfevents"
+def fence_members_key(partition: int) -> str:
+    """Which of the partition's drivers hold which zones: a sorted set of "zone_id|driver_id"
+    (score 0), so a zone's drivers are one range (a zone that ends sends each an EXIT)."""
+    return f"rm:{tag(partition)}:gf:members"
+
+
+def ended_zones_key(partition: int) -> str:
+    """Zones that ended (deleted or expired): the partition's fixes no longer enter them, even on
+    a replica whose index still has them."""
+    return f"rm:{tag(partition)}:gf:ended"
 
 
 def fence_state_key(driver_id: str) -> str:
     """The zones a driver is inside and the (time, seq) of the fix that said so."""
     return f"rm:{_driver_tag(driver_id)}:gf:{driver_id}"
+
+
+# --- The event log (zone and ride events; services/live/events.py) ------------------------------
+
+
+def events_stream(partition: int) -> str:
+    """The partition's log of zone and ride events, the stream id being the event's offset."""
+    return f"rm:{tag(partition)}:events"
+
+
+def events_epoch_key(partition: int) -> str:
+    """A random id set by the first writer of the partition's event log: a different one means
+    the log was lost (Redis came back empty) and resume tokens from before are void."""
+    return f"rm:{tag(partition)}:events:epoch"
 
 
 # Set once by a RideService replica; missing means Redis lost its data (an empty restart), so

@@ -15,20 +15,24 @@ from shapely.geometry import box
 
 from ridemesh.v1 import geo_query_service_pb2 as pb
 from ridemesh.v1.common_pb2 import DriverLocation, LatLng
-from services.domain.errors import NotFound
+from services.domain.errors import NotFound, ResourceExhausted
 from services.geo.fence_events import (
-    WATCH_DEPTH,
-    EventBatch,
     FenceTracker,
-    decode_event_message,
     fix_json,
     watch_geofence_events,
     zone_entry,
 )
+from services.geo.zone_end import ZoneEnder
 from services.geo.zone_index import Zone, ZoneIndex, ZoneTiming
-from services.live.fanout import Hub
+from services.live.events import WATCH_DEPTH, EventFeed, EventLog
 from services.live.ingest import StreamId, parse_stream_id
-from services.live.names import ZONES_GROUP, fence_events_channel, fence_state_key, ingest_stream
+from services.live.names import (
+    ZONES_GROUP,
+    events_epoch_key,
+    events_stream,
+    fence_state_key,
+    ingest_stream,
+)
 from services.live.replies import text
 from services.ops.mesh.redis_server import RedisServer
 from services.ops.simulator.city import Car, Grid, gps_fix
@@ -63,7 +67,8 @@ class Replica:
 
     def __init__(self, url: str, zones: Zones, claim_idle_s: float = 10.0) -> None:
         self.redis = Redis.from_url(url)
-        self.events: Hub[EventBatch] = Hub(self.redis, decode_event_message)
+        self.events = EventFeed(self.redis)
+        self.log = EventLog(self.redis)
         self.tracker = FenceTracker(self.redis, zones, claim_idle_s=claim_idle_s)
 
     async def start(self) -> Replica:
@@ -82,12 +87,14 @@ class Watcher:
 
     def __init__(self, replica: Replica, zones: Zones, request: pb.WatchGeofenceEventsRequest):
         self.queue: asyncio.Queue[pb.GeofenceEvent] = asyncio.Queue()
-        self._task = asyncio.create_task(self._run(replica.events, zones, request))
+        self.token = ""
+        self._task = asyncio.create_task(self._run(replica, zones, request))
 
     async def _run(
-        self, hub: Hub[EventBatch], zones: Zones, request: pb.WatchGeofenceEventsRequest
+        self, replica: Replica, zones: Zones, request: pb.WatchGeofenceEventsRequest
     ) -> None:
-        async for response in watch_geofence_events(hub, zones, request):
+        async for response in watch_geofence_events(replica.events, replica.log, zones, request):
+            self.token = response.resume_token
             await self.queue.put(response.event)
 
     async def stop(self) -> None:
@@ -130,23 +137,23 @@ async def send(publisher: Redis, replicas: list[Replica], location: DriverLocati
             await asyncio.sleep(0.005)
 
 
-def enter_message(location: DriverLocation, zone: Zone) -> str:
-    """An event message shaped as the tracker's script publishes it."""
-    return f'{{"fix":{fix_json(location)},"exit":[],"enter":[{zone_entry(zone)}]}}'
+def enter_entry(location: DriverLocation, zone: Zone) -> dict[str, str]:
+    """An ENTER as the tracker's script logs it."""
+    return {"k": "geofence.enter", "f": fix_json(location), "s": zone_entry(zone), "r": ""}
 
 
 async def publish_sentinel(publisher: Redis, zone: Zone) -> str:
-    """An ENTER of `zone` by a made-up driver, published straight on the events channel."""
+    """An ENTER of `zone` by a made-up driver, logged straight into the event log."""
     driver_id = f"sentinel-{uuid.uuid4().hex[:8]}"
-    await publisher.spublish(
-        fence_events_channel(0), enter_message(fix(driver_id, 1, INSIDE), zone)
-    )
+    entry = enter_entry(fix(driver_id, 1, INSIDE), zone)
+    entry["e"] = text(await publisher.get(events_epoch_key(0)) or b"")
+    await publisher.xadd(events_stream(0), entry)  # type: ignore[arg-type]
     return driver_id
 
 
 async def collect(watcher: Watcher, publisher: Redis, zone: Zone) -> list[pb.GeofenceEvent]:
-    """Every event the watcher got so far: pub/sub keeps order, so once a sentinel published
-    now comes out, everything published before it has come out too."""
+    """Every event the watcher got so far: the log keeps order, so once a sentinel logged now
+    comes out, everything logged before it has come out too."""
     sentinel = await publish_sentinel(publisher, zone)
     events = []
     async with asyncio.timeout(5.0):
@@ -280,7 +287,12 @@ async def test_state_lives_in_redis_with_a_ttl(
     state = await publisher.hgetall(fence_state_key(d))
     # The zones the driver holds: each with its status (I: entered) since its fix's time.
     t = str(BASE_MS + 3000).encode()
-    assert state == {b"t": t, b"s": b"3", b"z": b"sq@I@" + t}
+    assert state == {
+        b"t": t,
+        b"s": b"3",
+        b"z": b"sq@I@" + t,
+        b"f": fix_json(fix(d, 3, INSIDE)).encode(),
+    }
     assert 86000 < await publisher.ttl(fence_state_key(d)) <= 86400
 
 
@@ -433,22 +445,22 @@ async def test_watchers_filter_by_id_and_by_labels(
 async def test_unknown_ids_are_not_found_and_nothing_is_subscribed(
     replicas: list[Replica], zones: Zones
 ) -> None:
-    hub = replicas[0].events
-    channels = hub.subscribed_channels()
+    feed = replicas[0].events
+    sinks = feed.sinks
     request = pb.WatchGeofenceEventsRequest(geofence_ids=["sq", "no-such-zone"])
     with pytest.raises(NotFound, match="'no-such-zone'"):
-        await anext(watch_geofence_events(hub, zones, request))
-    assert hub.subscribed_channels() == channels
+        await anext(watch_geofence_events(feed, replicas[0].log, zones, request))
+    assert feed.sinks == sinks
 
 
 async def test_a_watcher_that_stops_is_unsubscribed(
     replicas: list[Replica], zones: Zones, publisher: Redis
 ) -> None:
-    hub = replicas[0].events
+    feed = replicas[0].events
     watcher = await watching(replicas[0], zones, publisher, SQUARE)
-    assert hub.subscribed_channels() == 1
+    assert feed.sinks == 1
     await watcher.stop()
-    assert hub.subscribed_channels() == 0
+    assert feed.sinks == 0
 
 
 async def test_a_burst_conflates_but_events_still_alternate(
@@ -478,33 +490,51 @@ async def test_a_burst_conflates_but_events_still_alternate(
     await watcher.stop()
 
 
-async def test_a_slow_watcher_keeps_only_the_newest_events(
+async def test_a_slow_watcher_is_ended_and_resumes_with_its_token_losing_nothing(
     replicas: list[Replica], zones: Zones, publisher: Redis
 ) -> None:
-    reader = await watching(replicas[0], zones, publisher, SQUARE)  # keeps up, marks the end
+    replica = replicas[0]
     request = pb.WatchGeofenceEventsRequest(geofence_ids=["sq"])
-    slow = watch_geofence_events(replicas[0].events, zones, request)
+    slow = watch_geofence_events(replica.events, replica.log, zones, request)
     first: asyncio.Future[pb.WatchGeofenceEventsResponse] = asyncio.ensure_future(anext(slow))
-    async with asyncio.timeout(5.0):  # until the slow watcher's subscription delivers
+    async with asyncio.timeout(5.0):  # until the slow watcher's first event arrives
         while not first.done():
             await publish_sentinel(publisher, SQUARE)
             await asyncio.wait([first], timeout=0.1)
+    token = first.result().resume_token
+    epoch = text(await publisher.get(events_epoch_key(0)) or b"")
     total = WATCH_DEPTH + 100
+    pipe = publisher.pipeline(transaction=False)
     for seq in range(1, total + 1):  # the slow watcher reads none of these for now
-        await publisher.spublish(
-            fence_events_channel(0), enter_message(fix("slow", seq, INSIDE), SQUARE)
-        )
-    await collect(reader, publisher, SQUARE)  # the hub has handed every message to both sinks
+        entry = {**enter_entry(fix("slow", seq, INSIDE), SQUARE), "e": epoch}
+        pipe.xadd(events_stream(0), entry)  # type: ignore[arg-type]
+    last = parse_stream_id((await pipe.execute())[-1])
+    # The feed hands every one to the watcher's backlog, which it does not read meanwhile.
+    await until(lambda: replica.events.position.offsets[0] >= last, 10.0)  # type: ignore[union-attr]
 
-    kept = [(await anext(slow)).event for _ in range(WATCH_DEPTH)]
-    # The oldest were dropped: what is left is the newest WATCH_DEPTH, ending with the marker.
-    assert kept[-1].driver_id.startswith("sentinel-")
-    times = [e.event_time.ToMilliseconds() for e in kept[:-1]]
-    assert times == [BASE_MS + seq * 1000 for seq in range(total - WATCH_DEPTH + 2, total + 1)]
-    with pytest.raises(TimeoutError):  # and nothing more is waiting
-        async with asyncio.timeout(0.05):
-            await anext(slow)
-    await reader.stop()
+    # It fell too far behind: told so, with what to do, instead of silently losing events.
+    async def read_until_ended() -> None:
+        async with asyncio.timeout(10.0):
+            while True:
+                await anext(slow)
+
+    with pytest.raises(ResourceExhausted, match="resume_token"):
+        await read_until_ended()
+    # Resumed after its first event, it gets everything since, in order, each once.
+    resumed = watch_geofence_events(
+        replica.events,
+        replica.log,
+        zones,
+        pb.WatchGeofenceEventsRequest(geofence_ids=["sq"], resume_token=token),
+    )
+    got: list[int] = []
+    async with asyncio.timeout(10.0):
+        while len(got) < total:
+            event = (await anext(resumed)).event
+            if event.driver_id == "slow":
+                got.append(event.event_time.ToMilliseconds())
+    assert got == [BASE_MS + seq * 1000 for seq in range(1, total + 1)]
+    await resumed.aclose()  # type: ignore[attr-defined]
 
 
 # A zone whose western edge runs along 13.0°E at 52°N, and a car parked on that line.
@@ -605,4 +635,38 @@ async def test_a_state_written_by_the_previous_version_still_exits(
     await publisher.hset(fence_state_key(d), mapping={"t": BASE_MS, "s": 1, "z": "sq"})
     await send(publisher, replicas, fix(d, 2, EAST_OF))
     assert summary(await collect(watcher, publisher, SQUARE)) == [(EXIT, d, "sq", BASE_MS + 2000)]
+    await watcher.stop()
+
+
+async def test_a_zone_that_ends_sends_exit_to_every_driver_inside_once_and_is_never_entered_again(
+    replicas: list[Replica], zones: Zones, publisher: Redis
+) -> None:
+    zone = Zone("ending", "Ends", {}, SQUARE.geometry, ZoneTiming(entry_delay_s=30.0))
+    zones.index = ZoneIndex([zone])
+    watcher = await watching(replicas[0], zones, publisher, zone)
+    inside, pending, elsewhere = driver(), driver(), driver()
+    for seq in (1, 2):  # inside for 30 s: entered
+        await send(publisher, replicas, fix(inside, seq, INSIDE, t_ms=BASE_MS + seq * 30_000))
+    await send(publisher, replicas, fix(pending, 1, INSIDE))  # its ENTER not due yet
+    await send(publisher, replicas, fix(elsewhere, 1, EAST_OF))
+    assert summary(await collect(watcher, publisher, zone)) == [
+        (ENTER, inside, "ending", BASE_MS + 60_000)
+    ]
+
+    ender = ZoneEnder(publisher)
+    assert await ender.end(zone, "zone_deleted", BASE_MS + 90_000) == 1
+    events = await collect(watcher, publisher, zone)
+    assert summary(events) == [(EXIT, inside, "ending", BASE_MS + 90_000)]
+    assert events[0].reason == "zone_deleted"
+    # At the driver's last position.
+    assert (events[0].position.latitude, events[0].position.longitude) == INSIDE
+    assert await ender.end(zone, "zone_deleted", BASE_MS + 91_000) == 0  # idempotent
+
+    # A replica whose index still holds the zone does not enter it again, nor exit it.
+    for seq in (3, 4):
+        await send(publisher, replicas, fix(inside, seq, INSIDE, t_ms=BASE_MS + seq * 30_000))
+    await send(publisher, replicas, fix(pending, 2, INSIDE, t_ms=BASE_MS + 100_000))
+    await send(publisher, replicas, fix(inside, 5, EAST_OF, t_ms=BASE_MS + 150_000))
+    assert summary(await collect(watcher, publisher, zone)) == []
+    assert b"ending" not in (await publisher.hget(fence_state_key(pending), "z") or b"")
     await watcher.stop()

@@ -69,6 +69,7 @@ def test_the_bucket_is_on_unary_routes_and_never_on_streams(tmp_path: Path) -> N
         "/ridemesh.v1.LocationService/WatchDriver",
         "/ridemesh.v1.LocationService/WatchArea",
         "/ridemesh.v1.RideService/WatchRide",
+        "/ridemesh.v1.RideService/WatchRideEvents",
         "/ridemesh.v1.RideService/Chat",
         "/ridemesh.v1.GeoQueryService/WatchGeofenceEvents",
     }

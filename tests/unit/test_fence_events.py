@@ -17,17 +17,25 @@ from services.geo.fence_events import (
     EventFilter,
     PendingFix,
     _EntryCache,
-    decode_event_message,
     described,
     event_filter,
     fix_json,
     pace_for,
     script_args,
+    script_keys,
     zone_entry,
+    zone_event,
 )
 from services.geo.zone_index import Zone, ZoneIndex, ZoneTiming
+from services.live.events import LoggedEvent, log_args
 from services.live.ingest import FOLLOW_EVERY_S
-from services.live.names import fence_events_channel
+from services.live.names import (
+    ended_zones_key,
+    events_epoch_key,
+    events_stream,
+    fence_members_key,
+    fence_state_key,
+)
 
 ENTER = pb.GeofenceTransition.GEOFENCE_TRANSITION_ENTER
 EXIT = pb.GeofenceTransition.GEOFENCE_TRANSITION_EXIT
@@ -44,12 +52,10 @@ def _fix(lat: float = 52.123456789012345, lng: float = 13.987654321098765) -> Dr
     return location
 
 
-def _message(location: DriverLocation, exits: list[Zone], enters: list[Zone]) -> bytes:
-    # The shape the apply script publishes, built from the same pieces it is given.
-    exit_part = ",".join(zone_entry(z) for z in exits)
-    enter_part = ",".join(zone_entry(z) for z in enters)
-    text = f'{{"fix":{fix_json(location)},"exit":[{exit_part}],"enter":[{enter_part}]}}'
-    return text.encode()
+def _logged(location: DriverLocation, zone: Zone, kind: str, reason: str = "") -> LoggedEvent:
+    # What the apply script logs, built from the same pieces it is given.
+    fix, subject = json.loads(fix_json(location)), json.loads(zone_entry(zone))
+    return LoggedEvent(3, (1_764_331_200_200, 1), "ep0ch", kind, fix, subject, reason)
 
 
 # --- what the script is given ------------------------------------------------------------------
@@ -83,11 +89,13 @@ def test_script_args_lay_out_time_seq_zones_and_described_zones() -> None:
         gone=["z-old", "z-older"],
         near_ids="z-mitte",
     )
-    args = script_args(pending)
-    assert args[:4] == [1_764_331_200_123, 7, STATE_TTL_S, fence_events_channel(0)]
+    args = script_args(pending, retention_s=60.0)
+    assert args[:4] == [1_764_331_200_123, 7, STATE_TTL_S, "drv-1"]
     assert json.loads(args[4])["d"] == "drv-1"
     assert args[5:8] == ["z-air", "z-mitte", "z-old,z-older"]
-    assert args[8:] == [
+    assert args[8:10] == log_args(60.0)
+    assert args[9] == 60_000
+    assert args[10:] == [
         "z-air", zone_entry(AIRPORT), 0, 0,
         "z-mitte", zone_entry(slow), 30_000, 600_000,
     ]  # fmt: skip
@@ -95,7 +103,18 @@ def test_script_args_lay_out_time_seq_zones_and_described_zones() -> None:
 
 def test_script_args_for_a_fix_in_no_zone_are_empty_lists() -> None:
     args = script_args(PendingFix(_fix(0.0, 0.0), ZoneIndex(), "", {}))
-    assert args[5:] == ["", "", ""]
+    assert args[5:8] == ["", "", ""]
+    assert len(args) == 10
+
+
+def test_script_keys_are_the_drivers_state_and_its_partitions_log_and_zone_sets() -> None:
+    assert script_keys("drv-1") == [
+        fence_state_key("drv-1"),
+        events_stream(0),
+        events_epoch_key(0),
+        fence_members_key(0),
+        ended_zones_key(0),
+    ]
 
 
 def test_entry_cache_encodes_once_per_index_and_forgets_on_swap() -> None:
@@ -108,56 +127,59 @@ def test_entry_cache_encodes_once_per_index_and_forgets_on_swap() -> None:
     assert json.loads(cache.get(ZoneIndex([renamed]), renamed))["n"] == "Airport BER"
 
 
-# --- decoding a published message --------------------------------------------------------------
+# --- a logged event as the API shows it ------------------------------------------------------
 
 
-def test_decode_gives_exits_before_enters_with_time_position_and_names() -> None:
+def test_zone_event_has_time_position_names_and_the_logs_id() -> None:
     location = _fix()
-    events = decode_event_message(_message(location, [CENTRE], [AIRPORT]))
-    assert [e.response.event.transition for e in events] == [EXIT, ENTER]
-    exit_event, enter_event = (e.response.event for e in events)
-    assert exit_event.geofence_id == "z-mitte"
-    assert exit_event.geofence_display_name == "Mitte"
-    assert enter_event.geofence_display_name == 'Airport "T1" ✈'
-    assert enter_event.driver_id == "drv-1"
-    assert enter_event.event_time.ToMilliseconds() == 1_764_331_200_123
-    assert enter_event.position.latitude == location.position.latitude
-    assert enter_event.position.longitude == location.position.longitude
-    assert events[1].labels == {"kind": "airport", "city": "ber"}
+    event = zone_event(_logged(location, AIRPORT, "geofence.enter"))
+    assert event.transition == ENTER
+    assert event.geofence_id == "z-air"
+    assert event.geofence_display_name == 'Airport "T1" ✈'
+    assert event.driver_id == "drv-1"
+    assert event.event_time.ToMilliseconds() == 1_764_331_200_123
+    assert event.position.latitude == location.position.latitude
+    assert event.position.longitude == location.position.longitude
+    assert event.event_id == "3:1764331200200-1"
+    assert event.reason == ""
 
 
-def test_decode_of_an_enter_only_message() -> None:
-    (event,) = decode_event_message(_message(_fix(), [], [CENTRE]))
-    assert event.geofence_id == "z-mitte"
-    assert event.response.event.transition == ENTER
-
-
-def test_decode_rejects_a_foreign_message() -> None:
-    # The hub logs and drops what its decoder raises on.
-    with pytest.raises((ValueError, KeyError)):
-        decode_event_message(b'{"unexpected": true}')
-    with pytest.raises(ValueError, match=r"decode|Expecting"):
-        decode_event_message(b"\x0a\x03abc")
+def test_zone_event_of_an_ended_zone_carries_the_reason() -> None:
+    event = zone_event(_logged(_fix(), CENTRE, "geofence.exit", "zone_deleted"))
+    assert (event.transition, event.reason) == (EXIT, "zone_deleted")
+    dwell = zone_event(_logged(_fix(), CENTRE, "geofence.dwell"))
+    assert dwell.transition == pb.GeofenceTransition.GEOFENCE_TRANSITION_DWELL
 
 
 # --- filters -----------------------------------------------------------------------------------
 
 
-def test_filter_without_ids_or_labels_accepts_everything() -> None:
-    air, mitte = decode_event_message(_message(_fix(), [AIRPORT], [CENTRE]))
+def test_filter_without_ids_or_labels_accepts_every_zone_event_and_no_ride_event() -> None:
+    air, mitte = (
+        _logged(_fix(), AIRPORT, "geofence.exit"),
+        _logged(_fix(), CENTRE, "geofence.enter"),
+    )
     everything = EventFilter(frozenset(), {})
     assert everything.accepts(air)
     assert everything.accepts(mitte)
+    ride = LoggedEvent(0, (1, 0), "", "ride.at_pickup", json.loads(fix_json(_fix())), {"id": "r"})
+    assert not everything.accepts(ride)
 
 
 def test_filter_by_ids_accepts_any_of_them() -> None:
-    air, mitte = decode_event_message(_message(_fix(), [AIRPORT], [CENTRE]))
+    air, mitte = (
+        _logged(_fix(), AIRPORT, "geofence.exit"),
+        _logged(_fix(), CENTRE, "geofence.enter"),
+    )
     assert EventFilter(frozenset({"z-air", "z-x"}), {}).accepts(air)
     assert not EventFilter(frozenset({"z-air", "z-x"}), {}).accepts(mitte)
 
 
 def test_filter_by_labels_needs_all_of_them() -> None:
-    air, mitte = decode_event_message(_message(_fix(), [AIRPORT], [CENTRE]))
+    air, mitte = (
+        _logged(_fix(), AIRPORT, "geofence.exit"),
+        _logged(_fix(), CENTRE, "geofence.enter"),
+    )
     both = EventFilter(frozenset(), {"kind": "airport", "city": "ber"})
     assert both.accepts(air)
     assert not both.accepts(mitte)
@@ -165,7 +187,7 @@ def test_filter_by_labels_needs_all_of_them() -> None:
 
 
 def test_filter_with_ids_and_labels_needs_both() -> None:
-    air, _ = decode_event_message(_message(_fix(), [AIRPORT], [CENTRE]))
+    air = _logged(_fix(), AIRPORT, "geofence.exit")
     assert EventFilter(frozenset({"z-air"}), {"kind": "airport"}).accepts(air)
     assert not EventFilter(frozenset({"z-air"}), {"kind": "district"}).accepts(air)
     assert not EventFilter(frozenset({"z-mitte"}), {"kind": "airport"}).accepts(air)
@@ -178,6 +200,11 @@ def test_event_filter_from_a_valid_request() -> None:
     request = pb.WatchGeofenceEventsRequest(geofence_ids=["z-air", "z-air"], labels={"kind": "x"})
     wanted = event_filter(ZoneIndex([AIRPORT]), request)
     assert wanted == EventFilter(frozenset({"z-air"}), {"kind": "x"})
+
+
+def test_a_resumed_watch_may_name_a_zone_that_ended_since() -> None:
+    request = pb.WatchGeofenceEventsRequest(geofence_ids=["z-gone"], resume_token="t")
+    assert event_filter(ZoneIndex(), request).geofence_ids == {"z-gone"}
 
 
 def test_unknown_ids_are_not_found_and_named() -> None:

@@ -1,0 +1,401 @@
+"""The event log: every zone and ride event, written once, in the same script that decided it,
+into the stream of its driver's partition, where the stream id is its offset (increasing within
+the partition; every event of one driver is in one partition, so a driver's events are in
+order). Entries are kept for a retention window.
+
+Readers: an `EventFeed` per process reads every partition's new entries once and hands them to
+its sinks; `follow` is one watcher's view of the log, which resumes after a token (first the
+entries it missed, from the log, then the feed's), each event once and in order per partition.
+The webhook deliverer reads the log with its own cursors.
+
+A resume token names, per partition, the log's epoch (a random id set by the first writer, so
+a Redis that came back empty is told apart) and the offset of the last event received.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import json
+import logging
+import secrets
+from collections import deque
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
+
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from services.domain.errors import FailedPrecondition, InvalidArgument, ResourceExhausted
+from services.live.ingest import FOLLOW_COUNT, FOLLOW_EVERY_S, parse_stream_id
+from services.live.names import events_epoch_key, events_stream, partition_count, partitions
+from services.live.replies import text
+from services.server.failures import cancel_and_wait, raise_if_cancelling, unavailable
+
+log = logging.getLogger(__name__)
+
+StreamId = tuple[int, int]
+ORIGIN: StreamId = (0, 0)
+# How long events are kept by default (each append trims entries older than this).
+RETENTION_S = 86_400.0
+# A watcher this many events behind is ended (it resumes with its token and loses nothing).
+WATCH_DEPTH = 4096
+# A read blocks at most this long: well inside redis-py's default 5 s socket timeout.
+READ_BLOCK_MS = 2_000
+# Catching up reads the log this many entries at a time.
+PAGE = 500
+# This process's epoch candidate: the first writer's wins, and stays until Redis loses the key.
+_EPOCH = secrets.token_hex(4)
+
+# Appends one event, from inside a script that holds the partition's keys. Needs `stream`,
+# `epoch_key` (KEYS of the script) and its ARGV passed on: epoch candidate, retention ms.
+LOG_EVENT_LUA = """
+local function log_event(stream, epoch_key, epoch, retention_ms, kind, fix, subject, reason)
+  redis.call('SET', epoch_key, epoch, 'NX')
+  local now = redis.call('TIME')
+  local oldest = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000) - retention_ms
+  redis.call('XADD', stream, 'MINID', '~', string.format('%d', oldest), '*', 'k', kind,
+    'f', fix, 's', subject, 'r', reason or '', 'e', redis.call('GET', epoch_key))
+end
+"""
+
+
+def log_args(retention_s: float) -> list[Any]:
+    """The ARGV `log_event` needs, in its order: the epoch candidate and the retention in ms."""
+    return [_EPOCH, round(retention_s * 1000)]
+
+
+def format_id(offset: StreamId) -> str:
+    return f"{offset[0]}-{offset[1]}"
+
+
+@dataclass(frozen=True, slots=True)
+class LoggedEvent:
+    """One entry of the log: `kind` ("geofence.enter", "ride.at_pickup", ...), the fix that caused
+    it and its subject (the zone or the ride) as JSON objects, and why when no fix did."""
+
+    partition: int
+    offset: StreamId
+    epoch: str
+    kind: str
+    fix: Mapping[str, Any]
+    subject: Mapping[str, Any]
+    reason: str = ""
+
+    @property
+    def event_id(self) -> str:
+        """Stable across deliveries: the partition and the offset."""
+        return f"{self.partition}:{format_id(self.offset)}"
+
+    @property
+    def driver_id(self) -> str:
+        return str(self.fix.get("d", ""))
+
+
+def decode_entry(
+    partition: int, entry_id: bytes | str, fields: Mapping[bytes, bytes]
+) -> LoggedEvent:
+    return LoggedEvent(
+        partition,
+        parse_stream_id(entry_id),
+        text(fields.get(b"e", b"")),
+        text(fields[b"k"]),
+        json.loads(fields[b"f"]),
+        json.loads(fields[b"s"]),
+        text(fields.get(b"r", b"")),
+    )
+
+
+# --- Resume tokens (pure) ----------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class Position:
+    """Per partition: the log's epoch as last seen ("" when unknown) and the offset of the last
+    event handled."""
+
+    epochs: list[str]
+    offsets: list[StreamId]
+
+    def advance(self, event: LoggedEvent) -> None:
+        self.epochs[event.partition] = event.epoch
+        self.offsets[event.partition] = event.offset
+
+    def is_new(self, event: LoggedEvent) -> bool:
+        return event.offset > self.offsets[event.partition]
+
+    def token(self) -> str:
+        raw = json.dumps(
+            [1, self.epochs, [format_id(o) for o in self.offsets]], separators=(",", ":")
+        )
+        return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
+
+
+def parse_token(token: str, count: int) -> Position:
+    """A resume token as a position; raises InvalidArgument for one that is not a token, and
+    FailedPrecondition for one from a mesh with another partition count."""
+    try:
+        raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
+        version, epochs, offsets = json.loads(raw)
+        if version != 1 or len(epochs) != len(offsets):
+            raise ValueError("unknown layout")
+        position = Position([str(e) for e in epochs], [parse_stream_id(o) for o in offsets])
+    except (ValueError, TypeError, binascii.Error, UnicodeDecodeError) as exc:
+        raise InvalidArgument(
+            "resume_token is not a token this service gave out: pass the `resume_token` of "
+            "the last event received, unchanged, or none to start from now"
+        ) from exc
+    if len(position.offsets) != count:
+        raise FailedPrecondition(
+            f"resume_token is from an event log of {len(position.offsets)} partitions; this one "
+            f"has {count}: watch without a resume_token to start from now"
+        )
+    return position
+
+
+# --- Reading the log ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class LogState:
+    """One partition's log as XINFO STREAM tells it (all ORIGIN when it does not exist)."""
+
+    epoch: str
+    first: StreamId | None
+    last: StreamId
+    max_deleted: StreamId
+
+
+class EventLog:
+    """Reads every partition's log: its state, and entries after an offset."""
+
+    def __init__(self, redis: Redis) -> None:
+        self.redis = redis
+
+    async def states(self) -> list[LogState]:
+        pipe = self.redis.pipeline(transaction=False)
+        for partition in partitions():
+            pipe.xinfo_stream(events_stream(partition))
+            pipe.get(events_epoch_key(partition))
+        replies = await pipe.execute(raise_on_error=False)
+        found = []
+        for i in range(partition_count()):
+            info, epoch = replies[2 * i], replies[2 * i + 1]
+            if isinstance(epoch, Exception):
+                raise epoch
+            if isinstance(info, Exception):
+                if "no such key" not in str(info).lower():
+                    raise info
+                found.append(LogState(text(epoch or b""), None, ORIGIN, ORIGIN))
+                continue
+            first = info.get("first-entry")
+            found.append(
+                LogState(
+                    text(epoch or b""),
+                    parse_stream_id(first[0]) if first else None,
+                    parse_stream_id(info["last-generated-id"]),
+                    parse_stream_id(info.get("max-deleted-entry-id", b"0-0")),
+                )
+            )
+        return found
+
+    async def after(self, partition: int, offset: StreamId, count: int = PAGE) -> list[LoggedEvent]:
+        """Up to `count` entries of one partition after `offset`, oldest first."""
+        entries: Any = await self.redis.xrange(
+            events_stream(partition), min=f"({format_id(offset)}", count=count
+        )
+        return [decode_entry(partition, entry_id, fields) for entry_id, fields in entries]
+
+    async def current(self) -> Position:
+        """Every partition's newest offset and epoch: a position from which only new events
+        follow."""
+        states = await self.states()
+        return Position([s.epoch for s in states], [s.last for s in states])
+
+
+def check_resumable(position: Position, states: Sequence[LogState]) -> None:
+    """Raises FailedPrecondition, naming the oldest event kept, when the log no longer holds every
+    event after `position`: some were trimmed (older than the retention) or Redis lost the log."""
+    for partition, (state, epoch, offset) in enumerate(
+        zip(states, position.epochs, position.offsets, strict=True)
+    ):
+        oldest = (
+            f"the oldest event kept there is {partition}:{format_id(state.first)}"
+            if state.first
+            else "it holds no events now"
+        )
+        restart = "; watch without a resume_token to start from now"
+        if epoch and epoch != state.epoch:
+            raise FailedPrecondition(
+                f"resume_token is older than the event log of partition {partition}, which "
+                f"was reset since (Redis lost its data): {oldest}{restart}"
+            )
+        if state.max_deleted > offset:
+            raise FailedPrecondition(
+                f"resume_token is older than the event log's retention: events after "
+                f"{partition}:{format_id(offset)} were dropped, and {oldest}{restart}"
+            )
+
+
+# --- The feed: every new event, read once per process ------------------------------------------
+
+Sink = Callable[[LoggedEvent], None]
+Lost = Callable[[Exception], None]
+
+
+class EventFeed:
+    """Reads each partition's log from where it stood at `start()`, in batches, and hands every
+    entry to every sink. A failed read ends every sink (its watcher resumes with a token) and
+    the feed goes on from where it was, so it never skips an entry."""
+
+    def __init__(self, redis: Redis, *, every_s: float = FOLLOW_EVERY_S, retry_s: float = 0.5):
+        self._redis = redis
+        self._log = EventLog(redis)
+        self._every_s = every_s
+        self._retry_s = retry_s
+        self._sinks: dict[Sink, Lost] = {}
+        self._tasks: list[asyncio.Task[None]] = []
+        self.position: Position | None = None
+
+    async def start(self) -> None:
+        self.position = await self._log.current()
+        self._tasks = [asyncio.create_task(self._read(p), name=f"events-{p}") for p in partitions()]
+
+    async def stop(self) -> None:
+        await cancel_and_wait(self._tasks)
+
+    def add(self, sink: Sink, on_lost: Lost) -> Position:
+        """Registers a sink; returns the position it starts after (every later entry reaches
+        it)."""
+        assert self.position is not None, "EventFeed.start() first"
+        self._sinks[sink] = on_lost
+        return Position(list(self.position.epochs), list(self.position.offsets))
+
+    @property
+    def sinks(self) -> int:
+        return len(self._sinks)
+
+    def remove(self, sink: Sink) -> None:
+        self._sinks.pop(sink, None)
+
+    async def _read(self, partition: int) -> None:
+        assert self.position is not None
+        stream = events_stream(partition)
+        loop = asyncio.get_running_loop()
+        read_at = 0.0
+        while True:
+            await asyncio.sleep(max(0.0, read_at + self._every_s - loop.time()))
+            last = format_id(self.position.offsets[partition])
+            try:
+                reply: Any = await self._redis.xread(
+                    {stream: last}, count=FOLLOW_COUNT, block=READ_BLOCK_MS
+                )
+            except (RedisError, OSError) as exc:
+                raise_if_cancelling(exc)
+                self._end_sinks(exc)
+                await asyncio.sleep(self._retry_s)
+                continue
+            read_at = loop.time()
+            for _stream, entries in reply or ():
+                for entry_id, fields in entries:
+                    try:
+                        event = decode_entry(partition, entry_id, fields)
+                    except (KeyError, ValueError):
+                        log.exception("undecodable event log entry skipped")
+                        self.position.offsets[partition] = parse_stream_id(entry_id)
+                        continue
+                    self.position.advance(event)
+                    for sink in list(self._sinks):
+                        sink(event)
+
+    def _end_sinks(self, exc: Exception) -> None:
+        if self._sinks:
+            log.warning("reading the event log failed (%s)", type(exc).__name__)
+        error = unavailable(exc) or exc
+        for on_lost in list(self._sinks.values()):
+            on_lost(error)
+        self._sinks.clear()
+
+
+T = TypeVar("T")
+
+
+class _Backlog(Generic[T]):
+    """Events for one watcher: unbounded never, so a watcher WATCH_DEPTH behind is ended."""
+
+    def __init__(self, depth: int) -> None:
+        self._items: deque[T] = deque()
+        self._depth = depth
+        self._ready = asyncio.Event()
+        self._failure: Exception | None = None
+
+    def put(self, item: T) -> None:
+        if len(self._items) >= self._depth:
+            self.fail(
+                ResourceExhausted(
+                    f"this watch fell more than {self._depth} events behind; watch again with "
+                    "the last resume_token received to go on from there without a loss"
+                )
+            )
+            return
+        self._items.append(item)
+        self._ready.set()
+
+    def fail(self, error: Exception) -> None:
+        if self._failure is None:
+            self._failure = error
+        self._ready.set()
+
+    async def get(self) -> T:
+        await self._ready.wait()
+        if self._failure is not None:
+            raise self._failure
+        item = self._items.popleft()
+        if not self._items:
+            self._ready.clear()
+        return item
+
+
+async def follow(
+    feed: EventFeed,
+    log_: EventLog,
+    resume_token: str,
+    wanted: Callable[[LoggedEvent], bool],
+    *,
+    depth: int = WATCH_DEPTH,
+) -> AsyncIterator[tuple[LoggedEvent, str]]:
+    """The events `wanted` accepts, each with the resume token that continues after it: after
+    `resume_token` (first the logged ones the watcher missed) or, with none, from now on."""
+    backlog: _Backlog[LoggedEvent] = _Backlog(depth)
+
+    def sink(event: LoggedEvent) -> None:
+        # Runs in the feed's reader for every event in the world: keep it cheap.
+        if wanted(event):
+            backlog.put(event)
+
+    start = feed.add(sink, backlog.fail)
+    try:
+        if resume_token:
+            position = parse_token(resume_token, partition_count())
+            check_resumable(position, await log_.states())
+            # Entries the feed also delivers are skipped below by offset.
+            for partition in partitions():
+                while True:
+                    page = await log_.after(partition, position.offsets[partition])
+                    for event in page:
+                        position.advance(event)
+                        if wanted(event):
+                            yield event, position.token()
+                    if len(page) < PAGE:
+                        break
+        else:
+            position = start
+        while True:
+            event = await backlog.get()
+            if position.is_new(event):
+                position.advance(event)
+                yield event, position.token()
+    finally:
+        feed.remove(sink)

@@ -2,18 +2,14 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
-import os
-import socket
-import time
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from redis.asyncio import Redis
-from redis.exceptions import NoScriptError, RedisError
+from redis.exceptions import NoScriptError
 
 from ridemesh.v1 import geo_query_service_pb2 as pb
 from ridemesh.v1.common_pb2 import DriverLocation
@@ -27,23 +23,21 @@ from services.live.events import (
     EventFeed,
     EventLog,
     LoggedEvent,
+    fix_json,
     follow,
     log_args,
 )
-from services.live.ingest import FOLLOW_EVERY_S, IngestLog
+from services.live.group import CLAIM_IDLE_S, GroupConsumer
 from services.live.names import (
     ZONES_GROUP,
     ended_zones_key,
-    events_epoch_key,
+    events_meta_key,
     events_stream,
     fence_members_key,
     fence_state_key,
-    partition_count,
     partition_of,
-    partitions,
 )
 from services.live.replies import text
-from services.server.failures import cancel_and_wait, raise_if_cancelling
 
 log = logging.getLogger(__name__)
 
@@ -54,12 +48,6 @@ MAX_WATCH_IDS = 100
 # moving the driver's state in between, and the driver's next fix settles it anyway.
 _MAX_ROUNDS = 3
 _MAX_PIPELINE = 500
-# A replica's read of its group's share of one partition's log: at most this many entries, and
-# it blocks at most this long for one.
-READ_COUNT = 512
-READ_BLOCK_MS = 2_000
-# Entries another replica read and did not acknowledge for this long are taken over (it died).
-CLAIM_IDLE_S = 10.0
 
 # KEYS: the driver's state, the partition's event log and its epoch, the partition's zone
 # members and ended zones. The state holds the last applied fix (`t`, `s`, and `f` as JSON) and
@@ -221,27 +209,13 @@ def zone_entry(zone: Zone) -> str:
     )
 
 
-def fix_json(location: DriverLocation) -> str:
-    """The fix part of a published message; json keeps float precision that Lua would round."""
-    position = location.position
-    return json.dumps(
-        {
-            "d": location.driver_id,
-            "t": location.recorded_at.ToMilliseconds(),
-            "lat": position.latitude,
-            "lng": position.longitude,
-        },
-        separators=(",", ":"),
-    )
-
-
 def script_keys(driver_id: str) -> list[str]:
     """KEYS of the apply script for one driver's fix (pure)."""
     partition = partition_of(driver_id)
     return [
         fence_state_key(driver_id),
         events_stream(partition),
-        events_epoch_key(partition),
+        events_meta_key(partition),
         fence_members_key(partition),
         ended_zones_key(partition),
     ]
@@ -282,16 +256,6 @@ class _EntryCache:
         return entry
 
 
-# A partition's log is read at most this often however many partitions share a replica.
-MAX_PACE_S = 0.1
-
-
-def pace_for(partitions: int) -> float:
-    """How long a replica waits between reads of one partition's log: about FOLLOW_EVERY_S for
-    all its partitions together, at most MAX_PACE_S for one (pure)."""
-    return min(MAX_PACE_S, FOLLOW_EVERY_S * partitions)
-
-
 class FenceTracker:
     """Applies every fix in the world to its driver's zone state in Redis, publishing transitions.
 
@@ -318,78 +282,27 @@ class FenceTracker:
         self._zones = zones
         self._apply = redis.register_script(_APPLY_LUA)
         self._entries = _EntryCache()
-        self._claim_idle_ms = int(claim_idle_s * 1000)
-        self._retry_s = retry_s
-        # With many partitions each log is read less often, so a replica makes about as many
-        # reads a second in all as with one (a read per fix cost the most at low rates).
-        self._every_s = every_s if every_s is not None else pace_for(partition_count())
-        self.consumer = f"{socket.gethostname()}-{os.getpid()}-{id(self):x}"
-        self._tasks: list[asyncio.Task[None]] = []
         self.stats = FenceStats()
+        self._group = GroupConsumer(
+            redis,
+            ZONES_GROUP,
+            self._handle,
+            claim_idle_s=claim_idle_s,
+            retry_s=retry_s,
+            every_s=every_s,
+            on_failure=self._failed,
+        )
+        self.consumer = self._group.consumer
 
     async def start(self) -> None:
         """Returns once every fix entered from now on will be handed to some replica."""
-        for partition in partitions():
-            await IngestLog(self._redis, partition).ensure_group(ZONES_GROUP, start="$")
-        self._tasks = [
-            asyncio.create_task(self._consume(IngestLog(self._redis, p)), name=f"fences-{p}")
-            for p in partitions()
-        ]
+        await self._group.start()
 
     async def stop(self) -> None:
-        await cancel_and_wait(self._tasks)
+        await self._group.stop()
 
-    async def _consume(self, log_: IngestLog) -> None:
-        """Handles this replica's share of one partition's log, forever; with Redis away it
-        waits and goes on with what it read and had not finished (still pending for it)."""
-        start = "0"  # first what this consumer read before and did not acknowledge
-        next_claim = 0.0
-        loop = asyncio.get_running_loop()
-        read_at = 0.0
-        pace = self._every_s
-        while True:
-            # Reads are paced, so the log is read in batches: a read (and an ack) per fix cost
-            # more than the fix's zone lookup and script (measured: GeoQueryService per fix
-            # 0.30 -> 0.65 ms at 1,000 drivers unpaced). The group as a whole keeps that pace:
-            # each of n live replicas reads every n paces (up to MAX_PACE_S).
-            await asyncio.sleep(max(0.0, read_at + pace - loop.time()))
-            try:
-                if start == "0":
-                    await log_.ensure_group(ZONES_GROUP, start="$")  # Redis came back empty
-                if time.monotonic() >= next_claim:
-                    claimed: Any = await self._redis.xautoclaim(
-                        log_.stream,
-                        ZONES_GROUP,
-                        self.consumer,
-                        self._claim_idle_ms,
-                        count=READ_COUNT,
-                    )
-                    await self._handle(log_.stream, claimed[1])
-                    next_claim = time.monotonic() + self._claim_idle_ms / 2000
-                    live = await self._live_consumers(log_.stream)
-                    pace = max(self._every_s, min(MAX_PACE_S, self._every_s * live))
-                block = None if start == "0" else READ_BLOCK_MS
-                reply: Any = await self._redis.xreadgroup(
-                    ZONES_GROUP, self.consumer, {log_.stream: start}, count=READ_COUNT, block=block
-                )
-                read_at = loop.time()
-                entries = [entry for _, batch in reply or () for entry in batch]
-                if start == "0" and not entries:
-                    start = ">"  # nothing of ours left over: new entries from here on
-                await self._handle(log_.stream, entries)
-            except (RedisError, OSError) as exc:
-                raise_if_cancelling(exc)
-                self.stats.failed_batches += 1
-                log.warning("zone tracking paused (%s); retrying", type(exc).__name__)
-                start = "0"
-                await asyncio.sleep(self._retry_s)
-
-    async def _live_consumers(self, stream: str) -> int:
-        """The group's consumers on `stream` heard from within the claim time (this one
-        included): replicas that died, or stopped, drop out once their entries may be claimed."""
-        consumers: Any = await self._redis.xinfo_consumers(stream, ZONES_GROUP)
-        live = sum(1 for c in consumers if int(c["idle"]) < self._claim_idle_ms)
-        return max(1, live)
+    def _failed(self) -> None:
+        self.stats.failed_batches += 1
 
     async def _handle(self, stream: str, entries: list[Any]) -> None:
         """Applies the newest fix per driver among `entries`, then acknowledges them all."""

@@ -100,6 +100,7 @@ class StoredGeofence:
 # Aliases, because inside GeofenceStore the name `list` is its method, not the builtin.
 Geofences = list[StoredGeofence]
 Zones = list[Zone]
+Ended = list["EndedZone"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -195,7 +196,7 @@ class GeofenceStore:
             status: str = await apg.execute(_END, geofence_id, "zone_deleted")
         return status != "UPDATE 0"
 
-    async def ended(self, limit: int = 100) -> list[EndedZone]:
+    async def ended(self, limit: int = 100) -> Ended:
         """Zones that ended (deleted, or expired: those are marked here first) and still owe
         their EXITs, oldest end first."""
         async with self._connection() as apg:

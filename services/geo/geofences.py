@@ -106,6 +106,8 @@ def to_message(stored: StoredGeofence) -> pb.Geofence:
     if timing.dwell_s:
         message.dwell_time.FromNanoseconds(round(timing.dwell_s * 1e9))
     message.hysteresis_m = timing.hysteresis_m
+    if stored.expire_time is not None:
+        message.expire_time.FromDatetime(stored.expire_time)
     return message
 
 

@@ -22,7 +22,7 @@ from services.geo.zone_index import Zone
 from services.live.events import LOG_EVENT_LUA, RETENTION_S, log_args
 from services.live.names import (
     ended_zones_key,
-    events_epoch_key,
+    events_meta_key,
     events_stream,
     fence_members_key,
     fence_state_key,
@@ -95,7 +95,7 @@ class ZoneEnder:
                 keys = [
                     fence_state_key(driver_id),
                     events_stream(partition),
-                    events_epoch_key(partition),
+                    events_meta_key(partition),
                     fence_members_key(partition),
                 ]
                 args: list[Any] = [zone.geofence_id, driver_id, entry, reason, at_ms]

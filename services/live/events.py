@@ -8,8 +8,11 @@ its sinks; `follow` is one watcher's view of the log, which resumes after a toke
 entries it missed, from the log, then the feed's), each event once and in order per partition.
 The webhook deliverer reads the log with its own cursors.
 
-A resume token names, per partition, the log's epoch (a random id set by the first writer, so
-a Redis that came back empty is told apart) and the offset of the last event received.
+Each partition's log has a small hash beside it: its epoch (a random id set by the first
+writer, so a Redis that came back empty is told apart), how many events were appended (each
+event's ordinal) and how many were trimmed since. A resume token names, per partition, the
+epoch, and the offset and ordinal of the last event received: it is too old when more events
+were trimmed than it had seen (Redis's own max-deleted-entry-id does not count trimming).
 """
 
 from __future__ import annotations
@@ -28,9 +31,10 @@ from typing import Any, Generic, TypeVar
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from ridemesh.v1.common_pb2 import DriverLocation
 from services.domain.errors import FailedPrecondition, InvalidArgument, ResourceExhausted
 from services.live.ingest import FOLLOW_COUNT, FOLLOW_EVERY_S, parse_stream_id
-from services.live.names import events_epoch_key, events_stream, partition_count, partitions
+from services.live.names import events_meta_key, events_stream, partition_count, partitions
 from services.live.replies import text
 from services.server.failures import cancel_and_wait, raise_if_cancelling, unavailable
 
@@ -50,14 +54,18 @@ PAGE = 500
 _EPOCH = secrets.token_hex(4)
 
 # Appends one event, from inside a script that holds the partition's keys. Needs `stream`,
-# `epoch_key` (KEYS of the script) and its ARGV passed on: epoch candidate, retention ms.
+# `meta` (the log's hash: e epoch, n appended, x trimmed; KEYS of the script) and its ARGV
+# passed on: epoch candidate, retention ms.
 LOG_EVENT_LUA = """
-local function log_event(stream, epoch_key, epoch, retention_ms, kind, fix, subject, reason)
-  redis.call('SET', epoch_key, epoch, 'NX')
+local function log_event(stream, meta, epoch, retention_ms, kind, fix, subject, reason)
+  redis.call('HSETNX', meta, 'e', epoch)
   local now = redis.call('TIME')
   local oldest = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000) - retention_ms
-  redis.call('XADD', stream, 'MINID', '~', string.format('%d', oldest), '*', 'k', kind,
-    'f', fix, 's', subject, 'r', reason or '', 'e', redis.call('GET', epoch_key))
+  local trimmed = redis.call('XTRIM', stream, 'MINID', string.format('%d', oldest))
+  if trimmed > 0 then redis.call('HINCRBY', meta, 'x', trimmed) end
+  local n = redis.call('HINCRBY', meta, 'n', 1)
+  redis.call('XADD', stream, '*', 'k', kind, 'f', fix, 's', subject, 'r', reason or '',
+    'e', redis.call('HGET', meta, 'e'), 'n', n)
 end
 """
 
@@ -65,6 +73,21 @@ end
 def log_args(retention_s: float) -> list[Any]:
     """The ARGV `log_event` needs, in its order: the epoch candidate and the retention in ms."""
     return [_EPOCH, round(retention_s * 1000)]
+
+
+def fix_json(location: DriverLocation) -> str:
+    """The fix an event logs (driver, ms time, position); json keeps float precision that Lua
+    would round."""
+    position = location.position
+    return json.dumps(
+        {
+            "d": location.driver_id,
+            "t": location.recorded_at.ToMilliseconds(),
+            "lat": position.latitude,
+            "lng": position.longitude,
+        },
+        separators=(",", ":"),
+    )
 
 
 def format_id(offset: StreamId) -> str:
@@ -83,6 +106,7 @@ class LoggedEvent:
     fix: Mapping[str, Any]
     subject: Mapping[str, Any]
     reason: str = ""
+    ordinal: int = 0  # the how-manyeth event of its partition's log
 
     @property
     def event_id(self) -> str:
@@ -105,6 +129,7 @@ def decode_entry(
         json.loads(fields[b"f"]),
         json.loads(fields[b"s"]),
         text(fields.get(b"r", b"")),
+        int(fields.get(b"n", 0)),
     )
 
 
@@ -113,22 +138,25 @@ def decode_entry(
 
 @dataclass(slots=True)
 class Position:
-    """Per partition: the log's epoch as last seen ("" when unknown) and the offset of the last
-    event handled."""
+    """Per partition: the log's epoch as last seen ("" when unknown), and the offset and ordinal
+    of the last event handled."""
 
     epochs: list[str]
     offsets: list[StreamId]
+    ordinals: list[int]
 
     def advance(self, event: LoggedEvent) -> None:
         self.epochs[event.partition] = event.epoch
         self.offsets[event.partition] = event.offset
+        self.ordinals[event.partition] = max(self.ordinals[event.partition], event.ordinal)
 
     def is_new(self, event: LoggedEvent) -> bool:
         return event.offset > self.offsets[event.partition]
 
     def token(self) -> str:
         raw = json.dumps(
-            [1, self.epochs, [format_id(o) for o in self.offsets]], separators=(",", ":")
+            [1, self.epochs, [format_id(o) for o in self.offsets], self.ordinals],
+            separators=(",", ":"),
         )
         return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
 
@@ -138,10 +166,14 @@ def parse_token(token: str, count: int) -> Position:
     FailedPrecondition for one from a mesh with another partition count."""
     try:
         raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
-        version, epochs, offsets = json.loads(raw)
-        if version != 1 or len(epochs) != len(offsets):
+        version, epochs, offsets, ordinals = json.loads(raw)
+        if version != 1 or not len(epochs) == len(offsets) == len(ordinals):
             raise ValueError("unknown layout")
-        position = Position([str(e) for e in epochs], [parse_stream_id(o) for o in offsets])
+        position = Position(
+            [str(e) for e in epochs],
+            [parse_stream_id(o) for o in offsets],
+            [int(n) for n in ordinals],
+        )
     except (ValueError, TypeError, binascii.Error, UnicodeDecodeError) as exc:
         raise InvalidArgument(
             "resume_token is not a token this service gave out: pass the `resume_token` of "
@@ -160,12 +192,14 @@ def parse_token(token: str, count: int) -> Position:
 
 @dataclass(frozen=True, slots=True)
 class LogState:
-    """One partition's log as XINFO STREAM tells it (all ORIGIN when it does not exist)."""
+    """One partition's log: its epoch, first and last offsets (ORIGIN when it has none yet), and
+    how many events were appended and trimmed."""
 
     epoch: str
     first: StreamId | None
     last: StreamId
-    max_deleted: StreamId
+    appended: int
+    trimmed: int
 
 
 class EventLog:
@@ -178,25 +212,27 @@ class EventLog:
         pipe = self.redis.pipeline(transaction=False)
         for partition in partitions():
             pipe.xinfo_stream(events_stream(partition))
-            pipe.get(events_epoch_key(partition))
+            pipe.hmget(events_meta_key(partition), ["e", "n", "x"])
         replies = await pipe.execute(raise_on_error=False)
         found = []
         for i in range(partition_count()):
-            info, epoch = replies[2 * i], replies[2 * i + 1]
-            if isinstance(epoch, Exception):
-                raise epoch
+            info, meta = replies[2 * i], replies[2 * i + 1]
+            if isinstance(meta, Exception):
+                raise meta
+            epoch, appended, trimmed = text(meta[0] or b""), int(meta[1] or 0), int(meta[2] or 0)
             if isinstance(info, Exception):
                 if "no such key" not in str(info).lower():
                     raise info
-                found.append(LogState(text(epoch or b""), None, ORIGIN, ORIGIN))
+                found.append(LogState(epoch, None, ORIGIN, appended, trimmed))
                 continue
             first = info.get("first-entry")
             found.append(
                 LogState(
-                    text(epoch or b""),
+                    epoch,
                     parse_stream_id(first[0]) if first else None,
                     parse_stream_id(info["last-generated-id"]),
-                    parse_stream_id(info.get("max-deleted-entry-id", b"0-0")),
+                    appended,
+                    trimmed,
                 )
             )
         return found
@@ -212,14 +248,16 @@ class EventLog:
         """Every partition's newest offset and epoch: a position from which only new events
         follow."""
         states = await self.states()
-        return Position([s.epoch for s in states], [s.last for s in states])
+        return Position(
+            [s.epoch for s in states], [s.last for s in states], [s.appended for s in states]
+        )
 
 
 def check_resumable(position: Position, states: Sequence[LogState]) -> None:
     """Raises FailedPrecondition, naming the oldest event kept, when the log no longer holds every
     event after `position`: some were trimmed (older than the retention) or Redis lost the log."""
-    for partition, (state, epoch, offset) in enumerate(
-        zip(states, position.epochs, position.offsets, strict=True)
+    for partition, (state, epoch, offset, ordinal) in enumerate(
+        zip(states, position.epochs, position.offsets, position.ordinals, strict=True)
     ):
         oldest = (
             f"the oldest event kept there is {partition}:{format_id(state.first)}"
@@ -232,7 +270,7 @@ def check_resumable(position: Position, states: Sequence[LogState]) -> None:
                 f"resume_token is older than the event log of partition {partition}, which "
                 f"was reset since (Redis lost its data): {oldest}{restart}"
             )
-        if state.max_deleted > offset:
+        if state.trimmed > ordinal:
             raise FailedPrecondition(
                 f"resume_token is older than the event log's retention: events after "
                 f"{partition}:{format_id(offset)} were dropped, and {oldest}{restart}"
@@ -271,7 +309,8 @@ class EventFeed:
         it)."""
         assert self.position is not None, "EventFeed.start() first"
         self._sinks[sink] = on_lost
-        return Position(list(self.position.epochs), list(self.position.offsets))
+        position = self.position
+        return Position(list(position.epochs), list(position.offsets), list(position.ordinals))
 
     @property
     def sinks(self) -> int:

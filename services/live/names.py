@@ -100,6 +100,17 @@ def assigned_key(driver_id: str) -> str:
     return f"rm:{_driver_tag(driver_id)}:assigned:{driver_id}"
 
 
+def ride_target_key(driver_id: str) -> str:
+    """The active ride the driver is on its way to or driving (ride id, state, pickup, drop-off,
+    auto-arrive) and its proximity flags with the (time, seq) of the fix that set them (kept by
+    RideService: effects set it, proximity tracking reads and updates it)."""
+    return f"rm:{_driver_tag(driver_id)}:ride-target:{driver_id}"
+
+
+# RideService replicas' consumer group on each ingest log: proximity events of active rides.
+RIDES_GROUP = "rides"
+
+
 # --- The ingest log (LocationService appends; the persisters consume) --------------------------
 
 
@@ -179,10 +190,11 @@ def events_stream(partition: int) -> str:
     return f"rm:{tag(partition)}:events"
 
 
-def events_epoch_key(partition: int) -> str:
-    """A random id set by the first writer of the partition's event log: a different one means
-    the log was lost (Redis came back empty) and resume tokens from before are void."""
-    return f"rm:{tag(partition)}:events:epoch"
+def events_meta_key(partition: int) -> str:
+    """The partition's event log's hash: `e` a random epoch set by the first writer (another one
+    means the log was lost, Redis came back empty, and resume tokens from before are void), `n`
+    events appended, `x` events trimmed."""
+    return f"rm:{tag(partition)}:events:meta"
 
 
 # Set once by a RideService replica; missing means Redis lost its data (an empty restart), so

@@ -8,7 +8,7 @@ import json
 import random
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import grpc
@@ -296,3 +296,103 @@ async def _events_of(watch: Any, driver_id: str, quiet_s: float) -> list[pb.Geof
             return events
         if message.event.driver_id == driver_id:
             events.append(message.event)
+
+
+async def _inside_until_entered(
+    location: location_grpc.LocationServiceAsyncStub,
+    as_driver: Callable[[str], Metadata],
+    watch: Any,
+    centre: tuple[float, float],
+    count: int,
+) -> list[tuple[str, DriverStream]]:
+    """`count` drivers parked inside a zone, each sending fixes until its ENTER came (the zone
+    is then indexed by the tracking replica and the watch live)."""
+    drivers = []
+    for i in range(count):
+        driver_id = new_driver_id(f"inside{i}")
+        drivers.append((driver_id, DriverStream(location, as_driver(driver_id))))
+    entered: set[str] = set()
+    seq = 0
+    async with asyncio.timeout(15):
+        while len(entered) < count:
+            seq += 1
+            for driver_id, stream in drivers:
+                stream.send(fix(driver_id, seq, *centre, speed_mps=0.0))
+            try:
+                for message in await collect(watch, 1, timeout=0.3):
+                    assert message.event.transition == pb.GEOFENCE_TRANSITION_ENTER
+                    entered.add(message.event.driver_id)
+            except TimeoutError:
+                continue
+    return drivers
+
+
+async def test_deleting_a_zone_sends_exit_to_every_driver_inside_it(
+    location: location_grpc.LocationServiceAsyncStub,
+    geo: geo_grpc.GeoQueryServiceAsyncStub,
+    as_driver: Callable[[str], Metadata],
+) -> None:
+    tag = new_driver_id("deleted")
+    centre = (-12.05, -77.04)  # Lima
+    zone = await geo.CreateGeofence(
+        pb.CreateGeofenceRequest(
+            geofence=pb.Geofence(
+                display_name="Closing", geojson=_square(*centre, 0.01), labels={"t": tag}
+            )
+        )
+    )
+    zone_id = zone.geofence.geofence_id
+    watch = geo.WatchGeofenceEvents(pb.WatchGeofenceEventsRequest(labels={"t": tag}))
+    drivers = await _inside_until_entered(location, as_driver, watch, centre, 2)
+
+    await geo.DeleteGeofence(pb.DeleteGeofenceRequest(geofence_id=zone_id))
+    exits = [m.event for m in await collect(watch, 2)]
+    assert {e.driver_id for e in exits} == {driver_id for driver_id, _ in drivers}
+    assert all(e.transition == pb.GEOFENCE_TRANSITION_EXIT for e in exits)
+    assert all(e.reason == "zone_deleted" and e.geofence_display_name == "Closing" for e in exits)
+    assert all(e.position.latitude == pytest.approx(centre[0]) for e in exits)
+    with pytest.raises(grpc.aio.AioRpcError) as gone:
+        await geo.GetGeofence(pb.GetGeofenceRequest(geofence_id=zone_id))
+    assert status_of(gone.value) == grpc.StatusCode.NOT_FOUND
+    # Still parked where the zone was: nothing more (no ENTER of a zone that is gone).
+    for driver_id, stream in drivers:
+        stream.send(fix(driver_id, 1000, *centre, speed_mps=0.0))
+    with pytest.raises(TimeoutError):
+        await collect(watch, 1, timeout=1.5)
+    watch.cancel()
+    for _, stream in drivers:
+        stream.close()
+        await stream.reader
+
+
+async def test_a_zone_that_expires_sends_exit_when_its_time_comes(
+    location: location_grpc.LocationServiceAsyncStub,
+    geo: geo_grpc.GeoQueryServiceAsyncStub,
+    as_driver: Callable[[str], Metadata],
+) -> None:
+    centre, tag = (-12.15, -77.02), new_driver_id("expiring")
+    expires = datetime.now(UTC) + timedelta(seconds=4)
+    zone = pb.Geofence(display_name="Market day", geojson=_square(*centre, 0.01), labels={"t": tag})
+    zone.expire_time.FromDatetime(expires)
+    created = await geo.CreateGeofence(pb.CreateGeofenceRequest(geofence=zone))
+    stored_expiry = created.geofence.expire_time.ToDatetime(tzinfo=UTC)
+    assert abs(stored_expiry - expires) < timedelta(milliseconds=1)
+    watch = geo.WatchGeofenceEvents(pb.WatchGeofenceEventsRequest(labels={"t": tag}))
+    ((driver_id, stream),) = await _inside_until_entered(location, as_driver, watch, centre, 1)
+    (message,) = await collect(watch, 1, timeout=15)
+    assert (message.event.driver_id, message.event.transition) == (
+        driver_id,
+        pb.GEOFENCE_TRANSITION_EXIT,
+    )
+    assert message.event.reason == "zone_expired"
+    ended = message.event.event_time.ToDatetime(tzinfo=UTC)
+    assert expires <= ended < expires + timedelta(seconds=5)
+    # A zone must expire in the future.
+    zone.expire_time.FromDatetime(datetime.now(UTC) - timedelta(seconds=1))
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await geo.CreateGeofence(pb.CreateGeofenceRequest(geofence=zone))
+    assert status_of(refused.value) == grpc.StatusCode.INVALID_ARGUMENT
+    assert "expire_time must be in the future" in (refused.value.details() or "")
+    watch.cancel()
+    stream.close()
+    await stream.reader

@@ -15,20 +15,19 @@ from shapely.geometry import box
 
 from ridemesh.v1 import geo_query_service_pb2 as pb
 from ridemesh.v1.common_pb2 import DriverLocation, LatLng
-from services.domain.errors import NotFound, ResourceExhausted
+from services.domain.errors import FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted
 from services.geo.fence_events import (
     FenceTracker,
-    fix_json,
     watch_geofence_events,
     zone_entry,
 )
 from services.geo.zone_end import ZoneEnder
 from services.geo.zone_index import Zone, ZoneIndex, ZoneTiming
-from services.live.events import WATCH_DEPTH, EventFeed, EventLog
+from services.live.events import WATCH_DEPTH, EventFeed, EventLog, fix_json
 from services.live.ingest import StreamId, parse_stream_id
 from services.live.names import (
     ZONES_GROUP,
-    events_epoch_key,
+    events_meta_key,
     events_stream,
     fence_state_key,
     ingest_stream,
@@ -146,7 +145,7 @@ async def publish_sentinel(publisher: Redis, zone: Zone) -> str:
     """An ENTER of `zone` by a made-up driver, logged straight into the event log."""
     driver_id = f"sentinel-{uuid.uuid4().hex[:8]}"
     entry = enter_entry(fix(driver_id, 1, INSIDE), zone)
-    entry["e"] = text(await publisher.get(events_epoch_key(0)) or b"")
+    entry["e"] = text(await publisher.hget(events_meta_key(0), "e") or b"")
     await publisher.xadd(events_stream(0), entry)  # type: ignore[arg-type]
     return driver_id
 
@@ -502,7 +501,7 @@ async def test_a_slow_watcher_is_ended_and_resumes_with_its_token_losing_nothing
             await publish_sentinel(publisher, SQUARE)
             await asyncio.wait([first], timeout=0.1)
     token = first.result().resume_token
-    epoch = text(await publisher.get(events_epoch_key(0)) or b"")
+    epoch = text(await publisher.hget(events_meta_key(0), "e") or b"")
     total = WATCH_DEPTH + 100
     pipe = publisher.pipeline(transaction=False)
     for seq in range(1, total + 1):  # the slow watcher reads none of these for now
@@ -670,3 +669,41 @@ async def test_a_zone_that_ends_sends_exit_to_every_driver_inside_once_and_is_ne
     assert summary(await collect(watcher, publisher, zone)) == []
     assert b"ending" not in (await publisher.hget(fence_state_key(pending), "z") or b"")
     await watcher.stop()
+
+
+async def test_a_token_older_than_the_retention_is_refused_naming_the_oldest_event_kept(
+    redis_url: str, zones: Zones, publisher: Redis
+) -> None:
+    replica = Replica(redis_url, zones)
+    replica.tracker = FenceTracker(replica.redis, zones, retention_s=0.3)
+    await replica.start()
+    try:
+        watcher = await watching(replica, zones, publisher, SQUARE)
+        d = driver()
+        await send(publisher, [replica], fix(d, 1, INSIDE))
+        await collect(watcher, publisher, SQUARE)
+        token = watcher.token
+        await watcher.stop()
+        await send(publisher, [replica], fix(d, 2, EAST_OF))  # missed by the watcher
+        # More than the retention later, the next event trims everything older.
+        await asyncio.sleep(0.4)  # the retention is wall-clock time: nothing else to wait on
+        await send(publisher, [replica], fix(d, 3, INSIDE))
+        (oldest_id, _), *_ = await publisher.xrange(events_stream(0), count=1)
+        request = pb.WatchGeofenceEventsRequest(geofence_ids=["sq"], resume_token=token)
+        with pytest.raises(FailedPrecondition, match="retention") as refused:
+            await anext(watch_geofence_events(replica.events, replica.log, zones, request))
+        assert f"0:{text(oldest_id)}" in str(refused.value)
+
+        # A token from before Redis lost the log (another epoch) is refused too.
+        await publisher.hset(events_meta_key(0), "e", "another")
+        fresh = await replica.log.current()
+        fresh.epochs[0] = "before"
+        request = pb.WatchGeofenceEventsRequest(geofence_ids=["sq"], resume_token=fresh.token())
+        with pytest.raises(FailedPrecondition, match="reset"):
+            await anext(watch_geofence_events(replica.events, replica.log, zones, request))
+        # And one that is not a token at all is invalid.
+        request = pb.WatchGeofenceEventsRequest(resume_token="not-a-token")
+        with pytest.raises(InvalidArgument, match="resume_token"):
+            await anext(watch_geofence_events(replica.events, replica.log, zones, request))
+    finally:
+        await replica.stop()

@@ -11,7 +11,6 @@ from ridemesh.v1 import geo_query_service_pb2 as pb
 from ridemesh.v1.common_pb2 import DriverLocation, LatLng
 from services.domain.errors import InvalidArgument, NotFound
 from services.geo.fence_events import (
-    MAX_PACE_S,
     MAX_WATCH_IDS,
     STATE_TTL_S,
     EventFilter,
@@ -19,19 +18,18 @@ from services.geo.fence_events import (
     _EntryCache,
     described,
     event_filter,
-    fix_json,
-    pace_for,
     script_args,
     script_keys,
     zone_entry,
     zone_event,
 )
 from services.geo.zone_index import Zone, ZoneIndex, ZoneTiming
-from services.live.events import LoggedEvent, log_args
+from services.live.events import LoggedEvent, fix_json, log_args
+from services.live.group import MAX_PACE_S, pace_for
 from services.live.ingest import FOLLOW_EVERY_S
 from services.live.names import (
     ended_zones_key,
-    events_epoch_key,
+    events_meta_key,
     events_stream,
     fence_members_key,
     fence_state_key,
@@ -111,7 +109,7 @@ def test_script_keys_are_the_drivers_state_and_its_partitions_log_and_zone_sets(
     assert script_keys("drv-1") == [
         fence_state_key("drv-1"),
         events_stream(0),
-        events_epoch_key(0),
+        events_meta_key(0),
         fence_members_key(0),
         ended_zones_key(0),
     ]

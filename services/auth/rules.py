@@ -196,6 +196,17 @@ def may_watch_geofence_events(who: Identity) -> None:
     _require_staff(who, "only ops and service watch geofence events")
 
 
+def may_watch_ride_events(who: Identity) -> None:
+    """WatchRideEvents: staff only (every ride's events; a rider sees their own in WatchRide)."""
+    _require_staff(who, "only ops and service watch every ride's events; riders use WatchRide")
+
+
+def may_manage_webhooks(who: Identity) -> None:
+    """CreateWebhook, ListWebhooks, DeleteWebhook, ListWebhookDeadLetters,
+    ReplayWebhookDeadLetters: staff only (webhooks send events that name drivers)."""
+    _require_staff(who, "only ops and service manage webhook subscriptions")
+
+
 def may_read_heatmap(who: Identity) -> None:
     """GetSupplyHeatmap: staff only."""
     _require_staff(who, "only ops and service read the supply heatmap")

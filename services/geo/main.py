@@ -12,6 +12,8 @@ from services.domain.routing import GreatCircleRouter
 from services.geo.fence_events import FenceTracker
 from services.geo.geofence_store import GeofenceStore
 from services.geo.servicer import GeoQueryServicer
+from services.geo.webhook_delivery import Deliverer
+from services.geo.webhook_store import WebhookStore
 from services.geo.zone_cache import ZoneCache
 from services.geo.zone_end import ZoneSweeper
 from services.history.maintenance import run_forever
@@ -57,9 +59,21 @@ async def build(parts: Parts) -> Service:
     await parts.started(tracker.start, tracker.stop)
     zone_ends = ZoneSweeper(fences, redis)
     await parts.started(zone_ends.start, zone_ends.stop)
+    webhook_store = WebhookStore(engine)
+    deliverer = Deliverer(webhook_store, redis)
+    await parts.started(deliverer.start, deliverer.stop)
     router = GreatCircleRouter.from_settings(settings)
     servicer = GeoQueryServicer(
-        live, HistoryStore(replica), fences, zones, events, router, redis, zone_ends, fence_reads
+        live,
+        HistoryStore(replica),
+        fences,
+        zones,
+        events,
+        router,
+        redis,
+        zone_ends,
+        fence_reads,
+        webhook_store=webhook_store,
     )
     parts.background(run_forever(history, settings), "maintenance")
 

@@ -13,14 +13,17 @@ from ridemesh.v1 import geo_query_service_pb2 as pb
 from ridemesh.v1 import geo_query_service_pb2_grpc as pb_grpc
 from services.auth import rules
 from services.auth.interceptor import current_identity
+from services.domain.errors import NotFound
 from services.domain.routing import Router
-from services.geo import geofences
+from services.domain.validation import required_id
+from services.geo import geofences, webhook_delivery, webhooks
 from services.geo.eta import estimate_eta
 from services.geo.fence_events import watch_geofence_events
 from services.geo.geofence_store import GeofenceStore
 from services.geo.heatmap import supply_heatmap
 from services.geo.nearby import search_nearby_drivers
 from services.geo.track import get_driver_track
+from services.geo.webhook_store import WebhookStore
 from services.geo.zone_cache import ZoneCache
 from services.geo.zone_end import ZoneSweeper
 from services.history.store import HistoryStore
@@ -44,7 +47,10 @@ class GeoQueryServicer(pb_grpc.GeoQueryServiceServicer):
         redis: Redis,
         zone_ends: ZoneSweeper,
         fence_listings: GeofenceStore | None = None,
+        *,
+        webhook_store: WebhookStore,
     ) -> None:
+        self._webhooks = webhook_store
         self._zone_ends = zone_ends
         self._event_log = EventLog(redis)
         self._live = live
@@ -123,3 +129,59 @@ class GeoQueryServicer(pb_grpc.GeoQueryServiceServicer):
     ) -> pb.GetSupplyHeatmapResponse:
         rules.may_read_heatmap(current_identity())
         return await supply_heatmap(self._live, request)
+
+    async def CreateWebhook(
+        self, request: pb.CreateWebhookRequest, context: Context
+    ) -> pb.CreateWebhookResponse:
+        rules.may_manage_webhooks(current_identity())
+        spec = webhooks.parse_webhook(request.webhook if request.HasField("webhook") else None)
+        starts = await webhook_delivery.start_cursors(self._event_log)
+        stored = await self._webhooks.create(spec, webhooks.new_secret(), starts)
+        return pb.CreateWebhookResponse(webhook=webhooks.to_message(stored, with_secret=True))
+
+    async def ListWebhooks(
+        self, request: pb.ListWebhooksRequest, context: Context
+    ) -> pb.ListWebhooksResponse:
+        rules.may_manage_webhooks(current_identity())
+        found = await webhook_delivery.health(self._webhooks, self._event_log)
+        return pb.ListWebhooksResponse(
+            webhooks=[webhooks.to_message(stored, backlog) for stored, backlog in found]
+        )
+
+    async def DeleteWebhook(
+        self, request: pb.DeleteWebhookRequest, context: Context
+    ) -> pb.DeleteWebhookResponse:
+        rules.may_manage_webhooks(current_identity())
+        if not await self._webhooks.delete(_webhook_id(request.webhook_id)):
+            raise NotFound(f"webhook {request.webhook_id!r} does not exist")
+        return pb.DeleteWebhookResponse()
+
+    async def ListWebhookDeadLetters(
+        self, request: pb.ListWebhookDeadLettersRequest, context: Context
+    ) -> pb.ListWebhookDeadLettersResponse:
+        rules.may_manage_webhooks(current_identity())
+        webhook_id = await self._existing_webhook(request.webhook_id)
+        letters = await self._webhooks.dead_letters(
+            webhook_id, webhooks.dead_letter_page_size(request.page_size)
+        )
+        return pb.ListWebhookDeadLettersResponse(
+            dead_letters=[webhooks.dead_letter_message(letter) for letter in letters]
+        )
+
+    async def ReplayWebhookDeadLetters(
+        self, request: pb.ReplayWebhookDeadLettersRequest, context: Context
+    ) -> pb.ReplayWebhookDeadLettersResponse:
+        rules.may_manage_webhooks(current_identity())
+        webhook_id = await self._existing_webhook(request.webhook_id)
+        event_ids = webhooks.validate_event_ids(request.event_ids)
+        replayed = await self._webhooks.request_replay(webhook_id, event_ids)
+        return pb.ReplayWebhookDeadLettersResponse(replayed=replayed)
+
+    async def _existing_webhook(self, webhook_id: str) -> str:
+        if await self._webhooks.get(_webhook_id(webhook_id)) is None:
+            raise NotFound(f"webhook {webhook_id!r} does not exist")
+        return webhook_id
+
+
+def _webhook_id(webhook_id: str) -> str:
+    return required_id(webhook_id, "webhook_id")

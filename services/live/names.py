@@ -197,6 +197,12 @@ def events_meta_key(partition: int) -> str:
     return f"rm:{tag(partition)}:events:meta"
 
 
+def webhook_lease_key(partition: int, webhook_id: str) -> str:
+    """Which GeoQuery replica delivers a webhook subscription's events of the partition now (a
+    lease: SET NX PX, renewed by its holder)."""
+    return f"rm:{tag(partition)}:webhook:lease:{webhook_id}"
+
+
 # Set once by a RideService replica; missing means Redis lost its data (an empty restart), so
 # every ride in progress owes its live state again (services/ride/effects.py).
 LIVE_EPOCH_KEY = "rm:epoch"

@@ -2,7 +2,8 @@
 
 RPCs are counted by a server interceptor (every method, every status code, the time unary calls
 take, the streams open now); the location pipeline counts its own events where they happen.
-Labels stay bounded: method names, status codes and rejection reasons, never ids."""
+Labels stay bounded: method names, status codes and rejection reasons, never ids (except webhook
+subscription ids: a handful, made by staff)."""
 
 from __future__ import annotations
 
@@ -64,6 +65,24 @@ PERSIST_DEAD_LETTERS = Counter(
     "ridemesh_persist_dead_letters_total",
     "Ingest entries that could never be stored, moved to the dead-letter stream.",
 )
+WEBHOOK_DELIVERIES = Counter(
+    "ridemesh_webhook_deliveries_total",
+    "Webhook delivery attempts by outcome: delivered (a 2xx answer), retried (a failed attempt "
+    "tried again), dead_lettered (given up after the subscription's retry time).",
+    ("outcome",),
+)
+WEBHOOK_LAG = Gauge(
+    "ridemesh_webhook_lag_seconds",
+    "Age of the oldest event a webhook subscription still owes, per subscription and event log "
+    "partition (0 when it is caught up). Subscriptions are few, made by staff: their ids are a "
+    "bounded label.",
+    ("webhook_id", "partition"),
+)
+WEBHOOK_CURSOR_RESETS = Counter(
+    "ridemesh_webhook_cursor_resets_total",
+    "Webhook cursors the event log no longer covered (trimmed past them, or Redis lost the log), "
+    "moved to the oldest event kept: events in between were never delivered.",
+)
 GC_PAUSES = Histogram(
     "ridemesh_gc_pause_seconds",
     "How long each cyclic garbage collection stopped the process, by generation.",
@@ -73,6 +92,9 @@ GC_PAUSES = Histogram(
 
 DROPPED_LATEST = FANOUT_DROPPED.labels("latest")
 DROPPED_KEYED = FANOUT_DROPPED.labels("keyed")
+WEBHOOK_DELIVERED = WEBHOOK_DELIVERIES.labels("delivered")
+WEBHOOK_RETRIED = WEBHOOK_DELIVERIES.labels("retried")
+WEBHOOK_DEAD_LETTERED = WEBHOOK_DELIVERIES.labels("dead_lettered")
 
 
 def serve_metrics(host: str, port: int) -> int:

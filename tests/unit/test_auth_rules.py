@@ -25,6 +25,7 @@ from services.auth.rules import (
     may_estimate_eta,
     may_list_rides,
     may_manage_geofences,
+    may_manage_webhooks,
     may_move_ride,
     may_publish_fixes,
     may_read_driver,
@@ -35,6 +36,7 @@ from services.auth.rules import (
     may_request_ride,
     may_watch_area,
     may_watch_geofence_events,
+    may_watch_ride_events,
     nearby_view,
     snap_to_cell,
 )
@@ -172,7 +174,9 @@ STAFF_ONLY = [
     (may_watch_area, "only ops and service watch areas"),
     (may_manage_geofences, "only ops and service create or delete geofences"),
     (may_watch_geofence_events, "only ops and service watch geofence events"),
+    (may_watch_ride_events, "only ops and service watch every ride's events"),
     (may_read_heatmap, "only ops and service read the supply heatmap"),
+    (may_manage_webhooks, "only ops and service manage webhook subscriptions"),
 ]
 
 

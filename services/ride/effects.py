@@ -28,6 +28,7 @@ from services.live.names import (
     offer_key,
 )
 from services.ride.availability import set_availability
+from services.ride.proximity import clear_target, set_target
 from services.ride.publish import publish_ride
 from services.ride.states import ACTIVE, TERMINAL, state_name
 from services.server.failures import raise_if_cancelling, unavailable
@@ -135,6 +136,7 @@ class RideEffects:
         """The driver is busy, assigned to the ride's rider (who may now watch them), and the
         request no longer open."""
         await self._redis.set(assigned_key(ride.driver_id), ride.rider_id, ex=ASSIGNMENT_TTL_S)
+        await set_target(self._redis, ride)
         await set_availability(self._redis, ride.driver_id, BUSY, self._live_window_s)
         await self._redis.zrem(OPEN_REQUESTS_KEY, ride.ride_id)
 
@@ -143,6 +145,7 @@ class RideEffects:
         names its driver in `offered_driver_id`), and the request leaves the open set."""
         if ride.driver_id:
             await self._redis.delete(assigned_key(ride.driver_id))
+            await clear_target(self._redis, ride)
             await set_availability(self._redis, ride.driver_id, AVAILABLE, self._live_window_s)
         if ride.offered_driver_id:
             reason = ride.end_reason or f"the ride is {state_name(ride.state)}"

@@ -13,11 +13,13 @@ from ridemesh.v1 import ride_service_pb2_grpc as pb_grpc
 from ridemesh.v1.common_pb2 import DriverLocation
 from services.auth.tokens import bearer_channel, service_tokens
 from services.domain.routing import GreatCircleRouter
+from services.live.events import EventFeed
 from services.live.store import LiveStore
 from services.observability.tracing import client_interceptors
 from services.ride.chat_store import ChatMessages
 from services.ride.dispatch import Dispatcher
 from services.ride.effects import RideEffects
+from services.ride.proximity import ProximityTracker
 from services.ride.servicer import RideServicer
 from services.ride.store import RideStore
 from services.server.bootstrap import Parts, Service, run_service
@@ -55,9 +57,24 @@ async def build(parts: Parts) -> Service:
     chats = await parts.hub(pb.ChatMessage.FromString)
     router = GreatCircleRouter.from_settings(settings)
     listings = RideStore(parts.read_engine())
+    events = EventFeed(redis)
+    await parts.started(events.start, events.stop)
     servicer = RideServicer(
-        store, messages, dispatcher, effects, live, rides, locations, chats, router, redis, listings
+        store,
+        messages,
+        dispatcher,
+        effects,
+        live,
+        rides,
+        locations,
+        chats,
+        router,
+        redis,
+        listings,
+        events,
     )
+    proximity = ProximityTracker(redis, arrive=servicer.arrive_by_itself)
+    await parts.started(proximity.start, proximity.stop)
     parts.background(dispatcher.sweep_forever(), "dispatch-sweeper")
     parts.background(effects.repair_forever(), "ride-effects")
 

@@ -18,7 +18,7 @@ COLUMNS = """ride_id, rider_id, driver_id, state,
     ST_Y(pickup::geometry) AS pickup_lat, ST_X(pickup::geometry) AS pickup_lng,
     ST_Y(dropoff::geometry) AS dropoff_lat, ST_X(dropoff::geometry) AS dropoff_lng,
     create_time, update_time, cancelled_by, end_reason, offered_driver_id, offer_expire_time,
-    candidates, declined, dispatch_deadline"""
+    candidates, declined, dispatch_deadline, auto_arrive"""
 # ST_MakePoint takes (x, y) = (longitude, latitude). It is strict: NULL coordinates, NULL point.
 POINT = "ST_SetSRID(ST_MakePoint({lng}::float8, {lat}::float8), 4326)::geography"
 
@@ -71,6 +71,7 @@ def ride(row: Any) -> pb.Ride:
         cancelled_by=pb.Party.Value(row["cancelled_by"] or "PARTY_UNSPECIFIED"),
         end_reason=row["end_reason"],
         offered_driver_id=row["offered_driver_id"] or "",
+        auto_arrive=row["auto_arrive"],
     )
     ride.create_time.FromDatetime(row["create_time"])
     ride.update_time.FromDatetime(row["update_time"])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import datetime
 from typing import Any
@@ -15,10 +16,17 @@ from ridemesh.v1.common_pb2 import DriverLocation, LatLng
 from services.auth import rules
 from services.auth.interceptor import current_identity
 from services.domain import pagetoken
-from services.domain.errors import InvalidArgument, NotFound
+from services.domain.errors import (
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    PermissionDenied,
+    Unavailable,
+)
 from services.domain.points import check_point
 from services.domain.routing import Router
 from services.domain.validation import required_id, validate_id
+from services.live.events import EventFeed, EventLog
 from services.live.fanout import Hub
 from services.live.store import LiveStore
 from services.ride.chat import chat, redis_publisher
@@ -27,7 +35,9 @@ from services.ride.dispatch import Dispatcher
 from services.ride.effects import RideEffects
 from services.ride.publish import publish_ride
 from services.ride.store import RideStore
-from services.ride.watch import watch_ride
+from services.ride.watch import watch_ride, watch_ride_events
+
+log = logging.getLogger(__name__)
 
 Context = aio.ServicerContext[Any, Any]
 
@@ -51,7 +61,10 @@ class RideServicer(pb_grpc.RideServiceServicer):
         router: Router,
         redis: Redis,
         listings: RideStore | None = None,
+        events: EventFeed | None = None,
     ) -> None:
+        self._events = events
+        self._event_log = EventLog(redis)
         self._store = store
         # ListRides may read a replica that lags a moment (database_read_url); the rest must
         # see this process's own writes, on the primary.
@@ -78,7 +91,7 @@ class RideServicer(pb_grpc.RideServiceServicer):
                 f"request_id (the idempotency key) must hold 1 to {MAX_REQUEST_ID} characters"
             )
         ride, created = await self._store.create(
-            rider_id, request.pickup, request.dropoff, request.request_id
+            rider_id, request.pickup, request.dropoff, request.request_id, request.auto_arrive
         )
         if created:
             await publish_ride(self._redis, ride)
@@ -184,9 +197,31 @@ class RideServicer(pb_grpc.RideServiceServicer):
             self._live,
             self._router,
             request,
+            events=self._events,
             authorize=lambda ride: rules.may_read_ride(who, ride),
         ):
             yield response
+
+    async def WatchRideEvents(
+        self, request: pb.WatchRideEventsRequest, context: Context
+    ) -> AsyncIterator[pb.WatchRideEventsResponse]:
+        rules.may_watch_ride_events(current_identity())
+        if self._events is None:
+            raise Unavailable("ride events are not served by this replica")
+        async for response in watch_ride_events(self._events, self._event_log, request):
+            yield response
+
+    async def arrive_by_itself(
+        self, ride_id: str, driver_id: str, location: DriverLocation
+    ) -> None:
+        """A ride with auto-arrive whose driver is at the pickup: DRIVER_ASSIGNED ->
+        DRIVER_ARRIVED, as if the driver had said so (a ride that moved on meanwhile stays)."""
+        try:
+            ride = await self._store.mark_arrived(ride_id, driver_id, location.position)
+        except (FailedPrecondition, PermissionDenied) as exc:
+            log.info("ride %s not moved to arrived by itself: %s", ride_id, exc)
+            return
+        await self._effects.settle(ride)
 
     async def Chat(
         self, request_iterator: AsyncIterator[pb.ChatRequest], context: Context

@@ -25,9 +25,9 @@ RideCursor = tuple[datetime, str]
 """(create_time, ride_id) of the last ride of a page; the next page starts strictly after it."""
 
 _INSERT_RIDE = f"""
-INSERT INTO rides (ride_id, rider_id, state, pickup, dropoff, request_id)
+INSERT INTO rides (ride_id, rider_id, state, pickup, dropoff, request_id, auto_arrive)
 VALUES ($1, $2, 'RIDE_STATE_REQUESTED', {rows.POINT.format(lat="$3", lng="$4")},
-        {rows.POINT.format(lat="$5", lng="$6")}, $7)
+        {rows.POINT.format(lat="$5", lng="$6")}, $7, $8)
 ON CONFLICT ON CONSTRAINT rides_rider_request DO NOTHING
 RETURNING {rows.COLUMNS}
 """
@@ -87,7 +87,12 @@ class RideStore:
     # Creating and reading.
 
     async def create(
-        self, rider_id: str, pickup: LatLng, dropoff: LatLng, request_id: str
+        self,
+        rider_id: str,
+        pickup: LatLng,
+        dropoff: LatLng,
+        request_id: str,
+        auto_arrive: bool = False,
     ) -> tuple[pb.Ride, bool]:
         """A new REQUESTED ride, or the ride this rider's `request_id` already made (then False).
 
@@ -104,6 +109,7 @@ class RideStore:
                 dropoff.latitude,
                 dropoff.longitude,
                 request_id,
+                auto_arrive,
             )
             if row is None:
                 return rows.ride(

@@ -10,15 +10,19 @@ from typing import Protocol
 
 from ridemesh.v1 import ride_service_pb2 as pb
 from ridemesh.v1.common_pb2 import DriverLocation, LatLng
-from services.domain.errors import NotFound
+from services.domain.errors import InvalidArgument, NotFound
 from services.domain.routing import Router
 from services.domain.validation import fix_order, required_id
+from services.live.events import EventFeed, EventLog, LoggedEvent, follow
 from services.live.fanout import Hub
 from services.live.names import driver_channel, ride_channel
 from services.live.store import LiveStore
+from services.ride.proximity import is_ride_event, ride_event
 from services.ride.states import ACTIVE, TERMINAL
 
 log = logging.getLogger(__name__)
+
+MAX_WATCH_RIDES = 1000
 
 RideState = pb.RideState
 
@@ -71,10 +75,12 @@ class WatchMailbox:
     one supersedes it), and stale ones are dropped on arrival: the FIFO holds at most one entry
     per lifecycle rank, so it is bounded without ever dropping a transition."""
 
-    __slots__ = ("_location", "_ready", "_rides", "_failure", "dropped_locations")
+    __slots__ = ("_location", "_ready", "_rides", "_events", "_failure", "dropped_locations")
 
     def __init__(self) -> None:
         self._rides: deque[pb.Ride] = deque()
+        # Proximity events are few (a handful per ride) and never conflated.
+        self._events: deque[pb.RideEvent] = deque()
         self._location: DriverLocation | None = None
         self._ready = asyncio.Event()
         self._failure: Exception | None = None
@@ -97,24 +103,31 @@ class WatchMailbox:
         self._rides.append(ride)
         self._ready.set()
 
+    def put_event(self, event: pb.RideEvent) -> None:
+        self._events.append(event)
+        self._ready.set()
+
     def put_location(self, location: DriverLocation) -> None:
         if self._location is not None:
             self.dropped_locations += 1
         self._location = location
         self._ready.set()
 
-    async def get(self) -> pb.Ride | DriverLocation:
-        """The next thing to send; ride snapshots go before a waiting position."""
+    async def get(self) -> pb.Ride | pb.RideEvent | DriverLocation:
+        """The next thing to send; ride snapshots go before events, and both before a waiting
+        position."""
         await self._ready.wait()
         if self._failure is not None:
             raise self._failure
-        item: pb.Ride | DriverLocation
+        item: pb.Ride | pb.RideEvent | DriverLocation
         if self._rides:
             item = self._rides.popleft()
+        elif self._events:
+            item = self._events.popleft()
         else:
             assert self._location is not None
             item, self._location = self._location, None
-        if not self._rides and self._location is None:
+        if not self._rides and not self._events and self._location is None:
             self._ready.clear()
         return item
 
@@ -148,6 +161,12 @@ class _RideWatch:
             return None
         self._location = location
         return await self._response()
+
+    async def on_event(self, event: pb.RideEvent) -> pb.WatchRideResponse:
+        """The ride as it is, announcing a proximity event."""
+        response = await self._response()
+        response.event.CopyFrom(event)
+        return response
 
     def ended(self) -> bool:
         return self.ride is not None and self.ride.state in TERMINAL
@@ -199,15 +218,25 @@ async def watch_ride(
     router: Router,
     request: pb.WatchRideRequest,
     *,
+    events: EventFeed | None = None,
     authorize: Callable[[pb.Ride], None] = lambda ride: None,
 ) -> AsyncIterator[pb.WatchRideResponse]:
-    """The ride now, then every transition and every move of its driver; ends after an end state.
-    `authorize` sees the ride as first read and raises when the caller may not watch it."""
+    """The ride now, then every transition, proximity event and move of its driver; ends after
+    an end state. `authorize` sees the ride as first read and raises when the caller may not
+    watch it."""
     ride_id = required_id(request.ride_id, "ride_id")
     watch = _RideWatch(locations_hub, live, router)
     channel = ride_channel(ride_id)
+
+    def on_logged(event: LoggedEvent) -> None:
+        # Runs in the event feed's reader for every event in the world: keep it cheap.
+        if is_ride_event(event) and event.subject.get("id") == ride_id:
+            watch.mailbox.put_event(ride_event(event))
+
     # Subscribed before the read: a transition committed in between is then in the mailbox.
     await rides_hub.add(channel, watch.mailbox.put_ride, on_lost=watch.mailbox.fail)
+    if events is not None:
+        events.add(on_logged, watch.mailbox.fail)
     try:
         current = await store.get(ride_id)
         if current is None:
@@ -219,10 +248,30 @@ async def watch_ride(
             item = await watch.mailbox.get()
             if isinstance(item, pb.Ride):
                 response = await watch.on_ride(item)
+            elif isinstance(item, pb.RideEvent):
+                response = await watch.on_event(item)
             else:
                 response = await watch.on_location(item)
             if response is not None:
                 yield response
     finally:
+        if events is not None:
+            events.remove(on_logged)
         await rides_hub.remove(channel, watch.mailbox.put_ride)
         await watch.close()
+
+
+async def watch_ride_events(
+    feed: EventFeed, log_: EventLog, request: pb.WatchRideEventsRequest
+) -> AsyncIterator[pb.WatchRideEventsResponse]:
+    """Proximity events of the chosen rides (all when none): after the resume token, or from
+    now on."""
+    ids = frozenset(request.ride_ids)
+    if len(ids) > MAX_WATCH_RIDES:
+        raise InvalidArgument(f"ride_ids has {len(ids)} entries; at most {MAX_WATCH_RIDES}")
+
+    def wanted(event: LoggedEvent) -> bool:
+        return is_ride_event(event) and (not ids or event.subject.get("id") in ids)
+
+    async for event, token in follow(feed, log_, request.resume_token, wanted):
+        yield pb.WatchRideEventsResponse(event=ride_event(event), resume_token=token)

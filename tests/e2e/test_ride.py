@@ -328,3 +328,79 @@ async def test_chat_across_two_replicas_with_a_reconnect(
         again.cancel()
     driver.close()
     await driver.reader
+
+
+async def test_a_ride_announces_its_driver_near_and_at_the_pickup_and_arrives_by_itself(
+    location: location_grpc.LocationServiceAsyncStub,
+    rides: ride_grpc.RideServiceAsyncStub,
+    as_driver: Act,
+    as_rider: Act,
+) -> None:
+    pickup, dropoff = (-34.6037, -58.3816), (-34.5890, -58.3816)  # Buenos Aires, 1.6 km north
+    metre = 1 / 111_195.0  # of latitude, in degrees
+
+    def south_of(point: tuple[float, float], metres: float) -> tuple[float, float]:
+        return point[0] - metres * metre, point[1]
+
+    driver_id, rider_id = new_driver_id("drv"), new_driver_id("rider")
+    driver = await _online(location, as_driver, driver_id, south_of(pickup, 1500))
+    request = _request(rider_id, pickup, dropoff)
+    request.auto_arrive = True
+    ride_id = (await rides.RequestRide(request, metadata=as_rider(rider_id))).ride.ride_id
+    await driver.wait_for(lambda: any(o.ride_id == ride_id for o in driver.offers))
+    me = as_driver(driver_id)
+    await rides.AcceptRide(pb.AcceptRideRequest(ride_id=ride_id, driver_id=driver_id), metadata=me)
+    watch = rides.WatchRide(pb.WatchRideRequest(ride_id=ride_id), metadata=as_rider(rider_id))
+    everything = rides.WatchRideEvents(pb.WatchRideEventsRequest(ride_ids=[ride_id]))
+    (first,) = await collect(watch, 1)
+    assert first.ride.auto_arrive
+
+    seen: list[pb.WatchRideResponse] = []
+    seq = 1
+
+    async def drive_until(kind: int, legs: list[tuple[tuple[float, float], float]]) -> None:
+        """Sends the legs' fixes in turn, each until the rider's watch answers it, and returns
+        once the watch announced `kind`."""
+        nonlocal seq
+        for point, speed in legs:
+            seq += 1
+            driver.send(fix(driver_id, seq, *point, speed_mps=speed))
+            while True:
+                (message,) = await collect(watch, 1)
+                seen.append(message)
+                if message.driver_location.seq == seq:
+                    break
+        while not any(m.event.kind == kind for m in seen):
+            seen.append((await collect(watch, 1))[0])
+
+    to_pickup = [(south_of(pickup, m), 4.0) for m in (1000, 700, 450, 250)]  # 4 m/s: by distance
+    await drive_until(pb.RIDE_EVENT_KIND_APPROACHING_PICKUP, to_pickup)
+    await drive_until(pb.RIDE_EVENT_KIND_AT_PICKUP, [(south_of(pickup, 20), 0.0)])
+    # Auto-arrive: the ride moves to DRIVER_ARRIVED with no MarkDriverArrived call.
+    while seen[-1].ride.state != pb.RIDE_STATE_DRIVER_ARRIVED:
+        seen.append((await collect(watch, 1))[0])
+    await rides.StartRide(pb.StartRideRequest(ride_id=ride_id, driver_id=driver_id), metadata=me)
+    to_dropoff = [(south_of(dropoff, m), 10.0) for m in (1200, 800, 400)]
+    await drive_until(pb.RIDE_EVENT_KIND_APPROACHING_DROPOFF, to_dropoff)
+
+    events = [m.event for m in seen if m.HasField("event")]
+    assert [e.kind for e in events] == [
+        pb.RIDE_EVENT_KIND_APPROACHING_PICKUP,
+        pb.RIDE_EVENT_KIND_AT_PICKUP,
+        pb.RIDE_EVENT_KIND_APPROACHING_DROPOFF,
+    ]
+    # Within the threshold (a fix close behind may be the one that tells: fixes handled in one
+    # batch count by the newest), and at the pickup within 50 m.
+    assert 200 <= events[0].distance_m <= 500
+    assert events[1].distance_m == pytest.approx(20, abs=1)
+    assert all(e.ride_id == ride_id and e.driver_id == driver_id for e in events)
+    # Ops see the same events, with the same ids, on the ride events watch.
+    logged = [m.event for m in await collect(everything, 3)]
+    assert [e.event_id for e in logged] == [e.event_id for e in events]
+    everything.cancel()
+    await rides.CompleteRide(
+        pb.CompleteRideRequest(ride_id=ride_id, driver_id=driver_id), metadata=me
+    )
+    await read_to_end(watch)
+    driver.close()
+    await driver.reader

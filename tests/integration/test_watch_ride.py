@@ -17,10 +17,12 @@ from ridemesh.v1.common_pb2 import DriverLocation, LatLng
 from services.domain.errors import InvalidArgument, NotFound
 from services.domain.routing import GreatCircleRouter
 from services.history.store import create_engine
+from services.live.events import EventFeed
 from services.live.fanout import Hub
 from services.live.names import driver_channel, ride_channel
 from services.live.store import LiveStore
 from services.ops.mesh.redis_server import RedisServer
+from services.ride.proximity import ProximityTracker, set_target
 from services.ride.publish import publish_ride
 from services.ride.store import RideStore
 from services.ride.watch import watch_ride
@@ -71,10 +73,17 @@ class Mesh:
         await publish_ride(self.redis, ride)
         return ride
 
-    async def fix(self, driver_id: str, seq: int, distance_m: float, to: LatLng = PICKUP) -> None:
+    async def fix(
+        self,
+        driver_id: str,
+        seq: int,
+        distance_m: float,
+        to: LatLng = PICKUP,
+        speed_mps: float = SPEED_MPS,
+    ) -> None:
         """A fix `distance_m` due north of `to`, written as LocationService writes one."""
         lat, lng = destination(to.latitude, to.longitude, 0.0, distance_m)
-        location = DriverLocation(driver_id=driver_id, seq=seq, speed_mps=SPEED_MPS)
+        location = DriverLocation(driver_id=driver_id, seq=seq, speed_mps=speed_mps)
         location.position.latitude, location.position.longitude = lat, lng
         location.recorded_at.FromNanoseconds(time.time_ns())
         location.received_at.CopyFrom(location.recorded_at)
@@ -370,3 +379,42 @@ async def test_an_unknown_ride_is_not_found_and_an_empty_id_invalid(mesh: Mesh) 
     with pytest.raises(InvalidArgument, match="ride_id"):
         await next_of(mesh.watch("no spaces allowed"))
     assert mesh.rides.subscribed_channels() == before
+
+
+async def test_proximity_events_reach_the_watcher_with_the_ride_and_its_driver(mesh: Mesh) -> None:
+    feed, tracker = EventFeed(mesh.redis), ProximityTracker(mesh.redis)
+    await feed.start()
+    await tracker.start()
+    try:
+        ride = await mesh.requested()
+        driver_id = uid("drv")
+        assigned = await mesh.assign(ride.ride_id, driver_id)
+        await set_target(mesh.redis, assigned)
+        request = pb.WatchRideRequest(ride_id=ride.ride_id)
+        stream = watch_ride(
+            mesh.store, mesh.rides, mesh.locations, mesh.live, ROUTER, request, events=feed
+        )
+        first = await anext(stream)
+        assert first.ride.state == pb.RIDE_STATE_DRIVER_ASSIGNED
+        assert not first.HasField("event")
+        kinds = []
+        async with asyncio.timeout(WAIT_S):
+            for seq, metres in enumerate([450, 30, 400], start=1):
+                await mesh.fix(driver_id, seq, metres, speed_mps=0.0 if metres < 50 else 8.0)
+                while True:
+                    response = await anext(stream)
+                    if response.HasField("event"):
+                        break
+                assert response.ride.ride_id == ride.ride_id
+                assert response.event.driver_id == driver_id
+                kinds.append(response.event.kind)
+        assert kinds == [
+            pb.RIDE_EVENT_KIND_APPROACHING_PICKUP,
+            pb.RIDE_EVENT_KIND_AT_PICKUP,
+            pb.RIDE_EVENT_KIND_LEFT_PICKUP,
+        ]
+        await stream.aclose()  # type: ignore[attr-defined]
+        assert feed.sinks == 0  # the watcher left no sink behind
+    finally:
+        await tracker.stop()
+        await feed.stop()

@@ -50,8 +50,6 @@ WATCH_DEPTH = 4096
 READ_BLOCK_MS = 2_000
 # Catching up reads the log this many entries at a time.
 PAGE = 500
-# This process's epoch candidate: the first writer's wins, and stays until Redis loses the key.
-_EPOCH = secrets.token_hex(4)
 
 # Appends one event, from inside a script that holds the partition's keys. Needs `stream`,
 # `meta` (the log's hash: e epoch, n appended, x trimmed; KEYS of the script) and its ARGV
@@ -71,8 +69,9 @@ end
 
 
 def log_args(retention_s: float) -> list[Any]:
-    """The ARGV `log_event` needs, in its order: the epoch candidate and the retention in ms."""
-    return [_EPOCH, round(retention_s * 1000)]
+    """The ARGV `log_event` needs, in its order: an epoch candidate (new each time, so a Redis
+    that came back empty gets a new epoch whoever writes first) and the retention in ms."""
+    return [secrets.token_hex(4), round(retention_s * 1000)]
 
 
 def fix_json(location: DriverLocation) -> str:

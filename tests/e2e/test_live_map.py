@@ -14,8 +14,11 @@ from pathlib import Path
 import pytest
 from playwright.async_api import Browser, Page, async_playwright
 
+from ridemesh.v1 import geo_query_service_pb2 as pb
+from ridemesh.v1 import geo_query_service_pb2_grpc as geo_grpc
 from services.auth.keys import DevKeys
 from services.domain.geodesy import haversine_m
+from services.ops.mesh.ports import free_port
 from services.ops.mesh.supervisor import Mesh
 from services.ops.simulator.run import Simulation
 from services.ops.simulator.settings import SimSettings
@@ -87,7 +90,11 @@ async def _positions(page: Page) -> Positions:
 
 
 async def test_the_live_map_shows_a_moving_city_through_envoy(
-    mesh: Mesh, browser: Browser, city: Simulation, tmp_path: Path
+    mesh: Mesh,
+    browser: Browser,
+    city: Simulation,
+    tmp_path: Path,
+    geo: geo_grpc.GeoQueryServiceAsyncStub,
 ) -> None:
     assert _page_built(), "the page is not built: run `make web`"
     assert mesh.envoy is not None
@@ -154,7 +161,24 @@ async def test_the_live_map_shows_a_moving_city_through_envoy(
     )
     await page.wait_for_selector("li.zone-event", timeout=60_000)
     transition = await page.get_attribute("li.zone-event", "data-transition")
-    assert transition in ("ENTER", "EXIT")
+    assert transition in ("ENTER", "EXIT", "DWELL")
+    # Drivers of the city's rides come near their pickups: the feed shows it.
+    await page.wait_for_selector("li.ride-event", timeout=60_000)
+    kind = await page.get_attribute("li.ride-event", "data-kind")
+    assert kind in ("APPROACHING_PICKUP", "AT_PICKUP", "LEFT_PICKUP", "APPROACHING_DROPOFF")
+    # A webhook whose receiver is not there shows as retrying, with its error.
+    nobody = f"http://127.0.0.1:{free_port()}/hook"
+    created = await geo.CreateWebhook(pb.CreateWebhookRequest(webhook=pb.Webhook(url=nobody)))
+    row = page.locator(f'li.webhook[data-webhook-id="{created.webhook.webhook_id}"]')
+    await row.wait_for(state="attached", timeout=15_000)
+    await page.wait_for_function(
+        'id => document.querySelector(`li.webhook[data-webhook-id="${id}"]`)'
+        "?.dataset.health === 'retrying'",
+        arg=created.webhook.webhook_id,
+        timeout=30_000,
+    )
+    assert nobody in await row.inner_text()
+    await geo.DeleteWebhook(pb.DeleteWebhookRequest(webhook_id=created.webhook.webhook_id))
     shot = tmp_path / "live-map.png"
     await page.screenshot(path=str(shot))
     if target := os.environ.get(SCREENSHOT_ENV):

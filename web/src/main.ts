@@ -6,7 +6,8 @@ import { createMap } from "./map";
 import { Drivers, watchVisibleDrivers } from "./drivers";
 import { DriverPanel } from "./panel";
 import { Rides } from "./rides";
-import { Zones, watchZoneEvents } from "./zones";
+import { EventFeed, Zones, watchZoneEvents } from "./zones";
+import { Webhooks } from "./webhooks";
 import { Heatmap } from "./heatmap";
 
 function byId<T extends HTMLElement = HTMLElement>(id: string): T {
@@ -67,8 +68,10 @@ async function main(): Promise<void> {
   panel = new DriverPanel(api, map, drivers, byId("driver-panel"));
   watchVisibleDrivers(api, map, drivers, note("drivers"));
   new Zones(api, map, layers).start();
-  watchZoneEvents(api, byId("zone-events"));
-  new Rides(api, byId("rides"), byId("rides-error")).start();
+  const feed = new EventFeed(byId("zone-events"));
+  watchZoneEvents(api, feed);
+  new Rides(api, byId("rides"), byId("rides-error"), feed).start();
+  new Webhooks(api, byId("webhooks")).start();
   new Heatmap(api, map, layers, note("heatmap")).start();
 
   Object.assign(window, { ridemesh: { config, map, drivers, panel, status } });

@@ -1,8 +1,11 @@
-// The rides list: ListRides polled every 3 s (every ride, as ops), and WatchRide per shown ride.
+// The rides list: ListRides polled every 3 s (every ride, as ops), and WatchRide per shown ride,
+// whose proximity events (driver approaching, at or leaving the pickup, near the drop-off) go to
+// the page's event feed.
 import { timestampMs } from "@bufbuild/protobuf/wkt";
 import { Code } from "@connectrpc/connect";
 import { describeError, errorCode, keepStreaming, multiplexed, poll, reportPoll, type Api, type StreamHandle } from "./api";
-import { RideState, type Ride } from "./gen/ridemesh/v1/ride_service_pb";
+import { RideEventKind, RideState, type Ride, type RideEvent } from "./gen/ridemesh/v1/ride_service_pb";
+import type { EventFeed } from "./zones";
 
 const ACTIVE_STATES = [RideState.REQUESTED, RideState.DRIVER_ASSIGNED, RideState.DRIVER_ARRIVED, RideState.IN_PROGRESS];
 const FINAL_STATES = new Set([RideState.COMPLETED, RideState.CANCELLED, RideState.EXPIRED]);
@@ -35,6 +38,7 @@ export class Rides {
     private readonly api: Api,
     private readonly list: HTMLElement,
     private readonly errorEl: HTMLElement,
+    private readonly feed: EventFeed,
   ) {}
 
   start(): StreamHandle {
@@ -148,6 +152,7 @@ export class Rides {
         for await (const res of this.api.rides.watchRide({ rideId }, { signal, onHeader })) {
           onHeader();
           if (res.ride) this.upsert(res.ride);
+          if (res.event) this.feed.add(rideEventRow(res.event));
         }
       },
       {
@@ -172,6 +177,30 @@ export class Rides {
     this.errorEl.hidden = message === null;
     this.errorEl.textContent = message ?? "";
   }
+}
+
+const KINDS: Partial<Record<RideEventKind, string>> = {
+  [RideEventKind.APPROACHING_PICKUP]: "APPROACHING_PICKUP",
+  [RideEventKind.AT_PICKUP]: "AT_PICKUP",
+  [RideEventKind.LEFT_PICKUP]: "LEFT_PICKUP",
+  [RideEventKind.APPROACHING_DROPOFF]: "APPROACHING_DROPOFF",
+};
+
+function rideEventRow(event: RideEvent): HTMLLIElement {
+  const kind = KINDS[event.kind] ?? "UNSPECIFIED";
+  const li = document.createElement("li");
+  li.className = "ride-event";
+  li.dataset.kind = kind;
+  li.dataset.rideId = event.rideId;
+  li.dataset.driverId = event.driverId;
+  const at = event.eventTime ? new Date(timestampMs(event.eventTime)) : new Date();
+  li.append(
+    span("time", at.toLocaleTimeString([], { hour12: false })),
+    span("kind", kind.toLowerCase().replace("_", " ")),
+    span("driver-id", event.driverId),
+    span("distance", `${Math.round(event.distanceM)} m`),
+  );
+  return li;
 }
 
 function updatedMs(ride: Ride): number {

@@ -1,4 +1,5 @@
-// Geofences (ListGeofences, redrawn every 30 s) and the live ENTER/EXIT feed (WatchGeofenceEvents).
+// Geofences (ListGeofences, redrawn every 30 s) and the live ENTER/EXIT/DWELL feed
+// (WatchGeofenceEvents, resumed after a lost connection from the last event's token).
 import L from "leaflet";
 import { timestampMs } from "@bufbuild/protobuf/wkt";
 import { Code } from "@connectrpc/connect";
@@ -77,12 +78,31 @@ export class Zones {
   }
 }
 
-export function watchZoneEvents(api: Api, list: HTMLElement): StreamHandle {
+/** The page's event feed: zone events and the proximity events of watched rides, newest first. */
+export class EventFeed {
+  constructor(private readonly list: HTMLElement) {}
+
+  add(row: HTMLLIElement): void {
+    this.list.prepend(row);
+    while (this.list.children.length > MAX_EVENTS) this.list.lastElementChild?.remove();
+  }
+}
+
+export function watchZoneEvents(api: Api, feed: EventFeed): StreamHandle {
+  // A reconnect resumes after the last event shown: none is missed or shown twice, unless the
+  // log no longer holds it (FAILED_PRECONDITION): then the feed goes on from now.
+  let resumeToken = "";
   return keepStreaming(api, "WatchGeofenceEvents", async ({ signal, onHeader }) => {
-    for await (const res of api.geo.watchGeofenceEvents({}, { signal, onHeader })) {
-      onHeader();
-      if (res.event) list.prepend(eventRow(res.event));
-      while (list.children.length > MAX_EVENTS) list.lastElementChild?.remove();
+    try {
+      for await (const res of api.geo.watchGeofenceEvents({ resumeToken }, { signal, onHeader })) {
+        onHeader();
+        if (res.event) feed.add(eventRow(res.event));
+        resumeToken = res.resumeToken;
+      }
+    } catch (err) {
+      if (!resumeToken || errorCode(err) !== Code.FailedPrecondition) throw err;
+      console.warn(`WatchGeofenceEvents: ${describeError(err)}; going on from now`);
+      resumeToken = "";
     }
   });
 }
@@ -100,6 +120,7 @@ function eventRow(event: GeofenceEvent): HTMLLIElement {
   li.dataset.transition = transition;
   li.dataset.driverId = event.driverId;
   li.dataset.geofenceId = event.geofenceId;
+  if (event.reason) li.dataset.reason = event.reason;
   const at = event.eventTime ? new Date(timestampMs(event.eventTime)) : new Date();
   const time = at.toLocaleTimeString([], { hour12: false });
   const parts: Array<[string, string]> = [
@@ -108,6 +129,7 @@ function eventRow(event: GeofenceEvent): HTMLLIElement {
     ["driver-id", event.driverId],
     ["zone", event.geofenceDisplayName || event.geofenceId],
   ];
+  if (event.reason) parts.push(["reason", event.reason.replace("_", " ")]);
   for (const [className, text] of parts) {
     const span = document.createElement("span");
     span.className = className;

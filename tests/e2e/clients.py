@@ -108,6 +108,38 @@ class DriverStream:
         return next(r for r in self.rejected if r.seq == seq)
 
 
+class Messages:
+    """A server stream read by its own task into a queue, so a test can wait for the next
+    message with a timeout: cancelling a pending `call.read()` would cancel the whole call."""
+
+    def __init__(self, call: Any) -> None:
+        self.call = call
+        self._queue: asyncio.Queue[Any] = asyncio.Queue()
+        self._task = asyncio.create_task(self._read())
+
+    async def _read(self) -> None:
+        while (message := await self.call.read()) is not aio.EOF:  # type: ignore[attr-defined]
+            self._queue.put_nowait(message)
+
+    async def next(self, timeout: float = 15.0) -> Any:
+        """The next message; TimeoutError if none came within `timeout` (the call goes on)."""
+        getter = asyncio.ensure_future(self._queue.get())
+        done, _ = await asyncio.wait(
+            [getter, self._task], timeout=timeout, return_when="FIRST_COMPLETED"
+        )
+        if getter in done:
+            return getter.result()
+        getter.cancel()
+        if self._task in done:
+            self._task.result()  # raises what ended the stream
+            raise AssertionError("the stream ended")
+        raise TimeoutError
+
+    def cancel(self) -> None:
+        self.call.cancel()
+        self._task.cancel()
+
+
 async def collect(call: Any, count: int, timeout: float = 15.0) -> list[Any]:
     """The next `count` messages of a server stream (read() style, so callers may read first)."""
     received: list[Any] = []

@@ -15,7 +15,7 @@ import pytest
 from ridemesh.v1 import geo_query_service_pb2 as pb
 from ridemesh.v1 import geo_query_service_pb2_grpc as geo_grpc
 from ridemesh.v1 import location_service_pb2_grpc as location_grpc
-from tests.e2e.clients import DriverStream, collect, fix, new_driver_id
+from tests.e2e.clients import DriverStream, Messages, collect, fix, new_driver_id
 from tests.e2e.conftest import status_of
 from tests.e2e.test_geo import _square
 from tests.tokens import Metadata
@@ -40,7 +40,7 @@ async def test_a_watcher_away_for_30_s_resumes_with_its_token_and_misses_nothing
         )
     )
     request = pb.WatchGeofenceEventsRequest(labels={"t": tag})
-    control = geo.WatchGeofenceEvents(request)  # stays connected throughout
+    control = Messages(geo.WatchGeofenceEvents(request))  # stays connected throughout
     away = geo.WatchGeofenceEvents(request)
     driver_id = new_driver_id("crossing")
     driver = DriverStream(location, as_driver(driver_id))
@@ -55,8 +55,7 @@ async def test_a_watcher_away_for_30_s_resumes_with_its_token_and_misses_nothing
                 seq += 1
                 driver.send(fix(driver_id, seq, *(inside if seq % 2 else outside)))
                 try:
-                    (message,) = await collect(control, 1, timeout=0.5)
-                    return message  # type: ignore[no-any-return]
+                    return await control.next(timeout=0.5)  # type: ignore[no-any-return]
                 except TimeoutError:
                     continue
 
@@ -88,7 +87,7 @@ async def test_a_watcher_away_for_30_s_resumes_with_its_token_and_misses_nothing
     (after,) = await collect(resumed, 1)
     assert after.event.event_id == live.event.event_id
     with pytest.raises(TimeoutError):
-        await collect(resumed, 1, timeout=1.0)
+        await Messages(resumed).next(timeout=1.0)
     for call in (control, resumed):
         call.cancel()
     driver.close()

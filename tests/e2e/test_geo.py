@@ -21,7 +21,7 @@ from ridemesh.v1 import geo_query_service_pb2_grpc as geo_grpc
 from ridemesh.v1 import location_service_pb2_grpc as location_grpc
 from ridemesh.v1.common_pb2 import BoundingBox, LatLng
 from services.domain.geodesy import haversine_m
-from tests.e2e.clients import DriverStream, collect, fix, new_driver_id
+from tests.e2e.clients import DriverStream, Messages, collect, fix, new_driver_id
 from tests.e2e.conftest import status_of
 from tests.tokens import Metadata
 
@@ -301,7 +301,7 @@ async def _events_of(watch: Any, driver_id: str, quiet_s: float) -> list[pb.Geof
 async def _inside_until_entered(
     location: location_grpc.LocationServiceAsyncStub,
     as_driver: Callable[[str], Metadata],
-    watch: Any,
+    watch: Messages,
     centre: tuple[float, float],
     count: int,
 ) -> list[tuple[str, DriverStream]]:
@@ -319,11 +319,11 @@ async def _inside_until_entered(
             for driver_id, stream in drivers:
                 stream.send(fix(driver_id, seq, *centre, speed_mps=0.0))
             try:
-                for message in await collect(watch, 1, timeout=0.3):
-                    assert message.event.transition == pb.GEOFENCE_TRANSITION_ENTER
-                    entered.add(message.event.driver_id)
+                message = await watch.next(timeout=0.3)
             except TimeoutError:
                 continue
+            assert message.event.transition == pb.GEOFENCE_TRANSITION_ENTER
+            entered.add(message.event.driver_id)
     return drivers
 
 
@@ -342,11 +342,11 @@ async def test_deleting_a_zone_sends_exit_to_every_driver_inside_it(
         )
     )
     zone_id = zone.geofence.geofence_id
-    watch = geo.WatchGeofenceEvents(pb.WatchGeofenceEventsRequest(labels={"t": tag}))
+    watch = Messages(geo.WatchGeofenceEvents(pb.WatchGeofenceEventsRequest(labels={"t": tag})))
     drivers = await _inside_until_entered(location, as_driver, watch, centre, 2)
 
     await geo.DeleteGeofence(pb.DeleteGeofenceRequest(geofence_id=zone_id))
-    exits = [m.event for m in await collect(watch, 2)]
+    exits = [(await watch.next()).event for _ in range(2)]
     assert {e.driver_id for e in exits} == {driver_id for driver_id, _ in drivers}
     assert all(e.transition == pb.GEOFENCE_TRANSITION_EXIT for e in exits)
     assert all(e.reason == "zone_deleted" and e.geofence_display_name == "Closing" for e in exits)
@@ -358,7 +358,7 @@ async def test_deleting_a_zone_sends_exit_to_every_driver_inside_it(
     for driver_id, stream in drivers:
         stream.send(fix(driver_id, 1000, *centre, speed_mps=0.0))
     with pytest.raises(TimeoutError):
-        await collect(watch, 1, timeout=1.5)
+        await watch.next(timeout=1.5)
     watch.cancel()
     for _, stream in drivers:
         stream.close()
@@ -377,9 +377,9 @@ async def test_a_zone_that_expires_sends_exit_when_its_time_comes(
     created = await geo.CreateGeofence(pb.CreateGeofenceRequest(geofence=zone))
     stored_expiry = created.geofence.expire_time.ToDatetime(tzinfo=UTC)
     assert abs(stored_expiry - expires) < timedelta(milliseconds=1)
-    watch = geo.WatchGeofenceEvents(pb.WatchGeofenceEventsRequest(labels={"t": tag}))
+    watch = Messages(geo.WatchGeofenceEvents(pb.WatchGeofenceEventsRequest(labels={"t": tag})))
     ((driver_id, stream),) = await _inside_until_entered(location, as_driver, watch, centre, 1)
-    (message,) = await collect(watch, 1, timeout=15)
+    message = await watch.next(timeout=15)
     assert (message.event.driver_id, message.event.transition) == (
         driver_id,
         pb.GEOFENCE_TRANSITION_EXIT,

@@ -688,7 +688,8 @@ async def test_a_token_older_than_the_retention_is_refused_naming_the_oldest_eve
         # More than the retention later, the next event trims everything older.
         await asyncio.sleep(0.4)  # the retention is wall-clock time: nothing else to wait on
         await send(publisher, [replica], fix(d, 3, INSIDE))
-        (oldest_id, _), *_ = await publisher.xrange(events_stream(0), count=1)
+        oldest: Any = await publisher.xrange(events_stream(0), count=1)
+        oldest_id = oldest[0][0]
         request = pb.WatchGeofenceEventsRequest(geofence_ids=["sq"], resume_token=token)
         with pytest.raises(FailedPrecondition, match="retention") as refused:
             await anext(watch_geofence_events(replica.events, replica.log, zones, request))

@@ -56,8 +56,9 @@ _MAX_PIPELINE = 500
 # from older versions is I).
 # ARGV: recorded ms, seq, ttl s, driver id, the fix as JSON, the ids of the zones holding the
 # fix, the ids of zones whose hysteresis band holds it (outside, but not far enough to leave),
-# ids to drop from the state without an EXIT, the event log's epoch candidate and retention
-# ms, then (id, entry JSON, entry delay ms, dwell ms) of the zones the caller can describe.
+# the ids of held zones the caller does not know (kept as they are), the event log's epoch
+# candidate and retention ms, then (id, entry JSON, entry delay ms, dwell ms) of the zones the
+# caller can describe.
 # Returns 0 when the stored fix is as new or newer (another replica applied this one, or it is
 # stale), 1 when applied, or the ids of entered zones left that the caller did not describe
 # (nothing is written then; the caller looks them up and calls again).
@@ -98,7 +99,8 @@ for id in string.gmatch(candidates, '[^,]+') do
 end
 local inside_list, inside = ids(ARGV[6], ended)
 local _, near = ids(ARGV[7], ended)
-local _, gone = ids(ARGV[8], {})
+local _, unknown_here = ids(ARGV[8], ended)
+local gone = {}
 for id, is_ended in pairs(ended) do if is_ended then gone[id] = true end end
 local entry, delay, dwell = {}, {}, {}
 for i = 11, #ARGV, 4 do
@@ -108,7 +110,7 @@ for i = 11, #ARGV, 4 do
 end
 local unknown = {}
 for _, id in ipairs(order) do
-  local left = not inside[id] and not near[id] and not gone[id]
+  local left = not inside[id] and not near[id] and not gone[id] and not unknown_here[id]
   if left and held[id][1] ~= 'P' and not entry[id] then unknown[#unknown + 1] = id end
 end
 if #unknown > 0 then return unknown end
@@ -133,6 +135,8 @@ for _, id in ipairs(order) do
   local status, since = held[id][1], held[id][2]
   if gone[id] then
     redis.call('ZREM', KEYS[4], id .. '|' .. driver)
+  elseif unknown_here[id] then
+    keep(id, status, since)
   elseif inside[id] or near[id] then
     advance(id, status, since)
   else
@@ -195,7 +199,8 @@ class PendingFix:
     zone_ids: str
     # Described zones: their entry (as published) and entry delay and dwell time in ms.
     entries: dict[str, Described]
-    gone: list[str] = field(default_factory=list)
+    # Held zones this replica's index does not know (kept as they are).
+    unknown: list[str] = field(default_factory=list)
     # Zones whose hysteresis band holds the fix (outside, not far enough to leave).
     near_ids: str = ""
 
@@ -232,7 +237,7 @@ def script_args(pending: PendingFix, retention_s: float = RETENTION_S) -> list[A
         fix_json(location),
         pending.zone_ids,
         pending.near_ids,
-        ",".join(pending.gone),
+        ",".join(pending.unknown),
         *log_args(retention_s),
     ]
     for geofence_id, (entry, delay_ms, dwell_ms) in pending.entries.items():
@@ -359,12 +364,14 @@ class FenceTracker:
         )
 
     def _describe(self, item: PendingFix, left: list[str]) -> None:
-        # A zone the driver left is described from this fix's index; one no longer there was
-        # deleted, and is dropped from the state without an EXIT (deletion ends its events).
+        # A zone the driver left is described from this fix's index. One this index does not
+        # hold is kept as it is, with no event: it may be new and not loaded here yet (another
+        # replica entered it), and a zone that ended is dropped by the script itself, which
+        # knows the ended zones (they sent their EXITs when they ended).
         for geofence_id in left:
             zone = item.index.get(geofence_id)
             if zone is None:
-                item.gone.append(geofence_id)
+                item.unknown.append(geofence_id)
             else:
                 item.entries[geofence_id] = described(self._entries.get(item.index, zone), zone)
 

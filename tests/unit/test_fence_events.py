@@ -84,7 +84,7 @@ def test_script_args_lay_out_time_seq_zones_and_described_zones() -> None:
             "z-air": described(zone_entry(AIRPORT), AIRPORT),
             "z-mitte": described(zone_entry(slow), slow),
         },
-        gone=["z-old", "z-older"],
+        unknown=["z-old", "z-older"],
         near_ids="z-mitte",
     )
     args = script_args(pending, retention_s=60.0)

@@ -107,6 +107,12 @@ def ride_target_key(driver_id: str) -> str:
     return f"rm:{_driver_tag(driver_id)}:ride-target:{driver_id}"
 
 
+def ride_targets_key(partition: int) -> str:
+    """The partition's drivers that have a ride target (a set), so proximity tracking reads the
+    targets of those drivers only."""
+    return f"rm:{tag(partition)}:ride-targets"
+
+
 # RideService replicas' consumer group on each ingest log: proximity events of active rides.
 RIDES_GROUP = "rides"
 

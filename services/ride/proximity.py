@@ -31,8 +31,11 @@ from services.live.names import (
     RIDES_GROUP,
     events_meta_key,
     events_stream,
+    ingest_stream,
     partition_of,
+    partitions,
     ride_target_key,
+    ride_targets_key,
 )
 from services.live.replies import text
 from services.ride.states import ACTIVE
@@ -56,6 +59,10 @@ DROPOFF_M = 500.0
 DROPOFF_LEAVE_M = 700.0
 # A target outlives a ride that never reached its end (a replica died) this long.
 TARGET_TTL_S = 24 * 3600
+# The rides group reads each log at most this often: proximity needs no 10 ms freshness (apps
+# send a fix every few seconds), and bigger batches cost fewer round trips per fix (measured:
+# RideService 0.22 ms per fix at 2,000 drivers with 10 ms reads).
+PACE_S = 0.1
 
 KIND_NAMES = {
     Kind.RIDE_EVENT_KIND_APPROACHING_PICKUP: "ride.approaching_pickup",
@@ -206,7 +213,7 @@ class ProximityTracker:
         arrive: Arrive = _no_arrival,
         retention_s: float = RETENTION_S,
         claim_idle_s: float = 10.0,
-        every_s: float | None = None,
+        every_s: float | None = PACE_S,
     ) -> None:
         self._redis = redis
         self._arrive = arrive
@@ -216,6 +223,7 @@ class ProximityTracker:
             redis, RIDES_GROUP, self._handle, claim_idle_s=claim_idle_s, every_s=every_s
         )
         self.applied = 0
+        self._partition_of_stream = {ingest_stream(p): p for p in partitions()}
 
     async def start(self) -> None:
         await self._group.start()
@@ -237,19 +245,24 @@ class ProximityTracker:
             if known is None or fix_order(location) > fix_order(known):
                 newest[location.driver_id] = location
         if newest:
-            await self._apply(newest.values())
+            await self._apply(self._partition_of_stream[stream], newest.values())
         if entries:
             await self._redis.xack(stream, RIDES_GROUP, *(entry_id for entry_id, _ in entries))
 
-    async def _apply(self, locations: Iterable[DriverLocation]) -> None:
-        batch = list(locations)
+    async def _apply(self, partition: int, locations: Iterable[DriverLocation]) -> None:
+        # Only drivers with a target (a few: those on a ride) cost a read of it.
+        with_targets = {text(d) for d in await self._redis.smembers(ride_targets_key(partition))}
+        batch = [location for location in locations if location.driver_id in with_targets]
+        if not batch:
+            return
         pipe = self._redis.pipeline(transaction=False)
         for location in batch:
             pipe.hgetall(ride_target_key(location.driver_id))
         targets = await pipe.execute()
         for location, fields in zip(batch, targets, strict=True):
             target = parse_target(fields)
-            if target is None:
+            if target is None:  # expired with a ride that never ended: forget the driver
+                await self._redis.srem(ride_targets_key(partition), location.driver_id)
                 continue
             position = location.position
             flags, events = step(target, position.latitude, position.longitude, location.speed_mps)
@@ -303,6 +316,7 @@ async def set_target(redis: Redis, ride: pb.Ride) -> None:
         if stored[0] is None or text(stored[0]) != ride.ride_id:
             pipe.hdel(key, "x", "t", "s")
         pipe.expire(key, TARGET_TTL_S)
+        pipe.sadd(ride_targets_key(partition_of(ride.driver_id)), ride.driver_id)
         await pipe.execute()
 
 
@@ -312,7 +326,10 @@ async def clear_target(redis: Redis, ride: pb.Ride) -> None:
         return
     key = ride_target_key(ride.driver_id)
     if text(await redis.hget(key, "r") or b"") == ride.ride_id:
-        await redis.delete(key)
+        pipe = redis.pipeline(transaction=True)
+        pipe.delete(key)
+        pipe.srem(ride_targets_key(partition_of(ride.driver_id)), ride.driver_id)
+        await pipe.execute()
 
 
 def target_applies(ride: pb.Ride) -> bool:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import itertools
 import json
 import time
 from collections.abc import Callable
@@ -41,13 +42,14 @@ async def test_a_watcher_away_for_30_s_resumes_with_its_token_and_misses_nothing
     )
     request = pb.WatchGeofenceEventsRequest(labels={"t": tag})
     control = Messages(geo.WatchGeofenceEvents(request))  # stays connected throughout
-    away = geo.WatchGeofenceEvents(request)
+    away = Messages(geo.WatchGeofenceEvents(request))
     driver_id = new_driver_id("crossing")
     driver = DriverStream(location, as_driver(driver_id))
     inside, outside = centre, (centre[0] + 0.01, centre[1])
     seq = 0
+    seen: list[pb.GeofenceEvent] = []  # by the control watcher, in order
 
-    async def cross() -> pb.WatchGeofenceEventsResponse:
+    async def cross() -> None:
         """Drives across the line until the control watcher reports the crossing."""
         nonlocal seq
         async with asyncio.timeout(15):
@@ -55,21 +57,31 @@ async def test_a_watcher_away_for_30_s_resumes_with_its_token_and_misses_nothing
                 seq += 1
                 driver.send(fix(driver_id, seq, *(inside if seq % 2 else outside)))
                 try:
-                    return await control.next(timeout=0.5)  # type: ignore[no-any-return]
+                    seen.append((await control.next(timeout=0.5)).event)
+                    return
                 except TimeoutError:
                     continue
 
-    first = await cross()  # the zone is indexed: the first ENTER
-    (seen_by_away,) = await collect(away, 1)
-    assert seen_by_away.event.event_id == first.event.event_id
-    token = seen_by_away.resume_token
+    # The two watches may reach different replicas, each live from its own moment: cross until
+    # the watcher that will go away has an event the control has too.
+    async with asyncio.timeout(30):
+        while True:
+            await cross()
+            try:
+                last = await away.next(timeout=1.0)
+            except TimeoutError:
+                continue
+            if last.event.event_id in {e.event_id for e in seen}:
+                break
+    token = last.resume_token
     away.cancel()  # the watcher goes away
+    synced = [e.event_id for e in seen].index(last.event.event_id)
 
-    missed: list[pb.GeofenceEvent] = []
     started = time.monotonic()
     while time.monotonic() - started < AWAY_S:
-        missed.append((await cross()).event)
+        await cross()
         await asyncio.sleep(1.0)  # a crossing a second or so, for the whole time away
+    missed = seen[synced + 1 :]
     assert len(missed) >= 20
 
     resumed = geo.WatchGeofenceEvents(
@@ -77,15 +89,12 @@ async def test_a_watcher_away_for_30_s_resumes_with_its_token_and_misses_nothing
     )
     got = [m.event for m in await collect(resumed, len(missed))]
     assert [e.event_id for e in got] == [e.event_id for e in missed]
-    transitions = [e.transition for e in got]
-    assert transitions[0] == pb.GEOFENCE_TRANSITION_EXIT  # it left after the ENTER it had seen
-    assert transitions == [pb.GEOFENCE_TRANSITION_EXIT, pb.GEOFENCE_TRANSITION_ENTER] * (
-        len(got) // 2
-    ) + [pb.GEOFENCE_TRANSITION_EXIT] * (len(got) % 2)
+    transitions = [last.event.transition] + [e.transition for e in got]
+    assert all(a != b for a, b in itertools.pairwise(transitions))  # in, out, in, out...
     # Then it is live: the next crossing reaches both, once.
-    live = await cross()
+    await cross()
     (after,) = await collect(resumed, 1)
-    assert after.event.event_id == live.event.event_id
+    assert after.event.event_id == seen[-1].event_id
     with pytest.raises(TimeoutError):
         await Messages(resumed).next(timeout=1.0)
     for call in (control, resumed):

@@ -305,26 +305,48 @@ async def _inside_until_entered(
     centre: tuple[float, float],
     count: int,
 ) -> list[tuple[str, DriverStream]]:
-    """`count` drivers parked inside a zone, each sending fixes until its ENTER came (the zone
-    is then indexed by the tracking replica and the watch live)."""
+    """`count` drivers parked inside a zone, each entered. First a probe drives in and out until
+    the watch reports it: the zone is indexed and the watch live, so no ENTER can be missed."""
+    probe_id = new_driver_id("probe")
+    probe = DriverStream(location, as_driver(probe_id))
+    away = (centre[0] + 0.05, centre[1])
+    async with asyncio.timeout(15):
+        for seq in itertools.count(1):
+            probe.send(fix(probe_id, seq, *(centre if seq % 2 else away)))
+            try:
+                if (await watch.next(timeout=0.3)).event.driver_id == probe_id:
+                    break
+            except TimeoutError:
+                continue
+    probe.send(fix(probe_id, seq + 1, *away))  # the probe leaves for good
+    probe.close()
+    await probe.reader
     drivers = []
     for i in range(count):
         driver_id = new_driver_id(f"inside{i}")
         drivers.append((driver_id, DriverStream(location, as_driver(driver_id))))
+        drivers[-1][1].send(fix(driver_id, 1, *centre, speed_mps=0.0))
+    ours = {driver_id for driver_id, _ in drivers}
     entered: set[str] = set()
-    seq = 0
     async with asyncio.timeout(15):
-        while len(entered) < count:
-            seq += 1
-            for driver_id, stream in drivers:
-                stream.send(fix(driver_id, seq, *centre, speed_mps=0.0))
-            try:
-                message = await watch.next(timeout=0.3)
-            except TimeoutError:
-                continue
-            assert message.event.transition == pb.GEOFENCE_TRANSITION_ENTER
-            entered.add(message.event.driver_id)
+        while entered != ours:
+            event = (await watch.next()).event
+            if event.driver_id in ours:
+                assert event.transition == pb.GEOFENCE_TRANSITION_ENTER
+                entered.add(event.driver_id)
     return drivers
+
+
+async def _events_for(watch: Messages, drivers: set[str]) -> list[pb.GeofenceEvent]:
+    """The next event of each of `drivers` (others' events, such as a probe's, are skipped)."""
+    events: dict[str, pb.GeofenceEvent] = {}
+    async with asyncio.timeout(15):
+        while events.keys() != drivers:
+            event = (await watch.next()).event
+            if event.driver_id in drivers:
+                assert event.driver_id not in events, "two events for one driver"
+                events[event.driver_id] = event
+    return list(events.values())
 
 
 async def test_deleting_a_zone_sends_exit_to_every_driver_inside_it(
@@ -346,7 +368,7 @@ async def test_deleting_a_zone_sends_exit_to_every_driver_inside_it(
     drivers = await _inside_until_entered(location, as_driver, watch, centre, 2)
 
     await geo.DeleteGeofence(pb.DeleteGeofenceRequest(geofence_id=zone_id))
-    exits = [(await watch.next()).event for _ in range(2)]
+    exits = await _events_for(watch, {driver_id for driver_id, _ in drivers})
     assert {e.driver_id for e in exits} == {driver_id for driver_id, _ in drivers}
     assert all(e.transition == pb.GEOFENCE_TRANSITION_EXIT for e in exits)
     assert all(e.reason == "zone_deleted" and e.geofence_display_name == "Closing" for e in exits)
@@ -357,8 +379,14 @@ async def test_deleting_a_zone_sends_exit_to_every_driver_inside_it(
     # Still parked where the zone was: nothing more (no ENTER of a zone that is gone).
     for driver_id, stream in drivers:
         stream.send(fix(driver_id, 1000, *centre, speed_mps=0.0))
+    ours = {driver_id for driver_id, _ in drivers}
+
+    async def none_of_ours() -> None:
+        while True:  # until quiet for 1.5 s; the probe's own EXIT may still come
+            assert (await watch.next(timeout=1.5)).event.driver_id not in ours
+
     with pytest.raises(TimeoutError):
-        await watch.next(timeout=1.5)
+        await none_of_ours()
     watch.cancel()
     for _, stream in drivers:
         stream.close()
@@ -379,13 +407,10 @@ async def test_a_zone_that_expires_sends_exit_when_its_time_comes(
     assert abs(stored_expiry - expires) < timedelta(milliseconds=1)
     watch = Messages(geo.WatchGeofenceEvents(pb.WatchGeofenceEventsRequest(labels={"t": tag})))
     ((driver_id, stream),) = await _inside_until_entered(location, as_driver, watch, centre, 1)
-    message = await watch.next(timeout=15)
-    assert (message.event.driver_id, message.event.transition) == (
-        driver_id,
-        pb.GEOFENCE_TRANSITION_EXIT,
-    )
-    assert message.event.reason == "zone_expired"
-    ended = message.event.event_time.ToDatetime(tzinfo=UTC)
+    (event,) = await _events_for(watch, {driver_id})
+    assert event.transition == pb.GEOFENCE_TRANSITION_EXIT
+    assert event.reason == "zone_expired"
+    ended = event.event_time.ToDatetime(tzinfo=UTC)
     assert expires <= ended < expires + timedelta(seconds=5)
     # A zone must expire in the future.
     zone.expire_time.FromDatetime(datetime.now(UTC) - timedelta(seconds=1))

@@ -14,7 +14,6 @@ from redis.exceptions import NoScriptError
 from ridemesh.v1 import geo_query_service_pb2 as pb
 from ridemesh.v1.common_pb2 import DriverLocation
 from services.domain.errors import InvalidArgument, NotFound
-from services.domain.validation import fix_order
 from services.geo.zone_index import Zone, ZoneIndex
 from services.geo.zones import validate_labels
 from services.live.events import (
@@ -27,7 +26,7 @@ from services.live.events import (
     follow,
     log_args,
 )
-from services.live.group import CLAIM_IDLE_S, GroupConsumer
+from services.live.group import CLAIM_IDLE_S, GroupConsumer, newest_fixes
 from services.live.names import (
     ZONES_GROUP,
     ended_zones_key,
@@ -311,18 +310,7 @@ class FenceTracker:
 
     async def _handle(self, stream: str, entries: list[Any]) -> None:
         """Applies the newest fix per driver among `entries`, then acknowledges them all."""
-        newest: dict[str, DriverLocation] = {}
-        for _, fields in entries:
-            if not fields:  # trimmed from the log before it was read
-                continue
-            try:
-                location = DriverLocation.FromString(fields[b"p"])
-            except Exception:  # a foreign writer on the log must not stop tracking
-                log.exception("undecodable ingest entry skipped")
-                continue
-            known = newest.get(location.driver_id)
-            if known is None or fix_order(location) > fix_order(known):
-                newest[location.driver_id] = location
+        newest = newest_fixes(entries)
         self.stats.skipped += sum(1 for _, fields in entries if fields) - len(newest)
         batch = list(newest.values())
         for start in range(0, len(batch), _MAX_PIPELINE):

@@ -23,10 +23,9 @@ import binascii
 import json
 import logging
 import secrets
-from collections import deque
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Generic, TypeVar
+from typing import Any
 
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
@@ -34,6 +33,7 @@ from redis.exceptions import RedisError
 from ridemesh.v1.common_pb2 import DriverLocation
 from services.domain.errors import FailedPrecondition, InvalidArgument, ResourceExhausted
 from services.live.ingest import FOLLOW_COUNT, FOLLOW_EVERY_S, parse_stream_id
+from services.live.mailboxes import Backlog
 from services.live.names import events_meta_key, events_stream, partition_count, partitions
 from services.live.replies import text
 from services.server.failures import cancel_and_wait, raise_if_cancelling, unavailable
@@ -357,45 +357,6 @@ class EventFeed:
         self._sinks.clear()
 
 
-T = TypeVar("T")
-
-
-class _Backlog(Generic[T]):
-    """Events for one watcher: unbounded never, so a watcher WATCH_DEPTH behind is ended."""
-
-    def __init__(self, depth: int) -> None:
-        self._items: deque[T] = deque()
-        self._depth = depth
-        self._ready = asyncio.Event()
-        self._failure: Exception | None = None
-
-    def put(self, item: T) -> None:
-        if len(self._items) >= self._depth:
-            self.fail(
-                ResourceExhausted(
-                    f"this watch fell more than {self._depth} events behind; watch again with "
-                    "the last resume_token received to go on from there without a loss"
-                )
-            )
-            return
-        self._items.append(item)
-        self._ready.set()
-
-    def fail(self, error: Exception) -> None:
-        if self._failure is None:
-            self._failure = error
-        self._ready.set()
-
-    async def get(self) -> T:
-        await self._ready.wait()
-        if self._failure is not None:
-            raise self._failure
-        item = self._items.popleft()
-        if not self._items:
-            self._ready.clear()
-        return item
-
-
 async def follow(
     feed: EventFeed,
     log_: EventLog,
@@ -406,7 +367,14 @@ async def follow(
 ) -> AsyncIterator[tuple[LoggedEvent, str]]:
     """The events `wanted` accepts, each with the resume token that continues after it: after
     `resume_token` (first the logged ones the watcher missed) or, with none, from now on."""
-    backlog: _Backlog[LoggedEvent] = _Backlog(depth)
+
+    def overflow() -> Exception:
+        return ResourceExhausted(
+            f"this watch fell more than {depth} events behind; watch again with the last "
+            "resume_token received to go on from there without a loss"
+        )
+
+    backlog: Backlog[LoggedEvent] = Backlog(depth, overflow)
 
     def sink(event: LoggedEvent) -> None:
         # Runs in the feed's reader for every event in the world: keep it cheap.

@@ -15,6 +15,8 @@ from typing import Any
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from ridemesh.v1.common_pb2 import DriverLocation
+from services.domain.validation import fix_order
 from services.live.ingest import FOLLOW_EVERY_S, IngestLog
 from services.live.names import partition_count, partitions
 from services.server.failures import cancel_and_wait, raise_if_cancelling
@@ -31,6 +33,24 @@ MAX_PACE_S = 0.1
 
 # Handles a batch of (entry id, fields) read from one stream, then acknowledges them.
 Handler = Callable[[str, list[Any]], Awaitable[None]]
+
+
+def newest_fixes(entries: list[Any]) -> dict[str, DriverLocation]:
+    """The newest fix per driver among read entries (entries trimmed before they were read,
+    or that do not decode, are skipped: a foreign writer on the log must not stop a group)."""
+    newest: dict[str, DriverLocation] = {}
+    for _, fields in entries:
+        if not fields:  # trimmed from the log before it was read
+            continue
+        try:
+            location = DriverLocation.FromString(fields[b"p"])
+        except Exception:
+            log.exception("undecodable ingest entry skipped")
+            continue
+        known = newest.get(location.driver_id)
+        if known is None or fix_order(location) > fix_order(known):
+            newest[location.driver_id] = location
+    return newest
 
 
 def pace_for(partitions: int) -> float:

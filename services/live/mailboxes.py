@@ -47,6 +47,28 @@ class Latest(Generic[T]):
         return item
 
 
+class Backlog(Latest[T]):
+    """A mailbox that never drops: a reader `depth` items behind is failed with `overflow()`
+    instead (a watcher that can resume, and must not silently lose items). The first failure
+    stands."""
+
+    __slots__ = ("_overflow",)
+
+    def __init__(self, depth: int, overflow: Callable[[], Exception]) -> None:
+        super().__init__(depth)
+        self._overflow = overflow
+
+    def put(self, item: T) -> None:
+        if len(self._items) == self._items.maxlen:
+            self.fail(self._overflow())
+            return
+        super().put(item)
+
+    def fail(self, error: Exception) -> None:
+        if self._failure is None:
+            super().fail(error)
+
+
 class KeyedLatest(Generic[T]):
     """A mailbox conflated per key (per driver), releasing each key at most once per interval."""
 

@@ -24,9 +24,8 @@ from redis.asyncio import Redis
 from ridemesh.v1 import ride_service_pb2 as pb
 from ridemesh.v1.common_pb2 import DriverLocation
 from services.domain.geodesy import haversine_m
-from services.domain.validation import fix_order
 from services.live.events import LOG_EVENT_LUA, RETENTION_S, LoggedEvent, fix_json, log_args
-from services.live.group import GroupConsumer
+from services.live.group import GroupConsumer, newest_fixes
 from services.live.names import (
     RIDES_GROUP,
     events_meta_key,
@@ -232,27 +231,20 @@ class ProximityTracker:
         await self._group.stop()
 
     async def _handle(self, stream: str, entries: list[Any]) -> None:
-        newest: dict[str, DriverLocation] = {}
-        for _, fields in entries:
-            if not fields:
-                continue
-            try:
-                location = DriverLocation.FromString(fields[b"p"])
-            except Exception:  # a foreign writer on the log must not stop tracking
-                log.exception("undecodable ingest entry skipped")
-                continue
-            known = newest.get(location.driver_id)
-            if known is None or fix_order(location) > fix_order(known):
-                newest[location.driver_id] = location
+        newest = newest_fixes(entries)
         if newest:
             await self._apply(self._partition_of_stream[stream], newest.values())
         if entries:
             await self._redis.xack(stream, RIDES_GROUP, *(entry_id for entry_id, _ in entries))
 
     async def _apply(self, partition: int, locations: Iterable[DriverLocation]) -> None:
-        # Only drivers with a target (a few: those on a ride) cost a read of it.
-        with_targets = {text(d) for d in await self._redis.smembers(ride_targets_key(partition))}
-        batch = [location for location in locations if location.driver_id in with_targets]
+        # Only drivers with a target (those on a ride) cost a read of it; asking about the batch's
+        # drivers costs the batch, not the partition's rides.
+        candidates = list(locations)
+        on_ride: Any = await self._redis.smismember(
+            ride_targets_key(partition), [location.driver_id for location in candidates]
+        )
+        batch = [location for location, yes in zip(candidates, on_ride, strict=True) if yes]
         if not batch:
             return
         pipe = self._redis.pipeline(transaction=False)

@@ -23,7 +23,7 @@ POSTGIS_CONTROL := /usr/share/postgresql/15/extension/postgis.control
 APT_PACKAGES := postgresql postgresql-15-postgis-3 redis-server chromium
 PROTOC = PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(PY) -m grpc_tools.protoc -Iprotos \
 	--python_out=$(1) --grpc_python_out=$(1) --mypy_out=$(1) --mypy_grpc_out=$(1) \
-	$$(find protos -name '*.proto' | sort)
+	$$(find protos/ridemesh -name '*.proto' | sort)
 # Generated files only; hand-written __init__.py files under gen/ stay.
 GENERATED = find $(1) -type f \( -name '*_pb2*.py' -o -name '*_pb2*.pyi' \)
 # The live map (web/): its own npm packages; TypeScript generated from protos/ with buf and

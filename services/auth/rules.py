@@ -222,6 +222,11 @@ def may_read_track(who: Identity, driver_id: str) -> None:
     )
 
 
+def may_replay_fleet(who: Identity) -> None:
+    """ReplayFleet: staff only (it plays back every driver in a box)."""
+    _require_staff(who, "only ops and service replay the fleet's history")
+
+
 def may_estimate_eta(who: Identity) -> None:
     """EstimateEta: every role (it says nothing about anyone)."""
 

@@ -6,6 +6,7 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
+import grpc
 from grpc import aio
 from redis.asyncio import Redis
 
@@ -176,6 +177,28 @@ class GeoQueryServicer(pb_grpc.GeoQueryServiceServicer):
         event_ids = webhooks.validate_event_ids(request.event_ids)
         replayed = await self._webhooks.request_replay(webhook_id, event_ids)
         return pb.ReplayWebhookDeadLettersResponse(replayed=replayed)
+
+    async def ListDriverTrips(
+        self, request: pb.ListDriverTripsRequest, context: Context
+    ) -> pb.ListDriverTripsResponse:
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "ListDriverTrips is not served yet")
+
+    async def GetTripSummary(
+        self, request: pb.GetTripSummaryRequest, context: Context
+    ) -> pb.GetTripSummaryResponse:
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "GetTripSummary is not served yet")
+
+    async def ExportDriverTrack(
+        self, request: pb.ExportDriverTrackRequest, context: Context
+    ) -> AsyncIterator[pb.ExportDriverTrackResponse]:
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "ExportDriverTrack is not served yet")
+        yield pb.ExportDriverTrackResponse()
+
+    async def ReplayFleet(
+        self, request: pb.ReplayFleetRequest, context: Context
+    ) -> AsyncIterator[pb.ReplayFleetResponse]:
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "ReplayFleet is not served yet")
+        yield pb.ReplayFleetResponse()
 
     async def _existing_webhook(self, webhook_id: str) -> str:
         if await self._webhooks.get(_webhook_id(webhook_id)) is None:

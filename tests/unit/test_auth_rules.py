@@ -33,6 +33,7 @@ from services.auth.rules import (
     may_read_heatmap,
     may_read_ride,
     may_read_track,
+    may_replay_fleet,
     may_request_ride,
     may_watch_area,
     may_watch_geofence_events,
@@ -177,6 +178,7 @@ STAFF_ONLY = [
     (may_watch_ride_events, "only ops and service watch every ride's events"),
     (may_read_heatmap, "only ops and service read the supply heatmap"),
     (may_manage_webhooks, "only ops and service manage webhook subscriptions"),
+    (may_replay_fleet, "only ops and service replay the fleet's history"),
 ]
 
 

@@ -72,6 +72,8 @@ def test_the_bucket_is_on_unary_routes_and_never_on_streams(tmp_path: Path) -> N
         "/ridemesh.v1.RideService/WatchRideEvents",
         "/ridemesh.v1.RideService/Chat",
         "/ridemesh.v1.GeoQueryService/WatchGeofenceEvents",
+        "/ridemesh.v1.GeoQueryService/ExportDriverTrack",
+        "/ridemesh.v1.GeoQueryService/ReplayFleet",
     }
     assert all("typed_per_filter_config" not in r for r in streams.values())
     for prefix in ("LocationService", "RideService", "GeoQueryService"):

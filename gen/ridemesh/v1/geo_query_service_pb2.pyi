@@ -4,6 +4,7 @@ isort:skip_file
 """
 
 from collections import abc as _abc
+from google.api import httpbody_pb2 as _httpbody_pb2
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import duration_pb2 as _duration_pb2
 from google.protobuf import message as _message
@@ -73,6 +74,34 @@ ETA_METHOD_GREAT_CIRCLE: EtaMethod.ValueType  # 1
 ETA_METHOD_ROUTING_ENGINE: EtaMethod.ValueType  # 2
 """A road-routing engine."""
 Global___EtaMethod: _TypeAlias = EtaMethod  # noqa: Y015
+
+class _ExportFormat:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _ExportFormatEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ExportFormat.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    EXPORT_FORMAT_UNSPECIFIED: _ExportFormat.ValueType  # 0
+    """Not set: GPX."""
+    EXPORT_FORMAT_GPX: _ExportFormat.ValueType  # 1
+    """GPX 1.1 (application/gpx+xml): one track, one segment per trip or one for the range."""
+    EXPORT_FORMAT_GEOJSON: _ExportFormat.ValueType  # 2
+    """A GeoJSON FeatureCollection (application/geo+json): a LineString and one Point per fix."""
+    EXPORT_FORMAT_CSV: _ExportFormat.ValueType  # 3
+    """CSV (text/csv) with a header row: one row per fix."""
+
+class ExportFormat(_ExportFormat, metaclass=_ExportFormatEnumTypeWrapper):
+    """A document format for exports."""
+
+EXPORT_FORMAT_UNSPECIFIED: ExportFormat.ValueType  # 0
+"""Not set: GPX."""
+EXPORT_FORMAT_GPX: ExportFormat.ValueType  # 1
+"""GPX 1.1 (application/gpx+xml): one track, one segment per trip or one for the range."""
+EXPORT_FORMAT_GEOJSON: ExportFormat.ValueType  # 2
+"""A GeoJSON FeatureCollection (application/geo+json): a LineString and one Point per fix."""
+EXPORT_FORMAT_CSV: ExportFormat.ValueType  # 3
+"""CSV (text/csv) with a header row: one row per fix."""
+Global___ExportFormat: _TypeAlias = ExportFormat  # noqa: Y015
 
 @_typing.final
 class SearchNearbyDriversRequest(_message.Message):
@@ -1303,3 +1332,451 @@ class GetSupplyHeatmapResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GetSupplyHeatmapResponse: _TypeAlias = GetSupplyHeatmapResponse  # noqa: Y015
+
+@_typing.final
+class ListDriverTripsRequest(_message.Message):
+    """Asks for a driver's trips and stops."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DRIVER_ID_FIELD_NUMBER: _builtins.int
+    START_TIME_FIELD_NUMBER: _builtins.int
+    END_TIME_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    driver_id: _builtins.str
+    """The driver."""
+    page_size: _builtins.int
+    """At most this many trips (default 100, at most 1,000)."""
+    page_token: _builtins.str
+    """The `next_page_token` of the previous page; empty for the first."""
+    @_builtins.property
+    def start_time(self) -> _timestamp_pb2.Timestamp:
+        """The start of the range, inclusive."""
+
+    @_builtins.property
+    def end_time(self) -> _timestamp_pb2.Timestamp:
+        """The end of the range, exclusive; after `start_time` and at most 31 days after it."""
+
+    def __init__(
+        self,
+        *,
+        driver_id: _builtins.str = ...,
+        start_time: _timestamp_pb2.Timestamp | None = ...,
+        end_time: _timestamp_pb2.Timestamp | None = ...,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["end_time", b"end_time", "start_time", b"start_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["driver_id", b"driver_id", "end_time", b"end_time", "page_size", b"page_size", "page_token", b"page_token", "start_time", b"start_time"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListDriverTripsRequest: _TypeAlias = ListDriverTripsRequest  # noqa: Y015
+
+@_typing.final
+class Trip(_message.Message):
+    """One continuous drive between two stops (or cut at a ride's start or end)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TRIP_ID_FIELD_NUMBER: _builtins.int
+    DRIVER_ID_FIELD_NUMBER: _builtins.int
+    START_TIME_FIELD_NUMBER: _builtins.int
+    END_TIME_FIELD_NUMBER: _builtins.int
+    START_POSITION_FIELD_NUMBER: _builtins.int
+    END_POSITION_FIELD_NUMBER: _builtins.int
+    DISTANCE_M_FIELD_NUMBER: _builtins.int
+    DURATION_FIELD_NUMBER: _builtins.int
+    MOVING_TIME_FIELD_NUMBER: _builtins.int
+    AVERAGE_SPEED_MPS_FIELD_NUMBER: _builtins.int
+    MAX_SPEED_MPS_FIELD_NUMBER: _builtins.int
+    RIDE_ID_FIELD_NUMBER: _builtins.int
+    FIX_COUNT_FIELD_NUMBER: _builtins.int
+    trip_id: _builtins.str
+    """Names the trip for ExportDriverTrack (opaque)."""
+    driver_id: _builtins.str
+    """The driver."""
+    distance_m: _builtins.float
+    """Distance along the fixes, in metres."""
+    average_speed_mps: _builtins.float
+    """`distance_m` over `duration`, in metres per second."""
+    max_speed_mps: _builtins.float
+    """The highest speed reported or implied between fixes, in metres per second."""
+    ride_id: _builtins.str
+    """The ride the trip was part of (to the pickup or with the rider); empty when none."""
+    fix_count: _builtins.int
+    """How many stored fixes the trip spans."""
+    @_builtins.property
+    def start_time(self) -> _timestamp_pb2.Timestamp:
+        """The recorded time of the trip's first fix."""
+
+    @_builtins.property
+    def end_time(self) -> _timestamp_pb2.Timestamp:
+        """The recorded time of the trip's last fix."""
+
+    @_builtins.property
+    def start_position(self) -> _common_pb2.LatLng:
+        """Where the trip started."""
+
+    @_builtins.property
+    def end_position(self) -> _common_pb2.LatLng:
+        """Where the trip ended."""
+
+    @_builtins.property
+    def duration(self) -> _duration_pb2.Duration:
+        """From start to end."""
+
+    @_builtins.property
+    def moving_time(self) -> _duration_pb2.Duration:
+        """The part of `duration` spent moving."""
+
+    def __init__(
+        self,
+        *,
+        trip_id: _builtins.str = ...,
+        driver_id: _builtins.str = ...,
+        start_time: _timestamp_pb2.Timestamp | None = ...,
+        end_time: _timestamp_pb2.Timestamp | None = ...,
+        start_position: _common_pb2.LatLng | None = ...,
+        end_position: _common_pb2.LatLng | None = ...,
+        distance_m: _builtins.float = ...,
+        duration: _duration_pb2.Duration | None = ...,
+        moving_time: _duration_pb2.Duration | None = ...,
+        average_speed_mps: _builtins.float = ...,
+        max_speed_mps: _builtins.float = ...,
+        ride_id: _builtins.str = ...,
+        fix_count: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["duration", b"duration", "end_position", b"end_position", "end_time", b"end_time", "moving_time", b"moving_time", "start_position", b"start_position", "start_time", b"start_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["average_speed_mps", b"average_speed_mps", "distance_m", b"distance_m", "driver_id", b"driver_id", "duration", b"duration", "end_position", b"end_position", "end_time", b"end_time", "fix_count", b"fix_count", "max_speed_mps", b"max_speed_mps", "moving_time", b"moving_time", "ride_id", b"ride_id", "start_position", b"start_position", "start_time", b"start_time", "trip_id", b"trip_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Trip: _TypeAlias = Trip  # noqa: Y015
+
+@_typing.final
+class Stop(_message.Message):
+    """A time the driver stayed in one place."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DRIVER_ID_FIELD_NUMBER: _builtins.int
+    POSITION_FIELD_NUMBER: _builtins.int
+    START_TIME_FIELD_NUMBER: _builtins.int
+    END_TIME_FIELD_NUMBER: _builtins.int
+    DURATION_FIELD_NUMBER: _builtins.int
+    driver_id: _builtins.str
+    """The driver."""
+    @_builtins.property
+    def position(self) -> _common_pb2.LatLng:
+        """Where the driver stood (the first fix of the stop)."""
+
+    @_builtins.property
+    def start_time(self) -> _timestamp_pb2.Timestamp:
+        """When the stop began."""
+
+    @_builtins.property
+    def end_time(self) -> _timestamp_pb2.Timestamp:
+        """When the stop ended (the driver moved off, or the range ended)."""
+
+    @_builtins.property
+    def duration(self) -> _duration_pb2.Duration:
+        """From start to end."""
+
+    def __init__(
+        self,
+        *,
+        driver_id: _builtins.str = ...,
+        position: _common_pb2.LatLng | None = ...,
+        start_time: _timestamp_pb2.Timestamp | None = ...,
+        end_time: _timestamp_pb2.Timestamp | None = ...,
+        duration: _duration_pb2.Duration | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["duration", b"duration", "end_time", b"end_time", "position", b"position", "start_time", b"start_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["driver_id", b"driver_id", "duration", b"duration", "end_time", b"end_time", "position", b"position", "start_time", b"start_time"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Stop: _TypeAlias = Stop  # noqa: Y015
+
+@_typing.final
+class ListDriverTripsResponse(_message.Message):
+    """A page of a driver's trips, with the stops among them."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TRIPS_FIELD_NUMBER: _builtins.int
+    STOPS_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """Pass as `page_token` for the next page; empty on the last page."""
+    @_builtins.property
+    def trips(self) -> _containers.RepeatedCompositeFieldContainer[Global___Trip]:
+        """The trips, oldest first."""
+
+    @_builtins.property
+    def stops(self) -> _containers.RepeatedCompositeFieldContainer[Global___Stop]:
+        """The stops that ended within this page's span, oldest first."""
+
+    def __init__(
+        self,
+        *,
+        trips: _abc.Iterable[Global___Trip] | None = ...,
+        stops: _abc.Iterable[Global___Stop] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["next_page_token", b"next_page_token", "stops", b"stops", "trips", b"trips"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListDriverTripsResponse: _TypeAlias = ListDriverTripsResponse  # noqa: Y015
+
+@_typing.final
+class GetTripSummaryRequest(_message.Message):
+    """Asks for a driver's totals over a time range."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DRIVER_ID_FIELD_NUMBER: _builtins.int
+    START_TIME_FIELD_NUMBER: _builtins.int
+    END_TIME_FIELD_NUMBER: _builtins.int
+    driver_id: _builtins.str
+    """The driver."""
+    @_builtins.property
+    def start_time(self) -> _timestamp_pb2.Timestamp:
+        """The start of the range, inclusive."""
+
+    @_builtins.property
+    def end_time(self) -> _timestamp_pb2.Timestamp:
+        """The end of the range, exclusive; after `start_time` and at most 31 days after it."""
+
+    def __init__(
+        self,
+        *,
+        driver_id: _builtins.str = ...,
+        start_time: _timestamp_pb2.Timestamp | None = ...,
+        end_time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["end_time", b"end_time", "start_time", b"start_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["driver_id", b"driver_id", "end_time", b"end_time", "start_time", b"start_time"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetTripSummaryRequest: _TypeAlias = GetTripSummaryRequest  # noqa: Y015
+
+@_typing.final
+class GetTripSummaryResponse(_message.Message):
+    """A driver's totals over a time range."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DRIVER_ID_FIELD_NUMBER: _builtins.int
+    DISTANCE_M_FIELD_NUMBER: _builtins.int
+    DRIVING_TIME_FIELD_NUMBER: _builtins.int
+    MOVING_TIME_FIELD_NUMBER: _builtins.int
+    STOPPED_TIME_FIELD_NUMBER: _builtins.int
+    AVERAGE_SPEED_MPS_FIELD_NUMBER: _builtins.int
+    MAX_SPEED_MPS_FIELD_NUMBER: _builtins.int
+    TRIP_COUNT_FIELD_NUMBER: _builtins.int
+    STOP_COUNT_FIELD_NUMBER: _builtins.int
+    FIX_COUNT_FIELD_NUMBER: _builtins.int
+    driver_id: _builtins.str
+    """The driver."""
+    distance_m: _builtins.float
+    """Distance along every trip, in metres."""
+    average_speed_mps: _builtins.float
+    """`distance_m` over `driving_time`, in metres per second."""
+    max_speed_mps: _builtins.float
+    """The highest speed of any trip, in metres per second."""
+    trip_count: _builtins.int
+    """How many trips."""
+    stop_count: _builtins.int
+    """How many stops."""
+    fix_count: _builtins.int
+    """How many stored fixes the range holds."""
+    @_builtins.property
+    def driving_time(self) -> _duration_pb2.Duration:
+        """Time spent in trips."""
+
+    @_builtins.property
+    def moving_time(self) -> _duration_pb2.Duration:
+        """The part of `driving_time` spent moving."""
+
+    @_builtins.property
+    def stopped_time(self) -> _duration_pb2.Duration:
+        """Time spent in stops."""
+
+    def __init__(
+        self,
+        *,
+        driver_id: _builtins.str = ...,
+        distance_m: _builtins.float = ...,
+        driving_time: _duration_pb2.Duration | None = ...,
+        moving_time: _duration_pb2.Duration | None = ...,
+        stopped_time: _duration_pb2.Duration | None = ...,
+        average_speed_mps: _builtins.float = ...,
+        max_speed_mps: _builtins.float = ...,
+        trip_count: _builtins.int = ...,
+        stop_count: _builtins.int = ...,
+        fix_count: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["driving_time", b"driving_time", "moving_time", b"moving_time", "stopped_time", b"stopped_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["average_speed_mps", b"average_speed_mps", "distance_m", b"distance_m", "driver_id", b"driver_id", "driving_time", b"driving_time", "fix_count", b"fix_count", "max_speed_mps", b"max_speed_mps", "moving_time", b"moving_time", "stop_count", b"stop_count", "stopped_time", b"stopped_time", "trip_count", b"trip_count"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetTripSummaryResponse: _TypeAlias = GetTripSummaryResponse  # noqa: Y015
+
+@_typing.final
+class ExportDriverTrackRequest(_message.Message):
+    """Asks for a document of a driver's track or of one trip."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DRIVER_ID_FIELD_NUMBER: _builtins.int
+    START_TIME_FIELD_NUMBER: _builtins.int
+    END_TIME_FIELD_NUMBER: _builtins.int
+    FORMAT_FIELD_NUMBER: _builtins.int
+    TRIP_ID_FIELD_NUMBER: _builtins.int
+    driver_id: _builtins.str
+    """The driver; with `start_time` and `end_time`. Leave empty when `trip_id` is set."""
+    format: Global___ExportFormat.ValueType
+    """The document format."""
+    trip_id: _builtins.str
+    """A `Trip.trip_id` from ListDriverTrips: exports that trip's fixes instead of a range."""
+    @_builtins.property
+    def start_time(self) -> _timestamp_pb2.Timestamp:
+        """The start of the range, inclusive."""
+
+    @_builtins.property
+    def end_time(self) -> _timestamp_pb2.Timestamp:
+        """The end of the range, exclusive; after `start_time` and at most 31 days after it."""
+
+    def __init__(
+        self,
+        *,
+        driver_id: _builtins.str = ...,
+        start_time: _timestamp_pb2.Timestamp | None = ...,
+        end_time: _timestamp_pb2.Timestamp | None = ...,
+        format: Global___ExportFormat.ValueType = ...,
+        trip_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["end_time", b"end_time", "start_time", b"start_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["driver_id", b"driver_id", "end_time", b"end_time", "format", b"format", "start_time", b"start_time", "trip_id", b"trip_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ExportDriverTrackRequest: _TypeAlias = ExportDriverTrackRequest  # noqa: Y015
+
+@_typing.final
+class ExportDriverTrackResponse(_message.Message):
+    """One chunk of an exported document."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BODY_FIELD_NUMBER: _builtins.int
+    FILENAME_FIELD_NUMBER: _builtins.int
+    filename: _builtins.str
+    """A file name for the document, on the first chunk only."""
+    @_builtins.property
+    def body(self) -> _httpbody_pb2.HttpBody:
+        """The chunk: `content_type` is set on every chunk and the same on all; `data` joined in order
+        is the document.
+        """
+
+    def __init__(
+        self,
+        *,
+        body: _httpbody_pb2.HttpBody | None = ...,
+        filename: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["body", b"body"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "filename", b"filename"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ExportDriverTrackResponse: _TypeAlias = ExportDriverTrackResponse  # noqa: Y015
+
+@_typing.final
+class ReplayFleetRequest(_message.Message):
+    """Asks to play back the stored fixes in a box."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BOUNDS_FIELD_NUMBER: _builtins.int
+    START_TIME_FIELD_NUMBER: _builtins.int
+    END_TIME_FIELD_NUMBER: _builtins.int
+    SPEED_FIELD_NUMBER: _builtins.int
+    speed: _builtins.float
+    """How much faster than real time to play: 1 is real time, 60 plays an hour in a minute; 0
+    means 1; at most 3,600.
+    """
+    @_builtins.property
+    def bounds(self) -> _common_pb2.BoundingBox:
+        """The box; may cross the antimeridian."""
+
+    @_builtins.property
+    def start_time(self) -> _timestamp_pb2.Timestamp:
+        """The start of the range, inclusive."""
+
+    @_builtins.property
+    def end_time(self) -> _timestamp_pb2.Timestamp:
+        """The end of the range, exclusive; after `start_time` and at most 24 hours after it."""
+
+    def __init__(
+        self,
+        *,
+        bounds: _common_pb2.BoundingBox | None = ...,
+        start_time: _timestamp_pb2.Timestamp | None = ...,
+        end_time: _timestamp_pb2.Timestamp | None = ...,
+        speed: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["bounds", b"bounds", "end_time", b"end_time", "start_time", b"start_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bounds", b"bounds", "end_time", b"end_time", "speed", b"speed", "start_time", b"start_time"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReplayFleetRequest: _TypeAlias = ReplayFleetRequest  # noqa: Y015
+
+@_typing.final
+class ReplayFleetResponse(_message.Message):
+    """One played-back fix, or a tick of the replay clock."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LOCATION_FIELD_NUMBER: _builtins.int
+    REPLAY_TIME_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def location(self) -> _common_pb2.DriverLocation:
+        """A stored fix whose recorded time the replay clock has reached; absent on a clock tick."""
+
+    @_builtins.property
+    def replay_time(self) -> _timestamp_pb2.Timestamp:
+        """The replay clock: the recorded time being played now. Ticks come about once a second of
+        playback when no fix is due, so a time slider keeps moving across quiet spans.
+        """
+
+    def __init__(
+        self,
+        *,
+        location: _common_pb2.DriverLocation | None = ...,
+        replay_time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["location", b"location", "replay_time", b"replay_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["location", b"location", "replay_time", b"replay_time"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReplayFleetResponse: _TypeAlias = ReplayFleetResponse  # noqa: Y015

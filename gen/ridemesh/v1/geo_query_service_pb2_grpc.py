@@ -111,6 +111,26 @@ class GeoQueryServiceStub:
                 request_serializer=ridemesh_dot_v1_dot_geo__query__service__pb2.ReplayWebhookDeadLettersRequest.SerializeToString,
                 response_deserializer=ridemesh_dot_v1_dot_geo__query__service__pb2.ReplayWebhookDeadLettersResponse.FromString,
                 _registered_method=True)
+        self.ListDriverTrips = channel.unary_unary(
+                '/ridemesh.v1.GeoQueryService/ListDriverTrips',
+                request_serializer=ridemesh_dot_v1_dot_geo__query__service__pb2.ListDriverTripsRequest.SerializeToString,
+                response_deserializer=ridemesh_dot_v1_dot_geo__query__service__pb2.ListDriverTripsResponse.FromString,
+                _registered_method=True)
+        self.GetTripSummary = channel.unary_unary(
+                '/ridemesh.v1.GeoQueryService/GetTripSummary',
+                request_serializer=ridemesh_dot_v1_dot_geo__query__service__pb2.GetTripSummaryRequest.SerializeToString,
+                response_deserializer=ridemesh_dot_v1_dot_geo__query__service__pb2.GetTripSummaryResponse.FromString,
+                _registered_method=True)
+        self.ExportDriverTrack = channel.unary_stream(
+                '/ridemesh.v1.GeoQueryService/ExportDriverTrack',
+                request_serializer=ridemesh_dot_v1_dot_geo__query__service__pb2.ExportDriverTrackRequest.SerializeToString,
+                response_deserializer=ridemesh_dot_v1_dot_geo__query__service__pb2.ExportDriverTrackResponse.FromString,
+                _registered_method=True)
+        self.ReplayFleet = channel.unary_stream(
+                '/ridemesh.v1.GeoQueryService/ReplayFleet',
+                request_serializer=ridemesh_dot_v1_dot_geo__query__service__pb2.ReplayFleetRequest.SerializeToString,
+                response_deserializer=ridemesh_dot_v1_dot_geo__query__service__pb2.ReplayFleetResponse.FromString,
+                _registered_method=True)
 
 
 class GeoQueryServiceServicer:
@@ -224,6 +244,39 @@ class GeoQueryServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListDriverTrips(self, request, context):
+        """A driver's trips and the stops between them in a time range, detected from the stored fixes
+        and cut where a ride started or ended.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetTripSummary(self, request, context):
+        """Totals of a driver's driving in a time range: distance, times, speeds, trips and stops.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ExportDriverTrack(self, request, context):
+        """A driver's track, or one trip, as a GPX 1.1, GeoJSON or CSV document sent in chunks. Also a
+        plain HTTP download through Envoy:
+        GET /v1/drivers/{driver_id}/track:export?start_time=...&end_time=...&format=EXPORT_FORMAT_CSV
+        or GET /v1/trips/{trip_id}:export, with the same bearer token in `Authorization`.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ReplayFleet(self, request, context):
+        """Stored fixes inside a box and a time range played back in time order at a chosen speed, from
+        history only: nothing live is read, changed or fired.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_GeoQueryServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -301,6 +354,26 @@ def add_GeoQueryServiceServicer_to_server(servicer, server):
                     servicer.ReplayWebhookDeadLetters,
                     request_deserializer=ridemesh_dot_v1_dot_geo__query__service__pb2.ReplayWebhookDeadLettersRequest.FromString,
                     response_serializer=ridemesh_dot_v1_dot_geo__query__service__pb2.ReplayWebhookDeadLettersResponse.SerializeToString,
+            ),
+            'ListDriverTrips': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListDriverTrips,
+                    request_deserializer=ridemesh_dot_v1_dot_geo__query__service__pb2.ListDriverTripsRequest.FromString,
+                    response_serializer=ridemesh_dot_v1_dot_geo__query__service__pb2.ListDriverTripsResponse.SerializeToString,
+            ),
+            'GetTripSummary': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetTripSummary,
+                    request_deserializer=ridemesh_dot_v1_dot_geo__query__service__pb2.GetTripSummaryRequest.FromString,
+                    response_serializer=ridemesh_dot_v1_dot_geo__query__service__pb2.GetTripSummaryResponse.SerializeToString,
+            ),
+            'ExportDriverTrack': grpc.unary_stream_rpc_method_handler(
+                    servicer.ExportDriverTrack,
+                    request_deserializer=ridemesh_dot_v1_dot_geo__query__service__pb2.ExportDriverTrackRequest.FromString,
+                    response_serializer=ridemesh_dot_v1_dot_geo__query__service__pb2.ExportDriverTrackResponse.SerializeToString,
+            ),
+            'ReplayFleet': grpc.unary_stream_rpc_method_handler(
+                    servicer.ReplayFleet,
+                    request_deserializer=ridemesh_dot_v1_dot_geo__query__service__pb2.ReplayFleetRequest.FromString,
+                    response_serializer=ridemesh_dot_v1_dot_geo__query__service__pb2.ReplayFleetResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -710,6 +783,114 @@ class GeoQueryService:
             '/ridemesh.v1.GeoQueryService/ReplayWebhookDeadLetters',
             ridemesh_dot_v1_dot_geo__query__service__pb2.ReplayWebhookDeadLettersRequest.SerializeToString,
             ridemesh_dot_v1_dot_geo__query__service__pb2.ReplayWebhookDeadLettersResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListDriverTrips(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ridemesh.v1.GeoQueryService/ListDriverTrips',
+            ridemesh_dot_v1_dot_geo__query__service__pb2.ListDriverTripsRequest.SerializeToString,
+            ridemesh_dot_v1_dot_geo__query__service__pb2.ListDriverTripsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetTripSummary(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ridemesh.v1.GeoQueryService/GetTripSummary',
+            ridemesh_dot_v1_dot_geo__query__service__pb2.GetTripSummaryRequest.SerializeToString,
+            ridemesh_dot_v1_dot_geo__query__service__pb2.GetTripSummaryResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ExportDriverTrack(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/ridemesh.v1.GeoQueryService/ExportDriverTrack',
+            ridemesh_dot_v1_dot_geo__query__service__pb2.ExportDriverTrackRequest.SerializeToString,
+            ridemesh_dot_v1_dot_geo__query__service__pb2.ExportDriverTrackResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReplayFleet(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/ridemesh.v1.GeoQueryService/ReplayFleet',
+            ridemesh_dot_v1_dot_geo__query__service__pb2.ReplayFleetRequest.SerializeToString,
+            ridemesh_dot_v1_dot_geo__query__service__pb2.ReplayFleetResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -67,6 +67,22 @@ class GeoQueryServiceStub:
     """Events a subscription gave up on after its retry time, oldest first."""
     ReplayWebhookDeadLetters: _grpc.UnaryUnaryMultiCallable[_geo_query_service_pb2.ReplayWebhookDeadLettersRequest, _geo_query_service_pb2.ReplayWebhookDeadLettersResponse]
     """Sends a subscription's dead letters again (all, or the chosen ones)."""
+    ListDriverTrips: _grpc.UnaryUnaryMultiCallable[_geo_query_service_pb2.ListDriverTripsRequest, _geo_query_service_pb2.ListDriverTripsResponse]
+    """A driver's trips and the stops between them in a time range, detected from the stored fixes
+    and cut where a ride started or ended.
+    """
+    GetTripSummary: _grpc.UnaryUnaryMultiCallable[_geo_query_service_pb2.GetTripSummaryRequest, _geo_query_service_pb2.GetTripSummaryResponse]
+    """Totals of a driver's driving in a time range: distance, times, speeds, trips and stops."""
+    ExportDriverTrack: _grpc.UnaryStreamMultiCallable[_geo_query_service_pb2.ExportDriverTrackRequest, _geo_query_service_pb2.ExportDriverTrackResponse]
+    """A driver's track, or one trip, as a GPX 1.1, GeoJSON or CSV document sent in chunks. Also a
+    plain HTTP download through Envoy:
+    GET /v1/drivers/{driver_id}/track:export?start_time=...&end_time=...&format=EXPORT_FORMAT_CSV
+    or GET /v1/trips/{trip_id}:export, with the same bearer token in `Authorization`.
+    """
+    ReplayFleet: _grpc.UnaryStreamMultiCallable[_geo_query_service_pb2.ReplayFleetRequest, _geo_query_service_pb2.ReplayFleetResponse]
+    """Stored fixes inside a box and a time range played back in time order at a chosen speed, from
+    history only: nothing live is read, changed or fired.
+    """
 
 @_typing.type_check_only
 class GeoQueryServiceAsyncStub(GeoQueryServiceStub):
@@ -107,6 +123,22 @@ class GeoQueryServiceAsyncStub(GeoQueryServiceStub):
     """Events a subscription gave up on after its retry time, oldest first."""
     ReplayWebhookDeadLetters: _aio.UnaryUnaryMultiCallable[_geo_query_service_pb2.ReplayWebhookDeadLettersRequest, _geo_query_service_pb2.ReplayWebhookDeadLettersResponse]  # type: ignore[assignment]
     """Sends a subscription's dead letters again (all, or the chosen ones)."""
+    ListDriverTrips: _aio.UnaryUnaryMultiCallable[_geo_query_service_pb2.ListDriverTripsRequest, _geo_query_service_pb2.ListDriverTripsResponse]  # type: ignore[assignment]
+    """A driver's trips and the stops between them in a time range, detected from the stored fixes
+    and cut where a ride started or ended.
+    """
+    GetTripSummary: _aio.UnaryUnaryMultiCallable[_geo_query_service_pb2.GetTripSummaryRequest, _geo_query_service_pb2.GetTripSummaryResponse]  # type: ignore[assignment]
+    """Totals of a driver's driving in a time range: distance, times, speeds, trips and stops."""
+    ExportDriverTrack: _aio.UnaryStreamMultiCallable[_geo_query_service_pb2.ExportDriverTrackRequest, _geo_query_service_pb2.ExportDriverTrackResponse]  # type: ignore[assignment]
+    """A driver's track, or one trip, as a GPX 1.1, GeoJSON or CSV document sent in chunks. Also a
+    plain HTTP download through Envoy:
+    GET /v1/drivers/{driver_id}/track:export?start_time=...&end_time=...&format=EXPORT_FORMAT_CSV
+    or GET /v1/trips/{trip_id}:export, with the same bearer token in `Authorization`.
+    """
+    ReplayFleet: _aio.UnaryStreamMultiCallable[_geo_query_service_pb2.ReplayFleetRequest, _geo_query_service_pb2.ReplayFleetResponse]  # type: ignore[assignment]
+    """Stored fixes inside a box and a time range played back in time order at a chosen speed, from
+    history only: nothing live is read, changed or fired.
+    """
 
 class GeoQueryServiceServicer(metaclass=_abc_1.ABCMeta):
     """Spatial answers over the live location flow and its history: who is near, zones and their events,
@@ -234,5 +266,45 @@ class GeoQueryServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_geo_query_service_pb2.ReplayWebhookDeadLettersResponse, _abc.Awaitable[_geo_query_service_pb2.ReplayWebhookDeadLettersResponse]]:
         """Sends a subscription's dead letters again (all, or the chosen ones)."""
+
+    @_abc_1.abstractmethod
+    def ListDriverTrips(
+        self,
+        request: _geo_query_service_pb2.ListDriverTripsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_geo_query_service_pb2.ListDriverTripsResponse, _abc.Awaitable[_geo_query_service_pb2.ListDriverTripsResponse]]:
+        """A driver's trips and the stops between them in a time range, detected from the stored fixes
+        and cut where a ride started or ended.
+        """
+
+    @_abc_1.abstractmethod
+    def GetTripSummary(
+        self,
+        request: _geo_query_service_pb2.GetTripSummaryRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_geo_query_service_pb2.GetTripSummaryResponse, _abc.Awaitable[_geo_query_service_pb2.GetTripSummaryResponse]]:
+        """Totals of a driver's driving in a time range: distance, times, speeds, trips and stops."""
+
+    @_abc_1.abstractmethod
+    def ExportDriverTrack(
+        self,
+        request: _geo_query_service_pb2.ExportDriverTrackRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_geo_query_service_pb2.ExportDriverTrackResponse], _abc.AsyncIterator[_geo_query_service_pb2.ExportDriverTrackResponse]]:
+        """A driver's track, or one trip, as a GPX 1.1, GeoJSON or CSV document sent in chunks. Also a
+        plain HTTP download through Envoy:
+        GET /v1/drivers/{driver_id}/track:export?start_time=...&end_time=...&format=EXPORT_FORMAT_CSV
+        or GET /v1/trips/{trip_id}:export, with the same bearer token in `Authorization`.
+        """
+
+    @_abc_1.abstractmethod
+    def ReplayFleet(
+        self,
+        request: _geo_query_service_pb2.ReplayFleetRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_geo_query_service_pb2.ReplayFleetResponse], _abc.AsyncIterator[_geo_query_service_pb2.ReplayFleetResponse]]:
+        """Stored fixes inside a box and a time range played back in time order at a chosen speed, from
+        history only: nothing live is read, changed or fired.
+        """
 
 def add_GeoQueryServiceServicer_to_server(servicer: GeoQueryServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

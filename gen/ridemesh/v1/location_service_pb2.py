@@ -22,51 +22,60 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 from ridemesh.v1 import common_pb2 as ridemesh_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"ridemesh/v1/location_service.proto\x12\x0bridemesh.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x18ridemesh/v1/common.proto\"\xc4\x01\n\x0eLocationUpdate\x12\x11\n\tdriver_id\x18\x01 \x01(\t\x12%\n\x08position\x18\x02 \x01(\x0b\x32\x13.ridemesh.v1.LatLng\x12\x13\n\x0bheading_deg\x18\x03 \x01(\x02\x12\x11\n\tspeed_mps\x18\x04 \x01(\x02\x12\x12\n\naccuracy_m\x18\x05 \x01(\x02\x12/\n\x0brecorded_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0b\n\x03seq\x18\x07 \x01(\x03\"\x0b\n\tHeartbeat\"|\n\x16StreamLocationsRequest\x12-\n\x06update\x18\x01 \x01(\x0b\x32\x1b.ridemesh.v1.LocationUpdateH\x00\x12+\n\theartbeat\x18\x02 \x01(\x0b\x32\x16.ridemesh.v1.HeartbeatH\x00\x42\x06\n\x04kind\"/\n\x0bLocationAck\x12\x0b\n\x03seq\x18\x01 \x01(\x03\x12\x13\n\x0b\x64urable_seq\x18\x02 \x01(\x03\"Q\n\x10LocationRejected\x12\x0b\n\x03seq\x18\x01 \x01(\x03\x12\x0c\n\x04\x63ode\x18\x02 \x01(\x05\x12\x0f\n\x07message\x18\x03 \x01(\t\x12\x11\n\tdriver_id\x18\x04 \x01(\t\"\xb3\x01\n\tRideOffer\x12\x0f\n\x07ride_id\x18\x01 \x01(\t\x12#\n\x06pickup\x18\x02 \x01(\x0b\x32\x13.ridemesh.v1.LatLng\x12$\n\x07\x64ropoff\x18\x03 \x01(\x0b\x32\x13.ridemesh.v1.LatLng\x12\x19\n\x11pickup_distance_m\x18\x04 \x01(\x01\x12/\n\x0b\x65xpire_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"5\n\x12RideOfferWithdrawn\x12\x0f\n\x07ride_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"\x9b\x02\n\x17StreamLocationsResponse\x12\'\n\x03\x61\x63k\x18\x01 \x01(\x0b\x32\x18.ridemesh.v1.LocationAckH\x00\x12\x31\n\x08rejected\x18\x02 \x01(\x0b\x32\x1d.ridemesh.v1.LocationRejectedH\x00\x12\'\n\x05offer\x18\x03 \x01(\x0b\x32\x16.ridemesh.v1.RideOfferH\x00\x12:\n\x0foffer_withdrawn\x18\x04 \x01(\x0b\x32\x1f.ridemesh.v1.RideOfferWithdrawnH\x00\x12\x37\n\x0c\x61vailability\x18\x05 \x01(\x0e\x32\x1f.ridemesh.v1.DriverAvailabilityH\x00\x42\x06\n\x04kind\"F\n\x16UploadLocationsRequest\x12,\n\x07updates\x18\x01 \x03(\x0b\x32\x1b.ridemesh.v1.LocationUpdate\":\n\x10\x44riverDurableSeq\x12\x11\n\tdriver_id\x18\x01 \x01(\t\x12\x13\n\x0b\x64urable_seq\x18\x02 \x01(\x03\"\xae\x01\n\x17UploadLocationsResponse\x12\x33\n\x0c\x64urable_seqs\x18\x01 \x03(\x0b\x32\x1d.ridemesh.v1.DriverDurableSeq\x12\x14\n\x0cstored_count\x18\x02 \x01(\x05\x12\x17\n\x0f\x64uplicate_count\x18\x03 \x01(\x05\x12/\n\x08rejected\x18\x04 \x03(\x0b\x32\x1d.ridemesh.v1.LocationRejected\"-\n\x18GetDriverLocationRequest\x12\x11\n\tdriver_id\x18\x01 \x01(\t\"J\n\x19GetDriverLocationResponse\x12-\n\x08location\x18\x01 \x01(\x0b\x32\x1b.ridemesh.v1.DriverLocation\"\'\n\x12WatchDriverRequest\x12\x11\n\tdriver_id\x18\x01 \x01(\t\"D\n\x13WatchDriverResponse\x12-\n\x08location\x18\x01 \x01(\x0b\x32\x1b.ridemesh.v1.DriverLocation\"<\n\x10WatchAreaRequest\x12(\n\x06\x62ounds\x18\x01 \x01(\x0b\x32\x18.ridemesh.v1.BoundingBox\"R\n\x11WatchAreaResponse\x12-\n\x08location\x18\x01 \x01(\x0b\x32\x1b.ridemesh.v1.DriverLocation\x12\x0e\n\x06\x65xited\x18\x02 \x01(\x08\x32\xd7\x03\n\x0fLocationService\x12`\n\x0fStreamLocations\x12#.ridemesh.v1.StreamLocationsRequest\x1a$.ridemesh.v1.StreamLocationsResponse(\x01\x30\x01\x12\\\n\x0fUploadLocations\x12#.ridemesh.v1.UploadLocationsRequest\x1a$.ridemesh.v1.UploadLocationsResponse\x12\x62\n\x11GetDriverLocation\x12%.ridemesh.v1.GetDriverLocationRequest\x1a&.ridemesh.v1.GetDriverLocationResponse\x12R\n\x0bWatchDriver\x12\x1f.ridemesh.v1.WatchDriverRequest\x1a .ridemesh.v1.WatchDriverResponse0\x01\x12L\n\tWatchArea\x12\x1d.ridemesh.v1.WatchAreaRequest\x1a\x1e.ridemesh.v1.WatchAreaResponse0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"ridemesh/v1/location_service.proto\x12\x0bridemesh.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x18ridemesh/v1/common.proto\"\xc4\x01\n\x0eLocationUpdate\x12\x11\n\tdriver_id\x18\x01 \x01(\t\x12%\n\x08position\x18\x02 \x01(\x0b\x32\x13.ridemesh.v1.LatLng\x12\x13\n\x0bheading_deg\x18\x03 \x01(\x02\x12\x11\n\tspeed_mps\x18\x04 \x01(\x02\x12\x12\n\naccuracy_m\x18\x05 \x01(\x02\x12/\n\x0brecorded_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0b\n\x03seq\x18\x07 \x01(\x03\"\x0b\n\tHeartbeat\"|\n\x16StreamLocationsRequest\x12-\n\x06update\x18\x01 \x01(\x0b\x32\x1b.ridemesh.v1.LocationUpdateH\x00\x12+\n\theartbeat\x18\x02 \x01(\x0b\x32\x16.ridemesh.v1.HeartbeatH\x00\x42\x06\n\x04kind\"/\n\x0bLocationAck\x12\x0b\n\x03seq\x18\x01 \x01(\x03\x12\x13\n\x0b\x64urable_seq\x18\x02 \x01(\x03\"y\n\x10LocationRejected\x12\x0b\n\x03seq\x18\x01 \x01(\x03\x12\x0c\n\x04\x63ode\x18\x02 \x01(\x05\x12\x0f\n\x07message\x18\x03 \x01(\t\x12\x11\n\tdriver_id\x18\x04 \x01(\t\x12&\n\x06\x66ilter\x18\x05 \x01(\x0e\x32\x16.ridemesh.v1.FixFilter\"~\n\x0cSamplingHint\x12-\n\x08\x61\x63tivity\x18\x01 \x01(\x0e\x32\x1b.ridemesh.v1.DriverActivity\x12+\n\x08interval\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x12\n\naccuracy_m\x18\x03 \x01(\x02\"\x1c\n\nFixRequest\x12\x0e\n\x06reason\x18\x01 \x01(\t\"\xb3\x01\n\tRideOffer\x12\x0f\n\x07ride_id\x18\x01 \x01(\t\x12#\n\x06pickup\x18\x02 \x01(\x0b\x32\x13.ridemesh.v1.LatLng\x12$\n\x07\x64ropoff\x18\x03 \x01(\x0b\x32\x13.ridemesh.v1.LatLng\x12\x19\n\x11pickup_distance_m\x18\x04 \x01(\x01\x12/\n\x0b\x65xpire_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"5\n\x12RideOfferWithdrawn\x12\x0f\n\x07ride_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"\xff\x02\n\x17StreamLocationsResponse\x12\'\n\x03\x61\x63k\x18\x01 \x01(\x0b\x32\x18.ridemesh.v1.LocationAckH\x00\x12\x31\n\x08rejected\x18\x02 \x01(\x0b\x32\x1d.ridemesh.v1.LocationRejectedH\x00\x12\'\n\x05offer\x18\x03 \x01(\x0b\x32\x16.ridemesh.v1.RideOfferH\x00\x12:\n\x0foffer_withdrawn\x18\x04 \x01(\x0b\x32\x1f.ridemesh.v1.RideOfferWithdrawnH\x00\x12\x37\n\x0c\x61vailability\x18\x05 \x01(\x0e\x32\x1f.ridemesh.v1.DriverAvailabilityH\x00\x12\x32\n\rsampling_hint\x18\x06 \x01(\x0b\x32\x19.ridemesh.v1.SamplingHintH\x00\x12.\n\x0b\x66ix_request\x18\x07 \x01(\x0b\x32\x17.ridemesh.v1.FixRequestH\x00\x42\x06\n\x04kind\"F\n\x16UploadLocationsRequest\x12,\n\x07updates\x18\x01 \x03(\x0b\x32\x1b.ridemesh.v1.LocationUpdate\":\n\x10\x44riverDurableSeq\x12\x11\n\tdriver_id\x18\x01 \x01(\t\x12\x13\n\x0b\x64urable_seq\x18\x02 \x01(\x03\"\xae\x01\n\x17UploadLocationsResponse\x12\x33\n\x0c\x64urable_seqs\x18\x01 \x03(\x0b\x32\x1d.ridemesh.v1.DriverDurableSeq\x12\x14\n\x0cstored_count\x18\x02 \x01(\x05\x12\x17\n\x0f\x64uplicate_count\x18\x03 \x01(\x05\x12/\n\x08rejected\x18\x04 \x03(\x0b\x32\x1d.ridemesh.v1.LocationRejected\"-\n\x18GetDriverLocationRequest\x12\x11\n\tdriver_id\x18\x01 \x01(\t\"J\n\x19GetDriverLocationResponse\x12-\n\x08location\x18\x01 \x01(\x0b\x32\x1b.ridemesh.v1.DriverLocation\"\'\n\x12WatchDriverRequest\x12\x11\n\tdriver_id\x18\x01 \x01(\t\"D\n\x13WatchDriverResponse\x12-\n\x08location\x18\x01 \x01(\x0b\x32\x1b.ridemesh.v1.DriverLocation\"<\n\x10WatchAreaRequest\x12(\n\x06\x62ounds\x18\x01 \x01(\x0b\x32\x18.ridemesh.v1.BoundingBox\"R\n\x11WatchAreaResponse\x12-\n\x08location\x18\x01 \x01(\x0b\x32\x1b.ridemesh.v1.DriverLocation\x12\x0e\n\x06\x65xited\x18\x02 \x01(\x08*\x97\x01\n\tFixFilter\x12\x1a\n\x16\x46IX_FILTER_UNSPECIFIED\x10\x00\x12\x17\n\x13\x46IX_FILTER_ACCURACY\x10\x01\x12\x19\n\x15\x46IX_FILTER_SPEED_JUMP\x10\x02\x12\x18\n\x14\x46IX_FILTER_DUPLICATE\x10\x03\x12 \n\x1c\x46IX_FILTER_STATIONARY_JITTER\x10\x04*\xc7\x01\n\x0e\x44riverActivity\x12\x1f\n\x1b\x44RIVER_ACTIVITY_UNSPECIFIED\x10\x00\x12\x18\n\x14\x44RIVER_ACTIVITY_IDLE\x10\x01\x12\x1d\n\x19\x44RIVER_ACTIVITY_AVAILABLE\x10\x02\x12\x1d\n\x19\x44RIVER_ACTIVITY_TO_PICKUP\x10\x03\x12\x1f\n\x1b\x44RIVER_ACTIVITY_NEAR_PICKUP\x10\x04\x12\x1b\n\x17\x44RIVER_ACTIVITY_ON_RIDE\x10\x05\x32\xd7\x03\n\x0fLocationService\x12`\n\x0fStreamLocations\x12#.ridemesh.v1.StreamLocationsRequest\x1a$.ridemesh.v1.StreamLocationsResponse(\x01\x30\x01\x12\\\n\x0fUploadLocations\x12#.ridemesh.v1.UploadLocationsRequest\x1a$.ridemesh.v1.UploadLocationsResponse\x12\x62\n\x11GetDriverLocation\x12%.ridemesh.v1.GetDriverLocationRequest\x1a&.ridemesh.v1.GetDriverLocationResponse\x12R\n\x0bWatchDriver\x12\x1f.ridemesh.v1.WatchDriverRequest\x1a .ridemesh.v1.WatchDriverResponse0\x01\x12L\n\tWatchArea\x12\x1d.ridemesh.v1.WatchAreaRequest\x1a\x1e.ridemesh.v1.WatchAreaResponse0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'ridemesh.v1.location_service_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_LOCATIONUPDATE']._serialized_start=111
-  _globals['_LOCATIONUPDATE']._serialized_end=307
-  _globals['_HEARTBEAT']._serialized_start=309
-  _globals['_HEARTBEAT']._serialized_end=320
-  _globals['_STREAMLOCATIONSREQUEST']._serialized_start=322
-  _globals['_STREAMLOCATIONSREQUEST']._serialized_end=446
-  _globals['_LOCATIONACK']._serialized_start=448
-  _globals['_LOCATIONACK']._serialized_end=495
-  _globals['_LOCATIONREJECTED']._serialized_start=497
-  _globals['_LOCATIONREJECTED']._serialized_end=578
-  _globals['_RIDEOFFER']._serialized_start=581
-  _globals['_RIDEOFFER']._serialized_end=760
-  _globals['_RIDEOFFERWITHDRAWN']._serialized_start=762
-  _globals['_RIDEOFFERWITHDRAWN']._serialized_end=815
-  _globals['_STREAMLOCATIONSRESPONSE']._serialized_start=818
-  _globals['_STREAMLOCATIONSRESPONSE']._serialized_end=1101
-  _globals['_UPLOADLOCATIONSREQUEST']._serialized_start=1103
-  _globals['_UPLOADLOCATIONSREQUEST']._serialized_end=1173
-  _globals['_DRIVERDURABLESEQ']._serialized_start=1175
-  _globals['_DRIVERDURABLESEQ']._serialized_end=1233
-  _globals['_UPLOADLOCATIONSRESPONSE']._serialized_start=1236
-  _globals['_UPLOADLOCATIONSRESPONSE']._serialized_end=1410
-  _globals['_GETDRIVERLOCATIONREQUEST']._serialized_start=1412
-  _globals['_GETDRIVERLOCATIONREQUEST']._serialized_end=1457
-  _globals['_GETDRIVERLOCATIONRESPONSE']._serialized_start=1459
-  _globals['_GETDRIVERLOCATIONRESPONSE']._serialized_end=1533
-  _globals['_WATCHDRIVERREQUEST']._serialized_start=1535
-  _globals['_WATCHDRIVERREQUEST']._serialized_end=1574
-  _globals['_WATCHDRIVERRESPONSE']._serialized_start=1576
-  _globals['_WATCHDRIVERRESPONSE']._serialized_end=1644
-  _globals['_WATCHAREAREQUEST']._serialized_start=1646
-  _globals['_WATCHAREAREQUEST']._serialized_end=1706
-  _globals['_WATCHAREARESPONSE']._serialized_start=1708
-  _globals['_WATCHAREARESPONSE']._serialized_end=1790
-  _globals['_LOCATIONSERVICE']._serialized_start=1793
-  _globals['_LOCATIONSERVICE']._serialized_end=2264
+  _globals['_FIXFILTER']._serialized_start=2123
+  _globals['_FIXFILTER']._serialized_end=2274
+  _globals['_DRIVERACTIVITY']._serialized_start=2277
+  _globals['_DRIVERACTIVITY']._serialized_end=2476
+  _globals['_LOCATIONUPDATE']._serialized_start=143
+  _globals['_LOCATIONUPDATE']._serialized_end=339
+  _globals['_HEARTBEAT']._serialized_start=341
+  _globals['_HEARTBEAT']._serialized_end=352
+  _globals['_STREAMLOCATIONSREQUEST']._serialized_start=354
+  _globals['_STREAMLOCATIONSREQUEST']._serialized_end=478
+  _globals['_LOCATIONACK']._serialized_start=480
+  _globals['_LOCATIONACK']._serialized_end=527
+  _globals['_LOCATIONREJECTED']._serialized_start=529
+  _globals['_LOCATIONREJECTED']._serialized_end=650
+  _globals['_SAMPLINGHINT']._serialized_start=652
+  _globals['_SAMPLINGHINT']._serialized_end=778
+  _globals['_FIXREQUEST']._serialized_start=780
+  _globals['_FIXREQUEST']._serialized_end=808
+  _globals['_RIDEOFFER']._serialized_start=811
+  _globals['_RIDEOFFER']._serialized_end=990
+  _globals['_RIDEOFFERWITHDRAWN']._serialized_start=992
+  _globals['_RIDEOFFERWITHDRAWN']._serialized_end=1045
+  _globals['_STREAMLOCATIONSRESPONSE']._serialized_start=1048
+  _globals['_STREAMLOCATIONSRESPONSE']._serialized_end=1431
+  _globals['_UPLOADLOCATIONSREQUEST']._serialized_start=1433
+  _globals['_UPLOADLOCATIONSREQUEST']._serialized_end=1503
+  _globals['_DRIVERDURABLESEQ']._serialized_start=1505
+  _globals['_DRIVERDURABLESEQ']._serialized_end=1563
+  _globals['_UPLOADLOCATIONSRESPONSE']._serialized_start=1566
+  _globals['_UPLOADLOCATIONSRESPONSE']._serialized_end=1740
+  _globals['_GETDRIVERLOCATIONREQUEST']._serialized_start=1742
+  _globals['_GETDRIVERLOCATIONREQUEST']._serialized_end=1787
+  _globals['_GETDRIVERLOCATIONRESPONSE']._serialized_start=1789
+  _globals['_GETDRIVERLOCATIONRESPONSE']._serialized_end=1863
+  _globals['_WATCHDRIVERREQUEST']._serialized_start=1865
+  _globals['_WATCHDRIVERREQUEST']._serialized_end=1904
+  _globals['_WATCHDRIVERRESPONSE']._serialized_start=1906
+  _globals['_WATCHDRIVERRESPONSE']._serialized_end=1974
+  _globals['_WATCHAREAREQUEST']._serialized_start=1976
+  _globals['_WATCHAREAREQUEST']._serialized_end=2036
+  _globals['_WATCHAREARESPONSE']._serialized_start=2038
+  _globals['_WATCHAREARESPONSE']._serialized_end=2120
+  _globals['_LOCATIONSERVICE']._serialized_start=2479
+  _globals['_LOCATIONSERVICE']._serialized_end=2950
 # @@protoc_insertion_point(module_scope)

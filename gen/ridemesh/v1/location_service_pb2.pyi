@@ -5,9 +5,11 @@ isort:skip_file
 
 from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
+from google.protobuf import duration_pb2 as _duration_pb2
 from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from ridemesh.v1 import common_pb2 as _common_pb2
 import builtins as _builtins
 import sys
@@ -19,6 +21,76 @@ else:
     from typing_extensions import TypeAlias as _TypeAlias, Never as _Never
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+class _FixFilter:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _FixFilterEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_FixFilter.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    FIX_FILTER_UNSPECIFIED: _FixFilter.ValueType  # 0
+    """No filter (the fix was refused for another reason)."""
+    FIX_FILTER_ACCURACY: _FixFilter.ValueType  # 1
+    """Horizontal accuracy worse than the server's bound: refused."""
+    FIX_FILTER_SPEED_JUMP: _FixFilter.ValueType  # 2
+    """Farther from the driver's previous fix than a plausible speed allows: refused."""
+    FIX_FILTER_DUPLICATE: _FixFilter.ValueType  # 3
+    """The same position and time as the driver's previous fix: refused."""
+    FIX_FILTER_STATIONARY_JITTER: _FixFilter.ValueType  # 4
+    """A few metres from where a stationary driver stands: stored, but the live position holds."""
+
+class FixFilter(_FixFilter, metaclass=_FixFilterEnumTypeWrapper):
+    """A fix quality filter. Each is configurable on the server and counted in
+    `ridemesh_fixes_filtered_total{filter}`.
+    """
+
+FIX_FILTER_UNSPECIFIED: FixFilter.ValueType  # 0
+"""No filter (the fix was refused for another reason)."""
+FIX_FILTER_ACCURACY: FixFilter.ValueType  # 1
+"""Horizontal accuracy worse than the server's bound: refused."""
+FIX_FILTER_SPEED_JUMP: FixFilter.ValueType  # 2
+"""Farther from the driver's previous fix than a plausible speed allows: refused."""
+FIX_FILTER_DUPLICATE: FixFilter.ValueType  # 3
+"""The same position and time as the driver's previous fix: refused."""
+FIX_FILTER_STATIONARY_JITTER: FixFilter.ValueType  # 4
+"""A few metres from where a stationary driver stands: stored, but the live position holds."""
+Global___FixFilter: _TypeAlias = FixFilter  # noqa: Y015
+
+class _DriverActivity:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _DriverActivityEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_DriverActivity.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    DRIVER_ACTIVITY_UNSPECIFIED: _DriverActivity.ValueType  # 0
+    """Not known."""
+    DRIVER_ACTIVITY_IDLE: _DriverActivity.ValueType  # 1
+    """Available but standing still for a while."""
+    DRIVER_ACTIVITY_AVAILABLE: _DriverActivity.ValueType  # 2
+    """Available and moving, free to take a ride."""
+    DRIVER_ACTIVITY_TO_PICKUP: _DriverActivity.ValueType  # 3
+    """Assigned a ride, on the way to the pickup."""
+    DRIVER_ACTIVITY_NEAR_PICKUP: _DriverActivity.ValueType  # 4
+    """Close to the pickup."""
+    DRIVER_ACTIVITY_ON_RIDE: _DriverActivity.ValueType  # 5
+    """Driving the rider."""
+
+class DriverActivity(_DriverActivity, metaclass=_DriverActivityEnumTypeWrapper):
+    """What a driver is doing, as the server sees it; sampling hints follow it."""
+
+DRIVER_ACTIVITY_UNSPECIFIED: DriverActivity.ValueType  # 0
+"""Not known."""
+DRIVER_ACTIVITY_IDLE: DriverActivity.ValueType  # 1
+"""Available but standing still for a while."""
+DRIVER_ACTIVITY_AVAILABLE: DriverActivity.ValueType  # 2
+"""Available and moving, free to take a ride."""
+DRIVER_ACTIVITY_TO_PICKUP: DriverActivity.ValueType  # 3
+"""Assigned a ride, on the way to the pickup."""
+DRIVER_ACTIVITY_NEAR_PICKUP: DriverActivity.ValueType  # 4
+"""Close to the pickup."""
+DRIVER_ACTIVITY_ON_RIDE: DriverActivity.ValueType  # 5
+"""Driving the rider."""
+Global___DriverActivity: _TypeAlias = DriverActivity  # noqa: Y015
 
 @_typing.final
 class LocationUpdate(_message.Message):
@@ -157,6 +229,7 @@ class LocationRejected(_message.Message):
     CODE_FIELD_NUMBER: _builtins.int
     MESSAGE_FIELD_NUMBER: _builtins.int
     DRIVER_ID_FIELD_NUMBER: _builtins.int
+    FILTER_FIELD_NUMBER: _builtins.int
     seq: _builtins.int
     """The seq of the rejected fix."""
     code: _builtins.int
@@ -169,6 +242,8 @@ class LocationRejected(_message.Message):
     """What was wrong, for a person to read."""
     driver_id: _builtins.str
     """The driver id of the rejected fix (useful in batch uploads)."""
+    filter: Global___FixFilter.ValueType
+    """The quality filter that refused the fix; unspecified for other refusals."""
     def __init__(
         self,
         *,
@@ -176,14 +251,69 @@ class LocationRejected(_message.Message):
         code: _builtins.int = ...,
         message: _builtins.str = ...,
         driver_id: _builtins.str = ...,
+        filter: Global___FixFilter.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["code", b"code", "driver_id", b"driver_id", "message", b"message", "seq", b"seq"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["code", b"code", "driver_id", b"driver_id", "filter", b"filter", "message", b"message", "seq", b"seq"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___LocationRejected: _TypeAlias = LocationRejected  # noqa: Y015
+
+@_typing.final
+class SamplingHint(_message.Message):
+    """How often and how accurately the app should send fixes from now on."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ACTIVITY_FIELD_NUMBER: _builtins.int
+    INTERVAL_FIELD_NUMBER: _builtins.int
+    ACCURACY_M_FIELD_NUMBER: _builtins.int
+    activity: Global___DriverActivity.ValueType
+    """What the driver is doing, which the hint follows."""
+    accuracy_m: _builtins.float
+    """Ask the device for a horizontal accuracy this good, in metres."""
+    @_builtins.property
+    def interval(self) -> _duration_pb2.Duration:
+        """Send a fix about this often."""
+
+    def __init__(
+        self,
+        *,
+        activity: Global___DriverActivity.ValueType = ...,
+        interval: _duration_pb2.Duration | None = ...,
+        accuracy_m: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["interval", b"interval"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["accuracy_m", b"accuracy_m", "activity", b"activity", "interval", b"interval"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SamplingHint: _TypeAlias = SamplingHint  # noqa: Y015
+
+@_typing.final
+class FixRequest(_message.Message):
+    """Asks the app for one fix now, whatever its interval (someone started watching the driver)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REASON_FIELD_NUMBER: _builtins.int
+    reason: _builtins.str
+    """Why, for a person to read."""
+    def __init__(
+        self,
+        *,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["reason", b"reason"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___FixRequest: _TypeAlias = FixRequest  # noqa: Y015
 
 @_typing.final
 class RideOffer(_message.Message):
@@ -268,6 +398,8 @@ class StreamLocationsResponse(_message.Message):
     OFFER_FIELD_NUMBER: _builtins.int
     OFFER_WITHDRAWN_FIELD_NUMBER: _builtins.int
     AVAILABILITY_FIELD_NUMBER: _builtins.int
+    SAMPLING_HINT_FIELD_NUMBER: _builtins.int
+    FIX_REQUEST_FIELD_NUMBER: _builtins.int
     availability: _common_pb2.DriverAvailability.ValueType
     """The driver's availability changed: BUSY once assigned a ride, AVAILABLE again when it
     ends. The driver's fixes carry it from now on.
@@ -288,6 +420,16 @@ class StreamLocationsResponse(_message.Message):
     def offer_withdrawn(self) -> Global___RideOfferWithdrawn:
         """An offer that no longer stands."""
 
+    @_builtins.property
+    def sampling_hint(self) -> Global___SamplingHint:
+        """How often to send fixes from now on: sent after the first fix and whenever the driver's
+        activity changes.
+        """
+
+    @_builtins.property
+    def fix_request(self) -> Global___FixRequest:
+        """Send one fix at once."""
+
     def __init__(
         self,
         *,
@@ -296,12 +438,14 @@ class StreamLocationsResponse(_message.Message):
         offer: Global___RideOffer | None = ...,
         offer_withdrawn: Global___RideOfferWithdrawn | None = ...,
         availability: _common_pb2.DriverAvailability.ValueType = ...,
+        sampling_hint: Global___SamplingHint | None = ...,
+        fix_request: Global___FixRequest | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["ack", b"ack", "availability", b"availability", "kind", b"kind", "offer", b"offer", "offer_withdrawn", b"offer_withdrawn", "rejected", b"rejected"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["ack", b"ack", "availability", b"availability", "fix_request", b"fix_request", "kind", b"kind", "offer", b"offer", "offer_withdrawn", b"offer_withdrawn", "rejected", b"rejected", "sampling_hint", b"sampling_hint"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["ack", b"ack", "availability", b"availability", "kind", b"kind", "offer", b"offer", "offer_withdrawn", b"offer_withdrawn", "rejected", b"rejected"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["ack", b"ack", "availability", b"availability", "fix_request", b"fix_request", "kind", b"kind", "offer", b"offer", "offer_withdrawn", b"offer_withdrawn", "rejected", b"rejected", "sampling_hint", b"sampling_hint"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["ack", "rejected", "offer", "offer_withdrawn", "availability"]  # noqa: Y015
+    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["ack", "rejected", "offer", "offer_withdrawn", "availability", "sampling_hint", "fix_request"]  # noqa: Y015
     _WhichOneofArgType_kind: _TypeAlias = _typing.Literal["kind", b"kind"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_kind) -> _WhichOneofReturnType_kind | None: ...
 

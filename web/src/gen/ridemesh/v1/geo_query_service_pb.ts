@@ -4,6 +4,9 @@
 
 import type { GenEnum, GenFile, GenMessage, GenService } from "@bufbuild/protobuf/codegenv2";
 import { enumDesc, fileDesc, messageDesc, serviceDesc } from "@bufbuild/protobuf/codegenv2";
+import { file_google_api_annotations } from "../../google/api/annotations_pb";
+import type { HttpBody } from "../../google/api/httpbody_pb";
+import { file_google_api_httpbody } from "../../google/api/httpbody_pb";
 import type { Duration, Timestamp } from "@bufbuild/protobuf/wkt";
 import { file_google_protobuf_duration, file_google_protobuf_timestamp } from "@bufbuild/protobuf/wkt";
 import type { BoundingBox, DriverLocation, LatLng } from "./common_pb";
@@ -14,7 +17,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file ridemesh/v1/geo_query_service.proto.
  */
 export const file_ridemesh_v1_geo_query_service: GenFile = /*@__PURE__*/
-  fileDesc("CiNyaWRlbWVzaC92MS9nZW9fcXVlcnlfc2VydmljZS5wcm90bxILcmlkZW1lc2gudjEigAEKGlNlYXJjaE5lYXJieURyaXZlcnNSZXF1ZXN0EiMKBmNlbnRlchgBIAEoCzITLnJpZGVtZXNoLnYxLkxhdExuZxIQCghyYWRpdXNfbRgCIAEoARITCgttYXhfcmVzdWx0cxgDIAEoBRIWCg5hdmFpbGFibGVfb25seRgEIAEoCCJ5CgxOZWFyYnlEcml2ZXISLQoIbG9jYXRpb24YASABKAsyGy5yaWRlbWVzaC52MS5Ecml2ZXJMb2NhdGlvbhISCgpkaXN0YW5jZV9tGAIgASgBEiYKA2FnZRgDIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbiJJChtTZWFyY2hOZWFyYnlEcml2ZXJzUmVzcG9uc2USKgoHZHJpdmVycxgBIAMoCzIZLnJpZGVtZXNoLnYxLk5lYXJieURyaXZlciL/AgoIR2VvZmVuY2USEwoLZ2VvZmVuY2VfaWQYASABKAkSFAoMZGlzcGxheV9uYW1lGAIgASgJEg8KB2dlb2pzb24YAyABKAkSMQoGbGFiZWxzGAQgAygLMiEucmlkZW1lc2gudjEuR2VvZmVuY2UuTGFiZWxzRW50cnkSLwoLY3JlYXRlX3RpbWUYBSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi4KC2VudHJ5X2RlbGF5GAYgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEi0KCmR3ZWxsX3RpbWUYByABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SFAoMaHlzdGVyZXNpc19tGAggASgBEi8KC2V4cGlyZV90aW1lGAkgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBotCgtMYWJlbHNFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBIkAKFUNyZWF0ZUdlb2ZlbmNlUmVxdWVzdBInCghnZW9mZW5jZRgBIAEoCzIVLnJpZGVtZXNoLnYxLkdlb2ZlbmNlIkEKFkNyZWF0ZUdlb2ZlbmNlUmVzcG9uc2USJwoIZ2VvZmVuY2UYASABKAsyFS5yaWRlbWVzaC52MS5HZW9mZW5jZSIpChJHZXRHZW9mZW5jZVJlcXVlc3QSEwoLZ2VvZmVuY2VfaWQYASABKAkiPgoTR2V0R2VvZmVuY2VSZXNwb25zZRInCghnZW9mZW5jZRgBIAEoCzIVLnJpZGVtZXNoLnYxLkdlb2ZlbmNlIk0KFExpc3RHZW9mZW5jZXNSZXF1ZXN0EhEKCXBhZ2Vfc2l6ZRgBIAEoBRISCgpwYWdlX3Rva2VuGAIgASgJEg4KBmZpbHRlchgDIAEoCSJaChVMaXN0R2VvZmVuY2VzUmVzcG9uc2USKAoJZ2VvZmVuY2VzGAEgAygLMhUucmlkZW1lc2gudjEuR2VvZmVuY2USFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJIiwKFURlbGV0ZUdlb2ZlbmNlUmVxdWVzdBITCgtnZW9mZW5jZV9pZBgBIAEoCSIYChZEZWxldGVHZW9mZW5jZVJlc3BvbnNlIjcKEUNoZWNrUG9pbnRSZXF1ZXN0EiIKBXBvaW50GAEgASgLMhMucmlkZW1lc2gudjEuTGF0TG5nIj4KEkNoZWNrUG9pbnRSZXNwb25zZRIoCglnZW9mZW5jZXMYASADKAsyFS5yaWRlbWVzaC52MS5HZW9mZW5jZSK8AQoaV2F0Y2hHZW9mZW5jZUV2ZW50c1JlcXVlc3QSFAoMZ2VvZmVuY2VfaWRzGAEgAygJEkMKBmxhYmVscxgCIAMoCzIzLnJpZGVtZXNoLnYxLldhdGNoR2VvZmVuY2VFdmVudHNSZXF1ZXN0LkxhYmVsc0VudHJ5EhQKDHJlc3VtZV90b2tlbhgDIAEoCRotCgtMYWJlbHNFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBIoQCCg1HZW9mZW5jZUV2ZW50EjMKCnRyYW5zaXRpb24YASABKA4yHy5yaWRlbWVzaC52MS5HZW9mZW5jZVRyYW5zaXRpb24SEQoJZHJpdmVyX2lkGAIgASgJEhMKC2dlb2ZlbmNlX2lkGAMgASgJEh0KFWdlb2ZlbmNlX2Rpc3BsYXlfbmFtZRgEIAEoCRIuCgpldmVudF90aW1lGAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIlCghwb3NpdGlvbhgGIAEoCzITLnJpZGVtZXNoLnYxLkxhdExuZxIQCghldmVudF9pZBgHIAEoCRIOCgZyZWFzb24YCCABKAkiXgobV2F0Y2hHZW9mZW5jZUV2ZW50c1Jlc3BvbnNlEikKBWV2ZW50GAEgASgLMhoucmlkZW1lc2gudjEuR2VvZmVuY2VFdmVudBIUCgxyZXN1bWVfdG9rZW4YAiABKAki0QIKB1dlYmhvb2sSEgoKd2ViaG9va19pZBgBIAEoCRILCgN1cmwYAiABKAkSEwoLZXZlbnRfa2luZHMYAyADKAkSFAoMZ2VvZmVuY2VfaWRzGAQgAygJEjAKBmxhYmVscxgFIAMoCzIgLnJpZGVtZXNoLnYxLldlYmhvb2suTGFiZWxzRW50cnkSLAoJbWF4X3JldHJ5GAYgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEg4KBnNlY3JldBgHIAEoCRIvCgtjcmVhdGVfdGltZRgIIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASKgoGaGVhbHRoGAkgASgLMhoucmlkZW1lc2gudjEuV2ViaG9va0hlYWx0aBotCgtMYWJlbHNFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBIs8BCg1XZWJob29rSGVhbHRoEhEKCWRlbGl2ZXJlZBgBIAEoAxIPCgdyZXRyaWVkGAIgASgDEhUKDWRlYWRfbGV0dGVyZWQYAyABKAMSDwoHYmFja2xvZxgEIAEoAxImCgNsYWcYBSABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SEgoKbGFzdF9lcnJvchgGIAEoCRI2ChJsYXN0X2RlbGl2ZXJ5X3RpbWUYByABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIj0KFENyZWF0ZVdlYmhvb2tSZXF1ZXN0EiUKB3dlYmhvb2sYASABKAsyFC5yaWRlbWVzaC52MS5XZWJob29rIj4KFUNyZWF0ZVdlYmhvb2tSZXNwb25zZRIlCgd3ZWJob29rGAEgASgLMhQucmlkZW1lc2gudjEuV2ViaG9vayIVChNMaXN0V2ViaG9va3NSZXF1ZXN0Ij4KFExpc3RXZWJob29rc1Jlc3BvbnNlEiYKCHdlYmhvb2tzGAEgAygLMhQucmlkZW1lc2gudjEuV2ViaG9vayIqChREZWxldGVXZWJob29rUmVxdWVzdBISCgp3ZWJob29rX2lkGAEgASgJIhcKFURlbGV0ZVdlYmhvb2tSZXNwb25zZSKQAQoRV2ViaG9va0RlYWRMZXR0ZXISEAoIZXZlbnRfaWQYASABKAkSFAoMcGF5bG9hZF9qc29uGAIgASgJEhAKCGF0dGVtcHRzGAMgASgFEhIKCmxhc3RfZXJyb3IYBCABKAkSLQoJZGVhZF90aW1lGAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCJGCh1MaXN0V2ViaG9va0RlYWRMZXR0ZXJzUmVxdWVzdBISCgp3ZWJob29rX2lkGAEgASgJEhEKCXBhZ2Vfc2l6ZRgCIAEoBSJWCh5MaXN0V2ViaG9va0RlYWRMZXR0ZXJzUmVzcG9uc2USNAoMZGVhZF9sZXR0ZXJzGAEgAygLMh4ucmlkZW1lc2gudjEuV2ViaG9va0RlYWRMZXR0ZXIiSAofUmVwbGF5V2ViaG9va0RlYWRMZXR0ZXJzUmVxdWVzdBISCgp3ZWJob29rX2lkGAEgASgJEhEKCWV2ZW50X2lkcxgCIAMoCSI0CiBSZXBsYXlXZWJob29rRGVhZExldHRlcnNSZXNwb25zZRIQCghyZXBsYXllZBgBIAEoBSKvAQoVR2V0RHJpdmVyVHJhY2tSZXF1ZXN0EhEKCWRyaXZlcl9pZBgBIAEoCRIuCgpzdGFydF90aW1lGAIgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIsCghlbmRfdGltZRgDIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASEQoJcGFnZV9zaXplGAQgASgFEhIKCnBhZ2VfdG9rZW4YBSABKAkigwEKFkdldERyaXZlclRyYWNrUmVzcG9uc2USKwoGcG9pbnRzGAEgAygLMhsucmlkZW1lc2gudjEuRHJpdmVyTG9jYXRpb24SEgoKZGlzdGFuY2VfbRgCIAEoARIPCgdnZW9qc29uGAMgASgJEhcKD25leHRfcGFnZV90b2tlbhgEIAEoCSKNAQoSRXN0aW1hdGVFdGFSZXF1ZXN0Ei4KD29yaWdpbl9wb3NpdGlvbhgBIAEoCzITLnJpZGVtZXNoLnYxLkxhdExuZ0gAEhMKCWRyaXZlcl9pZBgCIAEoCUgAEigKC2Rlc3RpbmF0aW9uGAMgASgLMhMucmlkZW1lc2gudjEuTGF0TG5nQggKBm9yaWdpbiLFAQoTRXN0aW1hdGVFdGFSZXNwb25zZRImCgNldGEYASABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SEgoKZGlzdGFuY2VfbRgCIAEoARIgChhzdHJhaWdodF9saW5lX2Rpc3RhbmNlX20YAyABKAESFQoNZGV0b3VyX2ZhY3RvchgEIAEoARIRCglzcGVlZF9tcHMYBSABKAESJgoGbWV0aG9kGAYgASgOMhYucmlkZW1lc2gudjEuRXRhTWV0aG9kIlcKF0dldFN1cHBseUhlYXRtYXBSZXF1ZXN0EigKBmJvdW5kcxgBIAEoCzIYLnJpZGVtZXNoLnYxLkJvdW5kaW5nQm94EhIKCnJlc29sdXRpb24YAiABKAUidQoLSGVhdG1hcENlbGwSDwoHaDNfY2VsbBgBIAEoCRIjCgZjZW50ZXIYAiABKAsyEy5yaWRlbWVzaC52MS5MYXRMbmcSGQoRYXZhaWxhYmxlX2RyaXZlcnMYAyABKAUSFQoNb3Blbl9yZXF1ZXN0cxgEIAEoBSJXChhHZXRTdXBwbHlIZWF0bWFwUmVzcG9uc2USJwoFY2VsbHMYASADKAsyGC5yaWRlbWVzaC52MS5IZWF0bWFwQ2VsbBISCgpyZXNvbHV0aW9uGAIgASgFKpUBChJHZW9mZW5jZVRyYW5zaXRpb24SIwofR0VPRkVOQ0VfVFJBTlNJVElPTl9VTlNQRUNJRklFRBAAEh0KGUdFT0ZFTkNFX1RSQU5TSVRJT05fRU5URVIQARIcChhHRU9GRU5DRV9UUkFOU0lUSU9OX0VYSVQQAhIdChlHRU9GRU5DRV9UUkFOU0lUSU9OX0RXRUxMEAMqYwoJRXRhTWV0aG9kEhoKFkVUQV9NRVRIT0RfVU5TUEVDSUZJRUQQABIbChdFVEFfTUVUSE9EX0dSRUFUX0NJUkNMRRABEh0KGUVUQV9NRVRIT0RfUk9VVElOR19FTkdJTkUQAjKVCwoPR2VvUXVlcnlTZXJ2aWNlEmgKE1NlYXJjaE5lYXJieURyaXZlcnMSJy5yaWRlbWVzaC52MS5TZWFyY2hOZWFyYnlEcml2ZXJzUmVxdWVzdBooLnJpZGVtZXNoLnYxLlNlYXJjaE5lYXJieURyaXZlcnNSZXNwb25zZRJZCg5DcmVhdGVHZW9mZW5jZRIiLnJpZGVtZXNoLnYxLkNyZWF0ZUdlb2ZlbmNlUmVxdWVzdBojLnJpZGVtZXNoLnYxLkNyZWF0ZUdlb2ZlbmNlUmVzcG9uc2USUAoLR2V0R2VvZmVuY2USHy5yaWRlbWVzaC52MS5HZXRHZW9mZW5jZVJlcXVlc3QaIC5yaWRlbWVzaC52MS5HZXRHZW9mZW5jZVJlc3BvbnNlElYKDUxpc3RHZW9mZW5jZXMSIS5yaWRlbWVzaC52MS5MaXN0R2VvZmVuY2VzUmVxdWVzdBoiLnJpZGVtZXNoLnYxLkxpc3RHZW9mZW5jZXNSZXNwb25zZRJZCg5EZWxldGVHZW9mZW5jZRIiLnJpZGVtZXNoLnYxLkRlbGV0ZUdlb2ZlbmNlUmVxdWVzdBojLnJpZGVtZXNoLnYxLkRlbGV0ZUdlb2ZlbmNlUmVzcG9uc2USTQoKQ2hlY2tQb2ludBIeLnJpZGVtZXNoLnYxLkNoZWNrUG9pbnRSZXF1ZXN0Gh8ucmlkZW1lc2gudjEuQ2hlY2tQb2ludFJlc3BvbnNlEmoKE1dhdGNoR2VvZmVuY2VFdmVudHMSJy5yaWRlbWVzaC52MS5XYXRjaEdlb2ZlbmNlRXZlbnRzUmVxdWVzdBooLnJpZGVtZXNoLnYxLldhdGNoR2VvZmVuY2VFdmVudHNSZXNwb25zZTABElkKDkdldERyaXZlclRyYWNrEiIucmlkZW1lc2gudjEuR2V0RHJpdmVyVHJhY2tSZXF1ZXN0GiMucmlkZW1lc2gudjEuR2V0RHJpdmVyVHJhY2tSZXNwb25zZRJQCgtFc3RpbWF0ZUV0YRIfLnJpZGVtZXNoLnYxLkVzdGltYXRlRXRhUmVxdWVzdBogLnJpZGVtZXNoLnYxLkVzdGltYXRlRXRhUmVzcG9uc2USXwoQR2V0U3VwcGx5SGVhdG1hcBIkLnJpZGVtZXNoLnYxLkdldFN1cHBseUhlYXRtYXBSZXF1ZXN0GiUucmlkZW1lc2gudjEuR2V0U3VwcGx5SGVhdG1hcFJlc3BvbnNlElYKDUNyZWF0ZVdlYmhvb2sSIS5yaWRlbWVzaC52MS5DcmVhdGVXZWJob29rUmVxdWVzdBoiLnJpZGVtZXNoLnYxLkNyZWF0ZVdlYmhvb2tSZXNwb25zZRJTCgxMaXN0V2ViaG9va3MSIC5yaWRlbWVzaC52MS5MaXN0V2ViaG9va3NSZXF1ZXN0GiEucmlkZW1lc2gudjEuTGlzdFdlYmhvb2tzUmVzcG9uc2USVgoNRGVsZXRlV2ViaG9vaxIhLnJpZGVtZXNoLnYxLkRlbGV0ZVdlYmhvb2tSZXF1ZXN0GiIucmlkZW1lc2gudjEuRGVsZXRlV2ViaG9va1Jlc3BvbnNlEnEKFkxpc3RXZWJob29rRGVhZExldHRlcnMSKi5yaWRlbWVzaC52MS5MaXN0V2ViaG9va0RlYWRMZXR0ZXJzUmVxdWVzdBorLnJpZGVtZXNoLnYxLkxpc3RXZWJob29rRGVhZExldHRlcnNSZXNwb25zZRJ3ChhSZXBsYXlXZWJob29rRGVhZExldHRlcnMSLC5yaWRlbWVzaC52MS5SZXBsYXlXZWJob29rRGVhZExldHRlcnNSZXF1ZXN0Gi0ucmlkZW1lc2gudjEuUmVwbGF5V2ViaG9va0RlYWRMZXR0ZXJzUmVzcG9uc2ViBnByb3RvMw", [file_google_protobuf_duration, file_google_protobuf_timestamp, file_ridemesh_v1_common]);
+  fileDesc("CiNyaWRlbWVzaC92MS9nZW9fcXVlcnlfc2VydmljZS5wcm90bxILcmlkZW1lc2gudjEigAEKGlNlYXJjaE5lYXJieURyaXZlcnNSZXF1ZXN0EiMKBmNlbnRlchgBIAEoCzITLnJpZGVtZXNoLnYxLkxhdExuZxIQCghyYWRpdXNfbRgCIAEoARITCgttYXhfcmVzdWx0cxgDIAEoBRIWCg5hdmFpbGFibGVfb25seRgEIAEoCCJ5CgxOZWFyYnlEcml2ZXISLQoIbG9jYXRpb24YASABKAsyGy5yaWRlbWVzaC52MS5Ecml2ZXJMb2NhdGlvbhISCgpkaXN0YW5jZV9tGAIgASgBEiYKA2FnZRgDIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbiJJChtTZWFyY2hOZWFyYnlEcml2ZXJzUmVzcG9uc2USKgoHZHJpdmVycxgBIAMoCzIZLnJpZGVtZXNoLnYxLk5lYXJieURyaXZlciL/AgoIR2VvZmVuY2USEwoLZ2VvZmVuY2VfaWQYASABKAkSFAoMZGlzcGxheV9uYW1lGAIgASgJEg8KB2dlb2pzb24YAyABKAkSMQoGbGFiZWxzGAQgAygLMiEucmlkZW1lc2gudjEuR2VvZmVuY2UuTGFiZWxzRW50cnkSLwoLY3JlYXRlX3RpbWUYBSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi4KC2VudHJ5X2RlbGF5GAYgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEi0KCmR3ZWxsX3RpbWUYByABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SFAoMaHlzdGVyZXNpc19tGAggASgBEi8KC2V4cGlyZV90aW1lGAkgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBotCgtMYWJlbHNFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBIkAKFUNyZWF0ZUdlb2ZlbmNlUmVxdWVzdBInCghnZW9mZW5jZRgBIAEoCzIVLnJpZGVtZXNoLnYxLkdlb2ZlbmNlIkEKFkNyZWF0ZUdlb2ZlbmNlUmVzcG9uc2USJwoIZ2VvZmVuY2UYASABKAsyFS5yaWRlbWVzaC52MS5HZW9mZW5jZSIpChJHZXRHZW9mZW5jZVJlcXVlc3QSEwoLZ2VvZmVuY2VfaWQYASABKAkiPgoTR2V0R2VvZmVuY2VSZXNwb25zZRInCghnZW9mZW5jZRgBIAEoCzIVLnJpZGVtZXNoLnYxLkdlb2ZlbmNlIk0KFExpc3RHZW9mZW5jZXNSZXF1ZXN0EhEKCXBhZ2Vfc2l6ZRgBIAEoBRISCgpwYWdlX3Rva2VuGAIgASgJEg4KBmZpbHRlchgDIAEoCSJaChVMaXN0R2VvZmVuY2VzUmVzcG9uc2USKAoJZ2VvZmVuY2VzGAEgAygLMhUucmlkZW1lc2gudjEuR2VvZmVuY2USFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJIiwKFURlbGV0ZUdlb2ZlbmNlUmVxdWVzdBITCgtnZW9mZW5jZV9pZBgBIAEoCSIYChZEZWxldGVHZW9mZW5jZVJlc3BvbnNlIjcKEUNoZWNrUG9pbnRSZXF1ZXN0EiIKBXBvaW50GAEgASgLMhMucmlkZW1lc2gudjEuTGF0TG5nIj4KEkNoZWNrUG9pbnRSZXNwb25zZRIoCglnZW9mZW5jZXMYASADKAsyFS5yaWRlbWVzaC52MS5HZW9mZW5jZSK8AQoaV2F0Y2hHZW9mZW5jZUV2ZW50c1JlcXVlc3QSFAoMZ2VvZmVuY2VfaWRzGAEgAygJEkMKBmxhYmVscxgCIAMoCzIzLnJpZGVtZXNoLnYxLldhdGNoR2VvZmVuY2VFdmVudHNSZXF1ZXN0LkxhYmVsc0VudHJ5EhQKDHJlc3VtZV90b2tlbhgDIAEoCRotCgtMYWJlbHNFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBIoQCCg1HZW9mZW5jZUV2ZW50EjMKCnRyYW5zaXRpb24YASABKA4yHy5yaWRlbWVzaC52MS5HZW9mZW5jZVRyYW5zaXRpb24SEQoJZHJpdmVyX2lkGAIgASgJEhMKC2dlb2ZlbmNlX2lkGAMgASgJEh0KFWdlb2ZlbmNlX2Rpc3BsYXlfbmFtZRgEIAEoCRIuCgpldmVudF90aW1lGAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIlCghwb3NpdGlvbhgGIAEoCzITLnJpZGVtZXNoLnYxLkxhdExuZxIQCghldmVudF9pZBgHIAEoCRIOCgZyZWFzb24YCCABKAkiXgobV2F0Y2hHZW9mZW5jZUV2ZW50c1Jlc3BvbnNlEikKBWV2ZW50GAEgASgLMhoucmlkZW1lc2gudjEuR2VvZmVuY2VFdmVudBIUCgxyZXN1bWVfdG9rZW4YAiABKAki0QIKB1dlYmhvb2sSEgoKd2ViaG9va19pZBgBIAEoCRILCgN1cmwYAiABKAkSEwoLZXZlbnRfa2luZHMYAyADKAkSFAoMZ2VvZmVuY2VfaWRzGAQgAygJEjAKBmxhYmVscxgFIAMoCzIgLnJpZGVtZXNoLnYxLldlYmhvb2suTGFiZWxzRW50cnkSLAoJbWF4X3JldHJ5GAYgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEg4KBnNlY3JldBgHIAEoCRIvCgtjcmVhdGVfdGltZRgIIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASKgoGaGVhbHRoGAkgASgLMhoucmlkZW1lc2gudjEuV2ViaG9va0hlYWx0aBotCgtMYWJlbHNFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBIs8BCg1XZWJob29rSGVhbHRoEhEKCWRlbGl2ZXJlZBgBIAEoAxIPCgdyZXRyaWVkGAIgASgDEhUKDWRlYWRfbGV0dGVyZWQYAyABKAMSDwoHYmFja2xvZxgEIAEoAxImCgNsYWcYBSABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SEgoKbGFzdF9lcnJvchgGIAEoCRI2ChJsYXN0X2RlbGl2ZXJ5X3RpbWUYByABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIj0KFENyZWF0ZVdlYmhvb2tSZXF1ZXN0EiUKB3dlYmhvb2sYASABKAsyFC5yaWRlbWVzaC52MS5XZWJob29rIj4KFUNyZWF0ZVdlYmhvb2tSZXNwb25zZRIlCgd3ZWJob29rGAEgASgLMhQucmlkZW1lc2gudjEuV2ViaG9vayIVChNMaXN0V2ViaG9va3NSZXF1ZXN0Ij4KFExpc3RXZWJob29rc1Jlc3BvbnNlEiYKCHdlYmhvb2tzGAEgAygLMhQucmlkZW1lc2gudjEuV2ViaG9vayIqChREZWxldGVXZWJob29rUmVxdWVzdBISCgp3ZWJob29rX2lkGAEgASgJIhcKFURlbGV0ZVdlYmhvb2tSZXNwb25zZSKQAQoRV2ViaG9va0RlYWRMZXR0ZXISEAoIZXZlbnRfaWQYASABKAkSFAoMcGF5bG9hZF9qc29uGAIgASgJEhAKCGF0dGVtcHRzGAMgASgFEhIKCmxhc3RfZXJyb3IYBCABKAkSLQoJZGVhZF90aW1lGAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCJGCh1MaXN0V2ViaG9va0RlYWRMZXR0ZXJzUmVxdWVzdBISCgp3ZWJob29rX2lkGAEgASgJEhEKCXBhZ2Vfc2l6ZRgCIAEoBSJWCh5MaXN0V2ViaG9va0RlYWRMZXR0ZXJzUmVzcG9uc2USNAoMZGVhZF9sZXR0ZXJzGAEgAygLMh4ucmlkZW1lc2gudjEuV2ViaG9va0RlYWRMZXR0ZXIiSAofUmVwbGF5V2ViaG9va0RlYWRMZXR0ZXJzUmVxdWVzdBISCgp3ZWJob29rX2lkGAEgASgJEhEKCWV2ZW50X2lkcxgCIAMoCSI0CiBSZXBsYXlXZWJob29rRGVhZExldHRlcnNSZXNwb25zZRIQCghyZXBsYXllZBgBIAEoBSKvAQoVR2V0RHJpdmVyVHJhY2tSZXF1ZXN0EhEKCWRyaXZlcl9pZBgBIAEoCRIuCgpzdGFydF90aW1lGAIgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIsCghlbmRfdGltZRgDIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASEQoJcGFnZV9zaXplGAQgASgFEhIKCnBhZ2VfdG9rZW4YBSABKAkigwEKFkdldERyaXZlclRyYWNrUmVzcG9uc2USKwoGcG9pbnRzGAEgAygLMhsucmlkZW1lc2gudjEuRHJpdmVyTG9jYXRpb24SEgoKZGlzdGFuY2VfbRgCIAEoARIPCgdnZW9qc29uGAMgASgJEhcKD25leHRfcGFnZV90b2tlbhgEIAEoCSKNAQoSRXN0aW1hdGVFdGFSZXF1ZXN0Ei4KD29yaWdpbl9wb3NpdGlvbhgBIAEoCzITLnJpZGVtZXNoLnYxLkxhdExuZ0gAEhMKCWRyaXZlcl9pZBgCIAEoCUgAEigKC2Rlc3RpbmF0aW9uGAMgASgLMhMucmlkZW1lc2gudjEuTGF0TG5nQggKBm9yaWdpbiLFAQoTRXN0aW1hdGVFdGFSZXNwb25zZRImCgNldGEYASABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SEgoKZGlzdGFuY2VfbRgCIAEoARIgChhzdHJhaWdodF9saW5lX2Rpc3RhbmNlX20YAyABKAESFQoNZGV0b3VyX2ZhY3RvchgEIAEoARIRCglzcGVlZF9tcHMYBSABKAESJgoGbWV0aG9kGAYgASgOMhYucmlkZW1lc2gudjEuRXRhTWV0aG9kIlcKF0dldFN1cHBseUhlYXRtYXBSZXF1ZXN0EigKBmJvdW5kcxgBIAEoCzIYLnJpZGVtZXNoLnYxLkJvdW5kaW5nQm94EhIKCnJlc29sdXRpb24YAiABKAUidQoLSGVhdG1hcENlbGwSDwoHaDNfY2VsbBgBIAEoCRIjCgZjZW50ZXIYAiABKAsyEy5yaWRlbWVzaC52MS5MYXRMbmcSGQoRYXZhaWxhYmxlX2RyaXZlcnMYAyABKAUSFQoNb3Blbl9yZXF1ZXN0cxgEIAEoBSJXChhHZXRTdXBwbHlIZWF0bWFwUmVzcG9uc2USJwoFY2VsbHMYASADKAsyGC5yaWRlbWVzaC52MS5IZWF0bWFwQ2VsbBISCgpyZXNvbHV0aW9uGAIgASgFIrABChZMaXN0RHJpdmVyVHJpcHNSZXF1ZXN0EhEKCWRyaXZlcl9pZBgBIAEoCRIuCgpzdGFydF90aW1lGAIgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIsCghlbmRfdGltZRgDIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASEQoJcGFnZV9zaXplGAQgASgFEhIKCnBhZ2VfdG9rZW4YBSABKAkipwMKBFRyaXASDwoHdHJpcF9pZBgBIAEoCRIRCglkcml2ZXJfaWQYAiABKAkSLgoKc3RhcnRfdGltZRgDIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLAoIZW5kX3RpbWUYBCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEisKDnN0YXJ0X3Bvc2l0aW9uGAUgASgLMhMucmlkZW1lc2gudjEuTGF0TG5nEikKDGVuZF9wb3NpdGlvbhgGIAEoCzITLnJpZGVtZXNoLnYxLkxhdExuZxISCgpkaXN0YW5jZV9tGAcgASgBEisKCGR1cmF0aW9uGAggASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEi4KC21vdmluZ190aW1lGAkgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEhkKEWF2ZXJhZ2Vfc3BlZWRfbXBzGAogASgBEhUKDW1heF9zcGVlZF9tcHMYCyABKAESDwoHcmlkZV9pZBgMIAEoCRIRCglmaXhfY291bnQYDSABKAUiywEKBFN0b3ASEQoJZHJpdmVyX2lkGAEgASgJEiUKCHBvc2l0aW9uGAIgASgLMhMucmlkZW1lc2gudjEuTGF0TG5nEi4KCnN0YXJ0X3RpbWUYAyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEiwKCGVuZF90aW1lGAQgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIrCghkdXJhdGlvbhgFIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbiJ2ChdMaXN0RHJpdmVyVHJpcHNSZXNwb25zZRIgCgV0cmlwcxgBIAMoCzIRLnJpZGVtZXNoLnYxLlRyaXASIAoFc3RvcHMYAiADKAsyES5yaWRlbWVzaC52MS5TdG9wEhcKD25leHRfcGFnZV90b2tlbhgDIAEoCSKIAQoVR2V0VHJpcFN1bW1hcnlSZXF1ZXN0EhEKCWRyaXZlcl9pZBgBIAEoCRIuCgpzdGFydF90aW1lGAIgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIsCghlbmRfdGltZRgDIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAivgIKFkdldFRyaXBTdW1tYXJ5UmVzcG9uc2USEQoJZHJpdmVyX2lkGAEgASgJEhIKCmRpc3RhbmNlX20YAiABKAESLwoMZHJpdmluZ190aW1lGAMgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEi4KC21vdmluZ190aW1lGAQgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEi8KDHN0b3BwZWRfdGltZRgFIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbhIZChFhdmVyYWdlX3NwZWVkX21wcxgGIAEoARIVCg1tYXhfc3BlZWRfbXBzGAcgASgBEhIKCnRyaXBfY291bnQYCCABKAUSEgoKc3RvcF9jb3VudBgJIAEoBRIRCglmaXhfY291bnQYCiABKAUixwEKGEV4cG9ydERyaXZlclRyYWNrUmVxdWVzdBIRCglkcml2ZXJfaWQYASABKAkSLgoKc3RhcnRfdGltZRgCIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLAoIZW5kX3RpbWUYAyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEikKBmZvcm1hdBgEIAEoDjIZLnJpZGVtZXNoLnYxLkV4cG9ydEZvcm1hdBIPCgd0cmlwX2lkGAUgASgJIlEKGUV4cG9ydERyaXZlclRyYWNrUmVzcG9uc2USIgoEYm9keRgBIAEoCzIULmdvb2dsZS5hcGkuSHR0cEJvZHkSEAoIZmlsZW5hbWUYAiABKAkiqwEKElJlcGxheUZsZWV0UmVxdWVzdBIoCgZib3VuZHMYASABKAsyGC5yaWRlbWVzaC52MS5Cb3VuZGluZ0JveBIuCgpzdGFydF90aW1lGAIgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIsCghlbmRfdGltZRgDIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASDQoFc3BlZWQYBCABKAEidQoTUmVwbGF5RmxlZXRSZXNwb25zZRItCghsb2NhdGlvbhgBIAEoCzIbLnJpZGVtZXNoLnYxLkRyaXZlckxvY2F0aW9uEi8KC3JlcGxheV90aW1lGAIgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCqVAQoSR2VvZmVuY2VUcmFuc2l0aW9uEiMKH0dFT0ZFTkNFX1RSQU5TSVRJT05fVU5TUEVDSUZJRUQQABIdChlHRU9GRU5DRV9UUkFOU0lUSU9OX0VOVEVSEAESHAoYR0VPRkVOQ0VfVFJBTlNJVElPTl9FWElUEAISHQoZR0VPRkVOQ0VfVFJBTlNJVElPTl9EV0VMTBADKmMKCUV0YU1ldGhvZBIaChZFVEFfTUVUSE9EX1VOU1BFQ0lGSUVEEAASGwoXRVRBX01FVEhPRF9HUkVBVF9DSVJDTEUQARIdChlFVEFfTUVUSE9EX1JPVVRJTkdfRU5HSU5FEAIqdgoMRXhwb3J0Rm9ybWF0Eh0KGUVYUE9SVF9GT1JNQVRfVU5TUEVDSUZJRUQQABIVChFFWFBPUlRfRk9STUFUX0dQWBABEhkKFUVYUE9SVF9GT1JNQVRfR0VPSlNPThACEhUKEUVYUE9SVF9GT1JNQVRfQ1NWEAMy4Q4KD0dlb1F1ZXJ5U2VydmljZRJoChNTZWFyY2hOZWFyYnlEcml2ZXJzEicucmlkZW1lc2gudjEuU2VhcmNoTmVhcmJ5RHJpdmVyc1JlcXVlc3QaKC5yaWRlbWVzaC52MS5TZWFyY2hOZWFyYnlEcml2ZXJzUmVzcG9uc2USWQoOQ3JlYXRlR2VvZmVuY2USIi5yaWRlbWVzaC52MS5DcmVhdGVHZW9mZW5jZVJlcXVlc3QaIy5yaWRlbWVzaC52MS5DcmVhdGVHZW9mZW5jZVJlc3BvbnNlElAKC0dldEdlb2ZlbmNlEh8ucmlkZW1lc2gudjEuR2V0R2VvZmVuY2VSZXF1ZXN0GiAucmlkZW1lc2gudjEuR2V0R2VvZmVuY2VSZXNwb25zZRJWCg1MaXN0R2VvZmVuY2VzEiEucmlkZW1lc2gudjEuTGlzdEdlb2ZlbmNlc1JlcXVlc3QaIi5yaWRlbWVzaC52MS5MaXN0R2VvZmVuY2VzUmVzcG9uc2USWQoORGVsZXRlR2VvZmVuY2USIi5yaWRlbWVzaC52MS5EZWxldGVHZW9mZW5jZVJlcXVlc3QaIy5yaWRlbWVzaC52MS5EZWxldGVHZW9mZW5jZVJlc3BvbnNlEk0KCkNoZWNrUG9pbnQSHi5yaWRlbWVzaC52MS5DaGVja1BvaW50UmVxdWVzdBofLnJpZGVtZXNoLnYxLkNoZWNrUG9pbnRSZXNwb25zZRJqChNXYXRjaEdlb2ZlbmNlRXZlbnRzEicucmlkZW1lc2gudjEuV2F0Y2hHZW9mZW5jZUV2ZW50c1JlcXVlc3QaKC5yaWRlbWVzaC52MS5XYXRjaEdlb2ZlbmNlRXZlbnRzUmVzcG9uc2UwARJZCg5HZXREcml2ZXJUcmFjaxIiLnJpZGVtZXNoLnYxLkdldERyaXZlclRyYWNrUmVxdWVzdBojLnJpZGVtZXNoLnYxLkdldERyaXZlclRyYWNrUmVzcG9uc2USUAoLRXN0aW1hdGVFdGESHy5yaWRlbWVzaC52MS5Fc3RpbWF0ZUV0YVJlcXVlc3QaIC5yaWRlbWVzaC52MS5Fc3RpbWF0ZUV0YVJlc3BvbnNlEl8KEEdldFN1cHBseUhlYXRtYXASJC5yaWRlbWVzaC52MS5HZXRTdXBwbHlIZWF0bWFwUmVxdWVzdBolLnJpZGVtZXNoLnYxLkdldFN1cHBseUhlYXRtYXBSZXNwb25zZRJWCg1DcmVhdGVXZWJob29rEiEucmlkZW1lc2gudjEuQ3JlYXRlV2ViaG9va1JlcXVlc3QaIi5yaWRlbWVzaC52MS5DcmVhdGVXZWJob29rUmVzcG9uc2USUwoMTGlzdFdlYmhvb2tzEiAucmlkZW1lc2gudjEuTGlzdFdlYmhvb2tzUmVxdWVzdBohLnJpZGVtZXNoLnYxLkxpc3RXZWJob29rc1Jlc3BvbnNlElYKDURlbGV0ZVdlYmhvb2sSIS5yaWRlbWVzaC52MS5EZWxldGVXZWJob29rUmVxdWVzdBoiLnJpZGVtZXNoLnYxLkRlbGV0ZVdlYmhvb2tSZXNwb25zZRJxChZMaXN0V2ViaG9va0RlYWRMZXR0ZXJzEioucmlkZW1lc2gudjEuTGlzdFdlYmhvb2tEZWFkTGV0dGVyc1JlcXVlc3QaKy5yaWRlbWVzaC52MS5MaXN0V2ViaG9va0RlYWRMZXR0ZXJzUmVzcG9uc2USdwoYUmVwbGF5V2ViaG9va0RlYWRMZXR0ZXJzEiwucmlkZW1lc2gudjEuUmVwbGF5V2ViaG9va0RlYWRMZXR0ZXJzUmVxdWVzdBotLnJpZGVtZXNoLnYxLlJlcGxheVdlYmhvb2tEZWFkTGV0dGVyc1Jlc3BvbnNlElwKD0xpc3REcml2ZXJUcmlwcxIjLnJpZGVtZXNoLnYxLkxpc3REcml2ZXJUcmlwc1JlcXVlc3QaJC5yaWRlbWVzaC52MS5MaXN0RHJpdmVyVHJpcHNSZXNwb25zZRJZCg5HZXRUcmlwU3VtbWFyeRIiLnJpZGVtZXNoLnYxLkdldFRyaXBTdW1tYXJ5UmVxdWVzdBojLnJpZGVtZXNoLnYxLkdldFRyaXBTdW1tYXJ5UmVzcG9uc2USvAEKEUV4cG9ydERyaXZlclRyYWNrEiUucmlkZW1lc2gudjEuRXhwb3J0RHJpdmVyVHJhY2tSZXF1ZXN0GiYucmlkZW1lc2gudjEuRXhwb3J0RHJpdmVyVHJhY2tSZXNwb25zZSJWgtPkkwJQWiJiBGJvZHkSGi92MS90cmlwcy97dHJpcF9pZH06ZXhwb3J0YgRib2R5EiQvdjEvZHJpdmVycy97ZHJpdmVyX2lkfS90cmFjazpleHBvcnQwARJSCgtSZXBsYXlGbGVldBIfLnJpZGVtZXNoLnYxLlJlcGxheUZsZWV0UmVxdWVzdBogLnJpZGVtZXNoLnYxLlJlcGxheUZsZWV0UmVzcG9uc2UwAWIGcHJvdG8z", [file_google_api_annotations, file_google_api_httpbody, file_google_protobuf_duration, file_google_protobuf_timestamp, file_ridemesh_v1_common]);
 
 /**
  * Asks for live drivers near a point.
@@ -1254,6 +1257,513 @@ export const GetSupplyHeatmapResponseSchema: GenMessage<GetSupplyHeatmapResponse
   messageDesc(file_ridemesh_v1_geo_query_service, 36);
 
 /**
+ * Asks for a driver's trips and stops.
+ *
+ * @generated from message ridemesh.v1.ListDriverTripsRequest
+ */
+export type ListDriverTripsRequest = Message<"ridemesh.v1.ListDriverTripsRequest"> & {
+  /**
+   * The driver.
+   *
+   * @generated from field: string driver_id = 1;
+   */
+  driverId: string;
+
+  /**
+   * The start of the range, inclusive.
+   *
+   * @generated from field: google.protobuf.Timestamp start_time = 2;
+   */
+  startTime?: Timestamp | undefined;
+
+  /**
+   * The end of the range, exclusive; after `start_time` and at most 31 days after it.
+   *
+   * @generated from field: google.protobuf.Timestamp end_time = 3;
+   */
+  endTime?: Timestamp | undefined;
+
+  /**
+   * At most this many trips (default 100, at most 1,000).
+   *
+   * @generated from field: int32 page_size = 4;
+   */
+  pageSize: number;
+
+  /**
+   * The `next_page_token` of the previous page; empty for the first.
+   *
+   * @generated from field: string page_token = 5;
+   */
+  pageToken: string;
+};
+
+/**
+ * Describes the message ridemesh.v1.ListDriverTripsRequest.
+ * Use `create(ListDriverTripsRequestSchema)` to create a new message.
+ */
+export const ListDriverTripsRequestSchema: GenMessage<ListDriverTripsRequest> = /*@__PURE__*/
+  messageDesc(file_ridemesh_v1_geo_query_service, 37);
+
+/**
+ * One continuous drive between two stops (or cut at a ride's start or end).
+ *
+ * @generated from message ridemesh.v1.Trip
+ */
+export type Trip = Message<"ridemesh.v1.Trip"> & {
+  /**
+   * Names the trip for ExportDriverTrack (opaque).
+   *
+   * @generated from field: string trip_id = 1;
+   */
+  tripId: string;
+
+  /**
+   * The driver.
+   *
+   * @generated from field: string driver_id = 2;
+   */
+  driverId: string;
+
+  /**
+   * The recorded time of the trip's first fix.
+   *
+   * @generated from field: google.protobuf.Timestamp start_time = 3;
+   */
+  startTime?: Timestamp | undefined;
+
+  /**
+   * The recorded time of the trip's last fix.
+   *
+   * @generated from field: google.protobuf.Timestamp end_time = 4;
+   */
+  endTime?: Timestamp | undefined;
+
+  /**
+   * Where the trip started.
+   *
+   * @generated from field: ridemesh.v1.LatLng start_position = 5;
+   */
+  startPosition?: LatLng | undefined;
+
+  /**
+   * Where the trip ended.
+   *
+   * @generated from field: ridemesh.v1.LatLng end_position = 6;
+   */
+  endPosition?: LatLng | undefined;
+
+  /**
+   * Distance along the fixes, in metres.
+   *
+   * @generated from field: double distance_m = 7;
+   */
+  distanceM: number;
+
+  /**
+   * From start to end.
+   *
+   * @generated from field: google.protobuf.Duration duration = 8;
+   */
+  duration?: Duration | undefined;
+
+  /**
+   * The part of `duration` spent moving.
+   *
+   * @generated from field: google.protobuf.Duration moving_time = 9;
+   */
+  movingTime?: Duration | undefined;
+
+  /**
+   * `distance_m` over `duration`, in metres per second.
+   *
+   * @generated from field: double average_speed_mps = 10;
+   */
+  averageSpeedMps: number;
+
+  /**
+   * The highest speed reported or implied between fixes, in metres per second.
+   *
+   * @generated from field: double max_speed_mps = 11;
+   */
+  maxSpeedMps: number;
+
+  /**
+   * The ride the trip was part of (to the pickup or with the rider); empty when none.
+   *
+   * @generated from field: string ride_id = 12;
+   */
+  rideId: string;
+
+  /**
+   * How many stored fixes the trip spans.
+   *
+   * @generated from field: int32 fix_count = 13;
+   */
+  fixCount: number;
+};
+
+/**
+ * Describes the message ridemesh.v1.Trip.
+ * Use `create(TripSchema)` to create a new message.
+ */
+export const TripSchema: GenMessage<Trip> = /*@__PURE__*/
+  messageDesc(file_ridemesh_v1_geo_query_service, 38);
+
+/**
+ * A time the driver stayed in one place.
+ *
+ * @generated from message ridemesh.v1.Stop
+ */
+export type Stop = Message<"ridemesh.v1.Stop"> & {
+  /**
+   * The driver.
+   *
+   * @generated from field: string driver_id = 1;
+   */
+  driverId: string;
+
+  /**
+   * Where the driver stood (the first fix of the stop).
+   *
+   * @generated from field: ridemesh.v1.LatLng position = 2;
+   */
+  position?: LatLng | undefined;
+
+  /**
+   * When the stop began.
+   *
+   * @generated from field: google.protobuf.Timestamp start_time = 3;
+   */
+  startTime?: Timestamp | undefined;
+
+  /**
+   * When the stop ended (the driver moved off, or the range ended).
+   *
+   * @generated from field: google.protobuf.Timestamp end_time = 4;
+   */
+  endTime?: Timestamp | undefined;
+
+  /**
+   * From start to end.
+   *
+   * @generated from field: google.protobuf.Duration duration = 5;
+   */
+  duration?: Duration | undefined;
+};
+
+/**
+ * Describes the message ridemesh.v1.Stop.
+ * Use `create(StopSchema)` to create a new message.
+ */
+export const StopSchema: GenMessage<Stop> = /*@__PURE__*/
+  messageDesc(file_ridemesh_v1_geo_query_service, 39);
+
+/**
+ * A page of a driver's trips, with the stops among them.
+ *
+ * @generated from message ridemesh.v1.ListDriverTripsResponse
+ */
+export type ListDriverTripsResponse = Message<"ridemesh.v1.ListDriverTripsResponse"> & {
+  /**
+   * The trips, oldest first.
+   *
+   * @generated from field: repeated ridemesh.v1.Trip trips = 1;
+   */
+  trips: Trip[];
+
+  /**
+   * The stops that ended within this page's span, oldest first.
+   *
+   * @generated from field: repeated ridemesh.v1.Stop stops = 2;
+   */
+  stops: Stop[];
+
+  /**
+   * Pass as `page_token` for the next page; empty on the last page.
+   *
+   * @generated from field: string next_page_token = 3;
+   */
+  nextPageToken: string;
+};
+
+/**
+ * Describes the message ridemesh.v1.ListDriverTripsResponse.
+ * Use `create(ListDriverTripsResponseSchema)` to create a new message.
+ */
+export const ListDriverTripsResponseSchema: GenMessage<ListDriverTripsResponse> = /*@__PURE__*/
+  messageDesc(file_ridemesh_v1_geo_query_service, 40);
+
+/**
+ * Asks for a driver's totals over a time range.
+ *
+ * @generated from message ridemesh.v1.GetTripSummaryRequest
+ */
+export type GetTripSummaryRequest = Message<"ridemesh.v1.GetTripSummaryRequest"> & {
+  /**
+   * The driver.
+   *
+   * @generated from field: string driver_id = 1;
+   */
+  driverId: string;
+
+  /**
+   * The start of the range, inclusive.
+   *
+   * @generated from field: google.protobuf.Timestamp start_time = 2;
+   */
+  startTime?: Timestamp | undefined;
+
+  /**
+   * The end of the range, exclusive; after `start_time` and at most 31 days after it.
+   *
+   * @generated from field: google.protobuf.Timestamp end_time = 3;
+   */
+  endTime?: Timestamp | undefined;
+};
+
+/**
+ * Describes the message ridemesh.v1.GetTripSummaryRequest.
+ * Use `create(GetTripSummaryRequestSchema)` to create a new message.
+ */
+export const GetTripSummaryRequestSchema: GenMessage<GetTripSummaryRequest> = /*@__PURE__*/
+  messageDesc(file_ridemesh_v1_geo_query_service, 41);
+
+/**
+ * A driver's totals over a time range.
+ *
+ * @generated from message ridemesh.v1.GetTripSummaryResponse
+ */
+export type GetTripSummaryResponse = Message<"ridemesh.v1.GetTripSummaryResponse"> & {
+  /**
+   * The driver.
+   *
+   * @generated from field: string driver_id = 1;
+   */
+  driverId: string;
+
+  /**
+   * Distance along every trip, in metres.
+   *
+   * @generated from field: double distance_m = 2;
+   */
+  distanceM: number;
+
+  /**
+   * Time spent in trips.
+   *
+   * @generated from field: google.protobuf.Duration driving_time = 3;
+   */
+  drivingTime?: Duration | undefined;
+
+  /**
+   * The part of `driving_time` spent moving.
+   *
+   * @generated from field: google.protobuf.Duration moving_time = 4;
+   */
+  movingTime?: Duration | undefined;
+
+  /**
+   * Time spent in stops.
+   *
+   * @generated from field: google.protobuf.Duration stopped_time = 5;
+   */
+  stoppedTime?: Duration | undefined;
+
+  /**
+   * `distance_m` over `driving_time`, in metres per second.
+   *
+   * @generated from field: double average_speed_mps = 6;
+   */
+  averageSpeedMps: number;
+
+  /**
+   * The highest speed of any trip, in metres per second.
+   *
+   * @generated from field: double max_speed_mps = 7;
+   */
+  maxSpeedMps: number;
+
+  /**
+   * How many trips.
+   *
+   * @generated from field: int32 trip_count = 8;
+   */
+  tripCount: number;
+
+  /**
+   * How many stops.
+   *
+   * @generated from field: int32 stop_count = 9;
+   */
+  stopCount: number;
+
+  /**
+   * How many stored fixes the range holds.
+   *
+   * @generated from field: int32 fix_count = 10;
+   */
+  fixCount: number;
+};
+
+/**
+ * Describes the message ridemesh.v1.GetTripSummaryResponse.
+ * Use `create(GetTripSummaryResponseSchema)` to create a new message.
+ */
+export const GetTripSummaryResponseSchema: GenMessage<GetTripSummaryResponse> = /*@__PURE__*/
+  messageDesc(file_ridemesh_v1_geo_query_service, 42);
+
+/**
+ * Asks for a document of a driver's track or of one trip.
+ *
+ * @generated from message ridemesh.v1.ExportDriverTrackRequest
+ */
+export type ExportDriverTrackRequest = Message<"ridemesh.v1.ExportDriverTrackRequest"> & {
+  /**
+   * The driver; with `start_time` and `end_time`. Leave empty when `trip_id` is set.
+   *
+   * @generated from field: string driver_id = 1;
+   */
+  driverId: string;
+
+  /**
+   * The start of the range, inclusive.
+   *
+   * @generated from field: google.protobuf.Timestamp start_time = 2;
+   */
+  startTime?: Timestamp | undefined;
+
+  /**
+   * The end of the range, exclusive; after `start_time` and at most 31 days after it.
+   *
+   * @generated from field: google.protobuf.Timestamp end_time = 3;
+   */
+  endTime?: Timestamp | undefined;
+
+  /**
+   * The document format.
+   *
+   * @generated from field: ridemesh.v1.ExportFormat format = 4;
+   */
+  format: ExportFormat;
+
+  /**
+   * A `Trip.trip_id` from ListDriverTrips: exports that trip's fixes instead of a range.
+   *
+   * @generated from field: string trip_id = 5;
+   */
+  tripId: string;
+};
+
+/**
+ * Describes the message ridemesh.v1.ExportDriverTrackRequest.
+ * Use `create(ExportDriverTrackRequestSchema)` to create a new message.
+ */
+export const ExportDriverTrackRequestSchema: GenMessage<ExportDriverTrackRequest> = /*@__PURE__*/
+  messageDesc(file_ridemesh_v1_geo_query_service, 43);
+
+/**
+ * One chunk of an exported document.
+ *
+ * @generated from message ridemesh.v1.ExportDriverTrackResponse
+ */
+export type ExportDriverTrackResponse = Message<"ridemesh.v1.ExportDriverTrackResponse"> & {
+  /**
+   * The chunk: `content_type` is set on every chunk and the same on all; `data` joined in order
+   * is the document.
+   *
+   * @generated from field: google.api.HttpBody body = 1;
+   */
+  body?: HttpBody | undefined;
+
+  /**
+   * A file name for the document, on the first chunk only.
+   *
+   * @generated from field: string filename = 2;
+   */
+  filename: string;
+};
+
+/**
+ * Describes the message ridemesh.v1.ExportDriverTrackResponse.
+ * Use `create(ExportDriverTrackResponseSchema)` to create a new message.
+ */
+export const ExportDriverTrackResponseSchema: GenMessage<ExportDriverTrackResponse> = /*@__PURE__*/
+  messageDesc(file_ridemesh_v1_geo_query_service, 44);
+
+/**
+ * Asks to play back the stored fixes in a box.
+ *
+ * @generated from message ridemesh.v1.ReplayFleetRequest
+ */
+export type ReplayFleetRequest = Message<"ridemesh.v1.ReplayFleetRequest"> & {
+  /**
+   * The box; may cross the antimeridian.
+   *
+   * @generated from field: ridemesh.v1.BoundingBox bounds = 1;
+   */
+  bounds?: BoundingBox | undefined;
+
+  /**
+   * The start of the range, inclusive.
+   *
+   * @generated from field: google.protobuf.Timestamp start_time = 2;
+   */
+  startTime?: Timestamp | undefined;
+
+  /**
+   * The end of the range, exclusive; after `start_time` and at most 24 hours after it.
+   *
+   * @generated from field: google.protobuf.Timestamp end_time = 3;
+   */
+  endTime?: Timestamp | undefined;
+
+  /**
+   * How much faster than real time to play: 1 is real time, 60 plays an hour in a minute; 0
+   * means 1; at most 3,600.
+   *
+   * @generated from field: double speed = 4;
+   */
+  speed: number;
+};
+
+/**
+ * Describes the message ridemesh.v1.ReplayFleetRequest.
+ * Use `create(ReplayFleetRequestSchema)` to create a new message.
+ */
+export const ReplayFleetRequestSchema: GenMessage<ReplayFleetRequest> = /*@__PURE__*/
+  messageDesc(file_ridemesh_v1_geo_query_service, 45);
+
+/**
+ * One played-back fix, or a tick of the replay clock.
+ *
+ * @generated from message ridemesh.v1.ReplayFleetResponse
+ */
+export type ReplayFleetResponse = Message<"ridemesh.v1.ReplayFleetResponse"> & {
+  /**
+   * A stored fix whose recorded time the replay clock has reached; absent on a clock tick.
+   *
+   * @generated from field: ridemesh.v1.DriverLocation location = 1;
+   */
+  location?: DriverLocation | undefined;
+
+  /**
+   * The replay clock: the recorded time being played now. Ticks come about once a second of
+   * playback when no fix is due, so a time slider keeps moving across quiet spans.
+   *
+   * @generated from field: google.protobuf.Timestamp replay_time = 2;
+   */
+  replayTime?: Timestamp | undefined;
+};
+
+/**
+ * Describes the message ridemesh.v1.ReplayFleetResponse.
+ * Use `create(ReplayFleetResponseSchema)` to create a new message.
+ */
+export const ReplayFleetResponseSchema: GenMessage<ReplayFleetResponse> = /*@__PURE__*/
+  messageDesc(file_ridemesh_v1_geo_query_service, 46);
+
+/**
  * Whether a driver went into or out of a zone.
  *
  * @generated from enum ridemesh.v1.GeofenceTransition
@@ -1327,6 +1837,47 @@ export enum EtaMethod {
  */
 export const EtaMethodSchema: GenEnum<EtaMethod> = /*@__PURE__*/
   enumDesc(file_ridemesh_v1_geo_query_service, 1);
+
+/**
+ * A document format for exports.
+ *
+ * @generated from enum ridemesh.v1.ExportFormat
+ */
+export enum ExportFormat {
+  /**
+   * Not set: GPX.
+   *
+   * @generated from enum value: EXPORT_FORMAT_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * GPX 1.1 (application/gpx+xml): one track, one segment per trip or one for the range.
+   *
+   * @generated from enum value: EXPORT_FORMAT_GPX = 1;
+   */
+  GPX = 1,
+
+  /**
+   * A GeoJSON FeatureCollection (application/geo+json): a LineString and one Point per fix.
+   *
+   * @generated from enum value: EXPORT_FORMAT_GEOJSON = 2;
+   */
+  GEOJSON = 2,
+
+  /**
+   * CSV (text/csv) with a header row: one row per fix.
+   *
+   * @generated from enum value: EXPORT_FORMAT_CSV = 3;
+   */
+  CSV = 3,
+}
+
+/**
+ * Describes the enum ridemesh.v1.ExportFormat.
+ */
+export const ExportFormatSchema: GenEnum<ExportFormat> = /*@__PURE__*/
+  enumDesc(file_ridemesh_v1_geo_query_service, 2);
 
 /**
  * Spatial answers over the live location flow and its history: who is near, zones and their events,
@@ -1485,6 +2036,51 @@ export const GeoQueryService: GenService<{
     methodKind: "unary";
     input: typeof ReplayWebhookDeadLettersRequestSchema;
     output: typeof ReplayWebhookDeadLettersResponseSchema;
+  },
+  /**
+   * A driver's trips and the stops between them in a time range, detected from the stored fixes
+   * and cut where a ride started or ended.
+   *
+   * @generated from rpc ridemesh.v1.GeoQueryService.ListDriverTrips
+   */
+  listDriverTrips: {
+    methodKind: "unary";
+    input: typeof ListDriverTripsRequestSchema;
+    output: typeof ListDriverTripsResponseSchema;
+  },
+  /**
+   * Totals of a driver's driving in a time range: distance, times, speeds, trips and stops.
+   *
+   * @generated from rpc ridemesh.v1.GeoQueryService.GetTripSummary
+   */
+  getTripSummary: {
+    methodKind: "unary";
+    input: typeof GetTripSummaryRequestSchema;
+    output: typeof GetTripSummaryResponseSchema;
+  },
+  /**
+   * A driver's track, or one trip, as a GPX 1.1, GeoJSON or CSV document sent in chunks. Also a
+   * plain HTTP download through Envoy:
+   * GET /v1/drivers/{driver_id}/track:export?start_time=...&end_time=...&format=EXPORT_FORMAT_CSV
+   * or GET /v1/trips/{trip_id}:export, with the same bearer token in `Authorization`.
+   *
+   * @generated from rpc ridemesh.v1.GeoQueryService.ExportDriverTrack
+   */
+  exportDriverTrack: {
+    methodKind: "server_streaming";
+    input: typeof ExportDriverTrackRequestSchema;
+    output: typeof ExportDriverTrackResponseSchema;
+  },
+  /**
+   * Stored fixes inside a box and a time range played back in time order at a chosen speed, from
+   * history only: nothing live is read, changed or fired.
+   *
+   * @generated from rpc ridemesh.v1.GeoQueryService.ReplayFleet
+   */
+  replayFleet: {
+    methodKind: "server_streaming";
+    input: typeof ReplayFleetRequestSchema;
+    output: typeof ReplayFleetResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_ridemesh_v1_geo_query_service, 0);

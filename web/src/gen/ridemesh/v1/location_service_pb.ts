@@ -2,10 +2,10 @@
 // @generated from file ridemesh/v1/location_service.proto (package ridemesh.v1, syntax proto3)
 /* eslint-disable */
 
-import type { GenFile, GenMessage, GenService } from "@bufbuild/protobuf/codegenv2";
-import { fileDesc, messageDesc, serviceDesc } from "@bufbuild/protobuf/codegenv2";
-import type { Timestamp } from "@bufbuild/protobuf/wkt";
-import { file_google_protobuf_timestamp } from "@bufbuild/protobuf/wkt";
+import type { GenEnum, GenFile, GenMessage, GenService } from "@bufbuild/protobuf/codegenv2";
+import { enumDesc, fileDesc, messageDesc, serviceDesc } from "@bufbuild/protobuf/codegenv2";
+import type { Duration, Timestamp } from "@bufbuild/protobuf/wkt";
+import { file_google_protobuf_duration, file_google_protobuf_timestamp } from "@bufbuild/protobuf/wkt";
 import type { BoundingBox, DriverAvailability, DriverLocation, LatLng } from "./common_pb";
 import { file_ridemesh_v1_common } from "./common_pb";
 import type { Message } from "@bufbuild/protobuf";
@@ -14,7 +14,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file ridemesh/v1/location_service.proto.
  */
 export const file_ridemesh_v1_location_service: GenFile = /*@__PURE__*/
-  fileDesc("CiJyaWRlbWVzaC92MS9sb2NhdGlvbl9zZXJ2aWNlLnByb3RvEgtyaWRlbWVzaC52MSLEAQoOTG9jYXRpb25VcGRhdGUSEQoJZHJpdmVyX2lkGAEgASgJEiUKCHBvc2l0aW9uGAIgASgLMhMucmlkZW1lc2gudjEuTGF0TG5nEhMKC2hlYWRpbmdfZGVnGAMgASgCEhEKCXNwZWVkX21wcxgEIAEoAhISCgphY2N1cmFjeV9tGAUgASgCEi8KC3JlY29yZGVkX2F0GAYgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBILCgNzZXEYByABKAMiCwoJSGVhcnRiZWF0InwKFlN0cmVhbUxvY2F0aW9uc1JlcXVlc3QSLQoGdXBkYXRlGAEgASgLMhsucmlkZW1lc2gudjEuTG9jYXRpb25VcGRhdGVIABIrCgloZWFydGJlYXQYAiABKAsyFi5yaWRlbWVzaC52MS5IZWFydGJlYXRIAEIGCgRraW5kIi8KC0xvY2F0aW9uQWNrEgsKA3NlcRgBIAEoAxITCgtkdXJhYmxlX3NlcRgCIAEoAyJRChBMb2NhdGlvblJlamVjdGVkEgsKA3NlcRgBIAEoAxIMCgRjb2RlGAIgASgFEg8KB21lc3NhZ2UYAyABKAkSEQoJZHJpdmVyX2lkGAQgASgJIrMBCglSaWRlT2ZmZXISDwoHcmlkZV9pZBgBIAEoCRIjCgZwaWNrdXAYAiABKAsyEy5yaWRlbWVzaC52MS5MYXRMbmcSJAoHZHJvcG9mZhgDIAEoCzITLnJpZGVtZXNoLnYxLkxhdExuZxIZChFwaWNrdXBfZGlzdGFuY2VfbRgEIAEoARIvCgtleHBpcmVfdGltZRgFIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiNQoSUmlkZU9mZmVyV2l0aGRyYXduEg8KB3JpZGVfaWQYASABKAkSDgoGcmVhc29uGAIgASgJIpsCChdTdHJlYW1Mb2NhdGlvbnNSZXNwb25zZRInCgNhY2sYASABKAsyGC5yaWRlbWVzaC52MS5Mb2NhdGlvbkFja0gAEjEKCHJlamVjdGVkGAIgASgLMh0ucmlkZW1lc2gudjEuTG9jYXRpb25SZWplY3RlZEgAEicKBW9mZmVyGAMgASgLMhYucmlkZW1lc2gudjEuUmlkZU9mZmVySAASOgoPb2ZmZXJfd2l0aGRyYXduGAQgASgLMh8ucmlkZW1lc2gudjEuUmlkZU9mZmVyV2l0aGRyYXduSAASNwoMYXZhaWxhYmlsaXR5GAUgASgOMh8ucmlkZW1lc2gudjEuRHJpdmVyQXZhaWxhYmlsaXR5SABCBgoEa2luZCJGChZVcGxvYWRMb2NhdGlvbnNSZXF1ZXN0EiwKB3VwZGF0ZXMYASADKAsyGy5yaWRlbWVzaC52MS5Mb2NhdGlvblVwZGF0ZSI6ChBEcml2ZXJEdXJhYmxlU2VxEhEKCWRyaXZlcl9pZBgBIAEoCRITCgtkdXJhYmxlX3NlcRgCIAEoAyKuAQoXVXBsb2FkTG9jYXRpb25zUmVzcG9uc2USMwoMZHVyYWJsZV9zZXFzGAEgAygLMh0ucmlkZW1lc2gudjEuRHJpdmVyRHVyYWJsZVNlcRIUCgxzdG9yZWRfY291bnQYAiABKAUSFwoPZHVwbGljYXRlX2NvdW50GAMgASgFEi8KCHJlamVjdGVkGAQgAygLMh0ucmlkZW1lc2gudjEuTG9jYXRpb25SZWplY3RlZCItChhHZXREcml2ZXJMb2NhdGlvblJlcXVlc3QSEQoJZHJpdmVyX2lkGAEgASgJIkoKGUdldERyaXZlckxvY2F0aW9uUmVzcG9uc2USLQoIbG9jYXRpb24YASABKAsyGy5yaWRlbWVzaC52MS5Ecml2ZXJMb2NhdGlvbiInChJXYXRjaERyaXZlclJlcXVlc3QSEQoJZHJpdmVyX2lkGAEgASgJIkQKE1dhdGNoRHJpdmVyUmVzcG9uc2USLQoIbG9jYXRpb24YASABKAsyGy5yaWRlbWVzaC52MS5Ecml2ZXJMb2NhdGlvbiI8ChBXYXRjaEFyZWFSZXF1ZXN0EigKBmJvdW5kcxgBIAEoCzIYLnJpZGVtZXNoLnYxLkJvdW5kaW5nQm94IlIKEVdhdGNoQXJlYVJlc3BvbnNlEi0KCGxvY2F0aW9uGAEgASgLMhsucmlkZW1lc2gudjEuRHJpdmVyTG9jYXRpb24SDgoGZXhpdGVkGAIgASgIMtcDCg9Mb2NhdGlvblNlcnZpY2USYAoPU3RyZWFtTG9jYXRpb25zEiMucmlkZW1lc2gudjEuU3RyZWFtTG9jYXRpb25zUmVxdWVzdBokLnJpZGVtZXNoLnYxLlN0cmVhbUxvY2F0aW9uc1Jlc3BvbnNlKAEwARJcCg9VcGxvYWRMb2NhdGlvbnMSIy5yaWRlbWVzaC52MS5VcGxvYWRMb2NhdGlvbnNSZXF1ZXN0GiQucmlkZW1lc2gudjEuVXBsb2FkTG9jYXRpb25zUmVzcG9uc2USYgoRR2V0RHJpdmVyTG9jYXRpb24SJS5yaWRlbWVzaC52MS5HZXREcml2ZXJMb2NhdGlvblJlcXVlc3QaJi5yaWRlbWVzaC52MS5HZXREcml2ZXJMb2NhdGlvblJlc3BvbnNlElIKC1dhdGNoRHJpdmVyEh8ucmlkZW1lc2gudjEuV2F0Y2hEcml2ZXJSZXF1ZXN0GiAucmlkZW1lc2gudjEuV2F0Y2hEcml2ZXJSZXNwb25zZTABEkwKCVdhdGNoQXJlYRIdLnJpZGVtZXNoLnYxLldhdGNoQXJlYVJlcXVlc3QaHi5yaWRlbWVzaC52MS5XYXRjaEFyZWFSZXNwb25zZTABYgZwcm90bzM", [file_google_protobuf_timestamp, file_ridemesh_v1_common]);
+  fileDesc("CiJyaWRlbWVzaC92MS9sb2NhdGlvbl9zZXJ2aWNlLnByb3RvEgtyaWRlbWVzaC52MSLEAQoOTG9jYXRpb25VcGRhdGUSEQoJZHJpdmVyX2lkGAEgASgJEiUKCHBvc2l0aW9uGAIgASgLMhMucmlkZW1lc2gudjEuTGF0TG5nEhMKC2hlYWRpbmdfZGVnGAMgASgCEhEKCXNwZWVkX21wcxgEIAEoAhISCgphY2N1cmFjeV9tGAUgASgCEi8KC3JlY29yZGVkX2F0GAYgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBILCgNzZXEYByABKAMiCwoJSGVhcnRiZWF0InwKFlN0cmVhbUxvY2F0aW9uc1JlcXVlc3QSLQoGdXBkYXRlGAEgASgLMhsucmlkZW1lc2gudjEuTG9jYXRpb25VcGRhdGVIABIrCgloZWFydGJlYXQYAiABKAsyFi5yaWRlbWVzaC52MS5IZWFydGJlYXRIAEIGCgRraW5kIi8KC0xvY2F0aW9uQWNrEgsKA3NlcRgBIAEoAxITCgtkdXJhYmxlX3NlcRgCIAEoAyJ5ChBMb2NhdGlvblJlamVjdGVkEgsKA3NlcRgBIAEoAxIMCgRjb2RlGAIgASgFEg8KB21lc3NhZ2UYAyABKAkSEQoJZHJpdmVyX2lkGAQgASgJEiYKBmZpbHRlchgFIAEoDjIWLnJpZGVtZXNoLnYxLkZpeEZpbHRlciJ+CgxTYW1wbGluZ0hpbnQSLQoIYWN0aXZpdHkYASABKA4yGy5yaWRlbWVzaC52MS5Ecml2ZXJBY3Rpdml0eRIrCghpbnRlcnZhbBgCIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbhISCgphY2N1cmFjeV9tGAMgASgCIhwKCkZpeFJlcXVlc3QSDgoGcmVhc29uGAEgASgJIrMBCglSaWRlT2ZmZXISDwoHcmlkZV9pZBgBIAEoCRIjCgZwaWNrdXAYAiABKAsyEy5yaWRlbWVzaC52MS5MYXRMbmcSJAoHZHJvcG9mZhgDIAEoCzITLnJpZGVtZXNoLnYxLkxhdExuZxIZChFwaWNrdXBfZGlzdGFuY2VfbRgEIAEoARIvCgtleHBpcmVfdGltZRgFIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiNQoSUmlkZU9mZmVyV2l0aGRyYXduEg8KB3JpZGVfaWQYASABKAkSDgoGcmVhc29uGAIgASgJIv8CChdTdHJlYW1Mb2NhdGlvbnNSZXNwb25zZRInCgNhY2sYASABKAsyGC5yaWRlbWVzaC52MS5Mb2NhdGlvbkFja0gAEjEKCHJlamVjdGVkGAIgASgLMh0ucmlkZW1lc2gudjEuTG9jYXRpb25SZWplY3RlZEgAEicKBW9mZmVyGAMgASgLMhYucmlkZW1lc2gudjEuUmlkZU9mZmVySAASOgoPb2ZmZXJfd2l0aGRyYXduGAQgASgLMh8ucmlkZW1lc2gudjEuUmlkZU9mZmVyV2l0aGRyYXduSAASNwoMYXZhaWxhYmlsaXR5GAUgASgOMh8ucmlkZW1lc2gudjEuRHJpdmVyQXZhaWxhYmlsaXR5SAASMgoNc2FtcGxpbmdfaGludBgGIAEoCzIZLnJpZGVtZXNoLnYxLlNhbXBsaW5nSGludEgAEi4KC2ZpeF9yZXF1ZXN0GAcgASgLMhcucmlkZW1lc2gudjEuRml4UmVxdWVzdEgAQgYKBGtpbmQiRgoWVXBsb2FkTG9jYXRpb25zUmVxdWVzdBIsCgd1cGRhdGVzGAEgAygLMhsucmlkZW1lc2gudjEuTG9jYXRpb25VcGRhdGUiOgoQRHJpdmVyRHVyYWJsZVNlcRIRCglkcml2ZXJfaWQYASABKAkSEwoLZHVyYWJsZV9zZXEYAiABKAMirgEKF1VwbG9hZExvY2F0aW9uc1Jlc3BvbnNlEjMKDGR1cmFibGVfc2VxcxgBIAMoCzIdLnJpZGVtZXNoLnYxLkRyaXZlckR1cmFibGVTZXESFAoMc3RvcmVkX2NvdW50GAIgASgFEhcKD2R1cGxpY2F0ZV9jb3VudBgDIAEoBRIvCghyZWplY3RlZBgEIAMoCzIdLnJpZGVtZXNoLnYxLkxvY2F0aW9uUmVqZWN0ZWQiLQoYR2V0RHJpdmVyTG9jYXRpb25SZXF1ZXN0EhEKCWRyaXZlcl9pZBgBIAEoCSJKChlHZXREcml2ZXJMb2NhdGlvblJlc3BvbnNlEi0KCGxvY2F0aW9uGAEgASgLMhsucmlkZW1lc2gudjEuRHJpdmVyTG9jYXRpb24iJwoSV2F0Y2hEcml2ZXJSZXF1ZXN0EhEKCWRyaXZlcl9pZBgBIAEoCSJEChNXYXRjaERyaXZlclJlc3BvbnNlEi0KCGxvY2F0aW9uGAEgASgLMhsucmlkZW1lc2gudjEuRHJpdmVyTG9jYXRpb24iPAoQV2F0Y2hBcmVhUmVxdWVzdBIoCgZib3VuZHMYASABKAsyGC5yaWRlbWVzaC52MS5Cb3VuZGluZ0JveCJSChFXYXRjaEFyZWFSZXNwb25zZRItCghsb2NhdGlvbhgBIAEoCzIbLnJpZGVtZXNoLnYxLkRyaXZlckxvY2F0aW9uEg4KBmV4aXRlZBgCIAEoCCqXAQoJRml4RmlsdGVyEhoKFkZJWF9GSUxURVJfVU5TUEVDSUZJRUQQABIXChNGSVhfRklMVEVSX0FDQ1VSQUNZEAESGQoVRklYX0ZJTFRFUl9TUEVFRF9KVU1QEAISGAoURklYX0ZJTFRFUl9EVVBMSUNBVEUQAxIgChxGSVhfRklMVEVSX1NUQVRJT05BUllfSklUVEVSEAQqxwEKDkRyaXZlckFjdGl2aXR5Eh8KG0RSSVZFUl9BQ1RJVklUWV9VTlNQRUNJRklFRBAAEhgKFERSSVZFUl9BQ1RJVklUWV9JRExFEAESHQoZRFJJVkVSX0FDVElWSVRZX0FWQUlMQUJMRRACEh0KGURSSVZFUl9BQ1RJVklUWV9UT19QSUNLVVAQAxIfChtEUklWRVJfQUNUSVZJVFlfTkVBUl9QSUNLVVAQBBIbChdEUklWRVJfQUNUSVZJVFlfT05fUklERRAFMtcDCg9Mb2NhdGlvblNlcnZpY2USYAoPU3RyZWFtTG9jYXRpb25zEiMucmlkZW1lc2gudjEuU3RyZWFtTG9jYXRpb25zUmVxdWVzdBokLnJpZGVtZXNoLnYxLlN0cmVhbUxvY2F0aW9uc1Jlc3BvbnNlKAEwARJcCg9VcGxvYWRMb2NhdGlvbnMSIy5yaWRlbWVzaC52MS5VcGxvYWRMb2NhdGlvbnNSZXF1ZXN0GiQucmlkZW1lc2gudjEuVXBsb2FkTG9jYXRpb25zUmVzcG9uc2USYgoRR2V0RHJpdmVyTG9jYXRpb24SJS5yaWRlbWVzaC52MS5HZXREcml2ZXJMb2NhdGlvblJlcXVlc3QaJi5yaWRlbWVzaC52MS5HZXREcml2ZXJMb2NhdGlvblJlc3BvbnNlElIKC1dhdGNoRHJpdmVyEh8ucmlkZW1lc2gudjEuV2F0Y2hEcml2ZXJSZXF1ZXN0GiAucmlkZW1lc2gudjEuV2F0Y2hEcml2ZXJSZXNwb25zZTABEkwKCVdhdGNoQXJlYRIdLnJpZGVtZXNoLnYxLldhdGNoQXJlYVJlcXVlc3QaHi5yaWRlbWVzaC52MS5XYXRjaEFyZWFSZXNwb25zZTABYgZwcm90bzM", [file_google_protobuf_duration, file_google_protobuf_timestamp, file_ridemesh_v1_common]);
 
 /**
  * One GPS fix as a driver app sends it.
@@ -196,6 +196,13 @@ export type LocationRejected = Message<"ridemesh.v1.LocationRejected"> & {
    * @generated from field: string driver_id = 4;
    */
   driverId: string;
+
+  /**
+   * The quality filter that refused the fix; unspecified for other refusals.
+   *
+   * @generated from field: ridemesh.v1.FixFilter filter = 5;
+   */
+  filter: FixFilter;
 };
 
 /**
@@ -204,6 +211,62 @@ export type LocationRejected = Message<"ridemesh.v1.LocationRejected"> & {
  */
 export const LocationRejectedSchema: GenMessage<LocationRejected> = /*@__PURE__*/
   messageDesc(file_ridemesh_v1_location_service, 4);
+
+/**
+ * How often and how accurately the app should send fixes from now on.
+ *
+ * @generated from message ridemesh.v1.SamplingHint
+ */
+export type SamplingHint = Message<"ridemesh.v1.SamplingHint"> & {
+  /**
+   * What the driver is doing, which the hint follows.
+   *
+   * @generated from field: ridemesh.v1.DriverActivity activity = 1;
+   */
+  activity: DriverActivity;
+
+  /**
+   * Send a fix about this often.
+   *
+   * @generated from field: google.protobuf.Duration interval = 2;
+   */
+  interval?: Duration | undefined;
+
+  /**
+   * Ask the device for a horizontal accuracy this good, in metres.
+   *
+   * @generated from field: float accuracy_m = 3;
+   */
+  accuracyM: number;
+};
+
+/**
+ * Describes the message ridemesh.v1.SamplingHint.
+ * Use `create(SamplingHintSchema)` to create a new message.
+ */
+export const SamplingHintSchema: GenMessage<SamplingHint> = /*@__PURE__*/
+  messageDesc(file_ridemesh_v1_location_service, 5);
+
+/**
+ * Asks the app for one fix now, whatever its interval (someone started watching the driver).
+ *
+ * @generated from message ridemesh.v1.FixRequest
+ */
+export type FixRequest = Message<"ridemesh.v1.FixRequest"> & {
+  /**
+   * Why, for a person to read.
+   *
+   * @generated from field: string reason = 1;
+   */
+  reason: string;
+};
+
+/**
+ * Describes the message ridemesh.v1.FixRequest.
+ * Use `create(FixRequestSchema)` to create a new message.
+ */
+export const FixRequestSchema: GenMessage<FixRequest> = /*@__PURE__*/
+  messageDesc(file_ridemesh_v1_location_service, 6);
 
 /**
  * A ride offered to the driver; answer it with RideService.AcceptRide or DeclineRide before
@@ -253,7 +316,7 @@ export type RideOffer = Message<"ridemesh.v1.RideOffer"> & {
  * Use `create(RideOfferSchema)` to create a new message.
  */
 export const RideOfferSchema: GenMessage<RideOffer> = /*@__PURE__*/
-  messageDesc(file_ridemesh_v1_location_service, 5);
+  messageDesc(file_ridemesh_v1_location_service, 7);
 
 /**
  * An earlier offer no longer stands (the rider cancelled, or it lapsed).
@@ -281,7 +344,7 @@ export type RideOfferWithdrawn = Message<"ridemesh.v1.RideOfferWithdrawn"> & {
  * Use `create(RideOfferWithdrawnSchema)` to create a new message.
  */
 export const RideOfferWithdrawnSchema: GenMessage<RideOfferWithdrawn> = /*@__PURE__*/
-  messageDesc(file_ridemesh_v1_location_service, 6);
+  messageDesc(file_ridemesh_v1_location_service, 8);
 
 /**
  * A message from the server on a driver's live stream.
@@ -335,6 +398,23 @@ export type StreamLocationsResponse = Message<"ridemesh.v1.StreamLocationsRespon
      */
     value: DriverAvailability;
     case: "availability";
+  } | {
+    /**
+     * How often to send fixes from now on: sent after the first fix and whenever the driver's
+     * activity changes.
+     *
+     * @generated from field: ridemesh.v1.SamplingHint sampling_hint = 6;
+     */
+    value: SamplingHint;
+    case: "samplingHint";
+  } | {
+    /**
+     * Send one fix at once.
+     *
+     * @generated from field: ridemesh.v1.FixRequest fix_request = 7;
+     */
+    value: FixRequest;
+    case: "fixRequest";
   } | { case: undefined; value?: undefined };
 };
 
@@ -343,7 +423,7 @@ export type StreamLocationsResponse = Message<"ridemesh.v1.StreamLocationsRespon
  * Use `create(StreamLocationsResponseSchema)` to create a new message.
  */
 export const StreamLocationsResponseSchema: GenMessage<StreamLocationsResponse> = /*@__PURE__*/
-  messageDesc(file_ridemesh_v1_location_service, 7);
+  messageDesc(file_ridemesh_v1_location_service, 9);
 
 /**
  * Fixes an app buffered while it was offline.
@@ -364,7 +444,7 @@ export type UploadLocationsRequest = Message<"ridemesh.v1.UploadLocationsRequest
  * Use `create(UploadLocationsRequestSchema)` to create a new message.
  */
 export const UploadLocationsRequestSchema: GenMessage<UploadLocationsRequest> = /*@__PURE__*/
-  messageDesc(file_ridemesh_v1_location_service, 8);
+  messageDesc(file_ridemesh_v1_location_service, 10);
 
 /**
  * How far one driver's uploaded fixes got.
@@ -392,7 +472,7 @@ export type DriverDurableSeq = Message<"ridemesh.v1.DriverDurableSeq"> & {
  * Use `create(DriverDurableSeqSchema)` to create a new message.
  */
 export const DriverDurableSeqSchema: GenMessage<DriverDurableSeq> = /*@__PURE__*/
-  messageDesc(file_ridemesh_v1_location_service, 9);
+  messageDesc(file_ridemesh_v1_location_service, 11);
 
 /**
  * The outcome of an upload. Fixes not listed in `rejected` are committed when this returns.
@@ -434,7 +514,7 @@ export type UploadLocationsResponse = Message<"ridemesh.v1.UploadLocationsRespon
  * Use `create(UploadLocationsResponseSchema)` to create a new message.
  */
 export const UploadLocationsResponseSchema: GenMessage<UploadLocationsResponse> = /*@__PURE__*/
-  messageDesc(file_ridemesh_v1_location_service, 10);
+  messageDesc(file_ridemesh_v1_location_service, 12);
 
 /**
  * Asks for a driver's last live fix.
@@ -455,7 +535,7 @@ export type GetDriverLocationRequest = Message<"ridemesh.v1.GetDriverLocationReq
  * Use `create(GetDriverLocationRequestSchema)` to create a new message.
  */
 export const GetDriverLocationRequestSchema: GenMessage<GetDriverLocationRequest> = /*@__PURE__*/
-  messageDesc(file_ridemesh_v1_location_service, 11);
+  messageDesc(file_ridemesh_v1_location_service, 13);
 
 /**
  * A driver's last live fix.
@@ -476,7 +556,7 @@ export type GetDriverLocationResponse = Message<"ridemesh.v1.GetDriverLocationRe
  * Use `create(GetDriverLocationResponseSchema)` to create a new message.
  */
 export const GetDriverLocationResponseSchema: GenMessage<GetDriverLocationResponse> = /*@__PURE__*/
-  messageDesc(file_ridemesh_v1_location_service, 12);
+  messageDesc(file_ridemesh_v1_location_service, 14);
 
 /**
  * Asks to follow one driver.
@@ -497,7 +577,7 @@ export type WatchDriverRequest = Message<"ridemesh.v1.WatchDriverRequest"> & {
  * Use `create(WatchDriverRequestSchema)` to create a new message.
  */
 export const WatchDriverRequestSchema: GenMessage<WatchDriverRequest> = /*@__PURE__*/
-  messageDesc(file_ridemesh_v1_location_service, 13);
+  messageDesc(file_ridemesh_v1_location_service, 15);
 
 /**
  * One position of the watched driver.
@@ -518,7 +598,7 @@ export type WatchDriverResponse = Message<"ridemesh.v1.WatchDriverResponse"> & {
  * Use `create(WatchDriverResponseSchema)` to create a new message.
  */
 export const WatchDriverResponseSchema: GenMessage<WatchDriverResponse> = /*@__PURE__*/
-  messageDesc(file_ridemesh_v1_location_service, 14);
+  messageDesc(file_ridemesh_v1_location_service, 16);
 
 /**
  * Asks to follow every driver in a box.
@@ -539,7 +619,7 @@ export type WatchAreaRequest = Message<"ridemesh.v1.WatchAreaRequest"> & {
  * Use `create(WatchAreaRequestSchema)` to create a new message.
  */
 export const WatchAreaRequestSchema: GenMessage<WatchAreaRequest> = /*@__PURE__*/
-  messageDesc(file_ridemesh_v1_location_service, 15);
+  messageDesc(file_ridemesh_v1_location_service, 17);
 
 /**
  * One driver's position in the watched box.
@@ -567,7 +647,111 @@ export type WatchAreaResponse = Message<"ridemesh.v1.WatchAreaResponse"> & {
  * Use `create(WatchAreaResponseSchema)` to create a new message.
  */
 export const WatchAreaResponseSchema: GenMessage<WatchAreaResponse> = /*@__PURE__*/
-  messageDesc(file_ridemesh_v1_location_service, 16);
+  messageDesc(file_ridemesh_v1_location_service, 18);
+
+/**
+ * A fix quality filter. Each is configurable on the server and counted in
+ * `ridemesh_fixes_filtered_total{filter}`.
+ *
+ * @generated from enum ridemesh.v1.FixFilter
+ */
+export enum FixFilter {
+  /**
+   * No filter (the fix was refused for another reason).
+   *
+   * @generated from enum value: FIX_FILTER_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * Horizontal accuracy worse than the server's bound: refused.
+   *
+   * @generated from enum value: FIX_FILTER_ACCURACY = 1;
+   */
+  ACCURACY = 1,
+
+  /**
+   * Farther from the driver's previous fix than a plausible speed allows: refused.
+   *
+   * @generated from enum value: FIX_FILTER_SPEED_JUMP = 2;
+   */
+  SPEED_JUMP = 2,
+
+  /**
+   * The same position and time as the driver's previous fix: refused.
+   *
+   * @generated from enum value: FIX_FILTER_DUPLICATE = 3;
+   */
+  DUPLICATE = 3,
+
+  /**
+   * A few metres from where a stationary driver stands: stored, but the live position holds.
+   *
+   * @generated from enum value: FIX_FILTER_STATIONARY_JITTER = 4;
+   */
+  STATIONARY_JITTER = 4,
+}
+
+/**
+ * Describes the enum ridemesh.v1.FixFilter.
+ */
+export const FixFilterSchema: GenEnum<FixFilter> = /*@__PURE__*/
+  enumDesc(file_ridemesh_v1_location_service, 0);
+
+/**
+ * What a driver is doing, as the server sees it; sampling hints follow it.
+ *
+ * @generated from enum ridemesh.v1.DriverActivity
+ */
+export enum DriverActivity {
+  /**
+   * Not known.
+   *
+   * @generated from enum value: DRIVER_ACTIVITY_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * Available but standing still for a while.
+   *
+   * @generated from enum value: DRIVER_ACTIVITY_IDLE = 1;
+   */
+  IDLE = 1,
+
+  /**
+   * Available and moving, free to take a ride.
+   *
+   * @generated from enum value: DRIVER_ACTIVITY_AVAILABLE = 2;
+   */
+  AVAILABLE = 2,
+
+  /**
+   * Assigned a ride, on the way to the pickup.
+   *
+   * @generated from enum value: DRIVER_ACTIVITY_TO_PICKUP = 3;
+   */
+  TO_PICKUP = 3,
+
+  /**
+   * Close to the pickup.
+   *
+   * @generated from enum value: DRIVER_ACTIVITY_NEAR_PICKUP = 4;
+   */
+  NEAR_PICKUP = 4,
+
+  /**
+   * Driving the rider.
+   *
+   * @generated from enum value: DRIVER_ACTIVITY_ON_RIDE = 5;
+   */
+  ON_RIDE = 5,
+}
+
+/**
+ * Describes the enum ridemesh.v1.DriverActivity.
+ */
+export const DriverActivitySchema: GenEnum<DriverActivity> = /*@__PURE__*/
+  enumDesc(file_ridemesh_v1_location_service, 1);
 
 /**
  * Takes drivers' GPS fixes and lets others read and watch them live.

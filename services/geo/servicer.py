@@ -191,14 +191,18 @@ class GeoQueryServicer(pb_grpc.GeoQueryServiceServicer):
     async def ExportDriverTrack(
         self, request: pb.ExportDriverTrackRequest, context: Context
     ) -> AsyncIterator[pb.ExportDriverTrackResponse]:
+        nothing: tuple[pb.ExportDriverTrackResponse, ...] = ()  # the method is not served yet
+        for response in nothing:
+            yield response
         await context.abort(grpc.StatusCode.UNIMPLEMENTED, "ExportDriverTrack is not served yet")
-        yield pb.ExportDriverTrackResponse()
 
     async def ReplayFleet(
         self, request: pb.ReplayFleetRequest, context: Context
     ) -> AsyncIterator[pb.ReplayFleetResponse]:
+        nothing: tuple[pb.ReplayFleetResponse, ...] = ()  # the method is not served yet
+        for response in nothing:
+            yield response
         await context.abort(grpc.StatusCode.UNIMPLEMENTED, "ReplayFleet is not served yet")
-        yield pb.ReplayFleetResponse()
 
     async def _existing_webhook(self, webhook_id: str) -> str:
         if await self._webhooks.get(_webhook_id(webhook_id)) is None:

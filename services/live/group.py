@@ -17,7 +17,7 @@ from redis.exceptions import RedisError
 
 from ridemesh.v1.common_pb2 import DriverLocation
 from services.domain.validation import fix_order
-from services.live.ingest import FOLLOW_EVERY_S, IngestLog
+from services.live.ingest import FOLLOW_EVERY_S, IngestLog, live_payload
 from services.live.names import partition_count, partitions
 from services.server.failures import cancel_and_wait, raise_if_cancelling
 
@@ -36,14 +36,16 @@ Handler = Callable[[str, list[Any]], Awaitable[None]]
 
 
 def newest_fixes(entries: list[Any]) -> dict[str, DriverLocation]:
-    """The newest fix per driver among read entries (entries trimmed before they were read,
-    or that do not decode, are skipped: a foreign writer on the log must not stop a group)."""
+    """The newest live fix per driver among read entries, as the live state shows it. Entries
+    trimmed before they were read, fixes that never reached the live state (late ones), and
+    entries that do not decode are skipped: a foreign writer on the log must not stop a group."""
     newest: dict[str, DriverLocation] = {}
     for _, fields in entries:
-        if not fields:  # trimmed from the log before it was read
+        payload = live_payload(fields)
+        if payload is None:
             continue
         try:
-            location = DriverLocation.FromString(fields[b"p"])
+            location = DriverLocation.FromString(payload)
         except Exception:
             log.exception("undecodable ingest entry skipped")
             continue

@@ -30,6 +30,14 @@ FOLLOW_EVERY_S = 0.01
 StreamId = tuple[int, int]
 
 
+def live_payload(fields: dict[bytes, bytes]) -> bytes | None:
+    """What an ingest entry showed live: the live view of a held fix ('v') or the fix itself
+    ('p'); None for an entry trimmed before it was read or a fix that was only stored ('l')."""
+    if not fields or b"l" in fields:
+        return None
+    return fields.get(b"v") or fields.get(b"p")
+
+
 def parse_stream_id(raw: bytes | str) -> StreamId:
     ms, _, n = text(raw).partition("-")
     return int(ms), int(n or 0)
@@ -108,7 +116,8 @@ def watermark(groups: list[dict[str, Any]], pending: dict[str, Any]) -> StreamId
 
 
 class IngestFollower:
-    """Every fix entered in one partition's log from `start()` on, in log order, a batch per read.
+    """Every live fix entered in one partition's log from `start()` on, in log order, a batch per
+    read (fixes that were only stored are left out).
 
     No consumer group: like a pub/sub subscriber, each follower sees every entry, but one
     XREAD reply carries every entry that arrived since the last (a subscriber gets one message
@@ -160,7 +169,10 @@ class IngestFollower:
             read_at = loop.time()
             payloads: list[bytes] = []
             for _stream, entries in reply or ():
-                payloads += [fields[b"p"] for _entry_id, fields in entries]
+                for _entry_id, fields in entries:
+                    payload = live_payload(fields)
+                    if payload is not None:
+                        payloads.append(payload)
                 self._last = text(entries[-1][0])
             if payloads:
                 yield payloads

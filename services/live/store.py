@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from redis.asyncio import Redis
@@ -34,19 +35,23 @@ GEO_MAX_LAT = 85.05112878
 
 # Many fixes of one partition in one script call (one script run; every key and channel in the
 # partition's slot). KEYS: the partition's geo index, ingest stream and polar set, then per fix
-# its driver's hash, driver channel and cell channel. ARGV:
-# the live window (ms), then per fix: driver_id, lng, lat, payload, seq, recorded ms, indexable.
+# its driver's hash, driver channel and cell channel. ARGV: the live window (ms), then per fix:
+# driver_id, lng, lat, payload, seq, recorded ms, indexable, live ('1', or '0' for a fix that is
+# only stored), and the payload to store when it differs from the live one ('' when the same).
 # The live state only moves forward in time (an older fix never overwrites a newer one); every
-# fix goes to the ingest log for persistence regardless. Returns each fix's entry id, in order.
+# fix goes to the ingest log for persistence regardless. An entry whose fix did not reach the
+# live state is marked 'l' (live readers skip it); a fix held at its live position carries the
+# stored fix in 'p' and the live one in 'v'. Returns each fix's entry id, in order.
 _INGEST_LUA = """
 local ids = {}
 local window = ARGV[1]
 for i = 0, (#KEYS - 3) / 3 - 1 do
   local hash, driver_ch, cell_ch = KEYS[4 + 3 * i], KEYS[5 + 3 * i], KEYS[6 + 3 * i]
-  local a = 1 + 7 * i
+  local a = 1 + 9 * i
   local member, payload, recorded = ARGV[a + 1], ARGV[a + 4], ARGV[a + 6]
+  local stored = ARGV[a + 9]
   local t = redis.call('HGET', hash, 't')
-  if (not t) or (tonumber(t) <= tonumber(recorded)) then
+  if ARGV[a + 8] == '1' and ((not t) or (tonumber(t) <= tonumber(recorded))) then
     if ARGV[a + 7] == '1' then
       redis.call('GEOADD', KEYS[1], ARGV[a + 2], ARGV[a + 3], member)
       redis.call('ZREM', KEYS[3], member)
@@ -58,12 +63,18 @@ for i = 0, (#KEYS - 3) / 3 - 1 do
     redis.call('PEXPIRE', hash, window)
     redis.call('SPUBLISH', driver_ch, payload)
     redis.call('SPUBLISH', cell_ch, payload)
+    if stored == '' then
+      ids[i + 1] = redis.call('XADD', KEYS[2], '*', 'p', payload)
+    else
+      ids[i + 1] = redis.call('XADD', KEYS[2], '*', 'p', stored, 'v', payload)
+    end
+  else
+    if stored == '' then stored = payload end
+    ids[i + 1] = redis.call('XADD', KEYS[2], '*', 'p', stored, 'l', '1')
   end
-  ids[i + 1] = redis.call('XADD', KEYS[2], '*', 'p', payload)
 end
 return ids
 """
-
 # Drops geo-index members whose driver is no longer live (KEYS[1] a partition's index, KEYS[i>1]
 # the hashes of drivers in it, ARGV[1] the oldest live recorded ms, ARGV[i>1] the members). The
 # check is repeated here, atomically with ingest, so a fix that lands after the caller's read
@@ -98,14 +109,27 @@ STATES_CHUNK = 1000
 INGEST_BATCH = 256
 
 
+@dataclass(frozen=True, slots=True)
+class Fix:
+    """One accepted fix on its way in: what the live state shows (`location`, serialised as
+    `payload`), whether it may move the live state at all, and the fix to store when it is not
+    the one shown (a fix held at the driver's standing position)."""
+
+    location: DriverLocation
+    payload: bytes
+    live: bool = True
+    stored: bytes = b""
+
+
 def _ingest_arguments(
-    partition: int, fixes: list[tuple[DriverLocation, bytes]], live_window_ms: int
+    partition: int, fixes: list[Fix], live_window_ms: int
 ) -> tuple[list[str], list[Any]]:
     """The ingest script's keys and arguments for a batch of one partition's fixes (the hot
     path: plain lists, one pass)."""
     keys = [geo_key(partition), ingest_stream(partition), polar_key(partition)]
     args: list[Any] = [live_window_ms]
-    for location, payload in fixes:
+    for fix in fixes:
+        location = fix.location
         lat, lng = location.position.latitude, location.position.longitude
         recorded = location.recorded_at
         driver_id = location.driver_id
@@ -118,10 +142,12 @@ def _ingest_arguments(
             driver_id,
             lng,
             lat,
-            payload,
+            fix.payload,
             location.seq,
             recorded.seconds * 1000 + recorded.nanos // 1_000_000,
             "1" if abs(lat) <= GEO_MAX_LAT else "0",
+            "1" if fix.live else "0",
+            fix.stored,
         ]
     return keys, args
 
@@ -137,21 +163,25 @@ class LiveStore:
             source: redis.register_script(source).sha
             for source in (_INGEST_LUA, _STATES_LUA, _FORGET_LUA)
         }
-        self._queued: list[tuple[DriverLocation, bytes, asyncio.Future[StreamId]]] = []
+        self._queued: list[tuple[Fix, asyncio.Future[StreamId]]] = []
         self._writer: asyncio.Task[None] | None = None
 
     @property
     def redis(self) -> Redis:
         return self._redis
 
-    async def ingest(self, location: DriverLocation, payload: bytes) -> StreamId:
-        """Writes one accepted fix, serialised as `payload`; returns its ingest entry id.
+    async def ingest(
+        self, location: DriverLocation, payload: bytes, *, live: bool = True, stored: bytes = b""
+    ) -> StreamId:
+        """Writes one accepted fix, serialised as `payload`; returns its ingest entry id. With
+        `live` False the fix is only stored (the live state and its readers never see it); with
+        `stored` the live state shows `location` while `stored` is what history keeps.
 
         Fixes accepted while a write is in flight wait for it and then go together, as one
         pipeline: under load one round trip (one write, one read, one pool checkout) carries
         many fixes, in the order they were accepted; alone, a fix goes at once."""
         done: asyncio.Future[StreamId] = asyncio.get_running_loop().create_future()
-        self._queued.append((location, payload, done))
+        self._queued.append((Fix(location, payload, live, stored), done))
         if self._writer is None or self._writer.done():
             self._writer = asyncio.create_task(self._write_queued(), name="live-ingest")
         return await done
@@ -162,10 +192,10 @@ class LiveStore:
             del self._queued[:INGEST_BATCH]
             replies: list[Any]
             try:
-                replies = await self._ingest_batch([(loc, payload) for loc, payload, _ in batch])
+                replies = await self._ingest_batch([fix for fix, _ in batch])
             except Exception as exc:  # the connection failed: no fix in it is taken
                 replies = [exc] * len(batch)
-            for (_, _, done), reply in zip(batch, replies, strict=True):
+            for (_, done), reply in zip(batch, replies, strict=True):
                 if done.done():  # its caller went away (the stream was cancelled)
                     continue
                 if isinstance(reply, Exception):
@@ -173,12 +203,12 @@ class LiveStore:
                 else:
                     done.set_result(parse_stream_id(reply))
 
-    async def _ingest_batch(self, fixes: list[tuple[DriverLocation, bytes]]) -> list[Any]:
+    async def _ingest_batch(self, fixes: list[Fix]) -> list[Any]:
         """One script call per partition in the batch, sent together; each fix's entry id (or
         the error of its partition's call), in order."""
         groups: dict[int, list[int]] = {}
-        for i, (location, _) in enumerate(fixes):
-            groups.setdefault(partition_of(location.driver_id), []).append(i)
+        for i, fix in enumerate(fixes):
+            groups.setdefault(partition_of(fix.location.driver_id), []).append(i)
         calls = [
             _ingest_arguments(p, [fixes[i] for i in members], self._live_window_ms)
             for p, members in groups.items()

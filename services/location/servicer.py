@@ -13,11 +13,13 @@ from grpc import aio
 from ridemesh.v1 import location_service_pb2 as pb
 from ridemesh.v1 import location_service_pb2_grpc as pb_grpc
 from ridemesh.v1.common_pb2 import DriverAvailability, DriverLocation
+from ridemesh.v1.location_service_pb2 import FixFilter
 from services.auth import rules
 from services.auth.identity import Identity, Role
 from services.auth.interceptor import current_identity
 from services.domain.area import Box, cells_for_box
 from services.domain.errors import DomainError, InvalidArgument, NotFound, Unavailable
+from services.domain.fix_quality import Filtered, Route, check_accuracy
 from services.domain.validation import (
     FixLimits,
     fix_order,
@@ -28,14 +30,14 @@ from services.domain.validation import (
 from services.history.persister import fix_key, fix_row
 from services.history.store import FixRow, HistoryStore
 from services.live.fanout import Hub
-from services.live.ingest import IngestFollower
+from services.live.ingest import IngestFollower, StreamId
 from services.live.mailboxes import KeyedLatest, Latest
 from services.live.names import cell_channel, control_channel, driver_channel, partitions
 from services.live.store import LiveStore
 from services.location.session import DriverSession
 from services.location.streams import DriverStream, StreamRegistry, rejection
 from services.location.throttle import TokenBucket
-from services.observability.metrics import FIXES_ACCEPTED
+from services.observability.metrics import FIXES_ACCEPTED, FIXES_FILTERED, FIXES_STORED_ONLY
 from services.server.config import Settings
 from services.server.failures import (
     Dependency,
@@ -83,7 +85,7 @@ class LocationServicer(pb_grpc.LocationServiceServicer):
         context: aio.ServicerContext[Any, Any],
     ) -> AsyncIterator[pb.StreamLocationsResponse]:
         bucket = TokenBucket(self._settings.fix_rate_per_s, self._settings.fix_burst)
-        stream = DriverStream(DriverSession(self._limits, bucket))
+        stream = DriverStream(DriverSession(self._limits, bucket, self._settings.fix_quality))
         self._streams.add(stream)
         who = current_identity()
         reader = asyncio.create_task(self._consume(request_iterator, stream, who))
@@ -139,9 +141,10 @@ class LocationServicer(pb_grpc.LocationServiceServicer):
             rules.may_publish_fixes(who, update.driver_id)
             if session.driver_id is None:
                 await self._bind(stream, validate_id(update.driver_id))
-            session.admit(update, now, time.monotonic())
+            recorded_s = session.admit(update, now, time.monotonic())
+            route = session.quality.judge(update, recorded_s, now)
             location = _location(update, now, stream.availability)
-            entry_id = await self._live.ingest(location, location.SerializeToString())
+            entry_id = await self._ingest(location, route, session.quality.anchor)
         except DomainError as error:
             stream.reject(update.seq, update.driver_id, error)
             return
@@ -154,7 +157,27 @@ class LocationServicer(pb_grpc.LocationServiceServicer):
             stream.reject(update.seq, update.driver_id, failure)
             return
         FIXES_ACCEPTED.inc()
+        session.quality.accepted(update, recorded_s, route)
         session.accepted(update.seq, entry_id, fix_key(location), time.monotonic())
+
+    async def _ingest(
+        self, location: DriverLocation, route: Route, anchor: tuple[float, float] | None
+    ) -> StreamId:
+        """Writes an accepted fix to the live state and the ingest log, as its route says: a
+        late fix is only stored; stationary jitter is stored as sent while the live state
+        shows it at the driver's standing position (the anchor)."""
+        payload = location.SerializeToString()
+        if route is Route.LIVE:
+            return await self._live.ingest(location, payload)
+        if route is Route.STORE:
+            FIXES_STORED_ONLY.labels("late").inc()
+            return await self._live.ingest(location, payload, live=False)
+        FIXES_FILTERED.labels("stationary_jitter").inc()
+        held = DriverLocation()
+        held.CopyFrom(location)
+        if anchor is not None:
+            held.position.latitude, held.position.longitude = anchor
+        return await self._live.ingest(held, held.SerializeToString(), stored=payload)
 
     async def _bind(self, stream: DriverStream, driver_id: str) -> None:
         """Ties the stream to its driver: control messages first, then the stored state, so an
@@ -182,15 +205,22 @@ class LocationServicer(pb_grpc.LocationServiceServicer):
         rows: list[FixRow] = []
         rejected: list[pb.LocationRejected] = []
         durable: dict[str, int] = {}
+        # Uploads are stored only (never live, no events), so of the quality filters only those
+        # that judge a fix on its own apply: accuracy, and repeats within the request.
+        quality = self._settings.fix_quality
+        seen: dict[tuple[str, float, float, float], int] = {}
         for update in request.updates:
             try:
-                validate_update(update, now, self._limits)
+                recorded_s = validate_update(update, now, self._limits)
+                check_accuracy(update, quality)
+                _check_repeat(update, recorded_s, seen, quality.drop_duplicates)
             except InvalidArgument as error:
                 rejected.append(rejection(update.seq, update.driver_id, error))
                 continue
             rows.append(fix_row(_location(update, now)))
             durable[update.driver_id] = max(durable.get(update.driver_id, 0), update.seq)
         stored = await self._history.insert_fixes(rows) if rows else 0
+        FIXES_STORED_ONLY.labels("upload").inc(stored)
         return pb.UploadLocationsResponse(
             durable_seqs=[
                 pb.DriverDurableSeq(driver_id=d, durable_seq=s) for d, s in sorted(durable.items())
@@ -327,6 +357,24 @@ def _location(
     )
     location.received_at.FromNanoseconds(int(now * 1e9))
     return location
+
+
+def _check_repeat(
+    update: pb.LocationUpdate,
+    recorded_s: float,
+    seen: dict[tuple[str, float, float, float], int],
+    drop_duplicates: bool,
+) -> None:
+    """Refuses a fix repeating the position and time of an earlier one of the same request
+    under another seq (the same fix sent twice is stored once, as any re-send)."""
+    key = (update.driver_id, recorded_s, update.position.latitude, update.position.longitude)
+    if drop_duplicates and seen.get(key, update.seq) != update.seq:
+        raise Filtered(
+            f"seq {update.seq} repeats the position and time of another fix of driver "
+            f"{update.driver_id!r} in this upload; it was not stored twice",
+            FixFilter.FIX_FILTER_DUPLICATE,
+        )
+    seen[key] = update.seq
 
 
 def _close(stream: DriverStream, reader: asyncio.Task[None]) -> None:

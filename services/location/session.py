@@ -9,6 +9,7 @@ from datetime import datetime
 
 from ridemesh.v1.location_service_pb2 import LocationUpdate
 from services.domain.errors import FailedPrecondition, InvalidArgument, ResourceExhausted
+from services.domain.fix_quality import FixQuality, QualitySettings
 from services.domain.validation import FixLimits, validate_update
 from services.live.ingest import StreamId
 from services.location.throttle import TokenBucket
@@ -38,12 +39,15 @@ class DriverSession:
         "ack_due",
         "accepted_news",
         "accepted_since_s",
+        "quality",
         "_bucket",
         "_limits",
         "_in_flight",
     )
 
-    def __init__(self, limits: FixLimits, bucket: TokenBucket) -> None:
+    def __init__(
+        self, limits: FixLimits, bucket: TokenBucket, quality: QualitySettings | None = None
+    ) -> None:
         self.driver_id: str | None = None
         self.last_seq = 0
         self.accepted_seq = 0
@@ -55,6 +59,8 @@ class DriverSession:
         self.accepted_since_s = 0.0  # when the oldest fix no ack has mentioned was accepted
         self._bucket = bucket
         self._limits = limits
+        # The quality filters' memory of this stream's fixes (the servicer consults it).
+        self.quality = FixQuality(quality or QualitySettings())
         # Accepted fixes not yet known to be committed, oldest first.
         self._in_flight: deque[InFlight] = deque()
 

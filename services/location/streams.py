@@ -11,15 +11,17 @@ from typing import Protocol, TypeVar
 
 from ridemesh.v1.common_pb2 import DriverAvailability
 from ridemesh.v1.location_service_pb2 import (
+    FixFilter,
     LocationAck,
     LocationRejected,
     StreamLocationsResponse,
 )
 from services.domain.errors import DomainError, Unavailable
+from services.domain.fix_quality import Filtered
 from services.live.ingest import StreamId
 from services.live.names import partition_of
 from services.location.session import DriverSession, FixKey, InFlight
-from services.observability.metrics import FIXES_LOST, FIXES_REJECTED
+from services.observability.metrics import FIXES_FILTERED, FIXES_LOST, FIXES_REJECTED
 from services.server.failures import raise_if_cancelling, unavailable
 
 T = TypeVar("T")
@@ -36,9 +38,22 @@ MAX_QUEUED_CONTROL = 32
 def rejection(seq: int, driver_id: str, error: DomainError) -> LocationRejected:
     """A fix refused, as the app is told (in-band on its stream, or in an upload's answer)."""
     FIXES_REJECTED.labels(error.code.name.lower()).inc()
+    fix_filter: FixFilter.ValueType = FixFilter.FIX_FILTER_UNSPECIFIED
+    if isinstance(error, Filtered):
+        fix_filter = error.filter
+        FIXES_FILTERED.labels(filter_label(fix_filter)).inc()
     return LocationRejected(
-        seq=seq, code=error.code.value[0], message=str(error), driver_id=driver_id[:128]
+        seq=seq,
+        code=error.code.value[0],
+        message=str(error),
+        driver_id=driver_id[:128],
+        filter=fix_filter,
     )
+
+
+def filter_label(fix_filter: FixFilter.ValueType) -> str:
+    """The metric label of a filter: FIX_FILTER_SPEED_JUMP -> speed_jump."""
+    return FixFilter.Name(fix_filter).removeprefix("FIX_FILTER_").lower()
 
 
 class DriverStream:

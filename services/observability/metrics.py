@@ -39,6 +39,18 @@ FIXES_REJECTED = Counter(
     "Driver fixes rejected, by reason (the status code sent back in-band).",
     ("reason",),
 )
+FIXES_FILTERED = Counter(
+    "ridemesh_fixes_filtered_total",
+    "Driver fixes caught by a quality filter, by filter: accuracy, speed_jump and duplicate are "
+    "refused; stationary_jitter is stored without moving the live position.",
+    ("filter",),
+)
+FIXES_STORED_ONLY = Counter(
+    "ridemesh_fixes_stored_only_total",
+    "Fixes stored to history without reaching the live state or firing events, by source: "
+    "late (taken long before they arrived on a stream) or upload (UploadLocations).",
+    ("source",),
+)
 FIXES_LOST = Counter(
     "ridemesh_fixes_lost_total",
     "Accepted fixes found missing from PostgreSQL after Redis lost them; each ends its stream "

@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, fields, replace
 from typing import Any
 
+from services.domain.fix_quality import QualitySettings
 from services.server.urls import InvalidUrl, database_url, redis_url
 
 
@@ -42,6 +43,17 @@ class Settings:
     # Server-side throttle per driver: a token bucket of this rate and burst.
     fix_rate_per_s: float = 2.0
     fix_burst: int = 5
+    # Fix quality filters (services/domain/fix_quality.py); 0 turns one off. Refused: accuracy
+    # radius worse than this (m), a move faster than this from the previous fix (m/s), and a
+    # repeat of the previous fix's position and time. Stored without moving the live position:
+    # a fix within fix_jitter_m of a driver reporting at most fix_jitter_speed_mps. Stored only
+    # (never live, no events): fixes taken more than fix_late_after_s before they arrive.
+    fix_max_accuracy_m: float = 100.0
+    fix_max_speed_mps: float = 70.0
+    fix_drop_duplicates: bool = True
+    fix_jitter_m: float = 8.0
+    fix_jitter_speed_mps: float = 0.5
+    fix_late_after_s: float = 30.0
     # How often each driver stream is told how far its fixes got.
     ack_interval_s: float = 0.5
     # Write-behind persistence: a batch is flushed at this size or this age, whichever first.
@@ -132,6 +144,18 @@ class Settings:
                     f"(or pass --{name.replace('_', '-')})"
                 )
         return cls(**normalise_store_urls(values))
+
+    @property
+    def fix_quality(self) -> QualitySettings:
+        """The fix quality filters' bounds."""
+        return QualitySettings(
+            max_accuracy_m=self.fix_max_accuracy_m,
+            max_speed_mps=self.fix_max_speed_mps,
+            jitter_m=self.fix_jitter_m,
+            jitter_speed_mps=self.fix_jitter_speed_mps,
+            late_after_s=self.fix_late_after_s,
+            drop_duplicates=self.fix_drop_duplicates,
+        )
 
     def with_overrides(self, **changes: Any) -> Settings:
         """A copy with some fields changed (tests use it for short intervals)."""

@@ -28,6 +28,9 @@ MESH_ENV = {
     "RIDEMESH_ACK_INTERVAL_S": "0.2",
     "RIDEMESH_FIX_RATE_PER_S": "50",
     "RIDEMESH_FIX_BURST": "50",
+    # Tests move drivers by jumping between places in a fraction of a second; the speed-jump
+    # filter has its own test (tests/integration/test_fix_quality.py), every other filter is on.
+    "RIDEMESH_FIX_MAX_SPEED_MPS": "0",
     # Long enough that a test answering an offer is never beaten by the lapse on a loaded
     # machine, short enough that the lapse test does not wait long.
     "RIDEMESH_OFFER_TIMEOUT_S": "5",

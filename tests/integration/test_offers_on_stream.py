@@ -44,7 +44,12 @@ pytestmark = [pytest.mark.integration, pytest.mark.asyncio]
 
 BUSY = DriverAvailability.DRIVER_AVAILABILITY_BUSY
 AVAILABLE = DriverAvailability.DRIVER_AVAILABILITY_AVAILABLE
-LOCATION_ENV = {"RIDEMESH_ACK_INTERVAL_S": "0.2", "RIDEMESH_PERSIST_MAX_AGE_S": "0.2"}
+LOCATION_ENV = {
+    "RIDEMESH_ACK_INTERVAL_S": "0.2",
+    "RIDEMESH_PERSIST_MAX_AGE_S": "0.2",
+    # The driver jumps from place to place: the speed-jump filter has its own test.
+    "RIDEMESH_FIX_MAX_SPEED_MPS": "0",
+}
 
 
 @pytest.fixture(scope="module")

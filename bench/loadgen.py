@@ -24,6 +24,9 @@ DRAIN_S = 15.0
 CHANNEL_OPTIONS = [("grpc.use_local_subchannel_pool", 1)]
 # Drivers report positions in this band (latitude) at one longitude; area watchers watch slices.
 LAT_LOW, LAT_HIGH, LNG = 12.92, 13.02, 77.59
+# Each driver drives up and down the band at this speed, so its fixes pass the server's
+# plausible-speed filter however closely they follow each other, as a real car's do.
+SPEED_MPS = 8.0
 Box = tuple[float, float, float, float]  # south, west, north, east
 
 
@@ -106,6 +109,10 @@ class Driver:
         self._acked = 0
         self._durable = 0
         self.seq = 0
+        # Where the driver is, which way it drives, and when it was there.
+        self.latitude = random.uniform(LAT_LOW, LAT_HIGH)
+        self.north = random.random() < 0.5
+        self._at = time.time()
         self.failed = False
         self.closed = False
 
@@ -115,11 +122,16 @@ class Driver:
 
     def send_fix(self) -> None:
         self.seq += 1
+        now = time.time()
+        step = SPEED_MPS * (now - self._at) / 111_195 * (1 if self.north else -1)
+        if not LAT_LOW <= self.latitude + step <= LAT_HIGH:
+            self.north, step = not self.north, -step
+        self.latitude, self._at = self.latitude + step, now
         update = pb.LocationUpdate(
             driver_id=self.driver_id,
-            position=LatLng(latitude=random.uniform(LAT_LOW, LAT_HIGH), longitude=LNG),
-            heading_deg=90.0,
-            speed_mps=8.0,
+            position=LatLng(latitude=self.latitude, longitude=LNG),
+            heading_deg=0.0 if self.north else 180.0,
+            speed_mps=SPEED_MPS,
             accuracy_m=5.0,
             seq=self.seq,
         )

@@ -25,6 +25,9 @@ const CHANNEL_OPTIONS = { "grpc.use_local_subchannel_pool": 1 };
 const LAT_LOW = 12.92;
 const LAT_HIGH = 13.02;
 const LNG = 77.59;
+// Each driver drives up and down the band at this speed, so its fixes pass the server's
+// plausible-speed filter however closely they follow each other, as a real car's do.
+const SPEED_MPS = 8;
 const PROTOS = path.resolve(__dirname, "..", "..", "protos");
 
 // A wall clock in ms with sub-millisecond resolution: the monotonic clock offset to the moment
@@ -92,6 +95,9 @@ class Driver {
     this.acked = 0;
     this.durable = 0;
     this.seq = 0;
+    this.latitude = LAT_LOW + Math.random() * (LAT_HIGH - LAT_LOW);
+    this.north = Math.random() < 0.5;
+    this.at = Date.now();
     this.failed = false;
     this.closed = false;
     this.cancelled = false;
@@ -107,13 +113,18 @@ class Driver {
 
   sendFix() {
     this.seq += 1;
+    const moved = (SPEED_MPS * (Date.now() - this.at)) / 1000 / 111195;
+    if (this.latitude + moved > LAT_HIGH) this.north = false;
+    if (this.latitude - moved < LAT_LOW) this.north = true;
+    this.latitude += this.north ? moved : -moved;
+    this.at = Date.now();
     const wall = now(); // recorded_at is the send time on this machine's wall clock
     const seconds = Math.floor(wall / 1000);
     const update = {
       driver_id: this.driverId,
-      position: { latitude: LAT_LOW + Math.random() * (LAT_HIGH - LAT_LOW), longitude: LNG },
-      heading_deg: 90,
-      speed_mps: 8,
+      position: { latitude: this.latitude, longitude: LNG },
+      heading_deg: this.north ? 0 : 180,
+      speed_mps: SPEED_MPS,
       accuracy_m: 5,
       seq: this.seq,
       recorded_at: { seconds, nanos: Math.min(999999999, Math.round((wall - seconds * 1000) * 1e6)) },

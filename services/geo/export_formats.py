@@ -5,9 +5,10 @@ first, a page at a time) and yields text; `chunked` turns that into byte chunks 
 Memory is bounded by one page and one chunk however long the track, so a driver-month streams
 like a driver-hour. Choices a reader of the files can rely on:
 - Times are UTC in ISO 8601 with a `Z` (fractions of a second only when the fix has them).
-- Coordinates keep every digit stored (shortest round-trip form); speed, heading and accuracy
-  are stored as 4-byte floats and are written with 7 significant digits, which gives back the
-  decimal the app sent rather than the float's binary noise (12.3, not 12.300000190734863).
+- Numbers are plain decimals (no exponent). Coordinates keep every digit stored (the shortest
+  round-trip form); speed, heading and accuracy are stored as 4-byte floats and are written with
+  7 significant digits, which gives back the decimal the app sent rather than the float's binary
+  noise (12.3, not 12.300000190734863).
 - GPX: one `<trk>` with one `<trkseg>`; speed and course in Garmin's TrackPointExtension v2
   (what GPX readers understand), which GPX 1.1 admits in `<extensions>`.
 - GeoJSON (RFC 7946, [longitude, latitude]): a LineString feature over every fix (only with two
@@ -94,7 +95,10 @@ async def chunked(pieces: AsyncIterable[str], size: int = CHUNK_BYTES) -> AsyncI
 
 def utc_iso(moment: datetime) -> str:
     """ISO 8601 in UTC with a Z: 2026-12-07T08:00:00Z or 2026-12-07T08:00:00.250000Z."""
-    return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
+    text = moment.isoformat()
+    if not text.endswith("+00:00"):  # per-fix hot path: stored times are UTC already
+        text = moment.astimezone(UTC).isoformat()
+    return text[:-6] + "Z"
 
 
 def xml_text(value: str) -> str:
@@ -108,9 +112,11 @@ def xsd_decimal(value: float) -> str:
     return format(Decimal(text), "f") if "e" in text else text
 
 
-def short_float(value: float) -> float:
-    """A 4-byte float column's value as the decimal it was sent as (7 significant digits)."""
-    return float(f"{value:.7g}")
+def short_decimal(value: float) -> str:
+    """A 4-byte float column's value as the decimal it was sent as (7 significant digits, no
+    exponent): 12.300000190734863 is written 12.3."""
+    text = f"{value:.7g}"
+    return format(Decimal(text), "f") if "e" in text else text
 
 
 # --- GPX 1.1 ----------------------------------------------------------------------------------
@@ -136,13 +142,15 @@ async def write_gpx(info: TrackInfo, pages: PageSource) -> AsyncIterator[str]:
 def _trackpoint(row: FixRow) -> str:
     # GPX longitudes are [-180, 180): the antimeridian's +180 is written as -180, the same place.
     longitude = row.longitude - 360.0 if row.longitude >= 180.0 else row.longitude
-    course = short_float(row.heading_deg) % 360.0  # the extension's course is [0, 360)
+    course = short_decimal(row.heading_deg)
+    if course == "360":  # 360 (or just under it, rounded) reads as north: the course is [0, 360)
+        course = "0"
     return (
         f'<trkpt lat="{xsd_decimal(row.latitude)}" lon="{xsd_decimal(longitude)}">'
         f"<time>{utc_iso(row.recorded_at)}</time>"
         "<extensions><gpxtpx:TrackPointExtension>"
-        f"<gpxtpx:speed>{xsd_decimal(short_float(row.speed_mps))}</gpxtpx:speed>"
-        f"<gpxtpx:course>{xsd_decimal(course)}</gpxtpx:course>"
+        f"<gpxtpx:speed>{short_decimal(row.speed_mps)}</gpxtpx:speed>"
+        f"<gpxtpx:course>{course}</gpxtpx:course>"
         "</gpxtpx:TrackPointExtension></extensions></trkpt>\n"
     )
 
@@ -223,9 +231,9 @@ def _point_feature(row: FixRow) -> str:
     return (
         '{"type":"Feature","geometry":{"type":"Point","coordinates":'
         f'{_position(row)}}},"properties":{{"time":"{utc_iso(row.recorded_at)}",'
-        f'"seq":{row.seq},"speed_mps":{short_float(row.speed_mps)!r},'
-        f'"heading_deg":{short_float(row.heading_deg)!r},'
-        f'"accuracy_m":{short_float(row.accuracy_m)!r}}}}}'
+        f'"seq":{row.seq},"speed_mps":{short_decimal(row.speed_mps)},'
+        f'"heading_deg":{short_decimal(row.heading_deg)},'
+        f'"accuracy_m":{short_decimal(row.accuracy_m)}}}}}'
     )
 
 
@@ -239,29 +247,28 @@ def _json_string(value: str) -> str:
 
 
 async def write_csv(info: TrackInfo, pages: PageSource) -> AsyncIterator[str]:
-    """A header row, then one row per fix (quoted by the csv module where a value needs it)."""
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\r\n")
-    writer.writerow(CSV_COLUMNS)
-    yield buffer.getvalue()
+    """A header row, then one row per fix. Only the driver id can need quoting (every other
+    value is a number or a time), so it is quoted once per page by the csv module."""
+    yield _csv_line(CSV_COLUMNS)
     async for page in pages():
-        buffer.seek(0)
-        buffer.truncate()
-        writer.writerows(map(_csv_row, page))
-        yield buffer.getvalue()
+        drivers = {row.driver_id: _csv_line((row.driver_id,))[:-2] for row in page[:1]}
+        parts: list[str] = []
+        for row in page:
+            driver = drivers.get(row.driver_id)
+            if driver is None:  # a page is one driver's; stay correct if it were not
+                driver = drivers[row.driver_id] = _csv_line((row.driver_id,))[:-2]
+            parts.append(
+                f"{driver},{utc_iso(row.recorded_at)},{row.latitude!r},{row.longitude!r},"
+                f"{short_decimal(row.speed_mps)},{short_decimal(row.heading_deg)},"
+                f"{short_decimal(row.accuracy_m)},{row.seq}\r\n"
+            )
+        yield "".join(parts)
 
 
-def _csv_row(row: FixRow) -> tuple[object, ...]:
-    return (
-        row.driver_id,
-        utc_iso(row.recorded_at),
-        repr(row.latitude),
-        repr(row.longitude),
-        repr(short_float(row.speed_mps)),
-        repr(short_float(row.heading_deg)),
-        repr(short_float(row.accuracy_m)),
-        row.seq,
-    )
+def _csv_line(values: Sequence[str]) -> str:
+    buffer = io.StringIO()
+    csv.writer(buffer, lineterminator="\r\n").writerow(values)
+    return buffer.getvalue()
 
 
 GPX = DocumentFormat("GPX", "application/gpx+xml", "gpx", write_gpx)

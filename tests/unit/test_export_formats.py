@@ -21,6 +21,7 @@ from services.geo.export_formats import (
     PageSource,
     TrackInfo,
     chunked,
+    short_decimal,
     write_csv,
     write_geojson,
     write_gpx,
@@ -84,7 +85,7 @@ async def test_gpx_validates_and_holds_every_fix_in_order() -> None:
     assert points[1].findtext(f"{GPX}time") == "2026-12-07T08:00:04.250000Z"
     extension = points[0].find(f"{GPX}extensions/{TPX}TrackPointExtension")
     assert extension.findtext(f"{TPX}speed") == "12.3"
-    assert extension.findtext(f"{TPX}course") == "90.0"
+    assert extension.findtext(f"{TPX}course") == "90"
 
 
 async def test_empty_track_is_a_valid_document_of_each_format() -> None:
@@ -101,12 +102,12 @@ async def test_empty_track_is_a_valid_document_of_each_format() -> None:
 
 async def test_gpx_writes_the_antimeridian_and_tiny_numbers_as_the_schema_allows() -> None:
     rows = [_row(0, lat=-0.00001, lng=180.0), _row(1, lat=1e-7, lng=-179.99999)]
-    edge = [replace(r, heading_deg=360.0) for r in rows]
+    edge = [replace(rows[0], heading_deg=360.0), replace(rows[1], heading_deg=359.99999)]
     root = assert_valid_gpx(await _document(write_gpx, edge))
     points = root.findall(f".//{GPX}trkpt")
     assert points[0].get("lon") == "-180.0"  # +180 and -180 are the same meridian
     assert points[0].get("lat") == "-0.00001"  # xsd:decimal has no exponent
-    assert points[0].findtext(f".//{TPX}course") == "0.0"  # 360 reads as north
+    assert [p.findtext(f".//{TPX}course") for p in points] == ["0", "0"]  # north
 
 
 async def test_gpx_escapes_names_and_drops_characters_xml_cannot_hold() -> None:
@@ -121,6 +122,11 @@ def test_xml_text_and_decimals() -> None:
     assert xsd_decimal(1e-7) == "0.0000001"
     assert xsd_decimal(52.52) == "52.52"
     assert float(xsd_decimal(1.2345678901234567e-5)) == 1.2345678901234567e-5
+    # 4-byte floats as the decimals they were sent as, never with an exponent.
+    assert short_decimal(12.300000190734863) == "12.3"
+    assert short_decimal(359.989990234375) == "359.99"
+    assert short_decimal(9.999999747378752e-06) == "0.00001"
+    assert short_decimal(0.0) == "0"
 
 
 async def test_geojson_has_the_line_then_a_point_per_fix_in_lon_lat_order() -> None:

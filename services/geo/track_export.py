@@ -33,6 +33,7 @@ from services.geo.export_formats import (
 )
 from services.geo.track import time_range
 from services.history.store import FixRow, HistoryStore
+from services.observability.metrics import EXPORT_BYTES, EXPORT_FIXES
 
 MAX_RANGE = timedelta(days=31)
 # Rows per keyset page: a few hundred kilobytes of text at most, and few round trips per month.
@@ -125,20 +126,25 @@ async def export_track(
     info = TrackInfo(plan.driver_id, plan.start, plan.end, plan.title)
     content_type = plan.document.content_type
     filename = plan.filename
+    sent = EXPORT_BYTES.labels(plan.document.name)
     async for data in chunked(plan.document.write(info, track_pages(history, plan))):
         yield pb.ExportDriverTrackResponse(
             body={"content_type": content_type, "data": data}, filename=filename
         )
+        sent.inc(len(data))
         filename = ""
 
 
 def track_pages(history: HistoryStore, plan: ExportPlan) -> PageSource:
     """Reads the plan's fixes as keyset pages, oldest first, each time it is called."""
 
+    read = EXPORT_FIXES.labels(plan.document.name)
+
     async def pages() -> AsyncIterator[Sequence[FixRow]]:
         after: tuple[datetime, int] | None = None
         while True:
             rows = await history.fixes_page(plan.driver_id, plan.start, plan.end, after, PAGE_ROWS)
+            read.inc(len(rows))
             if rows:
                 yield rows
             if len(rows) < PAGE_ROWS:

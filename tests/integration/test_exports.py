@@ -15,18 +15,21 @@ import grpc
 import pytest
 from google.protobuf.timestamp_pb2 import Timestamp
 from grpc import aio
+from prometheus_client import REGISTRY
 
 from ridemesh.v1 import geo_query_service_pb2 as pb
 from ridemesh.v1 import geo_query_service_pb2_grpc as pb_grpc
 from services.auth.identity import Identity, Role
 from services.auth.interceptor import AuthInterceptor
 from services.domain.trip_ids import TripSpan, encode_trip_id
+from services.geo import track_export
 from services.geo.export_formats import CHUNK_BYTES, GPX_NAMESPACE
 from services.geo.servicer import GeoQueryServicer
 from services.geo.track_export import PAGE_ROWS
 from services.history.store import FixRow, HistoryStore, create_engine
 from services.server.errors import DomainErrorInterceptor
 from tests.gpx_schema import assert_valid_gpx
+from tests.waiting import until
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio]
 
@@ -265,3 +268,68 @@ async def test_postgres_away_answers_unavailable_before_any_chunk(serve: Stub) -
         assert "content-disposition" not in dict(await call.initial_metadata() or ())
     finally:
         await away.dispose()
+
+
+class CountingStore(HistoryStore):
+    """The real store, counting the pages read and the reads under way."""
+
+    def __init__(self, database_url: str) -> None:
+        super().__init__(create_engine(database_url))
+        self.pages = 0
+        self.in_flight = 0
+
+    async def fixes_page(
+        self,
+        driver_id: str,
+        start: datetime,
+        end: datetime,
+        after: tuple[datetime, int] | None,
+        limit: int,
+    ) -> list[FixRow]:
+        self.pages += 1
+        self.in_flight += 1
+        try:
+            return await super().fixes_page(driver_id, start, end, after, limit)
+        finally:
+            self.in_flight -= 1
+
+
+async def test_a_client_that_goes_away_stops_the_export(
+    serve: Stub,
+    history: HistoryStore,
+    database_url: str,
+    drive: list[FixRow],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(track_export, "PAGE_ROWS", 50)  # 55 pages for the whole range
+    whole_range_pages = FIXES // 50 + 1
+    counting = CountingStore(database_url)
+    try:
+        stub = await serve(counting)
+        call = stub.ExportDriverTrack(_range(), metadata=_token("driver:export-1"))
+        first = await call.read()
+        assert isinstance(first, pb.ExportDriverTrackResponse)
+        call.cancel()
+        await until(lambda: counting.in_flight == 0, timeout=10)
+        read_when_cancelled = counting.pages
+        # A whole export on another server: had the first kept reading, it would have finished
+        # meanwhile.
+        chunks, _ = await _export(await serve(history), _range())
+        assert b"".join(c.body.data for c in chunks).endswith(b"</gpx>\n")
+        assert counting.pages == read_when_cancelled < whole_range_pages
+    finally:
+        await counting.dispose()
+
+
+async def test_exports_are_counted_by_format(
+    serve: Stub, history: HistoryStore, drive: list[FixRow]
+) -> None:
+    def sample(name: str) -> float:
+        return REGISTRY.get_sample_value(name, {"format": "CSV"}) or 0.0
+
+    bytes_before = sample("ridemesh_export_bytes_total")
+    fixes_before = sample("ridemesh_export_fixes_total")
+    chunks, _ = await _export(await serve(history), _range(fmt=pb.EXPORT_FORMAT_CSV))
+    sent = sum(len(c.body.data) for c in chunks)
+    assert sample("ridemesh_export_bytes_total") - bytes_before == sent
+    assert sample("ridemesh_export_fixes_total") - fixes_before == len(drive)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import AsyncIterator
+from contextlib import aclosing
 from typing import Any
 
 import grpc
@@ -193,15 +194,15 @@ class GeoQueryServicer(pb_grpc.GeoQueryServiceServicer):
     ) -> AsyncIterator[pb.ExportDriverTrackResponse]:
         plan = track_export.plan_export(request)
         rules.may_read_track(current_identity(), plan.driver_id)
-        chunks = track_export.export_track(self._history, plan)
-        # Headers wait for the first chunk, so a store that is away still answers UNAVAILABLE
-        # (HTTP 503 through the transcoder) rather than a 200 with an empty body.
-        first = await anext(chunks, None)
-        await context.send_initial_metadata(track_export.content_disposition(plan))
-        if first is not None:
-            yield first
-        async for response in chunks:
-            yield response
+        async with aclosing(track_export.export_track(self._history, plan)) as chunks:
+            # Headers wait for the first chunk, so a store that is away still answers UNAVAILABLE
+            # (HTTP 503 through the transcoder) rather than a 200 with an empty body.
+            first = await anext(chunks, None)
+            await context.send_initial_metadata(track_export.content_disposition(plan))
+            if first is not None:
+                yield first
+            async for response in chunks:
+                yield response
 
     async def ReplayFleet(
         self, request: pb.ReplayFleetRequest, context: Context

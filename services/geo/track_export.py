@@ -13,7 +13,7 @@ Choices a caller can rely on:
 from __future__ import annotations
 
 import re
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -121,7 +121,7 @@ def content_disposition(plan: ExportPlan) -> tuple[tuple[str, str], ...]:
 
 async def export_track(
     history: HistoryStore, plan: ExportPlan
-) -> AsyncIterator[pb.ExportDriverTrackResponse]:
+) -> AsyncGenerator[pb.ExportDriverTrackResponse, None]:
     """The document in chunks: content type on each, the file name on the first."""
     info = TrackInfo(plan.driver_id, plan.start, plan.end, plan.title)
     content_type = plan.document.content_type

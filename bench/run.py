@@ -13,6 +13,7 @@ Scenarios:
                    Socket.io relay; writes the three ratios
   nearby           SearchNearbyDrivers with 100,000 live drivers
   track            GetDriverTrack over 10 million stored rows
+  export           a driver-month (648,000 fixes) downloaded as GPX, GeoJSON and CSV through Envoy
   ingest           rows/s into PostGIS
 """
 
@@ -83,6 +84,8 @@ def scenario_runs(name: str) -> list[Run]:
         return [Run("track", ["bench.track"], 1800)]
     if name == "ingest":
         return [Run("ingest", ["bench.ingest"], 600)]
+    if name == "export":
+        return [Run("export", ["bench.export"], 900)]
     raise SystemExit(f"bench.run: unknown scenario {name!r}; see --help")
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import AsyncIterator
+from contextlib import aclosing
 from typing import Any
 
 import grpc
@@ -17,7 +18,7 @@ from services.auth.interceptor import current_identity
 from services.domain.errors import NotFound
 from services.domain.routing import Router
 from services.domain.validation import required_id
-from services.geo import geofences, webhook_delivery, webhooks
+from services.geo import geofences, track_export, webhook_delivery, webhooks
 from services.geo.eta import estimate_eta
 from services.geo.fence_events import watch_geofence_events
 from services.geo.geofence_store import GeofenceStore
@@ -191,10 +192,17 @@ class GeoQueryServicer(pb_grpc.GeoQueryServiceServicer):
     async def ExportDriverTrack(
         self, request: pb.ExportDriverTrackRequest, context: Context
     ) -> AsyncIterator[pb.ExportDriverTrackResponse]:
-        nothing: tuple[pb.ExportDriverTrackResponse, ...] = ()  # the method is not served yet
-        for response in nothing:
-            yield response
-        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "ExportDriverTrack is not served yet")
+        plan = track_export.plan_export(request)
+        rules.may_read_track(current_identity(), plan.driver_id)
+        async with aclosing(track_export.export_track(self._history, plan)) as chunks:
+            # Headers wait for the first chunk, so a store that is away still answers UNAVAILABLE
+            # (HTTP 503 through the transcoder) rather than a 200 with an empty body.
+            first = await anext(chunks, None)
+            await context.send_initial_metadata(track_export.content_disposition(plan))
+            if first is not None:
+                yield first
+            async for response in chunks:
+                yield response
 
     async def ReplayFleet(
         self, request: pb.ReplayFleetRequest, context: Context

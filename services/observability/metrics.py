@@ -95,6 +95,16 @@ WEBHOOK_CURSOR_RESETS = Counter(
     "Webhook cursors the event log no longer covered (trimmed past them, or Redis lost the log), "
     "moved to the oldest event kept: events in between were never delivered.",
 )
+EXPORT_BYTES = Counter(
+    "ridemesh_export_bytes_total",
+    "Bytes of exported track documents sent (ExportDriverTrack), by format.",
+    ("format",),
+)
+EXPORT_FIXES = Counter(
+    "ridemesh_export_fixes_total",
+    "Stored fixes read for exported track documents, by format (GeoJSON reads each twice).",
+    ("format",),
+)
 GC_PAUSES = Histogram(
     "ridemesh_gc_pause_seconds",
     "How long each cyclic garbage collection stopped the process, by generation.",

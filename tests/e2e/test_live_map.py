@@ -18,11 +18,13 @@ from ridemesh.v1 import geo_query_service_pb2 as pb
 from ridemesh.v1 import geo_query_service_pb2_grpc as geo_grpc
 from services.auth.keys import DevKeys
 from services.domain.geodesy import haversine_m
+from services.geo.export_formats import GPX_NAMESPACE
 from services.ops.mesh.ports import free_port
 from services.ops.mesh.supervisor import Mesh
 from services.ops.simulator.run import Simulation
 from services.ops.simulator.settings import SimSettings
 from services.ops.webapp import WEB_DIST
+from tests.gpx_schema import assert_valid_gpx
 
 pytestmark = pytest.mark.e2e
 
@@ -152,6 +154,15 @@ async def test_the_live_map_shows_a_moving_city_through_envoy(
     )
     assert (await panel.locator(".heading").inner_text()).strip()
     assert (await panel.locator(".age").inner_text()).strip()
+    # The panel downloads the followed driver's last hour (HTTP through Envoy, the page's token).
+    async with page.expect_download(timeout=15_000) as downloading:
+        await panel.locator('button[data-format="EXPORT_FORMAT_GPX"]').click()
+    download = await downloading.value
+    assert download.suggested_filename.endswith(".gpx")
+    saved = Path(await download.path())
+    track = assert_valid_gpx(await asyncio.to_thread(saved.read_bytes))
+    assert followed in track.findtext(f"{{{GPX_NAMESPACE}}}trk/{{{GPX_NAMESPACE}}}name")
+    assert track.findall(f".//{{{GPX_NAMESPACE}}}trkpt")
 
     # A ride's state changes on the page, and a zone event arrives.
     await page.wait_for_function(

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import base64
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+from google.api import annotations_pb2  # type: ignore[import-untyped]
+from google.protobuf import descriptor_pool
+from google.protobuf.descriptor_pb2 import FileDescriptorSet
 
 from services.auth.keys import ensure_dev_keys
 from services.ops.mesh.envoy_config import EnvoyConfig, EnvoyJwt, EnvoyTls, render_config
@@ -15,6 +19,7 @@ from tests.certs import make_server_cert
 
 HCM = "envoy.filters.network.http_connection_manager"
 H2_OPTIONS = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
+TRANSCODER = "envoy.filters.http.grpc_json_transcoder"
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +64,7 @@ def test_routes_send_each_service_to_its_cluster(config: dict[str, Any]) -> None
     table = {
         r["match"]["prefix"]: r["route"]["cluster"]
         for r in _routes(config)
-        if "prefix" in r["match"]
+        if "prefix" in r["match"] and "route" in r
     }
     streams = {
         r["match"]["path"]: r["route"]["cluster"] for r in _routes(config) if "path" in r["match"]
@@ -82,14 +87,17 @@ def test_streams_are_never_cut_by_timeouts(config: dict[str, Any]) -> None:
     assert hcm["request_timeout"] == "0s"
     assert hcm["codec_type"] == "AUTO"
     assert "connection_keepalive" in hcm["http2_protocol_options"]
-    assert all(r["route"]["timeout"] == "0s" for r in _routes(config))
+    assert all(r["route"]["timeout"] == "0s" for r in _routes(config) if "route" in r)
 
 
-def test_filters_run_grpc_web_then_cors_then_router(config: dict[str, Any]) -> None:
+def test_filters_run_grpc_web_then_cors_then_transcoder_then_router(
+    config: dict[str, Any],
+) -> None:
     names = [f["name"] for f in _hcm(config)["http_filters"]]
     assert names == [
         "envoy.filters.http.grpc_web",
         "envoy.filters.http.cors",
+        TRANSCODER,
         "envoy.filters.http.router",
     ]
 
@@ -182,6 +190,7 @@ def test_jwt_authn_sits_between_cors_and_router(tmp_path: Path) -> None:
         "envoy.filters.http.grpc_web",
         "envoy.filters.http.cors",
         JWT_AUTHN,
+        TRANSCODER,
         "envoy.filters.http.router",
     ]
 
@@ -255,7 +264,7 @@ def test_without_the_page_there_is_no_web_cluster_and_every_path_needs_a_token(
     )
     loaded = yaml.safe_load(rendered)
     assert "web" not in _clusters(loaded)
-    assert all(r["route"]["cluster"] != "web" for r in _routes(loaded))
+    assert all(r["route"]["cluster"] != "web" for r in _routes(loaded) if "route" in r)
     assert _jwt_rules(loaded)[-1] == {
         "match": {"prefix": "/"},
         "requires": {"provider_name": "ridemesh"},
@@ -279,12 +288,15 @@ def test_the_page_gets_every_other_get_and_needs_no_token_while_grpc_still_does(
     assert page["route"]["cluster"] == "web"
     assert page["match"]["prefix"] == "/"
     assert page["match"]["headers"][0]["string_match"]["safe_regex"]["regex"] == "GET|HEAD"
-    # Every gRPC route comes before it, so no gRPC path reaches the page.
-    assert all(r["route"]["cluster"] != "web" for r in _routes(loaded)[:-1])
+    # Every gRPC route comes before it, so no gRPC path reaches the page; nor does a /v1/ path.
+    assert all(r["route"]["cluster"] != "web" for r in _routes(loaded)[:-1] if "route" in r)
+    assert _routes(loaded)[-2]["match"] == {"prefix": "/v1/"}
+    assert _routes(loaded)[-2]["direct_response"]["status"] == 404
     rules = _jwt_rules(loaded)
     required = {"provider_name": "ridemesh"}
-    grpc_rules = [r for r in rules if r["match"].get("prefix") in ("/ridemesh.", "/grpc.")]
-    assert [r["requires"] for r in grpc_rules] == [required, required]
+    api = ("/ridemesh.", "/grpc.", "/v1/")
+    grpc_rules = [r for r in rules if r["match"].get("prefix") in api]
+    assert [r["requires"] for r in grpc_rules] == [required, required, required]
     open_get = next(i for i, r in enumerate(rules) if "headers" in r["match"])
     assert "requires" not in rules[open_get]
     assert all(rules.index(r) < open_get for r in grpc_rules)
@@ -292,3 +304,47 @@ def test_the_page_gets_every_other_get_and_needs_no_token_while_grpc_still_does(
     validate_path = tmp_path / "envoy.yaml"
     validate_path.write_text(render_config(web))
     validate_config(validate_path)
+
+
+def _transcoder(config: dict[str, Any]) -> dict[str, Any]:
+    (transcoder,) = [f for f in _hcm(config)["http_filters"] if f["name"] == TRANSCODER]
+    typed: dict[str, Any] = transcoder["typed_config"]
+    return typed
+
+
+def test_the_transcoder_serves_the_geo_bindings_and_converts_errors(
+    config: dict[str, Any],
+) -> None:
+    typed = _transcoder(config)
+    assert typed["services"] == ["ridemesh.v1.GeoQueryService"]
+    assert typed["convert_grpc_status"] is True
+    assert typed["request_validation_options"] == {"reject_unknown_query_parameters": True}
+    assert "auto_mapping" not in typed  # only the protos' own bindings, no POST-JSON for all
+
+
+def test_the_descriptor_set_holds_the_api_with_every_import_before_its_user(
+    config: dict[str, Any],
+) -> None:
+    files = FileDescriptorSet.FromString(
+        base64.b64decode(_transcoder(config)["proto_descriptor_bin"])
+    ).file
+    names = [f.name for f in files]
+    assert len(names) == len(set(names))
+    for position, file in enumerate(files):
+        assert set(file.dependency) <= set(names[:position]), file.name
+    assert {
+        "ridemesh/v1/geo_query_service.proto",
+        "google/api/annotations.proto",
+        "google/api/http.proto",
+        "google/api/httpbody.proto",
+        "google/protobuf/descriptor.proto",
+    } <= set(names)
+    pool = descriptor_pool.DescriptorPool()
+    for file in files:
+        pool.Add(file)
+    method = pool.FindMethodByName("ridemesh.v1.GeoQueryService.ExportDriverTrack")
+    assert method.GetOptions().HasExtension(annotations_pb2.http)
+    rule = method.GetOptions().Extensions[annotations_pb2.http]
+    assert rule.get == "/v1/drivers/{driver_id}/track:export"
+    assert rule.response_body == "body"
+    assert [b.get for b in rule.additional_bindings] == ["/v1/trips/{trip_id}:export"]

@@ -109,6 +109,7 @@ def test_rate_limit_runs_before_token_checks_and_the_router(tmp_path: Path) -> N
         "envoy.filters.http.cors",
         RATE_LIMIT,
         "envoy.filters.http.jwt_authn",
+        "envoy.filters.http.grpc_json_transcoder",
         "envoy.filters.http.router",
     ]
 

@@ -5,6 +5,7 @@ import { Status } from "./status";
 import { createMap } from "./map";
 import { Drivers, watchVisibleDrivers } from "./drivers";
 import { DriverPanel } from "./panel";
+import { addTrackDownloads } from "./exports";
 import { Rides } from "./rides";
 import { EventFeed, Zones, watchZoneEvents } from "./zones";
 import { Webhooks } from "./webhooks";
@@ -66,6 +67,7 @@ async function main(): Promise<void> {
   let panel: DriverPanel | null = null;
   const drivers = new Drivers(map, byId("driver-count"), (id) => panel?.follow(id));
   panel = new DriverPanel(api, map, drivers, byId("driver-panel"));
+  addTrackDownloads(api, byId("driver-panel"));
   watchVisibleDrivers(api, map, drivers, note("drivers"));
   new Zones(api, map, layers).start();
   const feed = new EventFeed(byId("zone-events"));

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -9,6 +10,7 @@ from pathlib import Path
 from string import Template
 
 from ridemesh.v1 import geo_query_service_pb2, location_service_pb2, ride_service_pb2
+from services.ops.mesh.api_descriptors import descriptor_set
 
 TEMPLATE = Path(__file__).resolve().parents[3] / "envoy" / "envoy.yaml.tmpl"
 CLUSTERS = ("location", "ride", "geo")
@@ -28,6 +30,10 @@ _LOCAL_RATE_LIMIT = TYPE_PREFIX + "envoy.extensions.filters.http.local_ratelimit
 JWT_PROVIDER = "ridemesh"
 OPEN_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
 GRPC_PREFIXES = ("/ridemesh.", "/grpc.")
+# Plain HTTP (the transcoder's bindings, `google.api.http` in the protos): every path is under it.
+HTTP_API_PREFIX = "/v1/"
+# The services whose HTTP bindings Envoy serves (only GeoQueryService has any: exports).
+TRANSCODED_SERVICES = ("GeoQueryService",)
 # GET and HEAD: what a browser loading the page sends; gRPC and gRPC-Web are always POST.
 _SAFE_METHOD = {"name": ":method", "string_match": {"safe_regex": {"regex": "GET|HEAD"}}}
 
@@ -119,7 +125,8 @@ def _jwt_filter(jwt: EnvoyJwt | None, static_open: bool = False) -> str:
     rules: list[dict[str, object]] = [{"match": {"prefix": p}} for p in opened]
     if static_open:
         # The page and its files are public; every gRPC path (always a POST) still needs a token.
-        rules += [{"match": {"prefix": p}, "requires": required} for p in GRPC_PREFIXES]
+        api = (*GRPC_PREFIXES, HTTP_API_PREFIX)
+        rules += [{"match": {"prefix": p}, "requires": required} for p in api]
         rules.append({"match": {"prefix": "/", "headers": [_SAFE_METHOD]}})
     rules.append({"match": {"prefix": "/"}, "requires": required})
     typed = {
@@ -169,6 +176,41 @@ def _route_rate_limit(limit: EnvoyRateLimit) -> dict[str, object]:
     }
 
 
+def _transcoder_filter() -> str:
+    """The gRPC-JSON transcoder as one YAML flow list item: GETs on the protos' HTTP bindings
+    (`/v1/...`) become gRPC calls; gRPC and gRPC-Web (already gRPC after grpc_web) pass through.
+    A streamed google.api.HttpBody answer goes out as raw bytes with its own content type, and a
+    gRPC error as its HTTP status with a JSON body."""
+    services = [API_SERVICES["geo"].file.services_by_name[name] for name in TRANSCODED_SERVICES]
+    files = {service.file.name: service.file for service in services}
+    typed = {
+        "@type": TYPE_PREFIX
+        + "envoy.extensions.filters.http.grpc_json_transcoder.v3.GrpcJsonTranscoder",
+        "proto_descriptor_bin": base64.b64encode(descriptor_set(*files.values())).decode(),
+        "services": [service.full_name for service in services],
+        "convert_grpc_status": True,
+        # A misspelt query parameter is a 400 naming it, not a request that silently ignores it
+        # (or, passed through untranscoded, reaches the 404 route below).
+        "request_validation_options": {"reject_unknown_query_parameters": True},
+    }
+    return "- " + json.dumps(
+        {"name": "envoy.filters.http.grpc_json_transcoder", "typed_config": typed}
+    )
+
+
+def _unknown_http_path() -> dict[str, object]:
+    """A /v1/ path no binding matches: a JSON 404 (before the web route would serve it a page).
+    Transcoded requests never reach it: the transcoder re-routes them on their gRPC path."""
+    body = {"code": 5, "message": "no such HTTP API path: see the google.api.http bindings"}
+    return {
+        "match": {"prefix": HTTP_API_PREFIX},
+        "direct_response": {"status": 404, "body": {"inline_string": json.dumps(body)}},
+        "response_headers_to_add": [
+            {"header": {"key": "content-type", "value": "application/json"}}
+        ],
+    }
+
+
 def _routes(limit: EnvoyRateLimit | None, web: bool = False) -> str:
     """Routes as a YAML flow list: streaming methods by exact path (never rate limited, never
     timed out), then each service's prefix, rate limited when a limit is set; last, with `web`,
@@ -191,6 +233,7 @@ def _routes(limit: EnvoyRateLimit | None, web: bool = False) -> str:
         routes.append(unary)
     for prefix in ("/grpc.reflection.", "/grpc.health.v1.Health/"):
         routes.append({"match": {"prefix": prefix}, "route": {"cluster": "location", **action}})
+    routes.append(_unknown_http_path())
     if web:
         page = {"match": {"prefix": "/", "headers": [_SAFE_METHOD]}, "route": {"cluster": "web"}}
         routes.append(page)
@@ -314,6 +357,7 @@ def render_config(config: EnvoyConfig, template: Path = TEMPLATE) -> str:
         "rate_limit_filter": _rate_limit_filter(config.rate_limit),
         "routes": _routes(config.rate_limit, web=config.web_port is not None),
         "jwt_authn_filter": _jwt_filter(config.jwt, static_open=config.web_port is not None),
+        "transcoder_filter": _transcoder_filter(),
         "web_cluster": _web_cluster(config.web_port, config.upstream_host, dns),
         "tls_transport_socket": _tls_socket(config.tls),
         "stats_listener": _stats_listener(config),

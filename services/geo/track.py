@@ -48,6 +48,8 @@ _TOKEN = struct.Struct("!B8sqqdd")
 _TOKEN_VERSION = 1
 
 Position = tuple[float, float]  # (latitude, longitude) in degrees
+# Requests with the same start_time and end_time fields, validated alike.
+RangeRequest = pb.GetDriverTrackRequest | pb.ListDriverTripsRequest | pb.GetTripSummaryRequest
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,7 +91,7 @@ async def get_driver_track(
     return response
 
 
-def time_range(request: pb.GetDriverTrackRequest) -> tuple[datetime, datetime]:
+def time_range(request: RangeRequest) -> tuple[datetime, datetime]:
     """[start, end) from the request; both required, end after start."""
     if not request.HasField("start_time"):
         raise InvalidArgument("start_time is required")

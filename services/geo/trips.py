@@ -34,7 +34,9 @@ DEFAULT_PAGE_SIZE = 100
 MAX_PAGE_SIZE = 1_000
 MAX_RANGE = timedelta(days=31)
 # Fixes per keyset read: large pages keep round trips few over a driver-month (~650k rows).
-FETCH_ROWS = 20_000
+# A page of trips starts with small reads that double, so it reads little past its last trip.
+FETCH_ROWS = 32_768
+FIRST_FETCH_ROWS = 2_048
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _BAD_TOKEN = (
@@ -89,7 +91,9 @@ async def list_driver_trips(
     rides = await ride_spans(history, query.driver_id, query.start, query.end)
     detector = TripDetector(settings, rides)
     page = _Page(size, after)
-    pages = history.motion_pages(query.driver_id, query.start, query.end, resume, FETCH_ROWS)
+    pages = history.motion_pages(
+        query.driver_id, query.start, query.end, resume, FETCH_ROWS, FIRST_FETCH_ROWS
+    )
     async for fixes in pages:
         if page.take(detector.push(fixes)):
             await pages.aclose()

@@ -312,26 +312,30 @@ class HistoryStore:
         end: datetime,
         first: FixKey | None,
         page_rows: int,
+        first_rows: int | None = None,
     ) -> AsyncGenerator[list[Fix]]:
         """A driver's fixes in [start, end) from the key `first` on (inclusive; None: from
         `start`), in (recorded_at, seq) order, as keyset pages of up to `page_rows`. The next
-        page is fetched while the caller works on the current one."""
+        page is fetched while the caller works on the current one. With `first_rows`, pages
+        start that small and double up to `page_rows`: a caller that may stop early (a page of
+        trips) reads little past where it stops."""
+        rows = page_rows if first_rows is None else min(first_rows, page_rows)
         if first is None:
             lower, seq = start, _LOWEST_SEQ
         else:
             lower, seq = max(start, _EPOCH + timedelta(microseconds=first[0])), first[1] - 1
         fetch: asyncio.Task[list[Fix]] | None = asyncio.ensure_future(
-            self._motion_page(driver_id, lower, end, seq, page_rows)
+            self._motion_page(driver_id, lower, end, seq, rows)
         )
         try:
             while fetch is not None:
                 page = await fetch
                 fetch = None
-                if len(page) == page_rows:
-                    last = page[-1]
+                if len(page) == rows:
+                    last, rows = page[-1], min(2 * rows, page_rows)
                     after = _EPOCH + timedelta(microseconds=last.micros)
                     fetch = asyncio.ensure_future(
-                        self._motion_page(driver_id, after, end, last.seq, page_rows)
+                        self._motion_page(driver_id, after, end, last.seq, rows)
                     )
                 yield page
         finally:
@@ -345,7 +349,8 @@ class HistoryStore:
         # The key's time is the lower bound too, so later pages prune earlier partitions.
         async with self._driver_connection() as apg:
             records = await apg.fetch(SELECT_MOTION_PAGE, driver_id, after, end, after_seq, limit)
-        return [Fix(*record) for record in records]
+        make = Fix._make  # from the record as it is: half the cost of Fix(*record)
+        return [make(record) for record in records]
 
     @asynccontextmanager
     async def connection(self) -> AsyncIterator[Any]:

@@ -19,10 +19,11 @@ Memory: a candidate stop holds its fixes until it is confirmed or broken, so at 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from services.domain.geodesy import haversine_m
+from services.domain.geodesy import EARTH_RADIUS_M, haversine_m
 from services.domain.trip_pieces import (
     Fix,
     FixKey,
@@ -34,9 +35,21 @@ from services.domain.trip_pieces import (
     key_of,
 )
 
-__all__ = ["Fix", "FixKey", "RideSpan", "Stop", "Trip", "TripDetector", "TripSettings", "key_of"]
+__all__ = [
+    "Fix",
+    "FixKey",
+    "RideSpan",
+    "Stop",
+    "Trip",
+    "TripDetector",
+    "TripSettings",
+    "key_of",
+    "within_radius",
+]
 
 _MICROS = 1_000_000
+_M_PER_DEG = math.radians(EARTH_RADIUS_M)  # metres per degree of a great circle
+_FLAT_MAX_LAT = 85.0  # nearer the poles the flat distance is left to haversine
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,6 +65,28 @@ class Stop:
 
 
 Event = Trip | Stop
+
+
+def within_radius(anchor: Fix, fix: Fix, radius_m: float) -> bool:
+    """Whether `fix` is within `radius_m` of `anchor` (great-circle). Hot path: once per fix."""
+    # A flat-Earth distance is exact to far under 1% this close to the anchor, and cheaper;
+    # haversine decides near the radius and near the poles. Far away both say outside.
+    d_lng = fix.longitude - anchor.longitude
+    if d_lng > 180.0:
+        d_lng -= 360.0
+    elif d_lng < -180.0:
+        d_lng += 360.0
+    mid_lat = 0.5 * (fix.latitude + anchor.latitude)
+    if -_FLAT_MAX_LAT < mid_lat < _FLAT_MAX_LAT:
+        x = d_lng * math.cos(math.radians(mid_lat))
+        y = fix.latitude - anchor.latitude
+        flat = _M_PER_DEG * math.sqrt(x * x + y * y)
+        if flat < 0.99 * radius_m:
+            return True
+        if flat > 1.01 * radius_m:
+            return False
+    metres = haversine_m(anchor.latitude, anchor.longitude, fix.latitude, fix.longitude)
+    return metres <= radius_m
 
 
 class _Stay:
@@ -108,8 +143,7 @@ class TripDetector:
         return out
 
     def _within(self, anchor: Fix, fix: Fix) -> bool:
-        metres = haversine_m(anchor.latitude, anchor.longitude, fix.latitude, fix.longitude)
-        return metres <= self._s.stop_radius_m
+        return within_radius(anchor, fix, self._s.stop_radius_m)
 
     def _candidate_fix(self, fix: Fix) -> None:
         candidate = self._candidate

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 import tracemalloc
 from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
@@ -18,8 +19,9 @@ from services.domain.trips import (
     TripDetector,
     TripSettings,
     key_of,
+    within_radius,
 )
-from tests.trip_days import Day, micros
+from tests.trip_days import Day, destination, micros
 
 SETTINGS = TripSettings()
 T0 = datetime(2026, 12, 7, 8, 0, tzinfo=UTC)
@@ -208,3 +210,19 @@ def test_memory_stays_bounded_over_days_of_fixes() -> None:
     assert count > 40
     # One day of the generator's fixes alone is far more than this; the detector holds none.
     assert peak < 4 * 1024 * 1024
+
+
+def test_the_quick_radius_check_agrees_with_haversine_everywhere() -> None:
+    rng = random.Random(5)
+    anchors = [(0.0, 179.9999), (-16.5, -179.9999), (84.9, 10.0), (89.99, 0.0), (-89.99, 45.0)]
+    anchors += [(rng.uniform(-90, 90), rng.uniform(-180, 180)) for _ in range(200)]
+    checked = 0
+    for lat, lng in anchors:
+        anchor = Fix(0, 0, lat, lng, 0.0)
+        for metres in (0.0, 10.0, 49.0, 49.9, 50.1, 51.0, 200.0, 5e6):
+            to_lat, to_lng = destination(lat, lng, rng.uniform(0, 360), metres)
+            fix = Fix(0, 0, to_lat, to_lng, 0.0)
+            exact = haversine_m(lat, lng, to_lat, to_lng) <= 50.0
+            assert within_radius(anchor, fix, 50.0) is exact, (lat, lng, metres)
+            checked += 1
+    assert checked == 205 * 8

@@ -26,7 +26,8 @@ from typing import Any
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from bench.stream import mesh_token, migrate
+from bench.procstat import usage_of
+from bench.stream import mesh_roots, mesh_token, migrate
 from ridemesh.v1 import geo_query_service_pb2 as pb
 from ridemesh.v1 import geo_query_service_pb2_grpc as geo_grpc
 from services.auth.tokens import bearer_channel
@@ -63,9 +64,13 @@ class Month:
         self.lat, self.lng = CENTRE
 
     def rows(self) -> Iterator[FixRow]:
+        last = self.first_day
         for day in range(self.days):
-            start = self.first_day + timedelta(days=day, hours=7)
-            yield from self._day(start, start + timedelta(hours=self.hours))
+            # A day starts at 07:00, or when the last one's final drive ended (24-hour days).
+            start = max(self.first_day + timedelta(days=day, hours=7), last)
+            for row in self._day(start, start + timedelta(hours=self.hours)):
+                last = row.recorded_at
+                yield row
 
     def _fix(self, t: datetime, speed: float, jitter_m: float) -> FixRow:
         self.seq += 1
@@ -140,17 +145,27 @@ def _timestamp(moment: datetime) -> Timestamp:
     return stamp
 
 
-async def timed(runs: int, call: Callable[[], Awaitable[dict[str, Any]]]) -> dict[str, Any]:
-    """Runs `call` once to warm up, then `runs` times; seconds per run and what it returned."""
+async def timed(
+    runs: int, call: Callable[[], Awaitable[dict[str, Any]]], roots: list[tuple[str, int]]
+) -> dict[str, Any]:
+    """Runs `call` once to warm up, then `runs` times: wall seconds per run, CPU seconds per run
+    of each mesh process and of this one (less disturbed than wall time on a shared machine),
+    and what the call returned."""
     await call()
     seconds, last = [], {}
+    before, own_before = usage_of(roots), time.process_time()
     for _ in range(runs):
         start = time.perf_counter()
         last = await call()
         seconds.append(time.perf_counter() - start)
+    after, own_s = usage_of(roots), time.process_time() - own_before
+    cpu = {name: (after[name].cpu_s - before[name].cpu_s) / runs for name in after}
+    cpu["bench"] = own_s / runs
     return {
         "seconds": [round(s, 3) for s in seconds],
         "median_s": round(statistics.median(seconds), 3),
+        "cpu_s_per_run": {name: round(v, 3) for name, v in cpu.items() if v >= 0.005},
+        "peak_rss_mib": {name: round(after[name].hwm_kib / 1024, 1) for name in after},
         **last,
     }
 
@@ -163,6 +178,7 @@ async def measure(
     start, end = _timestamp(first_day), _timestamp(first_day + timedelta(days=days))
     summary_request = pb.GetTripSummaryRequest(driver_id=DRIVER, start_time=start, end_time=end)
     history = HistoryStore(create_engine(mesh.database_url))
+    roots = mesh_roots(mesh)
     results: dict[str, Any] = {}
     try:
         async with bearer_channel(mesh.envoy.address, mesh_token(mesh)) as channel:
@@ -195,10 +211,10 @@ async def measure(
                 reply = await get_trip_summary(history, summary_request, TripSettings())
                 return {"fixes": reply.fix_count}
 
-            results["summary_envoy"] = await timed(args.runs, summary)
-            results["list_all_pages_100_envoy"] = await timed(args.runs, all_pages(100))
-            results["list_all_pages_1000_envoy"] = await timed(args.runs, all_pages(1_000))
-            results["summary_in_process"] = await timed(args.runs, in_process)
+            results["summary_envoy"] = await timed(args.runs, summary, roots)
+            results["list_all_pages_100_envoy"] = await timed(args.runs, all_pages(100), roots)
+            results["list_all_pages_1000_envoy"] = await timed(args.runs, all_pages(1_000), roots)
+            results["summary_in_process"] = await timed(args.runs, in_process, roots)
             if args.profile:
                 await profile(in_process)
     finally:

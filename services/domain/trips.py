@@ -13,8 +13,9 @@ The rules (defaults in TripSettings, described for users in docs/history.md):
 - A ride's assignment, pickup and end cut a trip into pieces, each naming its ride
   (trip_pieces.RideClock); stops are not cut.
 
-Memory: a candidate stop holds its fixes until it is confirmed or broken, so at most
-`min_stop_s` of fixes (45 at one every 4 s); everything else is running totals.
+Memory: a candidate stop holds its fixes until it is confirmed or broken, at most twice
+`min_stop_s` of fixes (90 at one every 4 s), and a stop being left at most
+`max_departure_fixes`; everything else is running totals.
 """
 
 from __future__ import annotations

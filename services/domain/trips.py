@@ -157,8 +157,14 @@ class TripDetector:
         candidate.append(fix)
         if still and self._first_still < 0:
             self._first_still = len(candidate) - 1
+        min_stop = self._s.min_stop_s * _MICROS
         begin = candidate[max(self._first_still, 0)]
-        if fix.micros - begin.micros >= self._s.min_stop_s * _MICROS:
+        # Confirmed at a still fix min_stop after the first (any fix when none is still), or
+        # in any case once the candidate is twice that old, which bounds what it holds.
+        long_enough = fix.micros - begin.micros >= min_stop
+        if (long_enough and (still or self._first_still < 0)) or (
+            fix.micros - candidate[0].micros >= 2 * min_stop
+        ):
             self._confirm()
 
     def _confirm(self) -> None:
@@ -195,7 +201,8 @@ class TripDetector:
     def _leave(self, stay: _Stay) -> None:
         """The stop is over: it ends at its last still fix, where the next drive starts."""
         self._stay = None
-        self._add_stop(Stop(stay.first, stay.last))
+        if stay.last.micros > stay.first.micros:  # not when no fix but the first stood still
+            self._add_stop(Stop(stay.first, stay.last))
         # Detection restarted at the stop's anchor finds this stop, then the same drive.
         self._movement.resume_from = key_of(stay.anchor)
         self._movement.move(stay.last)

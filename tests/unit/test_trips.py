@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import random
 import tracemalloc
 from collections.abc import Iterator, Sequence
@@ -226,3 +227,42 @@ def test_the_quick_radius_check_agrees_with_haversine_everywhere() -> None:
             assert within_radius(anchor, fix, 50.0) is exact, (lat, lng, metres)
             checked += 1
     assert checked == 205 * 8
+
+
+def random_day(seed: int) -> tuple[Day, list[RideSpan]]:
+    """A day of random stops, halts, drives (some too short to be trips), gaps and rides."""
+    rng = random.Random(seed)
+    day = Day(rng.uniform(-70, 70), rng.uniform(-180, 180), T0, seed=seed)
+    report = rng.random() < 0.7
+    for _ in range(rng.randrange(4, 12)):
+        step = rng.random()
+        if step < 0.35:
+            day.park(rng.choice([60, 150, 200, 400, 900]), jitter_m=rng.uniform(0, 12))
+        elif step < 0.8:
+            day.turn(rng.uniform(0, 360))
+            day.drive(
+                rng.choice([80, 150, 400, 2_000, 6_000]), rng.uniform(2, 20), report_speed=report
+            )
+        else:
+            day.gap(rng.choice([300, 700, 3_000]))
+    rides, t = [], at(0)
+    while t < day.now:
+        t += rng.randrange(200, 2_000) * US
+        picked, ended = t + rng.randrange(0, 900) * US, t + rng.randrange(900, 3_000) * US
+        rides.append(RideSpan(f"r{t}", t, picked if rng.random() < 0.8 else None, ended))
+        t = ended
+    return day, rides
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_random_days_keep_the_invariants_and_resume_exactly(seed: int) -> None:
+    day, rides = random_day(seed)
+    events = detect(day.fixes, rides)
+    for before, after in itertools.pairwise(events):
+        assert key_of(before.last) <= key_of(after.first)  # in time order, never overlapping
+    for event in events:
+        assert event.last.micros > event.first.micros
+    for index, event in enumerate(events):
+        if isinstance(event, Trip):
+            assert event.fix_count >= 2
+            assert resumed(day.fixes, event, rides) == events[index + 1 :]

@@ -47,6 +47,7 @@ class TripSettings:
     speed_window_m: float = 100.0  # implied speeds are averaged over at least this much path
     max_plausible_speed_mps: float = 70.0  # faster speeds are GPS errors (252 km/h)
     max_departure_fixes: int = 64  # moving fixes held while leaving a stop's radius
+    max_reported_leg_s: float = 30.0  # a longer leg is moving only if its distance says so
 
 
 @dataclass(frozen=True, slots=True)
@@ -235,7 +236,10 @@ class Movement:
         if not reported and metres < s.gps_noise_m:
             return 0.0
         since_ref_s = (fix.micros - ref.micros) / _MICROS
-        if reported or (since_ref_s > 0 and metres / since_ref_s >= s.moving_speed_mps):
+        # A speed is of its moment: after minutes without fixes it says nothing of the minutes.
+        if (reported and dt_s <= s.max_reported_leg_s) or (
+            since_ref_s > 0 and metres / since_ref_s >= s.moving_speed_mps
+        ):
             piece.moving_s += dt_s
         piece.ref = fix
         piece.distance_m += metres

@@ -266,3 +266,13 @@ def test_random_days_keep_the_invariants_and_resume_exactly(seed: int) -> None:
         if isinstance(event, Trip):
             assert event.fix_count >= 2
             assert resumed(day.fixes, event, rides) == events[index + 1 :]
+
+
+def test_minutes_without_fixes_inside_a_trip_are_not_moving_time() -> None:
+    # Stands a minute, the app is quiet 3 minutes (neither a stop nor a gap), then drives on.
+    day = Day(52.52, 13.405, T0).park(300).drive(2_000).park(60).gap(180).drive(2_000).park(300)
+    (trip,) = trips(detect(day.fixes))
+    assert (trip.first.micros, trip.last.micros) == (at(300), at(944))
+    assert trip.distance_m == pytest.approx(4_000, abs=8)
+    # The quiet leg's end fix reports 10 m/s, but it covers 40 m in 184 s: not moving.
+    assert trip.moving_s == 200 + 196

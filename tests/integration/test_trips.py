@@ -17,11 +17,12 @@ from ridemesh.v1 import geo_query_service_pb2_grpc as pb_grpc
 from services.auth.identity import Identity, Role
 from services.auth.interceptor import AuthInterceptor
 from services.domain.trip_ids import TripSpan, decode_trip_id
-from services.domain.trips import Fix
+from services.domain.trips import Fix, RideSpan
 from services.geo.servicer import GeoQueryServicer
+from services.history.ride_spans import ride_spans
 from services.history.store import FixRow, HistoryStore, create_engine
 from services.server.errors import DomainErrorInterceptor
-from tests.trip_days import Day, moment
+from tests.trip_days import Day, micros, moment
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio]
 
@@ -319,3 +320,31 @@ async def test_a_database_that_is_away_is_unavailable() -> None:
         await away.dispose()
     assert caught.value.code() is grpc.StatusCode.UNAVAILABLE
     assert "PostgreSQL" in (caught.value.details() or "")
+
+
+async def test_ride_spans_are_the_drivers_rides_that_overlap_the_range(
+    store: HistoryStore,
+) -> None:
+    driver = "spans-1"
+    async with store.connection() as apg:
+        for ride_id, final, times_ in (
+            ("before", "RIDE_STATE_COMPLETED", (at(-900), at(-800), at(-700))),
+            ("across-start", "RIDE_STATE_COMPLETED", (at(-100), at(50), at(200))),
+            ("open", "RIDE_STATE_IN_PROGRESS", (at(1_000), at(1_100), None)),
+            ("cancelled", "RIDE_STATE_CANCELLED", (at(2_000), None, at(2_100))),
+            ("after", "RIDE_STATE_COMPLETED", (at(9_000), at(9_100), at(9_200))),
+        ):
+            assigned, started, ended = times_
+            events = {"RIDE_STATE_DRIVER_ASSIGNED": assigned}
+            if started is not None:
+                events["RIDE_STATE_IN_PROGRESS"] = started
+            if ended is not None:
+                events[final] = ended
+            await add_ride(apg, f"{driver}-{ride_id}", driver, final, events)
+    spans = await ride_spans(store, driver, at(0), at(3_600))
+    us = micros
+    assert spans == [
+        RideSpan(f"{driver}-across-start", us(at(-100)), us(at(50)), us(at(200))),
+        RideSpan(f"{driver}-open", us(at(1_000)), us(at(1_100)), None),
+        RideSpan(f"{driver}-cancelled", us(at(2_000)), None, us(at(2_100))),
+    ]

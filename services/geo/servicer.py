@@ -17,8 +17,9 @@ from services.auth import rules
 from services.auth.interceptor import current_identity
 from services.domain.errors import NotFound
 from services.domain.routing import Router
+from services.domain.trips import TripSettings
 from services.domain.validation import required_id
-from services.geo import geofences, track_export, webhook_delivery, webhooks
+from services.geo import geofences, track_export, trips, webhook_delivery, webhooks
 from services.geo.eta import estimate_eta
 from services.geo.fence_events import watch_geofence_events
 from services.geo.geofence_store import GeofenceStore
@@ -64,6 +65,7 @@ class GeoQueryServicer(pb_grpc.GeoQueryServiceServicer):
         self._events = events
         self._router = router
         self._redis = redis
+        self._trip_settings = TripSettings()
 
     async def SearchNearbyDrivers(
         self, request: pb.SearchNearbyDriversRequest, context: Context
@@ -182,12 +184,14 @@ class GeoQueryServicer(pb_grpc.GeoQueryServiceServicer):
     async def ListDriverTrips(
         self, request: pb.ListDriverTripsRequest, context: Context
     ) -> pb.ListDriverTripsResponse:
-        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "ListDriverTrips is not served yet")
+        rules.may_read_track(current_identity(), request.driver_id)
+        return await trips.list_driver_trips(self._history, request, self._trip_settings)
 
     async def GetTripSummary(
         self, request: pb.GetTripSummaryRequest, context: Context
     ) -> pb.GetTripSummaryResponse:
-        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "GetTripSummary is not served yet")
+        rules.may_read_track(current_identity(), request.driver_id)
+        return await trips.get_trip_summary(self._history, request, self._trip_settings)
 
     async def ExportDriverTrack(
         self, request: pb.ExportDriverTrackRequest, context: Context

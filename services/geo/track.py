@@ -48,6 +48,15 @@ _TOKEN = struct.Struct("!B8sqqdd")
 _TOKEN_VERSION = 1
 
 Position = tuple[float, float]  # (latitude, longitude) in degrees
+# Requests with the same start_time and end_time fields, validated alike.
+RangeRequest = (
+    pb.GetDriverTrackRequest
+    | pb.ListDriverTripsRequest
+    | pb.GetTripSummaryRequest
+    | pb.ExportDriverTrackRequest
+)
+# Reads that summarise or copy a range of history (trips, summaries, exports) span at most this.
+MAX_HISTORY_RANGE = timedelta(days=31)
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,7 +98,7 @@ async def get_driver_track(
     return response
 
 
-def time_range(request: pb.GetDriverTrackRequest) -> tuple[datetime, datetime]:
+def time_range(request: RangeRequest) -> tuple[datetime, datetime]:
     """[start, end) from the request; both required, end after start."""
     if not request.HasField("start_time"):
         raise InvalidArgument("start_time is required")
@@ -100,6 +109,17 @@ def time_range(request: pb.GetDriverTrackRequest) -> tuple[datetime, datetime]:
     if end <= start:
         raise InvalidArgument(
             f"end_time ({end.isoformat()}) must be after start_time ({start.isoformat()})"
+        )
+    return start, end
+
+
+def bounded_time_range(request: RangeRequest) -> tuple[datetime, datetime]:
+    """`time_range`, at most MAX_HISTORY_RANGE long."""
+    start, end = time_range(request)
+    if end - start > MAX_HISTORY_RANGE:
+        raise InvalidArgument(
+            f"end_time must be at most 31 days after start_time, got "
+            f"{(end - start) / timedelta(days=1):.1f} days (ask for the range in parts)"
         )
     return start, end
 

@@ -31,11 +31,10 @@ from services.geo.export_formats import (
     chunked,
     utc_iso,
 )
-from services.geo.track import time_range
+from services.geo.track import MAX_HISTORY_RANGE, bounded_time_range
 from services.history.store import FixRow, HistoryStore
 from services.observability.metrics import EXPORT_BYTES, EXPORT_FIXES
 
-MAX_RANGE = timedelta(days=31)
 # Rows per keyset page: a few hundred kilobytes of text at most, and few round trips per month.
 PAGE_ROWS = 2_000
 
@@ -68,8 +67,7 @@ def plan_export(request: pb.ExportDriverTrackRequest) -> ExportPlan:
     if request.trip_id:
         return _trip_plan(request, document)
     driver_id = required_id(request.driver_id)
-    start, end = time_range(request)  # type: ignore[arg-type]  # same three fields, same rules
-    _check_span(start, end, "end_time must be at most 31 days after start_time")
+    start, end = bounded_time_range(request)
     span = f"{utc_iso(start)}/{utc_iso(end)}"
     name = f"{_file_part(driver_id)}_{_file_time(start)}_{_file_time(end)}"
     return ExportPlan(
@@ -101,7 +99,7 @@ def _document_format(value: int) -> DocumentFormat:
 
 
 def _check_span(start: datetime, end: datetime, message: str) -> None:
-    if end - start > MAX_RANGE:
+    if end - start > MAX_HISTORY_RANGE:
         raise InvalidArgument(f"{message} (asked for {(end - start) / timedelta(days=1):.1f} days)")
 
 

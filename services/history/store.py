@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Iterable, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
@@ -12,6 +12,8 @@ from typing import Any
 
 import asyncpg
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+from services.domain.trips import Fix, FixKey
 
 PARENT_TABLE = "driver_locations"
 
@@ -96,6 +98,20 @@ WHERE driver_id = $1 AND recorded_at >= $2 AND recorded_at < $3 AND (recorded_at
 ORDER BY recorded_at, seq
 LIMIT $6
 """
+
+# Trip detection's read: only the five columns it uses, the time as integer microseconds (no
+# datetime per row), strictly after a (recorded_at, seq) key. The micros come from PostgreSQL's
+# exact numeric epoch.
+SELECT_MOTION_PAGE = f"""
+SELECT (extract(epoch FROM recorded_at) * 1000000)::bigint, seq,
+       ST_Y(location::geometry), ST_X(location::geometry), coalesce(speed_mps, 0)
+FROM {PARENT_TABLE}
+WHERE driver_id = $1 AND recorded_at >= $2 AND recorded_at < $3 AND (recorded_at, seq) > ($2, $4)
+ORDER BY recorded_at, seq
+LIMIT $5
+"""
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_LOWEST_SEQ = -(2**63)
 
 
 @dataclass(frozen=True, slots=True)
@@ -288,6 +304,53 @@ class HistoryStore:
                     SELECT_FIXES_PAGE_AFTER, driver_id, lower, end, after[0], after[1], limit
                 )
         return [FixRow(*record) for record in records]
+
+    async def motion_pages(
+        self,
+        driver_id: str,
+        start: datetime,
+        end: datetime,
+        first: FixKey | None,
+        page_rows: int,
+        first_rows: int | None = None,
+    ) -> AsyncGenerator[list[Fix]]:
+        """A driver's fixes in [start, end) from the key `first` on (inclusive; None: from
+        `start`), in (recorded_at, seq) order, as keyset pages of up to `page_rows`. The next
+        page is fetched while the caller works on the current one. With `first_rows`, pages
+        start that small and double up to `page_rows`: a caller that may stop early (a page of
+        trips) reads little past where it stops."""
+        rows = page_rows if first_rows is None else min(first_rows, page_rows)
+        if first is None:
+            lower, seq = start, _LOWEST_SEQ
+        else:
+            lower, seq = max(start, _EPOCH + timedelta(microseconds=first[0])), first[1] - 1
+        fetch: asyncio.Task[list[Fix]] | None = asyncio.ensure_future(
+            self._motion_page(driver_id, lower, end, seq, rows)
+        )
+        try:
+            while fetch is not None:
+                page = await fetch
+                fetch = None
+                if len(page) == rows:
+                    last, rows = page[-1], min(2 * rows, page_rows)
+                    after = _EPOCH + timedelta(microseconds=last.micros)
+                    fetch = asyncio.ensure_future(
+                        self._motion_page(driver_id, after, end, last.seq, rows)
+                    )
+                yield page
+        finally:
+            if fetch is not None:
+                fetch.cancel()
+                await asyncio.gather(fetch, return_exceptions=True)
+
+    async def _motion_page(
+        self, driver_id: str, after: datetime, end: datetime, after_seq: int, limit: int
+    ) -> list[Fix]:
+        # The key's time is the lower bound too, so later pages prune earlier partitions.
+        async with self._driver_connection() as apg:
+            records = await apg.fetch(SELECT_MOTION_PAGE, driver_id, after, end, after_seq, limit)
+        make = Fix._make  # from the record as it is: half the cost of Fix(*record)
+        return [make(record) for record in records]
 
     @asynccontextmanager
     async def connection(self) -> AsyncIterator[Any]:

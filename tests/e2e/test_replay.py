@@ -176,6 +176,22 @@ async def test_the_map_replays_history_and_goes_back_to_live(
         "v => Number(document.querySelector('#replay-slider').value) > v", arg=value, timeout=10_000
     )
 
+    # Letting go of the slider later than every stored fix replays from there: a new call whose
+    # clock starts at that moment and which has no fix to show.
+    later = (datetime.now(UTC) - timedelta(minutes=5)).timestamp() * 1000
+    await page.eval_on_selector(
+        "#replay-slider",
+        "(el, v) => { el.value = String(v);"
+        " el.dispatchEvent(new Event('input')); el.dispatchEvent(new Event('change')); }",
+        later,
+    )
+    await page.wait_for_function(
+        "v => document.querySelectorAll('.replay-driver').length === 0"
+        " && Number(document.querySelector('#replay-clock').dataset.ms) >= v - 1000",
+        arg=later,
+        timeout=10_000,
+    )
+
     await page.uncheck("#replay-toggle")
     await page.wait_for_function(
         "document.querySelectorAll('.replay-driver').length === 0", timeout=5_000

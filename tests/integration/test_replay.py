@@ -362,3 +362,25 @@ async def _stopping_after_the_first_fix(
             got.append(response.location.seq)
             if len(got) == 1:
                 server.stop()  # blocks this loop too, so the server reads nothing meanwhile
+
+
+async def test_a_client_that_stops_reading_for_a_while_still_gets_every_fix_in_order(
+    stub: pb_grpc.GeoQueryServiceAsyncStub, store: HistoryStore
+) -> None:
+    start = datetime(2026, 3, 6, 14, tzinfo=UTC)
+    rows = [
+        _fix(f"slow-{n}", 52.52, 13.40, start + timedelta(milliseconds=7 * i), i + 1)
+        for n in range(3)
+        for i in range(1_500)
+    ]
+    await store.insert_fixes(rows)
+    call = stub.ReplayFleet(
+        _request(BERLIN, start, start + timedelta(seconds=11), speed=3600), metadata=OPS
+    )
+    first = await call.read()
+    await asyncio.sleep(1.0)  # not reading: the replay's clock runs past every fix meanwhile
+    received: Received = [(0.0, cast(pb.ReplayFleetResponse, first))]
+    while isinstance(message := await call.read(), pb.ReplayFleetResponse):
+        received.append((0.0, message))
+    end = start + timedelta(seconds=11)
+    assert _keys(received) == _row_keys(_expected(rows, BERLIN, start, end))

@@ -3,6 +3,8 @@ chosen speed, while the live side (area watchers, the live position) sees nothin
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import time
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
@@ -22,12 +24,14 @@ from services.history.store import FixRow, HistoryStore
 from services.ops.mesh.supervisor import Mesh
 from services.ops.webapp import WEB_DIST
 from tests.e2e.clients import DriverStream, Messages, fix, new_driver_id
+from tests.e2e.test_geo import _square
 from tests.e2e.test_live_map import CHROMIUM_ARGS
 from tests.tokens import Metadata
 
 pytestmark = pytest.mark.e2e
 
 REYKJAVIK = Box(64.10, -22.00, 64.16, -21.80)  # a box no other test uses
+ZONE = (64.13, -21.90)  # a zone on the replayed drivers' path
 LISBON = (38.7223, -9.1393)  # the browser test's centre, also unused elsewhere
 CHROMIUM = Path("/usr/bin/chromium")
 
@@ -80,7 +84,7 @@ async def test_a_replay_plays_the_box_in_order_at_its_speed_and_touches_nothing_
 
     # One of the replayed drivers is live now, somewhere in the box; an area watcher sees it.
     live = DriverStream(location, as_driver(drivers[0]))
-    live.send(fix(drivers[0], 5_000, 64.13, -21.90))
+    live.send(fix(drivers[0], 5_000, 64.15, -21.85))  # in the box, outside the zone
     await live.wait_for(lambda: live.accepted_seq == 5_000)
     before = (await location.GetDriverLocation(
         location_pb.GetDriverLocationRequest(driver_id=drivers[0])
@@ -88,6 +92,14 @@ async def test_a_replay_plays_the_box_in_order_at_its_speed_and_touches_nothing_
     watch = Messages(location.WatchArea(location_pb.WatchAreaRequest(bounds=_bounds(REYKJAVIK))))
     snapshot = await watch.next()
     assert snapshot.location.driver_id == drivers[0]
+
+    # A zone on the replayed path, and a watcher of its events, live before the replay starts.
+    tag = new_driver_id("replay-zone")
+    zone = pb.Geofence(display_name="Replayed", geojson=_square(*ZONE, 0.01), labels={"t": tag})
+    await geo.CreateGeofence(pb.CreateGeofenceRequest(geofence=zone))
+    events = Messages(geo.WatchGeofenceEvents(pb.WatchGeofenceEventsRequest(labels={"t": tag})))
+    probe = Crossing(location, as_driver, events)
+    assert set(await probe.cross()) == {probe.driver_id}
 
     speed = 10.0
     end = start + timedelta(seconds=21)
@@ -103,16 +115,24 @@ async def test_a_replay_plays_the_box_in_order_at_its_speed_and_touches_nothing_
             played.append((response.location.driver_id, response.location.seq, at))
     assert played == [(r.driver_id, r.seq, r.recorded_at) for r in expected]
 
-    # The live side saw none of it: a sentinel fix sent after the replay is the watcher's next
-    # message (fan-out keeps a cell's order), and the live position is the one it was.
+    # The live side saw none of it: up to a sentinel fix sent after the replay (fan-out keeps a
+    # cell's order) the area watcher saw no replayed driver, and the live position is unchanged.
     sentinel = new_driver_id("replay-sentinel")
     other = DriverStream(location, as_driver(sentinel))
     other.send(fix(sentinel, 1, 64.12, -21.95))
-    assert (await watch.next()).location.driver_id == sentinel
+    area_seen = [(await watch.next()).location.driver_id]
+    while area_seen[-1] != sentinel:
+        area_seen.append((await watch.next()).location.driver_id)
+    assert not set(area_seen) & set(drivers), area_seen  # only the probe's and the sentinel's
     after = (await location.GetDriverLocation(
         location_pb.GetDriverLocationRequest(driver_id=drivers[0])
     )).location  # fmt: skip
     assert after == before
+    # No zone event for a replayed driver: the probe's next crossing is the next event.
+    assert set(await probe.cross()) == {probe.driver_id}
+    events.cancel()
+    probe.close()
+    await probe.stream.reader
     watch.cancel()
     for stream in (live, other):
         stream.close()
@@ -123,6 +143,39 @@ def _chromium() -> str:
     if not CHROMIUM.exists():
         pytest.fail(f"{CHROMIUM} is missing: `make install` installs Debian's chromium")
     return str(CHROMIUM)
+
+
+class Crossing:
+    """A live driver that drives in and out of ZONE until the zone watcher reports an event."""
+
+    def __init__(
+        self,
+        location: location_grpc.LocationServiceAsyncStub,
+        as_driver: Callable[[str], Metadata],
+        events: Messages,
+    ) -> None:
+        self.driver_id = new_driver_id("replay-probe")
+        self.stream = DriverStream(location, as_driver(self.driver_id))
+        self.events = events
+        self.seq = 0
+
+    async def cross(self) -> list[str]:
+        """The drivers of the events received until (and with) the probe's first one."""
+        seen: list[str] = []
+        inside, outside = ZONE, (ZONE[0] + 0.05, ZONE[1])
+        async with asyncio.timeout(30):
+            while self.driver_id not in seen:
+                self.seq += 1
+                self.stream.send(
+                    fix(self.driver_id, self.seq, *(inside if self.seq % 2 else outside))
+                )
+                with contextlib.suppress(TimeoutError):
+                    while True:
+                        seen.append((await self.events.next(timeout=0.5)).event.driver_id)
+        return seen
+
+    def close(self) -> None:
+        self.stream.close()
 
 
 @pytest.fixture

@@ -68,7 +68,8 @@ async def replay_fleet(
     monotonic: Callable[[], float] = time.monotonic,
     sleep: Sleep = asyncio.sleep,
 ) -> AsyncIterator[pb.ReplayFleetResponse]:
-    """The replay's messages, paced on a clock started when the first page is asked for."""
+    """The replay's messages. The clock starts before the first page is read, so a slow read
+    makes fixes late, never early."""
     query, speed = replay_query(request)
     pages = prefetched(box_fix_pages(history, query, PAGE_SIZE))
     try:
@@ -83,10 +84,9 @@ def response_of(played: Played) -> pb.ReplayFleetResponse:
     """A played fix, or a tick, as the API's message."""
     replay_time = Timestamp()
     replay_time.FromDatetime(played.replay_time)
-    response = pb.ReplayFleetResponse(replay_time=replay_time)
-    if played.fix is not None:
-        response.location.CopyFrom(driver_location(played.fix))
-    return response
+    if played.fix is None:
+        return pb.ReplayFleetResponse(replay_time=replay_time)
+    return pb.ReplayFleetResponse(location=driver_location(played.fix), replay_time=replay_time)
 
 
 async def prefetched(source: AsyncIterator[T]) -> AsyncGenerator[T, None]:

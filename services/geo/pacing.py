@@ -29,10 +29,12 @@ Sleep = Callable[[float], Awaitable[None]]
 
 @dataclass(frozen=True, slots=True)
 class Played:
-    """One message of a replay: a fix (None on a tick) and the replay clock when it went out."""
+    """One message of a replay: a fix (None on a tick), the replay clock when it went out, and
+    for a fix how many wall seconds after its due time that was."""
 
     fix: FixRow | None
     replay_time: datetime
+    late_s: float = 0.0
 
 
 class ReplayClock:
@@ -76,7 +78,8 @@ class Pacer:
             for fix in page:
                 async for tick in self._wait_for(fix.recorded_at):
                     yield tick
-                yield self._sent(fix, fix.recorded_at)
+                late_s = max(0.0, -self._clock.wall_until(fix.recorded_at))
+                yield self._sent(fix, fix.recorded_at, late_s)
         async for tick in self._wait_for(self._end):
             yield tick
         yield self._sent(None, self._end)
@@ -91,7 +94,7 @@ class Pacer:
                 # At least a microsecond: a rounding remainder must not spin the loop.
                 await self._sleep(max(_MIN_SLEEP_S, min(wait_s, tick_in_s)))
 
-    def _sent(self, fix: FixRow | None, at_least: datetime) -> Played:
+    def _sent(self, fix: FixRow | None, at_least: datetime, late_s: float = 0.0) -> Played:
         # The clock reads whole microseconds, so it may round a hair below a fix that is due;
         # replay_time never goes below a fix played, backwards, or past the end of the range.
         replay_time = min(max(self._clock.now(), at_least), self._end)
@@ -99,4 +102,4 @@ class Pacer:
             replay_time = max(replay_time, self._last_time)
         self._last_time = replay_time
         self._last_sent_s = self._clock.elapsed_s()
-        return Played(fix, replay_time)
+        return Played(fix, replay_time, late_s)

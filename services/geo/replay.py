@@ -24,6 +24,7 @@ from services.geo.pacing import Pacer, Played, ReplayClock, Sleep
 from services.geo.track import driver_location, time_range
 from services.history.box_reads import BoxQuery, box_fix_pages
 from services.history.store import HistoryStore
+from services.observability.metrics import REPLAY_FIXES, REPLAY_LATE
 from services.server.failures import cancel_and_wait
 
 MAX_RANGE = timedelta(hours=24)
@@ -75,6 +76,9 @@ async def replay_fleet(
     try:
         pacer = Pacer(ReplayClock(query.start, speed, monotonic), query.end, sleep)
         async for played in pacer.play(pages):
+            if played.fix is not None:
+                REPLAY_FIXES.inc()
+                REPLAY_LATE.observe(played.late_s)
             yield response_of(played)
     finally:
         await pages.aclose()

@@ -83,6 +83,15 @@ WEBHOOK_CURSOR_RESETS = Counter(
     "Webhook cursors the event log no longer covered (trimmed past them, or Redis lost the log), "
     "moved to the oldest event kept: events in between were never delivered.",
 )
+REPLAY_FIXES = Counter(
+    "ridemesh_replay_fixes_total", "Stored fixes played back to ReplayFleet callers."
+)
+REPLAY_LATE = Histogram(
+    "ridemesh_replay_late_seconds",
+    "How long after its due time (on the replay's wall clock) each replayed fix went out: "
+    "PostgreSQL reads or a slow reader holding the replay back.",
+    buckets=(0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 30.0),
+)
 GC_PAUSES = Histogram(
     "ridemesh_gc_pause_seconds",
     "How long each cyclic garbage collection stopped the process, by generation.",

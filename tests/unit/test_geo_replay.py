@@ -85,6 +85,7 @@ async def test_every_fix_once_in_order_never_before_it_is_due() -> None:
             due_s = (played.fix.recorded_at - START).total_seconds() / 10
             assert due_s <= wall_s < due_s + 1e-6  # never early, and not held back either
             assert played.replay_time >= played.fix.recorded_at
+            assert played.late_s < 1e-6
 
 
 async def test_ticks_about_once_a_second_across_a_quiet_span_then_a_final_tick() -> None:
@@ -112,6 +113,9 @@ async def test_a_slow_reader_delays_fixes_but_loses_none() -> None:
     fixes = [_fix("a", i * 0.1, i) for i in range(50)]
     received = await _play(fake, [fixes[:25], fixes[25:]], speed=1, end_s=10, read_delay_s=2.0)
     assert _fixes(received) == fixes
+    lateness = [played.late_s for _, played in received if played.fix is not None]
+    assert lateness[0] == 0.0
+    assert lateness[-1] > 50  # read every 2 s, due every 0.1 s
     # Behind the clock, due fixes go out back to back with no ticks between them.
     assert [played.fix is None for _, played in received[:50]] == [False] * 50
     times = [played.replay_time for _, played in received]

@@ -220,12 +220,14 @@ async def test_fixes_at_one_instant_come_in_byte_order_of_driver_id(
     assert same == ["B-1", "a-3", "b-2"]
 
 
+@pytest.mark.parametrize("page_size", [2, 7])
 async def test_small_pages_give_every_fix_once_in_order(
-    store: HistoryStore, stored: list[FixRow]
+    store: HistoryStore, stored: list[FixRow], page_size: int
 ) -> None:
+    # Page size 2 splits the three fixes recorded at one instant (midnight) across pages.
     query = BoxQuery(BERLIN, MIDNIGHT - timedelta(minutes=3), MIDNIGHT + timedelta(minutes=3))
-    pages = [page async for page in box_fix_pages(store, query, page_size=7)]
-    assert all(0 < len(page) <= 7 for page in pages)
+    pages = [page async for page in box_fix_pages(store, query, page_size=page_size)]
+    assert all(0 < len(page) <= page_size for page in pages)
     rows = [row for page in pages for row in page]
     assert _row_keys(rows) == _row_keys(_expected(stored, BERLIN, query.start, query.end))
 

@@ -175,6 +175,7 @@ export class Replay {
     };
     try {
       for await (const res of this.api.geo.replayFleet(request, { signal: call.signal })) {
+        if (call.signal.aborted) return; // a message already on its way when a newer call began
         if (res.location) this.markers.place(res.location);
         if (res.replayTime) this.setClock(timestampDate(res.replayTime).getTime());
       }

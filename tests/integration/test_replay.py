@@ -101,7 +101,7 @@ async def stored(store: HistoryStore) -> list[FixRow]:
 
 @pytest.fixture
 async def stub(store: HistoryStore) -> AsyncIterator[pb_grpc.GeoQueryServiceAsyncStub]:
-    async with _server(store) as geo:
+    async with ReplayServer(store) as geo:
         yield geo
 
 
@@ -111,7 +111,7 @@ def _verify(header: str | None) -> Identity:
     return Identity("r-1", Role.RIDER)
 
 
-class _server:
+class ReplayServer:
     """A real GeoQuery server whose only real part is the history store: replay must not need
     Redis, the live store or the event feed (they are None here)."""
 
@@ -342,7 +342,7 @@ async def test_postgres_going_away_mid_replay_is_unavailable_naming_it(
             ]
             await history.insert_fixes(rows)
             request = _request(BERLIN, start, start + timedelta(seconds=50), speed=5)
-            async with _server(history) as geo:
+            async with ReplayServer(history) as geo:
                 got: list[int] = []
                 with pytest.raises(aio.AioRpcError) as caught:
                     await _stopping_after_the_first_fix(geo, request, server, got)

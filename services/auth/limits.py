@@ -27,6 +27,8 @@ STREAM_KINDS: Mapping[str, str] = {
     "/ridemesh.v1.LocationService/WatchArea": WATCHERS,
     "/ridemesh.v1.RideService/WatchRide": WATCHERS,
     "/ridemesh.v1.GeoQueryService/WatchGeofenceEvents": WATCHERS,
+    # Up to a day of history at real time: as long-lived as a watch.
+    "/ridemesh.v1.GeoQueryService/ReplayFleet": WATCHERS,
 }
 STAFF_ROLES = frozenset({Role.OPS, Role.SERVICE})
 # Buckets idle long enough to be full again are forgotten past this many callers.

@@ -7,7 +7,6 @@ from collections.abc import AsyncIterator
 from contextlib import aclosing
 from typing import Any
 
-import grpc
 from grpc import aio
 from redis.asyncio import Redis
 
@@ -25,6 +24,7 @@ from services.geo.fence_events import watch_geofence_events
 from services.geo.geofence_store import GeofenceStore
 from services.geo.heatmap import supply_heatmap
 from services.geo.nearby import search_nearby_drivers
+from services.geo.replay import replay_fleet
 from services.geo.track import get_driver_track
 from services.geo.webhook_store import WebhookStore
 from services.geo.zone_cache import ZoneCache
@@ -211,10 +211,9 @@ class GeoQueryServicer(pb_grpc.GeoQueryServiceServicer):
     async def ReplayFleet(
         self, request: pb.ReplayFleetRequest, context: Context
     ) -> AsyncIterator[pb.ReplayFleetResponse]:
-        nothing: tuple[pb.ReplayFleetResponse, ...] = ()  # the method is not served yet
-        for response in nothing:
+        rules.may_replay_fleet(current_identity())
+        async for response in replay_fleet(self._history, request):
             yield response
-        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "ReplayFleet is not served yet")
 
     async def _existing_webhook(self, webhook_id: str) -> str:
         if await self._webhooks.get(_webhook_id(webhook_id)) is None:

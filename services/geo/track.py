@@ -54,6 +54,7 @@ RangeRequest = (
     | pb.ListDriverTripsRequest
     | pb.GetTripSummaryRequest
     | pb.ExportDriverTrackRequest
+    | pb.ReplayFleetRequest
 )
 # Reads that summarise or copy a range of history (trips, summaries, exports) span at most this.
 MAX_HISTORY_RANGE = timedelta(days=31)

@@ -105,6 +105,15 @@ EXPORT_FIXES = Counter(
     "Stored fixes read for exported track documents, by format (GeoJSON reads each twice).",
     ("format",),
 )
+REPLAY_FIXES = Counter(
+    "ridemesh_replay_fixes_total", "Stored fixes played back to ReplayFleet callers."
+)
+REPLAY_LATE = Histogram(
+    "ridemesh_replay_late_seconds",
+    "How long after its due time (on the replay's wall clock) each replayed fix went out: "
+    "PostgreSQL reads or a slow reader holding the replay back.",
+    buckets=(0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 30.0),
+)
 GC_PAUSES = Histogram(
     "ridemesh_gc_pause_seconds",
     "How long each cyclic garbage collection stopped the process, by generation.",

@@ -68,6 +68,7 @@ def test_every_streaming_rpc_counts_against_an_allowance() -> None:
         "WatchArea",
         "WatchRide",
         "WatchGeofenceEvents",
+        "ReplayFleet",
     }
 
 

@@ -10,6 +10,7 @@ import { Rides } from "./rides";
 import { EventFeed, Zones, watchZoneEvents } from "./zones";
 import { Webhooks } from "./webhooks";
 import { Heatmap } from "./heatmap";
+import { Replay } from "./replay";
 
 function byId<T extends HTMLElement = HTMLElement>(id: string): T {
   const el = document.getElementById(id);
@@ -75,8 +76,9 @@ async function main(): Promise<void> {
   new Rides(api, byId("rides"), byId("rides-error"), feed).start();
   new Webhooks(api, byId("webhooks")).start();
   new Heatmap(api, map, layers, note("heatmap")).start();
+  const replay = new Replay(api, map, byId("replay-panel"));
 
-  Object.assign(window, { ridemesh: { config, map, drivers, panel, status } });
+  Object.assign(window, { ridemesh: { config, map, drivers, panel, status, replay } });
 }
 
 main().catch((err: unknown) => {

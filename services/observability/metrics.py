@@ -39,6 +39,16 @@ FIXES_REJECTED = Counter(
     "Driver fixes rejected, by reason (the status code sent back in-band).",
     ("reason",),
 )
+SAMPLING_HINTS = Counter(
+    "ridemesh_sampling_hints_total",
+    "Sampling hints sent to driver apps, by the driver's activity.",
+    ("activity",),
+)
+FIX_REQUESTS = Counter(
+    "ridemesh_fix_requests_total",
+    "Fix-now requests for driver apps: sent, or merged into one sent moments before.",
+    ("outcome",),
+)
 FIXES_LOST = Counter(
     "ridemesh_fixes_lost_total",
     "Accepted fixes found missing from PostgreSQL after Redis lost them; each ends its stream "

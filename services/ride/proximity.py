@@ -38,6 +38,7 @@ from services.live.names import (
 )
 from services.live.replies import text
 from services.ride.states import ACTIVE
+from services.ride.steering import approaching_pickup
 
 log = logging.getLogger(__name__)
 
@@ -265,6 +266,8 @@ class ProximityTracker:
                 continue
             self.applied += 1
             kinds = {kind for kind, _ in events}
+            if Kind.RIDE_EVENT_KIND_APPROACHING_PICKUP in kinds:
+                await approaching_pickup(self._redis, location.driver_id)
             arrived = Kind.RIDE_EVENT_KIND_AT_PICKUP in kinds and target.stage == "assigned"
             if arrived and target.auto_arrive:
                 await self._arrive(target.ride_id, location.driver_id, location)

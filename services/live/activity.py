@@ -26,6 +26,7 @@ UNSPECIFIED = DriverActivity.DRIVER_ACTIVITY_UNSPECIFIED
 # already was that activity (nothing is sent), -1 when the current activity forbade the change.
 _SET_LUA = """
 local current = redis.call('HGET', KEYS[1], 'v') or '0'
+if current == ARGV[1] then return 0 end
 if #ARGV > 3 then
   local allowed = false
   for i = 4, #ARGV do
@@ -33,7 +34,6 @@ if #ARGV > 3 then
   end
   if not allowed then return -1 end
 end
-if current == ARGV[1] then return 0 end
 redis.call('HSET', KEYS[1], 'v', ARGV[1])
 if redis.call('PTTL', KEYS[1]) < 0 then
   redis.call('PEXPIRE', KEYS[1], ARGV[2])

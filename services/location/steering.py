@@ -111,6 +111,7 @@ class StreamSteer:
             if activity == self.activity:
                 return None
             self.activity = activity
+            self._retry_at = 0.0  # the change is through: the detector may ask again at once
             SAMPLING_HINTS.labels(_name(activity)).inc()
             return hint_message(self._policy, activity)
         if kind == "fix_request":

@@ -139,8 +139,8 @@ class RideEffects:
         request no longer open."""
         await self._redis.set(assigned_key(ride.driver_id), ride.rider_id, ex=ASSIGNMENT_TTL_S)
         await set_target(self._redis, ride)
-        await set_availability(self._redis, ride.driver_id, BUSY, self._live_window_s)
         await follow_ride(self._redis, ride, self._live_window_s)
+        await set_availability(self._redis, ride.driver_id, BUSY, self._live_window_s)
         await self._redis.zrem(OPEN_REQUESTS_KEY, ride.ride_id)
 
     async def _free(self, ride: pb.Ride) -> None:
@@ -149,8 +149,8 @@ class RideEffects:
         if ride.driver_id:
             await self._redis.delete(assigned_key(ride.driver_id))
             await clear_target(self._redis, ride)
-            await set_availability(self._redis, ride.driver_id, AVAILABLE, self._live_window_s)
             await follow_ride(self._redis, ride, self._live_window_s)
+            await set_availability(self._redis, ride.driver_id, AVAILABLE, self._live_window_s)
         if ride.offered_driver_id:
             reason = ride.end_reason or f"the ride is {state_name(ride.state)}"
             message = withdrawn_message(ride.ride_id, reason).SerializeToString()

@@ -78,8 +78,10 @@ async def get_activity(redis: Redis, driver_id: str) -> Activity:
     raw = await redis.hget(driver_key(driver_id), "v")
     if raw is None:
         return UNSPECIFIED
-    value = int(text(raw))
-    return value if value in DriverActivity.values() else UNSPECIFIED  # type: ignore[return-value]
+    value = text(raw)
+    if not value.isdigit() or int(value) not in DriverActivity.values():
+        return UNSPECIFIED  # written by something newer, or broken: the default hint follows
+    return int(value)  # type: ignore[return-value]
 
 
 async def request_fix(redis: Redis, driver_id: str, reason: str) -> None:

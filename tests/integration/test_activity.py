@@ -1,5 +1,6 @@
 """A driver's activity in real Redis: one script writes it and tells the driver's stream, only on
-a change, only from the activities allowed; the ride's moves and proximity set it."""
+a change, only from the activities allowed; the ride's moves and proximity set it; with Redis
+away, steering gives the default and fails nothing."""
 
 from __future__ import annotations
 
@@ -11,12 +12,25 @@ from redis.asyncio.client import PubSub
 
 from ridemesh.v1 import ride_service_pb2 as pb
 from ridemesh.v1.location_service_pb2 import StreamLocationsResponse
-from services.domain.sampling import AVAILABLE, IDLE, NEAR_PICKUP, ON_RIDE, TO_PICKUP
+from services.domain.sampling import (
+    AVAILABLE,
+    IDLE,
+    NEAR_PICKUP,
+    ON_RIDE,
+    TO_PICKUP,
+    SamplingPolicy,
+)
+from services.domain.validation import FixLimits
 from services.live.activity import UNSPECIFIED, get_activity, request_fix, set_activity
 from services.live.names import control_channel, driver_key
+from services.location.session import DriverSession
+from services.location.steering import Steering
+from services.location.streams import DriverStream
+from services.location.throttle import TokenBucket
+from services.ops.mesh.ports import free_port
 from services.ops.mesh.redis_server import RedisServer
 from services.ride.steering import approaching_pickup, follow_ride
-from tests.e2e.clients import new_driver_id
+from tests.e2e.clients import fix, new_driver_id
 from tests.integration.dispatch_harness import redis_url
 
 pytestmark = pytest.mark.integration
@@ -120,3 +134,26 @@ async def test_a_fix_request_goes_to_the_drivers_control_channel(
     await request_fix(redis, driver_id, "ops is looking")
     message = await _published(pubsub)
     assert message.fix_request.reason == "ops is looking"
+
+
+async def test_with_redis_away_the_app_gets_the_default_hint_and_nothing_fails(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # Nothing listens on this port: every Redis call fails as with Redis down.
+    away = Redis.from_url(f"redis://127.0.0.1:{free_port()}/0", socket_connect_timeout=0.5)
+    steering = Steering(away, SamplingPolicy(idle_radius_m=30.0, idle_after_s=1e-9), 300.0)
+    stream = DriverStream(DriverSession(FixLimits(), TokenBucket(10.0, 10)))
+    stream.session.bind("d-away", 0)
+    steering.attach(stream)
+    await steering.bound(stream, "d-away")
+    (hint,) = stream.outgoing()
+    assert hint.sampling_hint.activity == AVAILABLE
+    # Idle at once (idle_after_s ~0), but the change cannot be stored: logged, the stream goes on.
+    await steering.fixed(stream, fix("d-away", 1))
+    await steering.fixed(stream, fix("d-away", 2))
+    assert stream.outgoing() == []
+    await steering.watching("d-away", "ops is looking")
+    logged = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    for what in ("read the activity of", "store the activity of", "ask for a fix of"):
+        assert any(what in line and "Redis" in line for line in logged), (what, logged)
+    await away.aclose()

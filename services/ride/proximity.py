@@ -71,6 +71,8 @@ KIND_NAMES = {
     Kind.RIDE_EVENT_KIND_APPROACHING_DROPOFF: "ride.approaching_dropoff",
 }
 KINDS = {name: kind for kind, name in KIND_NAMES.items()}
+# Events after which the driver's app samples as near the pickup (services/ride/steering.py).
+_NEAR_PICKUP_KINDS = {Kind.RIDE_EVENT_KIND_APPROACHING_PICKUP, Kind.RIDE_EVENT_KIND_AT_PICKUP}
 
 _STAGES = {
     RideState.RIDE_STATE_DRIVER_ASSIGNED: "assigned",
@@ -266,7 +268,7 @@ class ProximityTracker:
                 continue
             self.applied += 1
             kinds = {kind for kind, _ in events}
-            if Kind.RIDE_EVENT_KIND_APPROACHING_PICKUP in kinds:
+            if kinds & _NEAR_PICKUP_KINDS:  # a driver may be at the pickup without approaching
                 await approaching_pickup(self._redis, location.driver_id)
             arrived = Kind.RIDE_EVENT_KIND_AT_PICKUP in kinds and target.stage == "assigned"
             if arrived and target.auto_arrive:

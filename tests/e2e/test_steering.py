@@ -1,6 +1,6 @@
 """Steering driver apps through Envoy: sampling hints that follow a ride, a fix requested when a
 rider or ops opens the map, the hint of the current activity after a reconnect, and the
-simulator sending at the hinted interval."""
+simulator sending at the hinted interval (and at a new one when its activity changes)."""
 
 from __future__ import annotations
 
@@ -8,10 +8,11 @@ import asyncio
 import contextlib
 import itertools
 import uuid
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import replace
 
 import pytest
+from redis.asyncio import Redis
 
 from ridemesh.v1 import location_service_pb2 as lpb
 from ridemesh.v1 import location_service_pb2_grpc as location_grpc
@@ -20,6 +21,8 @@ from ridemesh.v1 import ride_service_pb2_grpc as ride_grpc
 from ridemesh.v1.common_pb2 import LatLng
 from services.auth.keys import DevKeys
 from services.domain.sampling import AVAILABLE, NEAR_PICKUP, ON_RIDE, TO_PICKUP
+from services.live.activity import set_activity
+from services.ops.mesh.supervisor import Mesh
 from services.ops.simulator.run import Simulation
 from services.ops.simulator.settings import SimSettings
 from tests.e2e.clients import DriverStream, Messages, fix, new_driver_id
@@ -161,10 +164,19 @@ def _gaps(sent: list[tuple[float, int]], activity: int) -> list[float]:
     return [b[0] - a[0] for a, b in itertools.pairwise(sent) if a[1] == b[1] == activity]
 
 
+@pytest.fixture
+async def redis(mesh: Mesh) -> AsyncIterator[Redis]:
+    assert mesh.redis_url is not None
+    client = Redis.from_url(mesh.redis_url)
+    yield client
+    await client.aclose()
+
+
 async def test_simulated_drivers_send_at_the_hinted_interval_unless_told_to_ignore_hints(
     envoy_address: str,
     keys: DevKeys,
     location: location_grpc.LocationServiceAsyncStub,
+    redis: Redis,
 ) -> None:
     # Without hints these drivers would send every 0.3-0.5 s.
     base = SimSettings(
@@ -204,6 +216,14 @@ async def test_simulated_drivers_send_at_the_hinted_interval_unless_told_to_igno
         # A gap shorter than the hint can only come from the request.
         await until(lambda: any(g < 3.9 for g in _gaps(list(watched.sent), AVAILABLE)), timeout=15)
         watch.cancel()
+
+        # Its activity changes (as a ride accepted would): it sends at the new, shorter interval.
+        steered = honouring.drivers[1]
+        await set_activity(redis, steered.driver_id, TO_PICKUP)
+        await until(lambda: len(_gaps(list(steered.sent), TO_PICKUP)) >= 3, timeout=30)
+        gaps = sorted(_gaps(list(steered.sent), TO_PICKUP))
+        assert gaps[0] >= 1.9, gaps
+        assert gaps[len(gaps) // 2] < 3.9, gaps  # faster than it ever sent while available
     finally:
         for simulation in (honouring, ignoring):
             simulation.stop.set()

@@ -14,6 +14,8 @@ Scenarios:
   nearby           SearchNearbyDrivers with 100,000 live drivers
   track            GetDriverTrack over 10 million stored rows
   ingest           rows/s into PostGIS
+  sampling         sampling hints ignored vs honoured: a mixed fleet of 200 simulated drivers
+                   with 30 watchers, fixes/s and watcher freshness (bench/sampling.py)
 """
 
 from __future__ import annotations
@@ -83,6 +85,8 @@ def scenario_runs(name: str) -> list[Run]:
         return [Run("track", ["bench.track"], 1800)]
     if name == "ingest":
         return [Run("ingest", ["bench.ingest"], 600)]
+    if name == "sampling":
+        return [Run("sampling", ["bench.sampling"], 900)]
     raise SystemExit(f"bench.run: unknown scenario {name!r}; see --help")
 
 

@@ -10,7 +10,8 @@ the distance between where the simulated car truly is and the position its watch
 age of the watcher's newest fix. Each phase gets its own city (centre) and drivers, so nothing
 carries over.
 
-    .venv/bin/python -m bench.sampling --drivers 200 --out docs/bench/sampling.json
+    .venv/bin/python -m bench.sampling --drivers 200 --out docs/bench/sampling-DATE.json
+    make bench SCENARIO=sampling    (the defaults, into docs/bench/sampling.json)
 """
 
 from __future__ import annotations
@@ -254,7 +255,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "scenario": "sampling",
         "when": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": machine(),
-        "command": "python -m bench.sampling " + " ".join(sys.argv[1:]),
+        "command": ".venv/bin/python -m bench.sampling " + " ".join(sys.argv[1:]),
         "settings": {k: str(v) for k, v in vars(args).items()},
         "phases": phases,
         "fixes_saved_share": round(1 - honoured["fixes_per_s"] / ignored["fixes_per_s"], 3),
@@ -264,10 +265,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
     report = run(args)
-    text = json.dumps(report, indent=2)
     if args.out is not None:
-        args.out.write_text(text + "\n")
-    print(text)
+        args.out.write_text(json.dumps(report, indent=2) + "\n")
+    print(json.dumps(report))  # one line: bench.run reads the last line
 
 
 if __name__ == "__main__":

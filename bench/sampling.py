@@ -46,6 +46,8 @@ from services.ops.simulator.run import Simulation
 from services.ops.simulator.settings import SimSettings
 
 SAMPLE_EVERY_S = 0.5
+# Closing every stream and cancelling the riders' open rides takes a few seconds; never more.
+STOP_TIMEOUT_S = 60.0
 CENTRES = {"ignored": (52.5200, 13.4050), "honoured": (48.8566, 2.3522)}  # Berlin, Paris
 
 
@@ -156,8 +158,9 @@ async def phase(args: argparse.Namespace, mesh: Mesh, label: str, honour: bool) 
     async with aio.insecure_channel(mesh.envoy.address) as channel:
         stub = location_grpc.LocationServiceStub(channel)
         opener = Opener(stub, metadata)
-        while len(simulation.drivers) < args.drivers:  # noqa: ASYNC110 (made in run())
-            await asyncio.sleep(0.1)
+        async with asyncio.timeout(60):  # the drivers are made as run() starts
+            while len(simulation.drivers) < args.drivers:  # noqa: ASYNC110
+                await asyncio.sleep(0.1)
         watched = rng.sample(simulation.drivers, args.watchers)
         watchers = [Watcher(d) for d in watched]
         for watcher in watchers:
@@ -183,7 +186,8 @@ async def phase(args: argparse.Namespace, mesh: Mesh, label: str, honour: bool) 
             if watcher.task is not None:
                 watcher.task.cancel()
     simulation.stop.set()
-    await running
+    async with asyncio.timeout(STOP_TIMEOUT_S):
+        await running
     cpu_s = sum(after_cpu[n].cpu_s - before_cpu[n].cpu_s for n in after_cpu if n in before_cpu)
     return {
         "hints": "honoured" if honour else "ignored",

@@ -78,7 +78,9 @@ def known(activity: Activity) -> Activity:
 
 class IdleDetector:
     """Tells whether a driver stood still: every fix within `radius_m` of an anchor for
-    `after_s`. A fix beyond the radius moves the anchor there and the driver is moving again."""
+    `after_s`. A fix beyond the radius moves the anchor there and the driver is moving again.
+    The radius widens by a fix's own accuracy, so a parked phone's coarse fixes (an idle driver
+    is asked for 50 m) do not count as moves."""
 
     __slots__ = ("_radius_m", "_after_s", "_anchor", "_since")
 
@@ -88,10 +90,11 @@ class IdleDetector:
         self._anchor: tuple[float, float] | None = None
         self._since = 0.0
 
-    def observe(self, lat: float, lng: float, now_s: float) -> bool:
+    def observe(self, lat: float, lng: float, now_s: float, accuracy_m: float = 0.0) -> bool:
         """Takes a fix seen at `now_s` and answers whether the driver is idle now."""
         anchor = self._anchor
-        if anchor is None or haversine_m(anchor[0], anchor[1], lat, lng) > self._radius_m:
+        reach = self._radius_m + max(0.0, accuracy_m)
+        if anchor is None or haversine_m(anchor[0], anchor[1], lat, lng) > reach:
             self._anchor = (lat, lng)
             self._since = now_s
             return False

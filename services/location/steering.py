@@ -120,10 +120,12 @@ class StreamSteer:
             return message if allowed else None
         return message
 
-    def wanted(self, lat: float, lng: float, now_s: float) -> Activity | None:
+    def wanted(
+        self, lat: float, lng: float, now_s: float, accuracy_m: float = 0.0
+    ) -> Activity | None:
         """After an accepted fix: IDLE or AVAILABLE when the idle detector disagrees with the
         activity of a driver without a ride (None otherwise, or while waiting to retry)."""
-        idle = self._idle.observe(lat, lng, now_s)
+        idle = self._idle.observe(lat, lng, now_s, accuracy_m)
         if self.activity not in (IDLE, AVAILABLE) or now_s < self._retry_at:
             return None
         want = IDLE if idle else AVAILABLE
@@ -163,7 +165,8 @@ class Steering:
         if steer is None or driver_id is None:
             return
         position = update.position
-        want = steer.wanted(position.latitude, position.longitude, time.monotonic())
+        now = time.monotonic()
+        want = steer.wanted(position.latitude, position.longitude, now, update.accuracy_m)
         if want is None:
             return
         allowed = (AVAILABLE, UNSPECIFIED) if want == IDLE else (IDLE,)

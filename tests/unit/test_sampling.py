@@ -77,6 +77,14 @@ def test_a_driver_within_the_radius_long_enough_is_idle_and_moving_off_ends_it()
     assert detector.observe(*_walk(50.0), 521.0)
 
 
+def test_a_coarse_fix_within_its_own_accuracy_is_not_a_move() -> None:
+    detector = IdleDetector(radius_m=30.0, after_s=120.0)
+    detector.observe(LAT, LNG, 0.0, accuracy_m=5.0)
+    assert not detector.observe(*_walk(60.0), 100.0, accuracy_m=50.0)
+    assert detector.observe(*_walk(60.0), 120.0, accuracy_m=50.0)  # still the first anchor
+    assert not detector.observe(*_walk(60.0), 130.0, accuracy_m=5.0)  # a sharp fix: it moved
+
+
 def test_a_driver_creeping_along_never_counts_as_idle() -> None:
     detector = IdleDetector(radius_m=30.0, after_s=120.0)
     verdicts = [detector.observe(*_walk(40.0 * i), 10.0 * i) for i in range(60)]

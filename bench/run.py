@@ -15,6 +15,8 @@ Scenarios:
   track            GetDriverTrack over 10 million stored rows
   export           a driver-month (648,000 fixes) downloaded as GPX, GeoJSON and CSV through Envoy
   ingest           rows/s into PostGIS
+  sampling         sampling hints ignored vs honoured: a mixed fleet of 200 simulated drivers
+                   with 30 watchers, fixes/s and watcher freshness (bench/sampling.py)
 """
 
 from __future__ import annotations
@@ -86,6 +88,8 @@ def scenario_runs(name: str) -> list[Run]:
         return [Run("ingest", ["bench.ingest"], 600)]
     if name == "export":
         return [Run("export", ["bench.export"], 900)]
+    if name == "sampling":
+        return [Run("sampling", ["bench.sampling"], 900)]
     raise SystemExit(f"bench.run: unknown scenario {name!r}; see --help")
 
 

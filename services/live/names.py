@@ -90,7 +90,8 @@ OPEN_REQUESTS_KEY = "rm:geo:requests"
 
 
 def driver_key(driver_id: str) -> str:
-    """The driver's last live fix (`p`), its time (`t`), seq (`s`) and availability (`a`)."""
+    """The driver's last live fix (`p`), its time (`t`), seq (`s`), availability (`a`) and
+    activity (`v`, a DriverActivity number: services/live/activity.py)."""
     return f"rm:{_driver_tag(driver_id)}:driver:{driver_id}"
 
 
@@ -154,7 +155,8 @@ def ride_channel(ride_id: str) -> str:
 
 
 def control_channel(driver_id: str) -> str:
-    """StreamLocationsResponse bytes for the driver's own stream (offer / offer_withdrawn)."""
+    """StreamLocationsResponse bytes for the driver's own stream (offer, offer_withdrawn,
+    availability, sampling_hint with the activity alone, fix_request)."""
     return f"rm:{_driver_tag(driver_id)}:ch:control:{driver_id}"
 
 

@@ -35,6 +35,7 @@ from services.live.mailboxes import KeyedLatest, Latest
 from services.live.names import cell_channel, control_channel, driver_channel, partitions
 from services.live.store import LiveStore
 from services.location.session import DriverSession
+from services.location.steering import Steering, sampling_policy
 from services.location.streams import DriverStream, StreamRegistry, rejection
 from services.location.throttle import TokenBucket
 from services.observability.metrics import FIXES_ACCEPTED, FIXES_FILTERED, FIXES_STORED_ONLY
@@ -78,6 +79,8 @@ class LocationServicer(pb_grpc.LocationServiceServicer):
         self._control = control
         self._streams = streams
         self._limits = FixLimits(settings.max_future_skew_s, settings.max_fix_age_s)
+        # Sampling hints and fix requests on the driver streams.
+        self._steering = Steering(live.redis, sampling_policy(settings), settings.live_window_s)
 
     async def StreamLocations(
         self,
@@ -159,6 +162,8 @@ class LocationServicer(pb_grpc.LocationServiceServicer):
         FIXES_ACCEPTED.inc()
         session.quality.accepted(update, recorded_s, route)
         session.accepted(update.seq, entry_id, fix_key(location), time.monotonic())
+        if route is not Route.STORE:  # a late fix says nothing of where the driver is now
+            await self._steering.fixed(stream, update)
 
     async def _ingest(
         self, location: DriverLocation, route: Route, anchor: tuple[float, float] | None
@@ -185,10 +190,12 @@ class LocationServicer(pb_grpc.LocationServiceServicer):
         published)."""
         channel = control_channel(driver_id)
         stream.control_channel = channel
+        self._steering.attach(stream)
         await self._control.add(channel, stream.control)
         last_seq, availability = await self._live.last_state(driver_id)
         stream.availability = availability
         stream.session.bind(driver_id, last_seq)
+        await self._steering.bound(stream, driver_id)
 
     async def UploadLocations(
         self, request: pb.UploadLocationsRequest, context: aio.ServicerContext[Any, Any]
@@ -253,6 +260,7 @@ class LocationServicer(pb_grpc.LocationServiceServicer):
         mailbox: Latest[DriverLocation] = Latest(WATCH_DEPTH)
         await self._hub.add(channel, mailbox.put, on_lost=mailbox.fail)
         try:
+            await self._steering.watching(driver_id, "someone started watching the driver")
             last = (0, 0)
             current = await self._live.get_location(driver_id)
             if current is not None:

@@ -7,7 +7,7 @@ import logging
 import time
 from collections import deque
 from collections.abc import Awaitable, Collection, Container, Iterable, Sequence
-from typing import Protocol, TypeVar
+from typing import TYPE_CHECKING, Protocol, TypeVar
 
 from ridemesh.v1.common_pb2 import DriverAvailability
 from ridemesh.v1.location_service_pb2 import (
@@ -23,6 +23,9 @@ from services.live.names import partition_of
 from services.location.session import DriverSession, FixKey, InFlight
 from services.observability.metrics import FIXES_FILTERED, FIXES_LOST, FIXES_REJECTED
 from services.server.failures import raise_if_cancelling, unavailable
+
+if TYPE_CHECKING:
+    from services.location.steering import StreamSteer
 
 T = TypeVar("T")
 
@@ -69,6 +72,7 @@ class DriverStream:
         "_ack_pending",
         "closing",
         "failure",
+        "steer",
     )
 
     def __init__(self, session: DriverSession) -> None:
@@ -85,14 +89,22 @@ class DriverStream:
         self.closing = False
         # Set when the stream must end with this error after its last messages (a fix was lost).
         self.failure: DomainError | None = None
+        # Turns activities into sampling hints and spaces fix requests (location/steering.py).
+        self.steer: StreamSteer | None = None
 
     def reject(self, seq: int, driver_id: str, error: DomainError) -> None:
         self._rejections.append(StreamLocationsResponse(rejected=rejection(seq, driver_id, error)))
         self.wake.set()
 
     def control(self, message: StreamLocationsResponse) -> None:
-        """A message for this driver from RideService (an offer, a withdrawal, availability);
+        """A message for this driver from RideService (an offer, a withdrawal, availability, an
+        activity) or a watcher (a fix request);
         runs in the hub's reader, so it only queues."""
+        if self.steer is not None:
+            steered = self.steer.control(message)
+            if steered is None:
+                return
+            message = steered
         if message.WhichOneof("kind") == "availability":
             self.availability = message.availability
         if len(self._control) >= MAX_QUEUED_CONTROL:

@@ -51,6 +51,16 @@ FIXES_STORED_ONLY = Counter(
     "late (taken long before they arrived on a stream) or upload (UploadLocations).",
     ("source",),
 )
+SAMPLING_HINTS = Counter(
+    "ridemesh_sampling_hints_total",
+    "Sampling hints sent to driver apps, by the driver's activity.",
+    ("activity",),
+)
+FIX_REQUESTS = Counter(
+    "ridemesh_fix_requests_total",
+    "Fix-now requests for driver apps: sent, or merged into one sent moments before.",
+    ("outcome",),
+)
 FIXES_LOST = Counter(
     "ridemesh_fixes_lost_total",
     "Accepted fixes found missing from PostgreSQL after Redis lost them; each ends its stream "

@@ -164,6 +164,14 @@ def _add_simulate(subcommands: Commands) -> None:
         "--duration", type=float, default=0.0, help="seconds; 0 runs until Ctrl-C"
     )
     simulate.add_argument("--seed", type=int, help="for a repeatable city")
+    simulate.add_argument(
+        "--ignore-hints",
+        action="store_true",
+        help="send every 3-5 s whatever the server's sampling hints and fix requests say",
+    )
+    simulate.add_argument(
+        "--parked", type=float, default=0.0, help="share of drivers parked, 0 to 1"
+    )
     simulate.set_defaults(func=commands.simulate)
 
 

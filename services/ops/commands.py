@@ -55,6 +55,9 @@ def simulate(args: argparse.Namespace) -> int:
     except ValueError:
         print(f"ridemesh: --center must be LAT,LNG, got {args.center!r}", file=sys.stderr)
         return 2
+    if not 0.0 <= args.parked <= 1.0:
+        print(f"ridemesh: --parked must be 0 to 1, got {args.parked}", file=sys.stderr)
+        return 2
     if args.drivers < 0 or args.ride_rate < 0 or args.duration < 0:
         print(
             "ridemesh: --drivers, --ride-rate and --duration must not be negative", file=sys.stderr
@@ -67,6 +70,8 @@ def simulate(args: argparse.Namespace) -> int:
         center=(lat, lng),
         duration_s=args.duration,
         seed=args.seed,
+        honour_hints=not args.ignore_hints,
+        parked_fraction=args.parked,
     )
     stats = asyncio.run(simulate(settings, args.keys_dir))
     print(f"ridemesh: simulation stopped: {stats.summary()}", flush=True)

@@ -5,7 +5,8 @@ Each state change sets `effects_due` on the ride row in its own transaction (an 
 flag). Applying the effects clears it; a sweeper applies whatever is still owed a moment later,
 and when Redis comes back empty it owes every ride in progress again. The effects are idempotent:
 they set the state a ride implies (the driver BUSY and assigned while it is active, AVAILABLE and
-unassigned once it ended, the request out of the open set), and announce the ride again.
+unassigned once it ended, the driver's activity that its sampling hints follow, the request out
+of the open set), and announce the ride again.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from services.ride.availability import set_availability
 from services.ride.proximity import clear_target, set_target
 from services.ride.publish import publish_ride
 from services.ride.states import ACTIVE, TERMINAL, state_name
+from services.ride.steering import follow_ride
 from services.server.failures import raise_if_cancelling, unavailable
 
 log = logging.getLogger(__name__)
@@ -137,6 +139,7 @@ class RideEffects:
         request no longer open."""
         await self._redis.set(assigned_key(ride.driver_id), ride.rider_id, ex=ASSIGNMENT_TTL_S)
         await set_target(self._redis, ride)
+        await follow_ride(self._redis, ride, self._live_window_s)
         await set_availability(self._redis, ride.driver_id, BUSY, self._live_window_s)
         await self._redis.zrem(OPEN_REQUESTS_KEY, ride.ride_id)
 
@@ -146,6 +149,7 @@ class RideEffects:
         if ride.driver_id:
             await self._redis.delete(assigned_key(ride.driver_id))
             await clear_target(self._redis, ride)
+            await follow_ride(self._redis, ride, self._live_window_s)
             await set_availability(self._redis, ride.driver_id, AVAILABLE, self._live_window_s)
         if ride.offered_driver_id:
             reason = ride.end_reason or f"the ride is {state_name(ride.state)}"

@@ -38,6 +38,7 @@ from services.live.names import (
 )
 from services.live.replies import text
 from services.ride.states import ACTIVE
+from services.ride.steering import approaching_pickup
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +71,8 @@ KIND_NAMES = {
     Kind.RIDE_EVENT_KIND_APPROACHING_DROPOFF: "ride.approaching_dropoff",
 }
 KINDS = {name: kind for kind, name in KIND_NAMES.items()}
+# Events after which the driver's app samples as near the pickup (services/ride/steering.py).
+_NEAR_PICKUP_KINDS = {Kind.RIDE_EVENT_KIND_APPROACHING_PICKUP, Kind.RIDE_EVENT_KIND_AT_PICKUP}
 
 _STAGES = {
     RideState.RIDE_STATE_DRIVER_ASSIGNED: "assigned",
@@ -265,6 +268,8 @@ class ProximityTracker:
                 continue
             self.applied += 1
             kinds = {kind for kind, _ in events}
+            if kinds & _NEAR_PICKUP_KINDS:  # a driver may be at the pickup without approaching
+                await approaching_pickup(self._redis, location.driver_id)
             arrived = Kind.RIDE_EVENT_KIND_AT_PICKUP in kinds and target.stage == "assigned"
             if arrived and target.auto_arrive:
                 await self._arrive(target.ride_id, location.driver_id, location)

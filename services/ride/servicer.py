@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import datetime
@@ -34,6 +35,7 @@ from services.ride.chat_store import ChatMessages
 from services.ride.dispatch import Dispatcher
 from services.ride.effects import RideEffects
 from services.ride.publish import publish_ride
+from services.ride.steering import ask_for_fix
 from services.ride.store import RideStore
 from services.ride.watch import watch_ride, watch_ride_events
 
@@ -199,6 +201,7 @@ class RideServicer(pb_grpc.RideServiceServicer):
             request,
             events=self._events,
             authorize=lambda ride: rules.may_read_ride(who, ride),
+            ask_fix=functools.partial(ask_for_fix, self._redis),
         ):
             yield response
 

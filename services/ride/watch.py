@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Protocol
 
 from ridemesh.v1 import ride_service_pb2 as pb
@@ -132,11 +132,26 @@ class WatchMailbox:
         return item
 
 
+# Asks a driver's app for a fix now (services/ride/steering.py ask_for_fix).
+AskFix = Callable[[str], Awaitable[None]]
+
+
+async def _no_fix(driver_id: str) -> None:
+    return None
+
+
 class _RideWatch:
     """One watcher's state: the last ride and fix sent, and the driver subscription."""
 
-    def __init__(self, locations_hub: Hub[DriverLocation], live: LiveStore, router: Router) -> None:
+    def __init__(
+        self,
+        locations_hub: Hub[DriverLocation],
+        live: LiveStore,
+        router: Router,
+        ask_fix: AskFix = _no_fix,
+    ) -> None:
         self.mailbox = WatchMailbox()
+        self._ask_fix = ask_fix
         self._locations_hub = locations_hub
         self._live = live
         self._router = router
@@ -190,6 +205,8 @@ class _RideWatch:
                 driver_channel(driver_id), sink, on_lost=self.mailbox.fail
             )
             self._location = await self._live.get_location(driver_id)
+            # Someone now shows this driver on a map: a fresh fix beats waiting for the next one.
+            await self._ask_fix(driver_id)
 
     def _is_newer_fix(self, location: DriverLocation) -> bool:
         return self._location is None or fix_order(location) > fix_order(self._location)
@@ -220,12 +237,13 @@ async def watch_ride(
     *,
     events: EventFeed | None = None,
     authorize: Callable[[pb.Ride], None] = lambda ride: None,
+    ask_fix: AskFix = _no_fix,
 ) -> AsyncIterator[pb.WatchRideResponse]:
     """The ride now, then every transition, proximity event and move of its driver; ends after
     an end state. `authorize` sees the ride as first read and raises when the caller may not
-    watch it."""
+    watch it; `ask_fix` is called with each driver the watcher starts following."""
     ride_id = required_id(request.ride_id, "ride_id")
-    watch = _RideWatch(locations_hub, live, router)
+    watch = _RideWatch(locations_hub, live, router, ask_fix)
     channel = ride_channel(ride_id)
 
     def on_logged(event: LoggedEvent) -> None:

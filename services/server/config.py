@@ -91,6 +91,23 @@ class Settings:
     max_dispatch_s: float = 120.0
     # How often a RideService replica looks for lapsed offers (any replica may advance any ride).
     dispatch_sweep_s: float = 0.5
+    # Sampling hints sent on driver streams (services/domain/sampling.py): per activity, send a
+    # fix this often (s) at this accuracy (m).
+    sampling_idle_s: float = 30.0
+    sampling_idle_m: float = 50.0
+    sampling_available_s: float = 4.0
+    sampling_available_m: float = 20.0
+    sampling_to_pickup_s: float = 2.0
+    sampling_to_pickup_m: float = 10.0
+    sampling_near_pickup_s: float = 1.0
+    sampling_near_pickup_m: float = 5.0
+    sampling_on_ride_s: float = 3.0
+    sampling_on_ride_m: float = 10.0
+    # An available driver whose fixes stay within idle_radius_m for idle_after_s is idle; a
+    # driver's app is asked for a fix now at most once per fix_request_gap_s.
+    idle_radius_m: float = 30.0
+    idle_after_s: float = 120.0
+    fix_request_gap_s: float = 2.0
     # Authentication: the directory holding jwks.json (the keys tokens must be signed with), and
     # the issuer and audience they must name; clock skew tolerated on exp.
     auth_keys_dir: str = ".ridemesh/keys"

@@ -59,6 +59,8 @@ class DriverStream:
         self.rejected: list[pb.LocationRejected] = []
         self.offers: list[pb.RideOffer] = []
         self.withdrawn: list[pb.RideOfferWithdrawn] = []
+        self.hints: list[pb.SamplingHint] = []
+        self.fix_requests: list[pb.FixRequest] = []
         self._changed = asyncio.Condition()
         self.reader = asyncio.create_task(self._read())
 
@@ -78,6 +80,10 @@ class DriverStream:
                     self.offers.append(response.offer)
                 elif kind == "offer_withdrawn":
                     self.withdrawn.append(response.offer_withdrawn)
+                elif kind == "sampling_hint":
+                    self.hints.append(response.sampling_hint)
+                elif kind == "fix_request":
+                    self.fix_requests.append(response.fix_request)
                 self._changed.notify_all()
 
     def send(self, update: pb.LocationUpdate) -> None:

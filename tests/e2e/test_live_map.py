@@ -73,6 +73,7 @@ async def city(envoy_address: str, keys: DevKeys) -> AsyncIterator[Simulation]:
         trip_radius_m=400.0,
         speed_mps=(15.0, 25.0),
         fix_interval_s=(0.5, 1.0),
+        honour_hints=False,  # fast fixes whatever the server hints
         rider_patience_s=20.0,
     )
     simulation = Simulation(settings, keys)

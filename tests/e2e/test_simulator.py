@@ -63,6 +63,7 @@ async def test_a_small_fast_city_streams_drives_and_ends_every_ride(
         trip_radius_m=200.0,
         speed_mps=(100.0, 120.0),  # fast, so a whole trip fits in the run
         fix_interval_s=(0.3, 0.5),
+        honour_hints=False,  # fast fixes whatever the server hints
         gps_sigma_m=GPS_SIGMA_M,
         accept_probability=1.0,
         rider_patience_s=6.0,

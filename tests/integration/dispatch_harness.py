@@ -115,6 +115,8 @@ class Listener:
     def __init__(self, redis: Redis) -> None:
         self._pubsub = redis.pubsub()
         self.control: dict[str, list[StreamLocationsResponse]] = {}
+        # Sampling hints (the activity alone) and fix requests, apart from dispatch's messages.
+        self.steering: dict[str, list[StreamLocationsResponse]] = {}
         self.rides: dict[str, list[pb.Ride]] = {}
         self._confirmed: set[str] = set()
         self._changed = asyncio.Condition()
@@ -157,7 +159,9 @@ class Listener:
                 elif ":ch:control:" in channel:
                     decoded = StreamLocationsResponse.FromString(message["data"])
                     key = channel.rsplit(":", 1)[1]
-                    self.control.setdefault(key, []).append(decoded)
+                    steering = decoded.WhichOneof("kind") in ("sampling_hint", "fix_request")
+                    box = self.steering if steering else self.control
+                    box.setdefault(key, []).append(decoded)
                 else:
                     key = channel.rsplit(":", 1)[1]
                     self.rides.setdefault(key, []).append(pb.Ride.FromString(message["data"]))
@@ -169,3 +173,6 @@ class Listener:
 
     def kinds(self, driver_id: str) -> list[str | None]:
         return [m.WhichOneof("kind") for m in self.control.get(driver_id, [])]
+
+    def activities(self, driver_id: str) -> list[int]:
+        return [m.sampling_hint.activity for m in self.steering.get(driver_id, [])]

@@ -11,6 +11,7 @@ from redis.asyncio import Redis
 
 from ridemesh.v1 import ride_service_pb2 as pb
 from ridemesh.v1.common_pb2 import DriverAvailability, LatLng
+from ridemesh.v1.location_service_pb2 import DriverActivity
 from services.auth.keys import DevKeys
 from services.domain.errors import FailedPrecondition
 from services.history.store import create_engine
@@ -224,6 +225,8 @@ async def test_accepting_makes_the_driver_busy_and_completing_available_again(
     assert await world.live.assigned_rider(driver) == ride.rider_id
     await world.listener.wait(lambda: world.listener.kinds(driver)[-1] == "availability")
     assert world.listener.control[driver][-1].availability == BUSY
+    # Its app samples for the way to the pickup (sent before the availability, on one channel).
+    assert world.listener.activities(driver) == [DriverActivity.DRIVER_ACTIVITY_TO_PICKUP]
     # A busy driver is not offered the next ride.
     other = await world.dispatcher.dispatch(await world.request())
     assert other.state == pb.RIDE_STATE_EXPIRED
@@ -235,6 +238,10 @@ async def test_accepting_makes_the_driver_busy_and_completing_available_again(
     assert await world.live.assigned_rider(driver) is None
     await world.listener.wait(lambda: world.listener.control[driver][-1].availability == AVAILABLE)
     assert world.listener.kinds(driver) == ["offer", "availability", "availability"]
+    assert world.listener.activities(driver) == [
+        DriverActivity.DRIVER_ACTIVITY_TO_PICKUP,
+        DriverActivity.DRIVER_ACTIVITY_AVAILABLE,
+    ]
     again = await world.dispatcher.dispatch(await world.request())
     assert again.offered_driver_id == driver
 

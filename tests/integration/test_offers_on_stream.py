@@ -44,6 +44,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.asyncio]
 
 BUSY = DriverAvailability.DRIVER_AVAILABILITY_BUSY
 AVAILABLE = DriverAvailability.DRIVER_AVAILABILITY_AVAILABLE
+_NOT_DISPATCH = ("ack", "rejected", "sampling_hint", "fix_request")
 LOCATION_ENV = {
     "RIDEMESH_ACK_INTERVAL_S": "0.2",
     "RIDEMESH_PERSIST_MAX_AGE_S": "0.2",
@@ -113,8 +114,9 @@ class Driver:
         await self.wait(lambda: any(m.ack.seq >= seq for m in self.received if m.HasField("ack")))
 
     def control(self) -> list[lpb.StreamLocationsResponse]:
-        """What dispatch sent: offers, withdrawals and availability, in arrival order."""
-        return [m for m in self.received if m.WhichOneof("kind") not in ("ack", "rejected")]
+        """What dispatch sent: offers, withdrawals and availability, in arrival order (sampling
+        hints and fix requests are tested in test_steering)."""
+        return [m for m in self.received if m.WhichOneof("kind") not in _NOT_DISPATCH]
 
     def kinds(self) -> list[str | None]:
         return [m.WhichOneof("kind") for m in self.control()]

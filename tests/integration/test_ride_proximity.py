@@ -13,6 +13,8 @@ from redis.asyncio import Redis
 
 from ridemesh.v1 import ride_service_pb2 as pb
 from ridemesh.v1.common_pb2 import DriverLocation, LatLng
+from services.domain.sampling import NEAR_PICKUP, TO_PICKUP
+from services.live.activity import get_activity, set_activity
 from services.live.events import ORIGIN, EventLog, LoggedEvent
 from services.live.ingest import StreamId, parse_stream_id
 from services.live.names import RIDES_GROUP, ingest_stream
@@ -181,3 +183,19 @@ async def test_drivers_without_a_ride_cost_one_read_and_raise_nothing(
         await send(redis, fix(d, seq, PICKUP, 0.0))
     after = await EventLog(redis).after(0, ORIGIN, count=100_000)
     assert len(after) == len(before)
+
+
+async def test_approaching_or_reaching_the_pickup_makes_the_driver_sample_as_near_it(
+    trackers: list[ProximityTracker], redis: Redis
+) -> None:
+    approaching, already_there = (f"drv-{uuid.uuid4().hex[:8]}" for _ in range(2))
+    for d in (approaching, already_there):
+        await set_target(redis, ride(d, pb.RideState.RIDE_STATE_DRIVER_ASSIGNED))
+        await set_activity(redis, d, TO_PICKUP)
+    await send(redis, fix(approaching, 1, north(2000), 12.0))
+    assert await get_activity(redis, approaching) == TO_PICKUP
+    await send(redis, fix(approaching, 2, north(450), 10.0))
+    assert await get_activity(redis, approaching) == NEAR_PICKUP
+    # At the pickup from the first fix: AT_PICKUP without an approach.
+    await send(redis, fix(already_there, 1, north(20), 0.0))
+    assert await get_activity(redis, already_there) == NEAR_PICKUP

@@ -1,5 +1,6 @@
-"""One simulated driver app: its own StreamLocations stream, fixes on a timer, offers answered,
-rides driven through every state, and a jittered reconnect when the stream drops."""
+"""One simulated driver app: its own StreamLocations stream, fixes on a timer (the server's
+sampling hint when it honours hints, and one at once when asked), offers answered, rides driven
+through every state, and a jittered reconnect when the stream drops."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import contextlib
 import logging
 import random
 import time
+from collections import deque
 from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass
 
@@ -67,6 +69,16 @@ class SimulatedDriver:
         self._outbox: asyncio.Queue[pb.StreamLocationsRequest | None] = asyncio.Queue()
         self._answering: set[asyncio.Task[None]] = set()
         self._accepting = False  # an AcceptRide in flight: a second offer is declined meanwhile
+        # A parked driver stays where it is until a ride takes it somewhere (and parks there).
+        self.parked = rng.random() < settings.parked_fraction
+        # The server's latest sampling hint, and whether it asked for a fix now.
+        self.hint: pb.SamplingHint | None = None
+        self._fix_now = False
+        self._wake = asyncio.Event()
+        # When each recent fix went out (monotonic s) and the activity hinted then (tests read it).
+        self.sent: deque[tuple[float, int]] = deque(maxlen=512)
+        self._moved_at: float | None = None
+        self._moving = asyncio.Lock()
 
     async def run(self, stop: asyncio.Event, pacer: Pacer) -> None:
         """Keeps a stream open until `stop`, reconnecting with jittered exponential backoff."""
@@ -110,23 +122,59 @@ class SimulatedDriver:
 
     async def _drive(self, stop: asyncio.Event, reader: asyncio.Task[None]) -> None:
         """Moves the car and sends a fix every few seconds until stopped or the stream ends."""
-        last = time.monotonic()
         while not stop.is_set() and not reader.done():
-            now = time.monotonic()
-            await self._move(now - last)
-            last = now
+            await self.advance()
             self._send_fix()
-            # Wakes early when stopped or when the stream drops, so a reconnect is not delayed.
+            await self._until_next_fix(stop, reader, time.monotonic())
+
+    def _interval_s(self) -> float:
+        """The wait before the next fix: the hinted interval (up to 10% more, so a fleet does
+        not send in step), or the configured range without hints."""
+        hint = self.hint
+        if hint is None or not self._settings.honour_hints:
+            return self._rng.uniform(*self._settings.fix_interval_s)
+        return hint.interval.ToNanoseconds() / 1e9 * self._rng.uniform(1.0, 1.1)
+
+    async def _until_next_fix(
+        self, stop: asyncio.Event, reader: asyncio.Task[None], sent_at: float
+    ) -> None:
+        """Waits out the interval; a new hint re-times the wait from the last fix, a fix request
+        ends it. Wakes early when stopped or when the stream drops, so a reconnect is not
+        delayed."""
+        due = sent_at + self._interval_s()
+        while not stop.is_set() and not reader.done():
+            left = due - time.monotonic()
+            if left <= 0:
+                return
+            self._wake.clear()
             stopped = asyncio.create_task(stop.wait())
-            interval = self._rng.uniform(*self._settings.fix_interval_s)
-            await asyncio.wait({stopped, reader}, timeout=interval, return_when="FIRST_COMPLETED")
+            woken = asyncio.create_task(self._wake.wait())
+            await asyncio.wait(
+                {stopped, reader, woken}, timeout=left, return_when="FIRST_COMPLETED"
+            )
             stopped.cancel()
+            woken.cancel()
+            if self._fix_now:
+                self._fix_now = False
+                return
+            if woken.done() and not woken.cancelled():
+                due = sent_at + self._interval_s()
+
+    async def advance(self) -> None:
+        """Moves the car as far as it went since it last moved (the bench calls it too, to know
+        where the car truly is between fixes)."""
+        async with self._moving:
+            now = time.monotonic()
+            elapsed = 0.0 if self._moved_at is None else now - self._moved_at
+            self._moved_at = now
+            await self._move(elapsed)
 
     async def _move(self, elapsed_s: float) -> None:
         distance = self.speed_mps * elapsed_s
         trip = self.trip
         if trip is None:
-            roam(self.car, self._grid, distance, self._rng)
+            if not self.parked:
+                roam(self.car, self._grid, distance, self._rng)
             return
         goal = trip.dropoff if trip.aboard else trip.pickup
         if drive_to(self.car, goal, distance, self._grid.block_m):
@@ -146,6 +194,7 @@ class SimulatedDriver:
         update.recorded_at.GetCurrentTime()
         self._outbox.put_nowait(pb.StreamLocationsRequest(update=update))
         self._stats.fixes_sent += 1
+        self.sent.append((time.monotonic(), self.hint.activity if self.hint else 0))
 
     async def _read(self, call: aio.StreamStreamCall) -> None:  # type: ignore[type-arg]
         async for response in call:
@@ -160,6 +209,16 @@ class SimulatedDriver:
                 task = asyncio.create_task(self._answer(response.offer))
                 self._answering.add(task)
                 task.add_done_callback(self._answering.discard)
+            elif kind == "sampling_hint":
+                self._stats.hints += 1
+                self.hint = response.sampling_hint
+                if self._settings.honour_hints:
+                    self._wake.set()
+            elif kind == "fix_request":
+                self._stats.fix_requests += 1
+                if self._settings.honour_hints:
+                    self._fix_now = True
+                    self._wake.set()
 
     async def _answer(self, offer: pb.RideOffer) -> None:
         """Accepts most offers (when free), declines the rest."""

@@ -19,7 +19,14 @@ class SimSettings:
     city_radius_m: float = 3000.0
     trip_radius_m: float = 2000.0  # pickups and drop-offs lie this close to the centre
     speed_mps: tuple[float, float] = (5.0, 14.0)
+    # Without hints (or before the first), a fix every this many seconds (uniform in the range).
     fix_interval_s: tuple[float, float] = (3.0, 5.0)
+    # Send at the server's hinted interval and one fix at once when asked; False keeps to
+    # fix_interval_s whatever the server says (the sampling bench's baseline).
+    honour_hints: bool = True
+    # This share of the drivers park where they start and wait for rides there (and park again
+    # where a ride ends) instead of cruising.
+    parked_fraction: float = 0.0
     gps_sigma_m: float = 4.0
     accept_probability: float = 0.9
     stream_open_rate_per_s: float = 50.0

@@ -21,11 +21,14 @@ class Stats:
     rides_cancelled: int = 0
     rides_expired: int = 0
     request_errors: int = 0
+    hints: int = 0
+    fix_requests: int = 0
 
     def summary(self) -> str:
         return (
             f"fixes sent {self.fixes_sent}, acked {self.fixes_acked}, "
-            f"rejected {self.fixes_rejected}; reconnects {self.reconnects}; "
+            f"rejected {self.fixes_rejected}; hints {self.hints}, fix requests "
+            f"{self.fix_requests}; reconnects {self.reconnects}; "
             f"offers {self.offers} (declined {self.offers_declined}); "
             f"rides requested {self.rides_requested} (failed {self.request_errors}), "
             f"accepted {self.rides_accepted}, "

@@ -8,8 +8,9 @@ import io
 import json
 import random
 from collections.abc import AsyncIterator, Callable
+from contextlib import AsyncExitStack
 from datetime import UTC, datetime, timedelta
-from typing import Any, cast
+from typing import Any
 
 import grpc
 import pytest
@@ -20,15 +21,13 @@ from prometheus_client import REGISTRY
 from ridemesh.v1 import geo_query_service_pb2 as pb
 from ridemesh.v1 import geo_query_service_pb2_grpc as pb_grpc
 from services.auth.identity import Identity, Role
-from services.auth.interceptor import AuthInterceptor
 from services.domain.trip_ids import TripSpan, encode_trip_id
 from services.geo import track_export
 from services.geo.export_formats import CHUNK_BYTES, GPX_NAMESPACE
-from services.geo.servicer import GeoQueryServicer
 from services.geo.track_export import PAGE_ROWS
 from services.history.store import FixRow, HistoryStore, create_engine
-from services.server.errors import DomainErrorInterceptor
 from tests.gpx_schema import assert_valid_gpx
+from tests.integration.geo_servicer import geo_stub
 from tests.waiting import until
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio]
@@ -83,32 +82,13 @@ Stub = Callable[[HistoryStore], Any]
 
 @pytest.fixture
 async def serve() -> AsyncIterator[Callable[[HistoryStore], Any]]:
-    servers: list[aio.Server] = []
-    channels: list[aio.Channel] = []
+    async with AsyncExitStack() as servers:
 
-    async def start(history: HistoryStore) -> pb_grpc.GeoQueryServiceAsyncStub:
-        # Only ExportDriverTrack is called: the servicer's other parts are left out.
-        unused = cast(Any, None)
-        servicer = GeoQueryServicer(
-            unused, history, unused, unused, unused, unused, unused, unused, webhook_store=unused
-        )
-        interceptors: list[aio.ServerInterceptor] = [  # type: ignore[type-arg]
-            AuthInterceptor(_verify),
-            DomainErrorInterceptor(),
-        ]
-        server = aio.server(interceptors=interceptors)
-        port = server.add_insecure_port("127.0.0.1:0")
-        pb_grpc.add_GeoQueryServiceServicer_to_server(servicer, server)
-        await server.start()
-        servers.append(server)
-        channels.append(aio.insecure_channel(f"127.0.0.1:{port}"))
-        return pb_grpc.GeoQueryServiceStub(channels[-1])
+        async def start(history: HistoryStore) -> pb_grpc.GeoQueryServiceAsyncStub:
+            # Only ExportDriverTrack is called: the servicer's other parts are left out.
+            return await servers.enter_async_context(geo_stub(_verify, history=history))
 
-    yield start
-    for channel in channels:
-        await channel.close(None)
-    for server in servers:
-        await server.stop(None)
+        yield start
 
 
 def _token(who: str) -> tuple[tuple[str, str], ...]:

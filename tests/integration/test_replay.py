@@ -24,9 +24,7 @@ from ridemesh.v1 import common_pb2
 from ridemesh.v1 import geo_query_service_pb2 as pb
 from ridemesh.v1 import geo_query_service_pb2_grpc as pb_grpc
 from services.auth.identity import Identity, Role
-from services.auth.interceptor import AuthInterceptor
 from services.domain.area import Box
-from services.geo.servicer import GeoQueryServicer
 from services.history.box_reads import (
     SELECT_BOX_PAGE,
     BoxQuery,
@@ -36,7 +34,7 @@ from services.history.box_reads import (
 from services.history.migrate import run_migrations
 from services.history.store import FixRow, HistoryStore, create_engine
 from services.ops.mesh.postgres_server import PostgresServer
-from services.server.errors import DomainErrorInterceptor
+from tests.integration.geo_servicer import geo_stub
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio]
 
@@ -101,7 +99,7 @@ async def stored(store: HistoryStore) -> list[FixRow]:
 
 @pytest.fixture
 async def stub(store: HistoryStore) -> AsyncIterator[pb_grpc.GeoQueryServiceAsyncStub]:
-    async with ReplayServer(store) as geo:
+    async with replay_server(store) as geo:
         yield geo
 
 
@@ -111,31 +109,10 @@ def _verify(header: str | None) -> Identity:
     return Identity("r-1", Role.RIDER)
 
 
-class ReplayServer:
+def replay_server(history: HistoryStore) -> Any:
     """A real GeoQuery server whose only real part is the history store: replay must not need
     Redis, the live store or the event feed (they are None here)."""
-
-    def __init__(self, history: HistoryStore) -> None:
-        unused = cast(Any, None)
-        self.servicer = GeoQueryServicer(
-            unused, history, unused, unused, unused, unused, unused, unused, webhook_store=unused
-        )
-
-    async def __aenter__(self) -> pb_grpc.GeoQueryServiceAsyncStub:
-        interceptors: list[aio.ServerInterceptor] = [  # type: ignore[type-arg]
-            AuthInterceptor(_verify),
-            DomainErrorInterceptor(),
-        ]
-        self.server = aio.server(interceptors=interceptors)
-        port = self.server.add_insecure_port("127.0.0.1:0")
-        pb_grpc.add_GeoQueryServiceServicer_to_server(self.servicer, self.server)
-        await self.server.start()
-        self.channel = aio.insecure_channel(f"127.0.0.1:{port}")
-        return pb_grpc.GeoQueryServiceStub(self.channel)
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.channel.close(None)
-        await self.server.stop(None)
+    return geo_stub(_verify, history=history)
 
 
 def _ts(moment: datetime) -> Timestamp:
@@ -342,7 +319,7 @@ async def test_postgres_going_away_mid_replay_is_unavailable_naming_it(
             ]
             await history.insert_fixes(rows)
             request = _request(BERLIN, start, start + timedelta(seconds=50), speed=5)
-            async with ReplayServer(history) as geo:
+            async with replay_server(history) as geo:
                 got: list[int] = []
                 with pytest.raises(aio.AioRpcError) as caught:
                     await _stopping_after_the_first_fix(geo, request, server, got)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
-from typing import Any, cast
+from typing import Any
 
 import grpc
 import pytest
@@ -15,13 +15,11 @@ from grpc import aio
 from ridemesh.v1 import geo_query_service_pb2 as pb
 from ridemesh.v1 import geo_query_service_pb2_grpc as pb_grpc
 from services.auth.identity import Identity, Role
-from services.auth.interceptor import AuthInterceptor
 from services.domain.trip_ids import TripSpan, decode_trip_id
 from services.domain.trips import Fix, RideSpan
-from services.geo.servicer import GeoQueryServicer
 from services.history.ride_spans import ride_spans
 from services.history.store import FixRow, HistoryStore, create_engine
-from services.server.errors import DomainErrorInterceptor
+from tests.integration.geo_servicer import geo_stub
 from tests.trip_days import Day, micros, moment
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio]
@@ -124,21 +122,8 @@ def _verify(header: str | None) -> Identity:
 @pytest.fixture(scope="module")
 async def stub(store: HistoryStore) -> AsyncIterator[pb_grpc.GeoQueryServiceAsyncStub]:
     # Only the history RPCs are called: the servicer's other parts are left out.
-    unused = cast(Any, None)
-    servicer = GeoQueryServicer(
-        unused, store, unused, unused, unused, unused, unused, unused, webhook_store=unused
-    )
-    interceptors: list[aio.ServerInterceptor] = [  # type: ignore[type-arg]
-        AuthInterceptor(_verify),
-        DomainErrorInterceptor(),
-    ]
-    server = aio.server(interceptors=interceptors)
-    port = server.add_insecure_port("127.0.0.1:0")
-    pb_grpc.add_GeoQueryServiceServicer_to_server(servicer, server)
-    await server.start()
-    async with aio.insecure_channel(f"127.0.0.1:{port}") as channel:
-        yield pb_grpc.GeoQueryServiceStub(channel)
-    await server.stop(None)
+    async with geo_stub(_verify, history=store) as stub:
+        yield stub
 
 
 def ts(moment_: datetime) -> Timestamp:
@@ -297,26 +282,11 @@ async def test_another_driver_may_not_read_the_trips(
 
 async def test_a_database_that_is_away_is_unavailable() -> None:
     away = HistoryStore(create_engine("postgresql+asyncpg://postgres@127.0.0.1:9/none"))
-    unused = cast(Any, None)
-    servicer = GeoQueryServicer(
-        unused, away, unused, unused, unused, unused, unused, unused, webhook_store=unused
-    )
-    interceptors: list[aio.ServerInterceptor] = [  # type: ignore[type-arg]
-        AuthInterceptor(_verify),
-        DomainErrorInterceptor(),
-    ]
-    server = aio.server(interceptors=interceptors)
-    port = server.add_insecure_port("127.0.0.1:0")
-    pb_grpc.add_GeoQueryServiceServicer_to_server(servicer, server)
-    await server.start()
     try:
-        async with aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+        async with geo_stub(_verify, history=away) as stub:
             with pytest.raises(aio.AioRpcError) as caught:
-                await pb_grpc.GeoQueryServiceStub(channel).ListDriverTrips(
-                    trips_request(), metadata=AS_DRIVER
-                )
+                await stub.ListDriverTrips(trips_request(), metadata=AS_DRIVER)
     finally:
-        await server.stop(None)
         await away.dispose()
     assert caught.value.code() is grpc.StatusCode.UNAVAILABLE
     assert "PostgreSQL" in (caught.value.details() or "")

@@ -8,7 +8,7 @@ import json
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import grpc
 import pytest
@@ -22,8 +22,6 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from ridemesh.v1 import geo_query_service_pb2 as pb
 from ridemesh.v1 import geo_query_service_pb2_grpc as pb_grpc
 from services.auth.identity import Identity, Role
-from services.auth.interceptor import AuthInterceptor
-from services.geo.servicer import GeoQueryServicer
 from services.geo.webhook_delivery import (
     Deliverer,
     DeliveryTimings,
@@ -37,7 +35,7 @@ from services.live.events import LOG_EVENT_LUA, RETENTION_S, EventLog, log_args
 from services.live.names import events_meta_key, events_stream, webhook_lease_key
 from services.live.replies import text
 from services.ops.mesh.redis_server import RedisServer
-from services.server.errors import DomainErrorInterceptor
+from tests.integration.geo_servicer import geo_stub
 from tests.integration.restartable import Restartable
 from tests.waiting import until
 from tests.webhook_receiver import Received, Receiver
@@ -370,21 +368,8 @@ async def stub(
     store: WebhookStore, redis: Redis
 ) -> AsyncIterator[pb_grpc.GeoQueryServiceAsyncStub]:
     # Only the webhook RPCs are called: the servicer's other parts are left out.
-    unused = cast(Any, None)
-    servicer = GeoQueryServicer(
-        unused, unused, unused, unused, unused, unused, redis, unused, webhook_store=store
-    )
-    interceptors: list[aio.ServerInterceptor] = [  # type: ignore[type-arg]
-        AuthInterceptor(_verify),
-        DomainErrorInterceptor(),
-    ]
-    server = aio.server(interceptors=interceptors)
-    port = server.add_insecure_port("127.0.0.1:0")
-    pb_grpc.add_GeoQueryServiceServicer_to_server(servicer, server)
-    await server.start()
-    async with aio.insecure_channel(f"127.0.0.1:{port}") as channel:
-        yield pb_grpc.GeoQueryServiceStub(channel)
-    await server.stop(None)
+    async with geo_stub(_verify, redis=redis, webhook_store=store) as stub:
+        yield stub
 
 
 OPS = (("authorization", "Bearer ops"),)

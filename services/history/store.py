@@ -171,7 +171,13 @@ async def raw_connection(engine: AsyncEngine) -> AsyncIterator[Any]:
     plain SQL with asyncpg's own parameter handling need the driver itself."""
     async with engine.connect() as conn:
         raw = await conn.get_raw_connection()
-        yield raw.driver_connection
+        try:
+            yield raw.driver_connection
+        except asyncpg.InternalClientError:
+            # The driver connection was left mid-operation (its server went away under a
+            # query, or a cancel landed mid-protocol): it must never be handed out again.
+            await conn.invalidate()
+            raise
 
 
 @asynccontextmanager

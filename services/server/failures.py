@@ -82,6 +82,10 @@ def _classify(exc: BaseException) -> Dependency | None:
         return Dependency.POSTGRES if state.startswith(_POSTGRES_AWAY_STATES) else None
     if isinstance(exc, asyncpg.InterfaceError) and "connection" in str(exc).lower():
         return Dependency.POSTGRES  # "connection is closed": the server went away under us
+    if isinstance(exc, asyncpg.InternalClientError):
+        # "another operation is in progress": a connection broken mid-query when PostgreSQL
+        # went away (history/store.py raw_connection drops it from the pool).
+        return Dependency.POSTGRES
     if isinstance(exc, sqlalchemy_errors.DBAPIError) and exc.connection_invalidated:
         return Dependency.POSTGRES
     if isinstance(exc, sqlalchemy_errors.TimeoutError):  # the pool waited for a connection

@@ -30,8 +30,8 @@ from tests.tokens import Metadata
 
 pytestmark = pytest.mark.e2e
 
-REYKJAVIK = Box(64.10, -22.00, 64.16, -21.80)  # a box no other test uses
-ZONE = (64.13, -21.90)  # a zone on the replayed drivers' path
+LONGYEARBYEN = Box(78.20, 15.45, 78.26, 15.75)  # a box no other test uses (Svalbard)
+ZONE = (78.23, 15.60)  # a zone on the replayed drivers' path
 LISBON = (38.7223, -9.1393)  # the browser test's centre, also unused elsewhere
 CHROMIUM = Path("/usr/bin/chromium")
 
@@ -74,22 +74,22 @@ async def test_a_replay_plays_the_box_in_order_at_its_speed_and_touches_nothing_
 ) -> None:
     drivers = [new_driver_id("replay") for _ in range(3)]
     start = datetime.now(UTC).replace(microsecond=0) - timedelta(hours=2)
-    rows = _stored_drive(drivers, start, REYKJAVIK)
+    rows = _stored_drive(drivers, start, LONGYEARBYEN)
     await history.insert_fixes(rows)
     expected = sorted(
-        (r for r in rows if REYKJAVIK.contains(r.latitude, r.longitude)),
+        (r for r in rows if LONGYEARBYEN.contains(r.latitude, r.longitude)),
         key=lambda r: (r.recorded_at, r.driver_id.encode(), r.seq),
     )
     assert 0 < len(expected) < len(rows)
 
     # One of the replayed drivers is live now, somewhere in the box; an area watcher sees it.
     live = DriverStream(location, as_driver(drivers[0]))
-    live.send(fix(drivers[0], 5_000, 64.15, -21.85))  # in the box, outside the zone
+    live.send(fix(drivers[0], 5_000, 78.25, 15.70))  # in the box, outside the zone
     await live.wait_for(lambda: live.accepted_seq == 5_000)
     before = (await location.GetDriverLocation(
         location_pb.GetDriverLocationRequest(driver_id=drivers[0])
     )).location  # fmt: skip
-    watch = Messages(location.WatchArea(location_pb.WatchAreaRequest(bounds=_bounds(REYKJAVIK))))
+    watch = Messages(location.WatchArea(location_pb.WatchAreaRequest(bounds=_bounds(LONGYEARBYEN))))
     snapshot = await watch.next()
     assert snapshot.location.driver_id == drivers[0]
 
@@ -104,7 +104,7 @@ async def test_a_replay_plays_the_box_in_order_at_its_speed_and_touches_nothing_
     speed = 10.0
     end = start + timedelta(seconds=21)
     request = pb.ReplayFleetRequest(
-        bounds=_bounds(REYKJAVIK), start_time=_ts(start), end_time=_ts(end), speed=speed
+        bounds=_bounds(LONGYEARBYEN), start_time=_ts(start), end_time=_ts(end), speed=speed
     )
     began = time.monotonic()
     played = []
@@ -119,7 +119,7 @@ async def test_a_replay_plays_the_box_in_order_at_its_speed_and_touches_nothing_
     # cell's order) the area watcher saw no replayed driver, and the live position is unchanged.
     sentinel = new_driver_id("replay-sentinel")
     other = DriverStream(location, as_driver(sentinel))
-    other.send(fix(sentinel, 1, 64.12, -21.95))
+    other.send(fix(sentinel, 1, 78.21, 15.50))
     area_seen = [(await watch.next()).location.driver_id]
     while area_seen[-1] != sentinel:
         area_seen.append((await watch.next()).location.driver_id)

@@ -87,9 +87,9 @@ async def test_a_rides_states_steer_its_drivers_sampling_and_the_riders_map_asks
     as_driver: Act,
     as_rider: Act,
 ) -> None:
-    pickup = (59.9139, 10.7522)  # Oslo
+    pickup = (21.3069, -157.8583)  # Honolulu: no other test has drivers there
     driver_id = new_driver_id("drv")
-    driver = await _online(location, as_driver, driver_id, (59.9239, 10.7522))  # 1.1 km north
+    driver = await _online(location, as_driver, driver_id, (21.3169, -157.8583))  # 1.1 km north
     assert _activities(driver) == [AVAILABLE]
     ride = await _assigned(rides, driver, driver_id, as_driver, as_rider, pickup)
     await driver.wait_for(lambda: _activities(driver)[-1] == TO_PICKUP)
@@ -139,14 +139,14 @@ async def test_a_reconnecting_driver_is_hinted_its_current_activity(
     as_driver: Act,
     as_rider: Act,
 ) -> None:
-    pickup = (64.1466, -21.9426)  # Reykjavik
+    pickup = (64.1814, -51.6941)  # Nuuk: no other test has drivers there
     driver_id = new_driver_id("drv")
-    driver = await _online(location, as_driver, driver_id, (64.1566, -21.9426))
+    driver = await _online(location, as_driver, driver_id, (64.1914, -51.6941))
     ride = await _assigned(rides, driver, driver_id, as_driver, as_rider, pickup)
     await driver.wait_for(lambda: _activities(driver)[-1] == TO_PICKUP)
     await _end(driver)
     # Envoy may send the new stream to the other LocationService replica: Redis remembers.
-    again = await _online(location, as_driver, driver_id, (64.1566, -21.9426), seq=2)
+    again = await _online(location, as_driver, driver_id, (64.1914, -51.6941), seq=2)
     assert _activities(again) == [TO_PICKUP]
     cancel = pb.CancelRideRequest(
         ride_id=ride.ride_id,

@@ -42,6 +42,10 @@ def test_a_redis_command_error_is_not_redis_being_away() -> None:
         asyncpg.exceptions.AdminShutdownError("terminating connection due to administrator"),
         asyncpg.exceptions.TooManyConnectionsError("sorry, too many clients already"),
         asyncpg.InterfaceError("connection is closed"),
+        # A pooled connection PostgreSQL terminated while it was idle, used next.
+        asyncpg.InternalClientError(
+            "cannot switch to state 11; another operation (2) is in progress"
+        ),
     ],
 )
 def test_postgresql_away_names_postgresql(error: Exception) -> None:

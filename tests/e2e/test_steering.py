@@ -188,8 +188,9 @@ async def test_simulated_drivers_send_at_the_hinted_interval_unless_told_to_igno
         fix_interval_s=(0.3, 0.5),
         demo_zones=False,
     )
-    honouring = Simulation(replace(base, center=(-34.6037, -58.3816)), keys)  # Buenos Aires
-    ignoring = Simulation(replace(base, center=(-12.0464, -77.0428), honour_hints=False), keys)
+    # Wellington and Hobart: cities no other test puts drivers in (a shared mesh would mix them).
+    honouring = Simulation(replace(base, center=(-41.2866, 174.7756)), keys)
+    ignoring = Simulation(replace(base, center=(-42.8821, 147.3272), honour_hints=False), keys)
     runs = [asyncio.create_task(s.run()) for s in (honouring, ignoring)]
     try:
         # Four fixes under the AVAILABLE hint (4 s) each: three gaps to measure.

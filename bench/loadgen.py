@@ -62,6 +62,9 @@ class LoadPlan:
     duration_s: float
     streams_per_channel: int
     area_boxes: list[Box] = field(default_factory=list)  # one WatchArea stream per box
+    # Drivers in the whole run: driver i starts at (i + 0.5) / drivers_total up the band, so the
+    # drivers are spread evenly and every area box holds some even in a small run.
+    drivers_total: int = 1
 
 
 @dataclass
@@ -99,6 +102,7 @@ class Driver:
         token: str,
         stub: location_grpc.LocationServiceAsyncStub,
         result: LoadResult,
+        start: float,
     ):
         self.driver_id = driver_id
         self._result = result
@@ -109,8 +113,8 @@ class Driver:
         self._acked = 0
         self._durable = 0
         self.seq = 0
-        # Where the driver is, which way it drives, and when it was there.
-        self.latitude = random.uniform(LAT_LOW, LAT_HIGH)
+        # Where the driver is (`start` of the way up the band), which way it drives, and when.
+        self.latitude = LAT_LOW + (LAT_HIGH - LAT_LOW) * start
         self.north = random.random() < 0.5
         self._at = time.time()
         self.failed = False
@@ -261,7 +265,8 @@ async def run_plan(plan: LoadPlan) -> LoadResult:
                 channels[n // plan.streams_per_channel]
             )
             token = plan.driver_tokens[index]
-            driver = Driver(driver_id(plan.run_id, index), token, stub, result)
+            start = (index + 0.5) / max(plan.drivers_total, index + 1)
+            driver = Driver(driver_id(plan.run_id, index), token, stub, result, start)
             if index in watched:
                 watchers.append(asyncio.create_task(watch(driver.driver_id, stub, result)))
                 result.watchers += 1

@@ -155,6 +155,7 @@ def plans(
             duration_s=args.duration,
             streams_per_channel=args.streams_per_channel,
             area_boxes=boxes[w :: args.workers],
+            drivers_total=args.drivers,
         )
         for w in range(args.workers)
     ]

@@ -88,14 +88,16 @@ const errorKey = (kind, error) => `${kind} ${grpc.status[error.code]}: ${error.d
 
 // One driver app: a fix every interval, each seq's send time kept until acked and durable.
 class Driver {
-  constructor(driverId, token, client, result) {
+  constructor(driverId, token, client, result, start) {
     this.driverId = driverId;
     this.result = result;
     this.sent = new Map(); // seq -> monotonic send time (ms)
     this.acked = 0;
     this.durable = 0;
     this.seq = 0;
-    this.latitude = LAT_LOW + Math.random() * (LAT_HIGH - LAT_LOW);
+    // `start` of the way up the band: the run's drivers are spread evenly, so every area box
+    // holds some even in a small run.
+    this.latitude = LAT_LOW + start * (LAT_HIGH - LAT_LOW);
     this.north = Math.random() < 0.5;
     this.at = Date.now();
     this.failed = false;
@@ -257,7 +259,8 @@ async function runPlan(plan, LocationService) {
     await sleepUntil(openedAt);
     const client = clients[Math.floor(n / plan.streams_per_channel)];
     const token = plan.driver_tokens[String(index)];
-    const driver = new Driver(`bench-${plan.run_id}-${index}`, token, client, result);
+    const start = (index + 0.5) / Math.max(plan.drivers_total ?? 1, index + 1);
+    const driver = new Driver(`bench-${plan.run_id}-${index}`, token, client, result, start);
     if (watched.has(index)) {
       watchers.push(watch(driver.driverId, client, plan.token, result));
       result.watchers += 1;

@@ -312,7 +312,13 @@ async def test_redis_killed_mid_stream_costs_drivers_a_few_in_band_refusals(
         for app in apps:
             for record in app.streams[:-1]:
                 # A stream ends early only because one of its fixes was lost with Redis's data,
-                # and then it says what to send again.
+                # and then it says what to send again. An app write racing that end is seen by
+                # the gRPC client as INTERNAL from its own core, without the server's status (as
+                # when the shutdown test wrote while the server ended its streams); the app
+                # re-sends from its own buffer either way, which the store check below proves.
+                if record.ended == grpc.StatusCode.INTERNAL:
+                    assert record.ended_message == "Internal error from Core"
+                    continue
                 assert record.ended == grpc.StatusCode.UNAVAILABLE
                 _assert_safe(record.ended_message, "lost before it was stored")
             last = app.streams[-1]

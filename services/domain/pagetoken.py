@@ -14,11 +14,13 @@ DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 500
 
 
-def page_size(requested: int) -> int:
+def page_size(
+    requested: int, default: int = DEFAULT_PAGE_SIZE, maximum: int = MAX_PAGE_SIZE
+) -> int:
     """0 means the default; above the maximum is coerced down (AIP-158); negative is an error."""
     if requested < 0:
         raise InvalidArgument(f"page_size must not be negative, got {requested}")
-    return min(requested or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
+    return min(requested or default, maximum)
 
 
 def encode(position: dict[str, Any], request_key: str) -> str:

@@ -6,11 +6,11 @@ from __future__ import annotations
 import base64
 import binascii
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 
 from services.domain.errors import InvalidArgument
+from services.domain.micros import from_micros, to_micros
 
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _VERSION = "t1"
 
 
@@ -25,7 +25,9 @@ class TripSpan:
 
 def encode_trip_id(span: TripSpan) -> str:
     """The trip's id: base64url of "t1", the driver, and both times in microseconds."""
-    text = "\n".join((_VERSION, span.driver_id, str(_micros(span.first)), str(_micros(span.last))))
+    text = "\n".join(
+        (_VERSION, span.driver_id, str(to_micros(span.first)), str(to_micros(span.last)))
+    )
     return base64.urlsafe_b64encode(text.encode()).decode().rstrip("=")
 
 
@@ -34,7 +36,7 @@ def decode_trip_id(trip_id: str) -> TripSpan:
     try:
         raw = base64.urlsafe_b64decode(trip_id + "=" * (-len(trip_id) % 4)).decode()
         version, driver_id, first, last = raw.split("\n")
-        span = TripSpan(driver_id, _from_micros(int(first)), _from_micros(int(last)))
+        span = TripSpan(driver_id, from_micros(int(first)), from_micros(int(last)))
     except (binascii.Error, UnicodeDecodeError, ValueError, OverflowError) as exc:
         raise InvalidArgument(
             f"trip_id {trip_id[:64]!r} is not valid: pass a trip_id from ListDriverTrips unchanged"
@@ -44,11 +46,3 @@ def decode_trip_id(trip_id: str) -> TripSpan:
             f"trip_id {trip_id[:64]!r} is not valid: pass a trip_id from ListDriverTrips unchanged"
         )
     return span
-
-
-def _micros(moment: datetime) -> int:
-    return (moment - _EPOCH) // timedelta(microseconds=1)
-
-
-def _from_micros(micros: int) -> datetime:
-    return _EPOCH + timedelta(microseconds=micros)

@@ -22,7 +22,7 @@ import math
 import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from itertools import pairwise
 
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -31,13 +31,13 @@ from ridemesh.v1 import common_pb2
 from ridemesh.v1 import geo_query_service_pb2 as pb
 from services.domain.errors import InvalidArgument
 from services.domain.geodesy import haversine_m
+from services.domain.micros import from_micros, to_micros
 from services.domain.validation import required_id
 from services.history.store import FixRow, HistoryStore
 
 DEFAULT_PAGE_SIZE = 1_000
 MAX_PAGE_SIZE = 10_000
 
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 # google.protobuf.Timestamp's valid range: 0001-01-01T00:00:00Z to 9999-12-31T23:59:59Z.
 _MIN_SECONDS = -62_135_596_800
 _MAX_SECONDS = 253_402_300_799
@@ -133,15 +133,7 @@ def _timestamp(value: Timestamp, field: str) -> datetime:
     # Stored times have microseconds. Rounding nanoseconds UP keeps both bounds exact:
     # t >= start ⇔ t >= ceil(start) and t < end ⇔ t < ceil(end) for whole-microsecond t.
     micros = value.seconds * 1_000_000 - (-value.nanos // 1_000)
-    return _from_micros(min(micros, _MAX_MICROS))
-
-
-def _from_micros(micros: int) -> datetime:
-    return _EPOCH + timedelta(microseconds=micros)
-
-
-def _micros(moment: datetime) -> int:
-    return (moment - _EPOCH) // timedelta(microseconds=1)
+    return from_micros(min(micros, _MAX_MICROS))
 
 
 def page_size_of(requested: int) -> int:
@@ -155,7 +147,7 @@ def page_size_of(requested: int) -> int:
 
 def request_fingerprint(driver_id: str, start: datetime, end: datetime) -> bytes:
     """8 bytes that differ (almost surely) between requests a token must not be reused across."""
-    key = f"{driver_id}\0{_micros(start)}\0{_micros(end)}".encode()
+    key = f"{driver_id}\0{to_micros(start)}\0{to_micros(end)}".encode()
     return hashlib.blake2b(key, digest_size=8, person=b"rm-track").digest()
 
 
@@ -164,7 +156,7 @@ def encode_page_token(fingerprint: bytes, cursor: Cursor) -> str:
     packed = _TOKEN.pack(
         _TOKEN_VERSION,
         fingerprint,
-        _micros(cursor.recorded_at),
+        to_micros(cursor.recorded_at),
         cursor.seq,
         cursor.latitude,
         cursor.longitude,
@@ -186,7 +178,7 @@ def decode_page_token(
         version, print_, micros, seq, lat, lng = _TOKEN.unpack(
             base64.urlsafe_b64decode(token.encode("ascii"))
         )
-        recorded_at = _from_micros(micros)
+        recorded_at = from_micros(micros)
     except (binascii.Error, struct.error, UnicodeError, ValueError, OverflowError) as exc:
         raise invalid from exc
     if version != _TOKEN_VERSION or print_ != fingerprint or not start <= recorded_at < end:
@@ -229,5 +221,5 @@ def driver_location(row: FixRow) -> common_pb2.DriverLocation:
 
 
 def _to_timestamp(moment: datetime) -> Timestamp:
-    seconds, micros = divmod(_micros(moment), 1_000_000)
+    seconds, micros = divmod(to_micros(moment), 1_000_000)
     return Timestamp(seconds=seconds, nanos=micros * 1_000)

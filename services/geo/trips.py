@@ -14,7 +14,7 @@ Choices a caller can rely on:
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 
 from google.protobuf.duration_pb2 import Duration
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -23,6 +23,7 @@ from ridemesh.v1 import common_pb2
 from ridemesh.v1 import geo_query_service_pb2 as pb
 from services.domain import pagetoken
 from services.domain.errors import InvalidArgument
+from services.domain.micros import from_micros, to_micros
 from services.domain.trip_ids import TripSpan, encode_trip_id
 from services.domain.trips import Event, Fix, FixKey, Stop, Trip, TripDetector, TripSettings
 from services.domain.validation import required_id
@@ -37,7 +38,6 @@ MAX_PAGE_SIZE = 1_000
 FETCH_ROWS = 32_768
 FIRST_FETCH_ROWS = 2_048
 
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _BAD_TOKEN = (
     "page_token is not valid for this request: pass the next_page_token of a ListDriverTrips "
     "call with the same driver_id, start_time and end_time"
@@ -85,7 +85,7 @@ async def list_driver_trips(
     """One page of a driver's trips and stops; InvalidArgument names a wrong field."""
     query = _query(request)
     size = page_size_of(request.page_size)
-    request_key = f"trips\0{query.driver_id}\0{_micros(query.start)}\0{_micros(query.end)}"
+    request_key = f"trips\0{query.driver_id}\0{to_micros(query.start)}\0{to_micros(query.end)}"
     resume, after = _decode_token(request.page_token, request_key, query)
     rides = await ride_spans(history, query.driver_id, query.start, query.end)
     detector = TripDetector(settings, rides)
@@ -175,9 +175,7 @@ def _query(request: pb.ListDriverTripsRequest | pb.GetTripSummaryRequest) -> _Qu
 
 def page_size_of(requested: int) -> int:
     """0 means the default; above the maximum is read as the maximum; negative is an error."""
-    if requested < 0:
-        raise InvalidArgument(f"page_size must not be negative, got {requested}")
-    return min(requested or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
+    return pagetoken.page_size(requested, DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
 
 
 def _decode_token(
@@ -188,7 +186,7 @@ def _decode_token(
         return None, None
     position = pagetoken.decode(token, request_key)
     resume, after = _key(position.get("r")), _key(position.get("k"))
-    lowest, highest = _micros(query.start), _micros(query.end)
+    lowest, highest = to_micros(query.start), to_micros(query.end)
     if resume is None or after is None or not lowest <= resume[0] <= after[0] < highest:
         raise InvalidArgument(_BAD_TOKEN)
     return resume, after
@@ -204,7 +202,7 @@ def _key(value: object) -> FixKey | None:
 
 def trip_message(driver_id: str, trip: Trip) -> pb.Trip:
     """A detected trip as the API's Trip, named by its driver and first and last fix times."""
-    span = TripSpan(driver_id, _moment(trip.first.micros), _moment(trip.last.micros))
+    span = TripSpan(driver_id, from_micros(trip.first.micros), from_micros(trip.last.micros))
     return pb.Trip(
         trip_id=encode_trip_id(span),
         driver_id=driver_id,
@@ -245,11 +243,3 @@ def _timestamp(micros: int) -> Timestamp:
 def _duration(micros: int) -> Duration:
     seconds, rest = divmod(micros, 1_000_000)
     return Duration(seconds=seconds, nanos=rest * 1_000)
-
-
-def _micros(moment: datetime) -> int:
-    return (moment - _EPOCH) // timedelta(microseconds=1)
-
-
-def _moment(micros: int) -> datetime:
-    return _EPOCH + timedelta(microseconds=micros)

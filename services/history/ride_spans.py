@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 
+from services.domain.micros import to_micros
 from services.domain.trips import RideSpan
 from services.history.store import HistoryStore
 
@@ -24,7 +25,6 @@ JOIN ride_events AS e ON e.ride_id = r.ride_id
 WHERE r.driver_id = $1 AND r.create_time >= $2 AND r.create_time < $3
 GROUP BY r.ride_id
 """
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 async def ride_spans(
@@ -38,14 +38,10 @@ async def ride_spans(
     for ride_id, assigned, picked_up, ended in records:
         if assigned is None or assigned >= end or (ended is not None and ended < start):
             continue
-        spans.append(RideSpan(ride_id, _micros(assigned), _maybe(picked_up), _maybe(ended)))
+        spans.append(RideSpan(ride_id, to_micros(assigned), _maybe(picked_up), _maybe(ended)))
     spans.sort(key=lambda span: span.assigned)
     return spans
 
 
-def _micros(moment: datetime) -> int:
-    return (moment - _EPOCH) // timedelta(microseconds=1)
-
-
 def _maybe(moment: datetime | None) -> int | None:
-    return None if moment is None else _micros(moment)
+    return None if moment is None else to_micros(moment)

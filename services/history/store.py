@@ -13,6 +13,7 @@ from typing import Any
 import asyncpg
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
+from services.domain.micros import from_micros
 from services.domain.trips import Fix, FixKey
 
 PARENT_TABLE = "driver_locations"
@@ -110,7 +111,6 @@ WHERE driver_id = $1 AND recorded_at >= $2 AND recorded_at < $3 AND (recorded_at
 ORDER BY recorded_at, seq
 LIMIT $5
 """
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _LOWEST_SEQ = -(2**63)
 
 
@@ -329,7 +329,7 @@ class HistoryStore:
         if first is None:
             lower, seq = start, _LOWEST_SEQ
         else:
-            lower, seq = max(start, _EPOCH + timedelta(microseconds=first[0])), first[1] - 1
+            lower, seq = max(start, from_micros(first[0])), first[1] - 1
         fetch: asyncio.Task[list[Fix]] | None = asyncio.ensure_future(
             self._motion_page(driver_id, lower, end, seq, rows)
         )
@@ -339,7 +339,7 @@ class HistoryStore:
                 fetch = None
                 if len(page) == rows:
                     last, rows = page[-1], min(2 * rows, page_rows)
-                    after = _EPOCH + timedelta(microseconds=last.micros)
+                    after = from_micros(last.micros)
                     fetch = asyncio.ensure_future(
                         self._motion_page(driver_id, after, end, last.seq, rows)
                     )

@@ -11,9 +11,8 @@ from __future__ import annotations
 import asyncio
 import math
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable
 from datetime import timedelta
-from typing import TypeVar
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
@@ -23,15 +22,13 @@ from services.domain.errors import InvalidArgument
 from services.geo.pacing import Pacer, Played, ReplayClock, Sleep
 from services.geo.track import driver_location, time_range
 from services.history.box_reads import BoxQuery, box_fix_pages
+from services.history.read_ahead import prefetched
 from services.history.store import HistoryStore
 from services.observability.metrics import REPLAY_FIXES, REPLAY_LATE
-from services.server.failures import cancel_and_wait
 
 MAX_RANGE = timedelta(hours=24)
 MAX_SPEED = 3_600.0
 PAGE_SIZE = 1_000
-
-T = TypeVar("T")
 
 
 def replay_query(request: pb.ReplayFleetRequest) -> tuple[BoxQuery, float]:
@@ -86,30 +83,3 @@ def response_of(played: Played) -> pb.ReplayFleetResponse:
     if played.fix is None:
         return pb.ReplayFleetResponse(replay_time=replay_time)
     return pb.ReplayFleetResponse(location=driver_location(played.fix), replay_time=replay_time)
-
-
-async def prefetched(source: AsyncIterator[T]) -> AsyncGenerator[T, None]:
-    """The items of `source`, reading the next one while the caller works on this one, so a
-    slow read (PostgreSQL under load) overlaps playback instead of stalling it."""
-    ahead = asyncio.ensure_future(_next(source))
-    try:
-        while (item := await ahead) is not None:
-            ahead = asyncio.ensure_future(_next(source))
-            yield item[0]
-    finally:
-        await cancel_and_wait([ahead])
-        await _close(source)
-
-
-async def _next(source: AsyncIterator[T]) -> tuple[T] | None:
-    # A 1-tuple, so an item that is itself falsy or None is not taken for the end.
-    try:
-        return (await anext(source),)
-    except StopAsyncIteration:
-        return None
-
-
-async def _close(source: AsyncIterator[T]) -> None:
-    aclose = getattr(source, "aclose", None)
-    if aclose is not None:
-        await aclose()

@@ -15,6 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from services.domain.micros import from_micros
 from services.domain.trips import Fix, FixKey
+from services.history.read_ahead import prefetched
 
 PARENT_TABLE = "driver_locations"
 
@@ -311,7 +312,7 @@ class HistoryStore:
                 )
         return [FixRow(*record) for record in records]
 
-    async def motion_pages(
+    def motion_pages(
         self,
         driver_id: str,
         start: datetime,
@@ -325,29 +326,29 @@ class HistoryStore:
         page is fetched while the caller works on the current one. With `first_rows`, pages
         start that small and double up to `page_rows`: a caller that may stop early (a page of
         trips) reads little past where it stops."""
+        return prefetched(self._motion_pages(driver_id, start, end, first, page_rows, first_rows))
+
+    async def _motion_pages(
+        self,
+        driver_id: str,
+        start: datetime,
+        end: datetime,
+        first: FixKey | None,
+        page_rows: int,
+        first_rows: int | None,
+    ) -> AsyncGenerator[list[Fix]]:
         rows = page_rows if first_rows is None else min(first_rows, page_rows)
         if first is None:
             lower, seq = start, _LOWEST_SEQ
         else:
             lower, seq = max(start, from_micros(first[0])), first[1] - 1
-        fetch: asyncio.Task[list[Fix]] | None = asyncio.ensure_future(
-            self._motion_page(driver_id, lower, end, seq, rows)
-        )
-        try:
-            while fetch is not None:
-                page = await fetch
-                fetch = None
-                if len(page) == rows:
-                    last, rows = page[-1], min(2 * rows, page_rows)
-                    after = from_micros(last.micros)
-                    fetch = asyncio.ensure_future(
-                        self._motion_page(driver_id, after, end, last.seq, rows)
-                    )
-                yield page
-        finally:
-            if fetch is not None:
-                fetch.cancel()
-                await asyncio.gather(fetch, return_exceptions=True)
+        while True:
+            page = await self._motion_page(driver_id, lower, end, seq, rows)
+            yield page
+            if len(page) < rows:
+                return
+            last, rows = page[-1], min(2 * rows, page_rows)
+            lower, seq = from_micros(last.micros), last.seq
 
     async def _motion_page(
         self, driver_id: str, after: datetime, end: datetime, after_seq: int, limit: int

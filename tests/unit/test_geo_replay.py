@@ -16,8 +16,9 @@ from ridemesh.v1 import geo_query_service_pb2 as pb
 from services.domain.area import Box
 from services.domain.errors import InvalidArgument
 from services.geo.pacing import Pacer, Played, ReplayClock
-from services.geo.replay import prefetched, replay_query, response_of, speed_of
+from services.geo.replay import replay_query, response_of, speed_of
 from services.history.box_reads import geocentric_cover_wkt
+from services.history.read_ahead import prefetched
 from services.history.store import FixRow
 
 START = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
